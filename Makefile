@@ -1,0 +1,31 @@
+# The two commands a newcomer needs: `make run` and `make test` (see README).
+PYTHON ?= $(shell scripts/find-python)
+VENV   := .venv
+STAMP  := $(VENV)/.installed
+CONFIG ?= config/rtserver.toml
+
+.PHONY: run test bench-peer clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	@echo "rtserver on http://127.0.0.1:8080 — WebSocket ws://127.0.0.1:8080/hub/ws"
+	@echo "  token:   $(VENV)/bin/rtserver token --config $(CONFIG) --sub u1 --tenant t1"
+	@echo "  publish: $(VENV)/bin/rtserver publish --config $(CONFIG) --event appointment.created --tenant t1 --rooms tenant:t1 --data '{\"appointmentId\":\"a1\"}'"
+	@echo "  metrics: http://127.0.0.1:8080/metrics   health: /healthz /readyz"
+	$(VENV)/bin/rtserver serve --config $(CONFIG)
+
+test: $(STAMP)
+	scripts/install-test-deps
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Peer comparison (see bench/RESULTS.md): needs ../shared/peerbench.
+bench-peer: $(STAMP)
+	bench/peerbench/run.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache

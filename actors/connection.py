@@ -1,0 +1,443 @@
+"""Connection actor: one WebSocket client, from its first frame to its close.
+
+Contract
+--------
+Mailbox
+    The client's socket (read with ``wait_readable`` + non-blocking ``recv``, parsed by
+    wsproto), so inbound commands are processed one at a time: a client that sends faster
+    than it is served waits in its own TCP window. ``close(disconnect)`` may be called by
+    anyone (drain, the writer, a room) and only cancels this actor's scope.
+Owns
+    Its socket, its wsproto state, its outbound queue (frames and bytes budget), its room
+    memberships, its inbound token bucket and its token's expiry (the scope deadline).
+Replies
+    ``ack`` / ``error`` to ``sub``, ``unsub`` and ``emit``; ``pong`` to ``ping``; events of
+    its rooms as ``evt`` frames (queued by the rooms, written by the writer actor).
+Failure
+    Ends on the client's close or EOF, on a broken socket, or on a disconnect: slow
+    consumer (outbound budget exceeded), rate limited (sustained refusals), token expired,
+    message too big, protocol error, draining. Its ``finally`` leaves its rooms, sends the
+    close frame with the code (best effort, bounded) and closes the socket.
+Blocking
+    On its socket's readability; on the bus while reading history for a resume (and on its
+    own outbound queue draining between history pages). Never on other connections.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+import trio
+import wsproto.connection
+import wsproto.events as ws_events
+
+from actors.registry import Registry
+from actors.room import RecoveryBuffer, Room
+from actors.writer import OutboundQueue, Writer
+from protocol.catalog import Catalog, Namespace
+from protocol.cursors import Cursor, shard_of
+from protocol.envelope import StoredEvent
+from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
+from protocol.frames import Ack, Emit, Evt, Hello, Ping, Pong, ServerFrame, Sub, Unsub, error_frame
+from protocol.rooms import room_key
+from protocol.wires import Wire
+from protocol.wsframes import close_frame
+from rtserver.auth import Claims, authorize_room, auto_rooms
+from rtserver.bus import Bus
+from rtserver.config import Config
+from rtserver.metrics import Metrics
+
+#: Seconds the close handshake may take before the socket is closed anyway.
+CLOSE_TIMEOUT_S = 2.0
+#: History events read per bus call while resuming.
+HISTORY_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionServices:
+    """What a connection needs from its node."""
+
+    config: Config
+    bus: Bus
+    registry: Registry
+    writer: Writer
+    metrics: Metrics
+    catalog: Catalog
+    #: Handles a validated ``emit`` (typing, presence, ...) before it is acknowledged.
+    on_emit: Callable[["Connection", Emit], Awaitable[None]] | None = None
+
+
+class TokenBucket:
+    """Inbound rate limit: ``rate`` tokens per second, at most ``burst`` saved."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp", "refused_in_a_row")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = trio.current_time()
+        self.refused_in_a_row = 0
+
+    def take(self) -> bool:
+        now = trio.current_time()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.refused_in_a_row = 0
+            return True
+        self.refused_in_a_row += 1
+        return False
+
+
+class Connection:
+    _next_id = 0
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        ws: wsproto.connection.Connection,
+        *,
+        services: ConnectionServices,
+        claims: Claims,
+        ns: Namespace,
+        wire: Wire,
+        session: str,
+        since: Cursor | None = None,
+    ) -> None:
+        Connection._next_id += 1
+        self.id = Connection._next_id
+        self.session = session
+        self.claims = claims
+        self.ns = ns
+        self._sock = sock
+        self._ws = ws
+        self._s = services
+        self._wire = wire
+        self._since = since
+        cfg = services.config.connection
+        self._bucket = TokenBucket(cfg.inbound_rate, cfg.inbound_burst)
+        self._rooms: dict[str, Room] = {}  # room name -> room
+        self._scope = trio.CancelScope()
+        self._disconnect: Disconnect | None = None
+        self._peer_closed = False
+        self._partial: list[bytes | str] = []
+        self._partial_size = 0
+        self.log = structlog.get_logger("rtserver.connection").bind(
+            session=session, user=claims.user, tenant=claims.tenant, ns=ns.value
+        )
+        self.out = OutboundQueue(
+            sock,
+            services.writer,
+            max_frames=cfg.outbound_max_frames,
+            max_bytes=cfg.outbound_max_bytes,
+            on_overflow=lambda: self.close(CloseCode.SLOW_CONSUMER),
+            on_broken=lambda: self.close(Disconnect(1006, "connection lost", CloseCode.GOING_AWAY.action)),
+        )
+
+    # -- control from outside ------------------------------------------------------------
+    def close(self, disconnect: Disconnect) -> None:
+        """End this connection with ``disconnect`` (the first reason given wins)."""
+        if self._disconnect is None:
+            self._disconnect = disconnect
+        self._scope.cancel()
+
+    @property
+    def rooms(self) -> list[str]:
+        return list(self._rooms)
+
+    # -- the actor ---------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        metrics = self._s.metrics
+        metrics.connections.labels(self.ns.value, "websocket").inc()
+        self.log.info("connect", wire=self._wire.name)
+        try:
+            with self._scope:
+                if self.claims.exp is not None:
+                    self._scope.deadline = trio.current_time() + max(0.0, self.claims.exp - time.time())
+                task_status.started()
+                await self._start()
+                await self._read_loop()
+            if self._disconnect is None and self._scope.cancelled_caught:
+                self._disconnect = CloseCode.TOKEN_EXPIRED
+        finally:
+            for room in self._rooms.values():
+                room.remove(self.id)
+            self._rooms.clear()
+            disconnect = self._disconnect or CloseCode.NORMAL
+            metrics.connections.labels(self.ns.value, "websocket").dec()
+            metrics.disconnects.labels(disconnect.reason).inc()
+            self.log.info("disconnect", code=disconnect.code, reason=disconnect.reason,
+                          by_client=self._peer_closed)
+            with trio.CancelScope(shield=True):
+                await self._close_socket(disconnect)
+
+    async def _close_socket(self, disconnect: Disconnect) -> None:
+        out, sock = self.out, self._sock
+        if disconnect is CloseCode.SLOW_CONSUMER:
+            out.discard()
+        if disconnect.code != 1006:
+            out.push_final(close_frame(disconnect.code, disconnect.reason))
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await out.wait_flushed()
+                if not self._peer_closed:
+                    sock.shutdown(socket.SHUT_WR)
+                    await self._wait_eof()
+        out.detach()
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+
+    async def _wait_eof(self) -> None:
+        """Read and discard until the client closes its side (its close frame, then EOF)."""
+        while True:
+            await trio.lowlevel.wait_readable(self._sock)
+            try:
+                if not self._sock.recv(65536):
+                    return
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+
+    async def _start(self) -> None:
+        names = auto_rooms(self.claims, self.ns)
+        head = await self._s.bus.head(self._shard)
+        recovered = await self._join(names, self._since, ack=None)
+        # No await between joining (above) and here: the hello precedes every live event.
+        self._send(
+            Hello(
+                session=self.session,
+                rooms=names,
+                heartbeat_s=self._s.config.connection.heartbeat_s,
+                ns=self.ns.value,
+                user=self.claims.user,
+                expires_at=self.claims.exp,
+                recovered=recovered,
+                cursor=head.encode(),
+            )
+        )
+        self._flush_pending_history()
+
+    @property
+    def _shard(self) -> int:
+        return shard_of(self.claims.tenant, self._s.bus.shards)
+
+    # -- reading -----------------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        sock, ws = self._sock, self._ws
+        chunk = self._s.config.connection.read_chunk_bytes
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = sock.recv(chunk)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._peer_closed = True
+                self._disconnect = self._disconnect or Disconnect(1006, "connection lost", CloseCode.GOING_AWAY.action)
+                return
+            try:
+                ws.receive_data(data)
+                for event in ws.events():
+                    if await self._on_ws_event(event):
+                        return
+            except wsproto.utilities.RemoteProtocolError as exc:
+                self.log.info("protocol_error", error=str(exc))
+                self._disconnect = CloseCode.PROTOCOL_ERROR
+                return
+
+    async def _on_ws_event(self, event: ws_events.Event) -> bool:
+        """Handle one wsproto event; True when the connection must end."""
+        if isinstance(event, ws_events.Message):
+            self._partial.append(event.data)
+            self._partial_size += len(event.data)
+            if self._partial_size > self._s.config.server.max_inbound_message_bytes:
+                self._disconnect = CloseCode.MESSAGE_TOO_BIG
+                return True
+            if not event.message_finished:
+                return False
+            parts, self._partial, self._partial_size = self._partial, [], 0
+            data = parts[0] if len(parts) == 1 else type(parts[0])().join(parts)  # type: ignore[arg-type]
+            await self._on_message(data.encode() if isinstance(data, str) else data)
+            return self._disconnect is not None
+        if isinstance(event, ws_events.Ping):
+            self.out.push(self._ws.send(event.response()))
+            return False
+        if isinstance(event, ws_events.CloseConnection):
+            self._peer_closed = True
+            self._disconnect = self._disconnect or Disconnect(int(event.code), "closed by client", CloseCode.NORMAL.action)
+            return True
+        return False
+
+    async def _on_message(self, data: bytes) -> None:
+        metrics = self._s.metrics
+        if not self._bucket.take():
+            metrics.rate_limited.inc()
+            if self._bucket.refused_in_a_row >= self._s.config.connection.rate_limit_close_after:
+                self.close(CloseCode.RATE_LIMITED)
+                return
+            self._send_error(ReplyError(ReplyCode.RATE_LIMITED, "too many commands"), None)
+            return
+        try:
+            frame = self._wire.codec.decode(data)
+        except ReplyError as err:
+            metrics.messages_in.labels("invalid").inc()
+            self._send_error(err, None)
+            return
+        metrics.messages_in.labels(type(frame).__name__.lower()).inc()
+        try:
+            if isinstance(frame, Sub):
+                await self._on_sub(frame)
+            elif isinstance(frame, Unsub):
+                self._on_unsub(frame)
+            elif isinstance(frame, Emit):
+                await self._on_emit(frame)
+            elif isinstance(frame, Ping):
+                self._send(Pong(ref=frame.ref))
+        except ReplyError as err:
+            self.log.info("command_refused", op=type(frame).__name__.lower(), code=int(err.code),
+                          error=err.message)
+            self._send_error(err, frame.ref)
+
+    # -- commands ----------------------------------------------------------------------
+    async def _on_sub(self, frame: Sub) -> None:
+        authorize_room(self.claims, self.ns, frame.room)
+        since = Cursor.parse(frame.since) if frame.since else None
+        if frame.room not in self._rooms and len(self._rooms) >= self._s.config.connection.max_rooms:
+            raise ReplyError(ReplyCode.TOO_MANY_ROOMS, "too many rooms on this connection")
+        if frame.room in self._rooms and since is None:
+            self._send(Ack(ref=frame.ref, room=frame.room))
+            return
+        if frame.room in self._rooms:
+            self._rooms.pop(frame.room).remove(self.id)
+
+        def ack(recovered: bool | None, cursor: Cursor) -> None:
+            self._send(Ack(ref=frame.ref, room=frame.room, recovered=recovered, cursor=cursor.encode()))
+
+        await self._join([frame.room], since, ack=ack)
+        self._flush_pending_history()
+        self.log.info("sub", room=frame.room, since=frame.since)
+
+    def _on_unsub(self, frame: Unsub) -> None:
+        room = self._rooms.pop(frame.room, None)
+        if room is None:
+            raise ReplyError(ReplyCode.NOT_SUBSCRIBED, f"not subscribed to {frame.room!r}")
+        room.remove(self.id)
+        self._send(Ack(ref=frame.ref, room=frame.room))
+        self.log.info("unsub", room=frame.room)
+
+    async def _on_emit(self, frame: Emit) -> None:
+        etype = self._s.catalog.get(frame.event)
+        if self.ns not in etype.emitters:
+            raise ReplyError(ReplyCode.FORBIDDEN, f"{frame.event!r} cannot be emitted here")
+        self._s.catalog.check_fields(etype, frame.data)
+        if etype.rooms:
+            if frame.room is None or frame.room not in self._rooms:
+                raise ReplyError(ReplyCode.NOT_SUBSCRIBED, f"{frame.event!r} needs a room you have joined")
+        if self._s.on_emit is not None:
+            await self._s.on_emit(self, frame)
+        self._send(Ack(ref=frame.ref, room=frame.room, event=frame.event))
+
+    # -- joining, with resumption --------------------------------------------------------
+    async def _join(
+        self,
+        names: list[str],
+        since: Cursor | None,
+        ack: Callable[[bool | None, Cursor], None] | None,
+    ) -> bool | None:
+        """Join ``names``; with ``since``, deliver missed events first, then live ones.
+
+        Live events that arrive while the history is read are buffered per room and merged
+        by offset, so nothing is missed and nothing is delivered twice. Returns whether the
+        history reached back to ``since`` (None without ``since``).
+        """
+        rooms = {}
+        for name in names:
+            rooms[name] = await self._s.registry.open_room(room_key(self.claims.tenant, name))
+        if since is None:
+            for name, room in rooms.items():
+                room.add(self.id, self._wire, self.out.push)
+                self._rooms[name] = room
+            if ack is not None:
+                ack(None, await self._s.bus.head(self._shard))
+            return None
+        limit = self._s.config.bus.max_history
+        buffers = {name: room.begin_recovery(self.id, limit) for name, room in rooms.items()}
+        for name, room in rooms.items():
+            self._rooms[name] = room
+        wanted = set(names)
+        recovered, cursor = True, since
+        if since.shard != self._shard:
+            recovered = False
+        history: list[tuple[StoredEvent, str]] = []
+        while recovered:
+            page = await self._s.bus.read_since(cursor, HISTORY_PAGE)
+            if not page.recovered:
+                recovered = False
+                break
+            for event in page.events:
+                if event.envelope.tenant != self.claims.tenant:
+                    continue
+                history.extend((event, name) for name in event.envelope.rooms if name in wanted)
+            cursor = page.cursor
+            if len(history) > limit:
+                recovered = False
+                break
+            if not page.more:
+                break
+        if not recovered:
+            history.clear()
+            cursor = await self._s.bus.head(self._shard)
+        if ack is not None:
+            ack(recovered, cursor)
+        self._pending_history = self._merge(history, buffers, cursor if recovered else None)
+        for name, room in rooms.items():
+            if buffers[name].overflowed:
+                self.close(CloseCode.SLOW_CONSUMER)
+            room.add(self.id, self._wire, self.out.push)
+        return recovered
+
+    _pending_history: list[tuple[StoredEvent, str]] = []
+
+    def _merge(
+        self,
+        history: list[tuple[StoredEvent, str]],
+        buffers: dict[str, RecoveryBuffer],
+        last: Cursor | None,
+    ) -> list[tuple[StoredEvent, str]]:
+        """History, then the buffered live events that history did not already hold."""
+        seen = {(event.id, name) for event, name in history}
+        live = [
+            (event, name)
+            for name, buffer in buffers.items()
+            for event in buffer.events
+            if (event.id, name) not in seen
+            and (last is None or event.offset is None or event.offset > last.offset)
+        ]
+        live.sort(key=lambda item: item[0].offset or (math.inf, 0))
+        return history + live
+
+    def _flush_pending_history(self) -> None:
+        """Queue the history merged by the last ``_join``, after its ack or hello."""
+        pending, self._pending_history = self._pending_history, []
+        for event, name in pending:
+            envelope = event.envelope
+            self._send(
+                Evt(event=envelope.event, room=name, id=event.id, ts=event.ts,
+                    data=envelope.data, cursor=event.cursor)
+            )
+
+    # -- writing -----------------------------------------------------------------------
+    def _send(self, frame: ServerFrame) -> None:
+        self.out.push(self._wire.frame(frame))
+
+    def _send_error(self, err: ReplyError, ref: int | None) -> None:
+        self._send(error_frame(err, ref))

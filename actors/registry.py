@@ -1,0 +1,89 @@
+"""Registry actor: routes live bus events to the room actors that have members.
+
+Contract
+--------
+Mailbox
+    The bus's live feed: a bounded channel of ``StoredEvent`` (capacity ``rooms.mailbox``).
+    ``join`` is called by connection actors.
+Owns
+    The map of room key -> running ``Room``; the nursery the rooms run in.
+Replies
+    ``join`` returns the room (started on first member with ``nursery.start``).
+Failure
+    The bus feed closing ends it; an exception ends the node. A room that stops
+    unregisters itself first, so a later join starts a new one.
+Blocking
+    Waits on the live feed and, when a room's mailbox is full, on that room (the bus
+    then slows its publishers: nothing is dropped). Rooms never block on clients, so a
+    full mailbox only ever means the process is out of CPU.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from actors.room import Room
+from protocol.envelope import StoredEvent
+from protocol.rooms import room_key
+from rtserver.bus import Bus
+from rtserver.config import RoomsConfig
+from rtserver.metrics import Metrics
+
+
+class Registry:
+    def __init__(self, bus: Bus, config: RoomsConfig, metrics: Metrics, fanned_out_at: list[float]) -> None:
+        self._bus = bus
+        self._config = config
+        self._metrics = metrics
+        self._fanned_out_at = fanned_out_at
+        self._rooms: dict[str, Room] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with self._bus.subscribe(self._config.mailbox) as feed:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                async for event in feed:
+                    await self.route(event)
+                nursery.cancel_scope.cancel()
+
+    async def route(self, event: StoredEvent) -> None:
+        envelope = event.envelope
+        rooms = self._rooms
+        for name in envelope.rooms:
+            room = rooms.get(room_key(envelope.tenant, name))
+            if room is None:
+                continue
+            try:
+                room.mailbox.send_nowait(event)
+            except trio.WouldBlock:
+                await room.mailbox.send(event)
+            except trio.ClosedResourceError:
+                pass
+
+    def get(self, key: str) -> Room | None:
+        return self._rooms.get(key)
+
+    async def open_room(self, key: str) -> Room:
+        """The running room for ``key``, started if needed."""
+        room = self._rooms.get(key)
+        if room is None:
+            room = Room(
+                key,
+                mailbox=self._config.mailbox,
+                linger_s=self._config.linger_s,
+                metrics=self._metrics,
+                fanned_out_at=self._fanned_out_at,
+                on_stop=self._forget,
+            )
+            self._rooms[key] = room
+            await self._nursery.start(room.run)
+        return room
+
+    def _forget(self, room: Room) -> None:
+        if self._rooms.get(room.key) is room:
+            del self._rooms[room.key]
+
+    def __len__(self) -> int:
+        return len(self._rooms)

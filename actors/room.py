@@ -1,0 +1,157 @@
+"""Room actor: fans each event of one tenant-scoped room out to its members.
+
+Contract
+--------
+Mailbox
+    A bounded memory channel (``rooms.mailbox``) of ``StoredEvent`` sent by the registry
+    in bus order. Membership changes are synchronous calls (``add``, ``remove``,
+    ``begin_recovery``), so they take effect between two broadcasts.
+Owns
+    Its members, grouped by wire (each member is the ``push`` of an outbound queue), and
+    the recovery buffers of members still reading their history.
+Replies
+    None. Each event is encoded once per wire in use and the same bytes are pushed to
+    every member of that wire with ``push`` (never blocks: a member over budget closes
+    itself as a slow consumer, nobody else waits).
+Failure
+    Ends when it has had no member for ``linger_s`` (it unregisters itself first, so the
+    registry starts a fresh one on the next join); an exception ends the node.
+Blocking
+    Only on its mailbox.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import trio
+
+from protocol.envelope import StoredEvent
+from protocol.frames import Evt
+from protocol.rooms import room_name
+from protocol.wires import Wire
+from rtserver.metrics import Metrics
+
+Push = Callable[[bytes], None]
+
+
+class RecoveryBuffer:
+    """Live events that reached a member while it was reading its history (bounded)."""
+
+    __slots__ = ("events", "limit", "overflowed")
+
+    def __init__(self, limit: int) -> None:
+        self.events: list[StoredEvent] = []
+        self.limit = limit
+        self.overflowed = False
+
+    def add(self, event: StoredEvent) -> None:
+        if len(self.events) >= self.limit:
+            self.overflowed = True
+        else:
+            self.events.append(event)
+
+
+class Room:
+    def __init__(
+        self,
+        key: str,
+        *,
+        mailbox: int,
+        linger_s: float,
+        metrics: Metrics,
+        fanned_out_at: list[float],
+        on_stop: Callable[[Room], None],
+    ) -> None:
+        self.key = key
+        self.name = room_name(key)
+        self._linger_s = linger_s
+        self._metrics = metrics
+        self._fanned_out_at = fanned_out_at
+        self._on_stop = on_stop
+        self.mailbox, self._inbox = trio.open_memory_channel[StoredEvent](mailbox)
+        self._members: dict[Wire, dict[int, Push]] = {}
+        self._recovering: dict[int, RecoveryBuffer] = {}
+        self._idle = trio.CancelScope()
+
+    # -- membership (synchronous) ------------------------------------------------------
+    def add(self, member: int, wire: Wire, push: Push) -> None:
+        self._members.setdefault(wire, {})[member] = push
+        self._recovering.pop(member, None)
+        self._idle.deadline = math.inf
+
+    def begin_recovery(self, member: int, limit: int) -> RecoveryBuffer:
+        """Buffer this member's live events until ``add`` (history read first)."""
+        buffer = self._recovering[member] = RecoveryBuffer(limit)
+        self._idle.deadline = math.inf
+        return buffer
+
+    def remove(self, member: int) -> None:
+        for members in self._members.values():
+            members.pop(member, None)
+        self._recovering.pop(member, None)
+        if self.empty:
+            self._idle.deadline = trio.current_time() + self._linger_s
+
+    @property
+    def empty(self) -> bool:
+        return not self._recovering and not any(self._members.values())
+
+    def member_count(self) -> int:
+        return sum(len(m) for m in self._members.values()) + len(self._recovering)
+
+    # -- the actor --------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self._metrics.rooms.inc()
+        task_status.started()
+        try:
+            while True:
+                with trio.CancelScope() as self._idle:
+                    if self.empty:
+                        self._idle.deadline = trio.current_time() + self._linger_s
+                    event = await self._inbox.receive()
+                if self._idle.cancelled_caught:
+                    if self.empty:
+                        return
+                    continue
+                self.fan_out(event)
+                # Drain what is already queued before yielding, so frames batch per tick.
+                while True:
+                    try:
+                        event = self._inbox.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    self.fan_out(event)
+        finally:
+            self._on_stop(self)
+            self.mailbox.close()
+            self._inbox.close()
+            self._metrics.rooms.dec()
+
+    def fan_out(self, event: StoredEvent) -> None:
+        """Encode ``event`` once per wire and push it to every member; never blocks."""
+        for buffer in self._recovering.values():
+            buffer.add(event)
+        envelope = event.envelope
+        evt = Evt(
+            event=envelope.event,
+            room=self.name,
+            id=event.id,
+            ts=event.ts,
+            data=envelope.data,
+            cursor=event.cursor,
+        )
+        delivered = 0
+        for wire, members in self._members.items():
+            if not members:
+                continue
+            frame = wire.frame(evt)
+            for push in members.values():
+                push(frame)
+            delivered += len(members)
+        if delivered:
+            self._metrics.messages_out.labels(envelope.event).inc(delivered)
+            appended_ms = event.offset.ms if event.offset is not None else event.ts
+            self._fanned_out_at.append(appended_ms / 1000 if appended_ms else time.time())

@@ -1,0 +1,236 @@
+"""Writer actor: flushes every connection's queued frames, one write per connection per tick.
+
+Contract
+--------
+Mailbox
+    ``OutboundQueue.push`` (synchronous, never blocks) appends a pre-encoded frame to a
+    connection's queue and, on the first frame since the last flush, puts the queue on the
+    writer's dirty list (bounded by the number of connections) and wakes the writer.
+Owns
+    The dirty list, the set of live queues (for metrics), and one drain task per connection
+    whose socket is full.
+Replies
+    None. A queue that overflows its budget calls its ``on_overflow`` callback (the
+    connection closes itself as a slow consumer); a socket that breaks calls ``on_broken``.
+Failure
+    An unexpected exception ends the writer and so the node's nursery: every connection
+    depends on it, so the node stops rather than silently stop writing.
+Blocking
+    Waits only for work (an event) and, in drain tasks, for a socket to become writable.
+    A flush is a non-blocking ``send`` of the joined frames, capped at ``flush_max_bytes``
+    per connection per tick so that one backlog cannot delay the others.
+
+Why not one writer task per connection (STYLE rule 5): FINDINGS measured ~2.4 µs of Trio
+scheduling per wake-up with 1,000 tasks and ~20 KB per connection for task-per-socket
+libraries. Here a connection costs one task (its reader) while idle; its frames leave in
+one ``send`` per tick from this actor, and only a connection whose socket is full gets a
+task of its own (``_drain``) that waits for writability, so a slow client never delays a
+broadcast or another client.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+import trio
+
+from rtserver.metrics import Metrics
+
+_EMPTY = 0
+_MORE = 1
+_BLOCKED = 2
+_BROKEN = 3
+
+
+class OutboundQueue:
+    """One connection's outbound frames, budgeted in frames and bytes."""
+
+    __slots__ = (
+        "_sock", "_writer", "frames", "nbytes", "max_frames", "max_bytes",
+        "scheduled", "blocked", "closed", "on_overflow", "on_broken", "_flushed",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        writer: Writer,
+        *,
+        max_frames: int,
+        max_bytes: int,
+        on_overflow: Callable[[], None],
+        on_broken: Callable[[], None],
+    ) -> None:
+        self._sock = sock
+        self._writer = writer
+        self.frames: list[bytes] = []
+        self.nbytes = 0
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.scheduled = False
+        self.blocked = False
+        self.closed = False
+        self.on_overflow = on_overflow
+        self.on_broken = on_broken
+        self._flushed: trio.Event | None = None
+        writer.queues.add(self)
+
+    def push(self, frame: bytes) -> None:
+        """Queue ``frame``; never blocks. Over budget, the connection is told it overflowed."""
+        if self.closed:
+            return
+        frames = self.frames
+        frames.append(frame)
+        self.nbytes += len(frame)
+        if len(frames) > self.max_frames or self.nbytes > self.max_bytes:
+            self.closed = True
+            self.on_overflow()
+        elif not self.scheduled and not self.blocked:
+            self.scheduled = True
+            self._writer.schedule(self)
+
+    def push_final(self, frame: bytes) -> None:
+        """Queue a last frame (a close frame) even past the budget; nothing is queued after it."""
+        if self not in self._writer.queues:
+            return
+        self.frames.append(frame)
+        self.nbytes += len(frame)
+        self.closed = True
+        if not self.scheduled and not self.blocked:
+            self.scheduled = True
+            self._writer.schedule(self)
+
+    def discard(self) -> None:
+        """Drop whatever is queued (a slow consumer's backlog)."""
+        self.frames.clear()
+        self.nbytes = 0
+
+    async def wait_flushed(self) -> None:
+        """Return once every queued frame has been written (or the socket broke)."""
+        while self.frames and (self.scheduled or self.blocked):
+            self._flushed = trio.Event()
+            await self._flushed.wait()
+
+    def detach(self) -> None:
+        """The connection is gone: stop writing and forget the queue."""
+        self.closed = True
+        self.discard()
+        self._writer.queues.discard(self)
+        self._notify_flushed()
+
+    def _notify_flushed(self) -> None:
+        if self._flushed is not None:
+            self._flushed.set()
+            self._flushed = None
+
+    def flush_nowait(self, max_bytes: int) -> int:
+        """Write what fits without blocking; returns _EMPTY, _MORE, _BLOCKED or _BROKEN."""
+        frames = self.frames
+        if not frames:
+            self._notify_flushed()
+            return _EMPTY
+        if len(frames) == 1:
+            count, data = 1, frames[0]
+        else:
+            count, size = 0, 0
+            for frame in frames:
+                count += 1
+                size += len(frame)
+                if size >= max_bytes:
+                    break
+            data = b"".join(frames[:count]) if count > 1 else frames[0]
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return _BROKEN
+        self.nbytes -= sent
+        if sent == len(data):
+            del frames[:count]
+            if frames:
+                return _MORE
+            self._notify_flushed()
+            return _EMPTY
+        frames[:count] = [data[sent:]]
+        return _BLOCKED
+
+
+class Writer:
+    """The node's flush scheduler (see the module contract)."""
+
+    def __init__(self, metrics: Metrics, *, flush_max_bytes: int) -> None:
+        self._metrics = metrics
+        self._flush_max_bytes = flush_max_bytes
+        self._dirty: list[OutboundQueue] = []
+        self._wakeup = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        #: Append times (s since the epoch) of the events fanned out since the last flush.
+        self.fanned_out_at: list[float] = []
+        self.queues: set[OutboundQueue] = set()
+        metrics.outbound_queued_bytes.set_function(lambda: sum(q.nbytes for q in self.queues))
+        metrics.outbound_queued_frames.set_function(lambda: sum(len(q.frames) for q in self.queues))
+
+    def schedule(self, queue: OutboundQueue) -> None:
+        self._dirty.append(queue)
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                if not self._dirty:
+                    self._wakeup = trio.Event()
+                    await self._wakeup.wait()
+                # One more scheduling round lets every producer woken in this tick queue its frames.
+                await trio.lowlevel.checkpoint()
+                self._flush_dirty()
+
+    def _flush_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        max_bytes = self._flush_max_bytes
+        for queue in dirty:
+            queue.scheduled = False
+            if queue.blocked:
+                continue
+            state = queue.flush_nowait(max_bytes)
+            if state == _MORE:
+                queue.scheduled = True
+                self._dirty.append(queue)
+            elif state == _BLOCKED:
+                queue.blocked = True
+                self._nursery.start_soon(self._drain, queue)
+            elif state == _BROKEN:
+                queue.detach()
+                queue.on_broken()
+        if self.fanned_out_at:
+            now = time.time()
+            observe = self._metrics.delivery_latency.observe
+            for appended_at in self.fanned_out_at:
+                observe(max(0.0, now - appended_at))
+            self.fanned_out_at.clear()
+
+    async def _drain(self, queue: OutboundQueue) -> None:
+        """Wait for a full socket to take more; hand the queue back to ticks once drained."""
+        try:
+            while True:
+                try:
+                    await trio.lowlevel.wait_writable(queue._sock)
+                except (trio.ClosedResourceError, OSError):
+                    state = _BROKEN
+                else:
+                    state = queue.flush_nowait(self._flush_max_bytes)
+                if state == _BROKEN:
+                    queue.detach()
+                    queue.on_broken()
+                    return
+                if state == _EMPTY:
+                    return
+                if state == _MORE:
+                    await trio.lowlevel.checkpoint()
+        finally:
+            queue.blocked = False
+

@@ -1,0 +1,45 @@
+"""The envelope of an event on the bus, and the body of ``POST /v1/publish``.
+
+The same fields make a stream entry (SPEC §13): ``event``, ``tenant``, ``rooms`` (a JSON
+list of room names as clients write them), ``data`` (a JSON object), optional ``id``,
+``ts`` (ms) and ``traceparent``. When a producer gives no ``id``, the entry id stands in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from protocol.cursors import Offset
+
+
+class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    event: str
+    tenant: str
+    rooms: list[str]
+    data: dict[str, Any] = {}
+    id: str | None = None
+    ts: int | None = None
+    traceparent: str | None = None
+
+
+class StoredEvent(msgspec.Struct, frozen=True):
+    """An envelope as read back from the bus: with its offset and its cursor text.
+
+    Ephemeral events are never stored; they travel with ``offset``/``cursor`` set to None.
+    """
+
+    envelope: Envelope
+    id: str
+    ts: int
+    offset: Offset | None = None
+    cursor: str | None = None
+
+
+_publish_decoder = msgspec.json.Decoder(Envelope)
+
+
+def decode_publish(body: bytes) -> Envelope:
+    """Decode a publish body; raises ``msgspec.ValidationError``/``DecodeError`` with the reason."""
+    return _publish_decoder.decode(body)

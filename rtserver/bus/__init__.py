@@ -1,0 +1,78 @@
+"""The bus: where durable events are appended and read back, and how live events arrive.
+
+``Bus`` is the interface every implementation honours (the memory bus here; Redis
+Streams later), proven by one conformance suite:
+
+* ``append`` assigns the offset/cursor; an envelope whose ``id`` was already appended
+  (within the dedupe window) is not appended again: the first one is returned with
+  ``duplicate=True``.
+* ``read_since`` returns the events of one shard after a cursor, oldest first, a page at a
+  time, and whether the history still reaches back to the cursor (``recovered``: a cursor
+  of another epoch, or older than what was trimmed, gives ``recovered=False``).
+* ``subscribe`` opens a bounded live feed of every event appended (and every ephemeral
+  event published) from then on, in append order per shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from protocol.cursors import Cursor
+from protocol.envelope import Envelope, StoredEvent
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    event: StoredEvent
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A page of one shard's history after a cursor."""
+
+    events: list[StoredEvent]
+    #: False when the stream cannot prove nothing was lost after the cursor.
+    recovered: bool
+    #: The position after the last returned event (or the cursor/head when none).
+    cursor: Cursor
+    #: True when more events follow this page.
+    more: bool
+
+
+class Bus(Protocol):
+    shards: int
+
+    async def append(self, envelope: Envelope) -> AppendResult: ...
+
+    async def publish_ephemeral(self, envelope: Envelope) -> StoredEvent: ...
+
+    async def read_since(self, cursor: Cursor, limit: int) -> History: ...
+
+    async def head(self, shard: int) -> Cursor:
+        """The cursor of the newest entry of ``shard`` (or its start when empty)."""
+        ...
+
+    def subscribe(self, capacity: int) -> contextlib.AbstractContextManager[trio.MemoryReceiveChannel[StoredEvent]]: ...
+
+    def ready(self) -> bool: ...
+
+
+@contextlib.contextmanager
+def live_feed(
+    subscribers: list[trio.MemorySendChannel[StoredEvent]], capacity: int
+) -> Iterator[trio.MemoryReceiveChannel[StoredEvent]]:
+    """Register a bounded live channel in ``subscribers`` for the duration of the block."""
+    send, receive = trio.open_memory_channel[StoredEvent](capacity)
+    subscribers.append(send)
+    try:
+        with receive:
+            yield receive
+    finally:
+        subscribers.remove(send)
+        send.close()

@@ -1,0 +1,133 @@
+"""``rtserver``: serve, mint development tokens, publish events."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+import trio
+
+from rtserver.auth import mint_token
+from rtserver.config import Config, ConfigError, load_config
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides: dict = {"server": {}}
+    if getattr(args, "host", None):
+        overrides["server"]["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        overrides["server"]["port"] = args.port
+    return load_config(args.config, overrides=overrides)
+
+
+async def _serve(config: Config) -> None:
+    from rtserver.node import Node
+
+    node = Node(config)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(node.run)
+            host = config.server.host
+            print(f"rtserver listening on http://{host}:{port}  (WebSocket ws://{host}:{port}/hub/ws)",
+                  file=sys.stderr, flush=True)
+            async for _ in signals:
+                await node.drain()
+                nursery.cancel_scope.cancel()
+                break
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from rtserver.logs import configure_logging
+
+    config = _config(args)
+    configure_logging(config.log.level)
+    trio.run(_serve, config)
+
+
+def _claims(args: argparse.Namespace) -> dict:
+    claims: dict = {"sub": args.sub, "roles": args.roles.split(",")}
+    if args.tenant:
+        claims["healthUnitTaxId"] = args.tenant
+    for flag, claim in (("professional", "professionalTaxId"), ("patient", "patientTaxId")):
+        if getattr(args, flag):
+            claims[claim] = getattr(args, flag)
+    for flag, claim in (("specialities", "specialityIds"), ("threads", "threadIds"),
+                        ("presence_groups", "presenceGroups")):
+        if getattr(args, flag):
+            claims[claim] = getattr(args, flag).split(",")
+    if args.claims:
+        claims.update(json.loads(args.claims))
+    return claims
+
+
+def cmd_token(args: argparse.Namespace) -> None:
+    config = _config(args)
+    if not config.auth.hs256_secret:
+        raise SystemExit("rtserver token: the configuration has no auth.hs256_secret")
+    print(mint_token(config.auth.hs256_secret, _claims(args), args.ttl))
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    from rtserver.publisher import Publisher, PublishError
+
+    config = _config(args)
+    token = args.token or os.environ.get("RTSERVER_TOKEN")
+    if not token:
+        token = mint_token(config.auth.hs256_secret, {"sub": "rtserver-cli", "roles": ["service"]}, 300)
+    url = args.url or f"http://{config.server.host}:{config.server.port}"
+
+    async def publish() -> dict:
+        async with Publisher(url, token) as pub:
+            return await pub.publish(args.event, args.tenant, args.rooms.split(","),
+                                     json.loads(args.data), id=args.id, traceparent=args.traceparent)
+
+    try:
+        print(json.dumps(trio.run(publish)))
+    except PublishError as exc:
+        raise SystemExit(f"rtserver publish: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="rtserver", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=os.environ.get("RTSERVER_CONFIG"),
+                        help="TOML file (env RTSERVER_CONFIG)")
+    common.add_argument("--host", default=os.environ.get("RTSERVER_HOST"), help="env RTSERVER_HOST")
+    common.add_argument("--port", type=int, default=os.environ.get("RTSERVER_PORT"), help="env RTSERVER_PORT")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", parents=[common], help="run a node")
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", parents=[common], help="mint a development HS256 token")
+    token.add_argument("--sub", required=True)
+    token.add_argument("--tenant", help="healthUnitTaxId")
+    token.add_argument("--roles", default="attendant", help="comma-separated")
+    token.add_argument("--professional")
+    token.add_argument("--patient")
+    token.add_argument("--specialities")
+    token.add_argument("--threads")
+    token.add_argument("--presence-groups")
+    token.add_argument("--claims", help="extra claims as JSON")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds")
+    token.set_defaults(func=cmd_token)
+
+    publish = sub.add_parser("publish", parents=[common], help="append an event through a node")
+    publish.add_argument("--url", help="node base URL (default from the config)")
+    publish.add_argument("--token", help="service token (default: minted from the config key)")
+    publish.add_argument("--event", required=True)
+    publish.add_argument("--tenant", required=True)
+    publish.add_argument("--rooms", required=True, help="comma-separated room names")
+    publish.add_argument("--data", default="{}", help="JSON object")
+    publish.add_argument("--id")
+    publish.add_argument("--traceparent")
+    publish.set_defaults(func=cmd_publish)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as exc:
+        raise SystemExit(f"rtserver: {exc}") from None

@@ -1,0 +1,157 @@
+"""One typed, frozen configuration object, loaded from TOML and environment variables.
+
+Sections mirror ``config/rtserver.toml``. Unknown keys are errors that name the key.
+Environment variables override the file: ``RTSERVER_<SECTION>__<FIELD>`` (for example
+``RTSERVER_SERVER__PORT=9000``); values are parsed as TOML values when they can be
+(``8080``, ``true``, ``["a","b"]``) and taken as strings otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+ENV_PREFIX = "RTSERVER_"
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Origins allowed to open WebSockets (exact ``scheme://host[:port]``). Requests without
+    #: ``Origin`` (non-browser clients) are allowed; ``["*"]`` allows every origin; empty
+    #: allows only the server's own origin (``Origin`` host equal to ``Host``).
+    allowed_origins: list[str] = []
+    #: Largest inbound WebSocket message, bytes; larger closes with 1009.
+    max_inbound_message_bytes: int = 65536
+    #: Largest HTTP request head, bytes.
+    max_request_head_bytes: int = 16384
+    #: Seconds a client has to complete the HTTP/WebSocket handshake.
+    handshake_timeout_s: float = 10.0
+    #: SIGTERM: seconds until the process exits, whatever is left.
+    drain_deadline_s: float = 20.0
+    #: SIGTERM: clients closed per batch, and the pause between batches (ms).
+    drain_batch: int = 500
+    drain_pace_ms: int = 50
+    #: Listen backlog.
+    backlog: int = 4096
+
+
+class AuthConfig(_Section):
+    #: HS256 shared secret; empty disables HS256.
+    hs256_secret: str = ""
+    #: PEM public key file for RS256/ES256; empty disables.
+    public_key_file: str = ""
+    #: JWKS JSON file (RS256/ES256 keys, chosen by ``kid``); empty disables.
+    jwks_file: str = ""
+    #: Algorithms accepted; anything else (``none`` included) is refused.
+    algorithms: list[str] = msgspec.field(default_factory=lambda: ["HS256", "RS256", "ES256"])
+    #: Clock skew tolerated on ``exp``/``nbf``, seconds.
+    leeway_s: int = 5
+    #: Optional expected ``iss`` / ``aud``; empty means not checked.
+    issuer: str = ""
+    audience: str = ""
+
+
+class ConnectionConfig(_Section):
+    #: Outbound budget per connection; over either, the client is closed as a slow consumer.
+    outbound_max_frames: int = 20000
+    outbound_max_bytes: int = 8 * 1024 * 1024
+    #: Most bytes one connection writes per scheduler tick (bounded latency for others).
+    flush_max_bytes: int = 256 * 1024
+    #: Inbound token bucket: commands per second and burst.
+    inbound_rate: float = 20.0
+    inbound_burst: int = 40
+    #: Refused commands in a row after which the client is closed as rate limited.
+    rate_limit_close_after: int = 20
+    #: Rooms one connection may be in (auto-joined included).
+    max_rooms: int = 256
+    #: Interval the client is told to send heartbeats/pings in, seconds.
+    heartbeat_s: int = 30
+    #: Bytes read per ``recv``.
+    read_chunk_bytes: int = 65536
+
+
+class RoomsConfig(_Section):
+    #: Seconds an empty room actor lingers before it stops.
+    linger_s: float = 30.0
+    #: Room mailbox capacity (broadcasts and membership changes).
+    mailbox: int = 4096
+
+
+class BusConfig(_Section):
+    #: Number of stream shards (must agree between nodes and publishers).
+    shards: int = 16
+    #: Entries kept per shard (memory bus; ``MAXLEN ~`` on Redis).
+    retention: int = 100_000
+    #: Published ids remembered per shard to drop repeats.
+    dedupe_window: int = 100_000
+    #: Largest history answer to one ``since`` read, events.
+    max_history: int = 10_000
+
+
+class LogConfig(_Section):
+    level: str = "info"
+
+
+class Config(_Section):
+    server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
+    connection: ConnectionConfig = ConnectionConfig()
+    rooms: RoomsConfig = RoomsConfig()
+    bus: BusConfig = BusConfig()
+    log: LogConfig = LogConfig()
+    #: Catalog allow-list overrides: event type -> list of allowed payload fields.
+    catalog_fields: dict[str, list[str]] = {}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, field = name[len(ENV_PREFIX) :].lower().partition("__")
+        data.setdefault(section, {})[field] = _env_value(raw)
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Build the configuration: defaults < TOML file < environment < ``overrides``.
+
+    Raises ``ConfigError`` naming the offending key or value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+    _apply_env(data, os.environ if environ is None else environ)
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    try:
+        return msgspec.convert(data, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None

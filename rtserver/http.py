@@ -1,0 +1,165 @@
+"""The HTTP side: a quart-trio app served by hypercorn's connection handler.
+
+Routes: ``POST /v1/publish``, ``GET /{ns}/events``, ``/healthz``, ``/readyz``,
+``/metrics``. The listener hands every non-WebSocket connection to ``HttpFrontend.serve``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from protocol.catalog import Namespace
+from protocol.cursors import Cursor
+from protocol.envelope import decode_publish
+from protocol.errors import CloseCode, ReplyCode, ReplyError
+from protocol.frames import JSON
+from rtserver.auth import AuthError, Claims, admit, authorize_room, bearer_token
+
+if TYPE_CHECKING:
+    from rtserver.node import Node
+
+log = structlog.get_logger("rtserver.http")
+
+_STATUS = {
+    ReplyCode.BAD_FRAME: 400,
+    ReplyCode.BAD_ROOM: 422,
+    ReplyCode.FORBIDDEN: 403,
+    ReplyCode.UNKNOWN_EVENT: 422,
+    ReplyCode.BAD_PAYLOAD: 422,
+    ReplyCode.UNAVAILABLE: 503,
+}
+_json = msgspec.json.Encoder()
+
+
+def _answer(body: object, status: int = 200) -> Response:
+    return Response(_json.encode(body), status=status, content_type="application/json")
+
+
+def _error(status: int, code: int | str, message: str) -> Response:
+    return _answer({"error": code, "message": message}, status)
+
+
+def create_app(node: Node) -> QuartTrio:
+    app = QuartTrio("rtserver")
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["BODY_TIMEOUT"] = 30
+
+    def claims_of_request() -> Claims:
+        token = bearer_token({k.lower(): v for k, v in request.headers.items()},
+                             dict(request.args), [])
+        if token is None:
+            raise AuthError(CloseCode.UNAUTHENTICATED, "no token")
+        return node.verifier.verify(token)
+
+    @app.errorhandler(AuthError)
+    async def auth_error(exc: AuthError):
+        node.metrics.auth_failures.labels(exc.disconnect.reason).inc()
+        return _error(exc.status, exc.disconnect.code, exc.message)
+
+    @app.errorhandler(ReplyError)
+    async def reply_error(exc: ReplyError):
+        return _error(_STATUS.get(exc.code, 400), int(exc.code), exc.message)
+
+    @app.get("/healthz")
+    async def healthz():
+        return _answer({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz():
+        checks = {"bus": node.bus.ready(), "draining": node.draining}
+        ready = checks["bus"] and not node.draining
+        return _answer({"ready": ready, **checks}, 200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(node.metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/publish")
+    async def publish():
+        claims = claims_of_request()
+        if not claims.is_service:
+            raise AuthError(CloseCode.FORBIDDEN, "publishing needs a service token", 403)
+        body = await request.get_data()
+        try:
+            envelope = decode_publish(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ReplyError(ReplyCode.BAD_FRAME, f"invalid publish body: {exc}") from None
+        if claims.tenant and envelope.tenant != claims.tenant:
+            raise ReplyError(ReplyCode.FORBIDDEN, "this service token may only publish to its own tenant")
+        if envelope.traceparent is None and "traceparent" in request.headers:
+            envelope = msgspec.structs.replace(envelope, traceparent=request.headers["traceparent"])
+        result = await node.publish(envelope)
+        return _answer(result, 200)
+
+    @app.get("/<ns>/events")
+    async def events(ns: str):
+        try:
+            namespace = Namespace(ns)
+        except ValueError:
+            return _error(404, 404, "unknown namespace")
+        claims = claims_of_request()
+        admit(claims, namespace)
+        names = [r for r in request.args.get("rooms", "").split(",") if r]
+        if not names:
+            raise ReplyError(ReplyCode.BAD_ROOM, "name the rooms with ?rooms=a,b")
+        for name in names:
+            authorize_room(claims, namespace, name)
+        since_text = request.args.get("since")
+        if not since_text:
+            raise ReplyError(ReplyCode.BAD_FRAME, "?since=<cursor> is required")
+        since = Cursor.parse(since_text)
+        limit = min(int(request.args.get("limit", node.config.bus.max_history)), node.config.bus.max_history)
+        page = await node.catch_up(claims.tenant, names, since, limit)
+        if not page.recovered:
+            return _answer({"recovered": False, "cursor": page.cursor.encode(), "events": []}, 410)
+        return Response(
+            b'{"recovered":true,"cursor":"%s","more":%s,"events":[%s]}'
+            % (page.cursor.encode().encode(), b"true" if page.more else b"false",
+               b",".join(JSON.encode(evt) for evt in page.events)),
+            content_type="application/json",
+        )
+
+    return app
+
+
+class HttpFrontend:
+    """Runs the app's lifespan and serves connections handed over by the listener."""
+
+    def __init__(self, app: QuartTrio) -> None:
+        self.config = HypercornConfig()
+        self.config.accesslog = None
+        self.config.keep_alive_timeout = 75
+        self.config.graceful_timeout = 5
+        self._app = wrap_app(app, self.config.wsgi_max_body_size, "asgi")
+        self._context = WorkerContext(None)
+        self._state: dict = {}
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        lifespan = Lifespan(self._app, self.config, self._state)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lifespan.handle_lifespan)
+            await lifespan.wait_for_startup()
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                await self._context.terminated.set()
+                with trio.CancelScope(shield=True), trio.move_on_after(self.config.graceful_timeout):
+                    await lifespan.wait_for_shutdown()
+                nursery.cancel_scope.cancel()
+
+    async def serve(self, stream: trio.abc.HalfCloseableStream) -> None:
+        await TCPServer(self._app, self.config, self._context, ConnectionState(self._state.copy()), stream)
+

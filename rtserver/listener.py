@@ -1,0 +1,261 @@
+"""The single port: WebSocket upgrades to ``/{ns}/ws`` stay on the fast path, the rest goes to hypercorn.
+
+Each accepted socket is read until its first HTTP request head is complete (h11, bounded
+in size and time). A WebSocket upgrade to ``/hub/ws`` or ``/portal/ws`` is authenticated
+here and becomes a ``Connection`` actor on the plain non-blocking socket (wsproto parses
+what the client sends; broadcasts are framed once, see ``protocol.wsframes``). Any other
+request is handed, with the bytes already read, to hypercorn's own connection handler
+serving the quart-trio app, so every HTTP feature (keep-alive, chunking, HTTP errors)
+is hypercorn's.
+"""
+
+from __future__ import annotations
+
+import errno
+import secrets
+import socket
+from collections.abc import Callable
+from urllib.parse import parse_qsl, urlsplit
+
+import h11
+import structlog
+import trio
+import wsproto.handshake
+from wsproto import ConnectionType
+from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
+
+from actors.connection import Connection, ConnectionServices
+from protocol.catalog import Namespace
+from protocol.cursors import Cursor
+from protocol.errors import CloseCode, ReplyError
+from protocol.wires import WS_JSON, WS_WIRES
+from protocol.wsframes import close_frame
+from rtserver.auth import AuthError, TokenVerifier, admit, bearer_token
+from rtserver.config import ServerConfig
+
+log = structlog.get_logger("rtserver.listener")
+
+WS_PATHS = {f"/{ns.value}/ws": ns for ns in Namespace}
+
+
+class ReplayStream(trio.abc.HalfCloseableStream):
+    """A socket stream that first returns bytes already read from the socket."""
+
+    def __init__(self, sock: socket.socket, prefix: bytes) -> None:
+        self.socket = trio.socket.from_stdlib_socket(sock)
+        self._stream = trio.SocketStream(self.socket)
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class Listener:
+    def __init__(
+        self,
+        config: ServerConfig,
+        services: ConnectionServices,
+        verifier: TokenVerifier,
+        serve_http: Callable[[trio.abc.HalfCloseableStream], object],
+        connections: set[Connection],
+    ) -> None:
+        self._config = config
+        self._services = services
+        self._verifier = verifier
+        self._serve_http = serve_http
+        self._connections = connections
+        self._sock: socket.socket | None = None
+        self._accepting = trio.CancelScope()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and accept until ``stop_accepting``; reports the bound port."""
+        sock = socket.socket(socket.AF_INET6 if ":" in self._config.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self._config.host, self._config.port))
+        sock.listen(self._config.backlog)
+        sock.setblocking(False)
+        self._sock = sock
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started(sock.getsockname()[1])
+                with self._accepting:
+                    await self._accept_loop(sock, nursery)
+        finally:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+
+    def stop_accepting(self) -> None:
+        self._accepting.cancel()
+        if self._sock is not None:
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
+
+    async def _accept_loop(self, sock: socket.socket, nursery: trio.Nursery) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            while True:
+                try:
+                    client, _ = sock.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        log.warning("accept_failed", error=str(exc))
+                        await trio.sleep(0.1)
+                        break
+                    raise
+                nursery.start_soon(self._handle, client)
+
+    async def _handle(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        received = bytearray()
+        with trio.move_on_after(self._config.handshake_timeout_s):
+            request = await self._read_head(sock, received)
+        if request is None or not isinstance(request, h11.Request):
+            if isinstance(request, h11.RemoteProtocolError):
+                _send_quietly(sock, b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            sock.close()
+            return
+        path = urlsplit(request.target.decode("latin-1")).path
+        if path in WS_PATHS and _is_upgrade(request):
+            await self._websocket(sock, bytes(received), WS_PATHS[path])
+        else:
+            await self._serve_http(ReplayStream(sock, bytes(received)))
+
+    async def _read_head(self, sock: socket.socket, received: bytearray) -> h11.Request | Exception | None:
+        parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self._config.max_request_head_bytes)
+        while True:
+            try:
+                event = parser.next_event()
+            except h11.RemoteProtocolError as exc:
+                return exc
+            if event is not h11.NEED_DATA:
+                return event
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return None
+            if not data:
+                return None
+            received += data
+            parser.receive_data(data)
+
+    async def _websocket(self, sock: socket.socket, received: bytes, ns: Namespace) -> None:
+        head_end = received.find(b"\r\n\r\n") + 4
+        handshake = wsproto.handshake.H11Handshake(ConnectionType.SERVER)
+        handshake.receive_data(received[:head_end])
+        request = next((e for e in handshake.events() if isinstance(e, Request)), None)
+        if request is None:
+            _send_quietly(sock, b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            sock.close()
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.extra_headers}
+        query = dict(parse_qsl(urlsplit(request.target).query))
+        if not self._origin_allowed(headers.get("origin"), request.host):
+            self._reject(sock, handshake, 403, "origin not allowed")
+            return
+        wire_name = next((p for p in request.subprotocols if p in WS_WIRES), None)
+        wire = WS_WIRES[wire_name] if wire_name else WS_JSON
+        try:
+            since = Cursor.parse(query["since"]) if query.get("since") else None
+        except ReplyError as err:
+            self._reject(sock, handshake, 400, err.message)
+            return
+        accept = handshake.send(AcceptConnection(subprotocol=wire_name))
+        metrics = self._services.metrics
+        try:
+            token = bearer_token(headers, query, request.subprotocols)
+            if token is None:
+                raise AuthError(CloseCode.UNAUTHENTICATED, "no token")
+            claims = self._verifier.verify(token)
+            admit(claims, ns)
+        except AuthError as exc:
+            metrics.auth_failures.labels(exc.disconnect.reason).inc()
+            log.info("handshake_refused", code=exc.disconnect.code, reason=exc.message, ns=ns.value)
+            _send_quietly(sock, accept + close_frame(exc.disconnect.code, exc.message))
+            await _linger_close(sock)
+            return
+        ws = handshake.connection
+        trailing = received[head_end:]
+        if trailing:
+            ws.receive_data(trailing)
+        if not _send_quietly(sock, accept):
+            sock.close()
+            return
+        connection = Connection(
+            sock, ws, services=self._services, claims=claims, ns=ns, wire=wire,
+            session=secrets.token_urlsafe(12), since=since,
+        )
+        self._connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self._connections.discard(connection)
+
+    def _origin_allowed(self, origin: str | None, host: str) -> bool:
+        allowed = self._config.allowed_origins
+        if origin is None or "*" in allowed or origin in allowed:
+            return True
+        return not allowed and urlsplit(origin).netloc == host
+
+    def _reject(self, sock: socket.socket, handshake, status: int, message: str) -> None:
+        body = ('{"error":%d,"message":"%s"}' % (status, message.replace('"', "'"))).encode()
+        data = handshake.send(RejectConnection(
+            status_code=status,
+            headers=[(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                     (b"connection", b"close")],
+            has_body=True,
+        ))
+        data += handshake.send(RejectData(data=body, body_finished=True))
+        _send_quietly(sock, data)
+        sock.close()
+
+
+def _is_upgrade(request: h11.Request) -> bool:
+    return any(k == b"upgrade" and v.lower() == b"websocket" for k, v in request.headers)
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> bool:
+    """Best-effort non-blocking write of a small handshake answer."""
+    try:
+        return sock.send(data) == len(data)
+    except OSError:
+        return False
+
+
+async def _linger_close(sock: socket.socket) -> None:
+    """Close after the peer has read our answer (avoid an RST that would swallow it)."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        with trio.move_on_after(2):
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    if not sock.recv(4096):
+                        break
+                except BlockingIOError:
+                    continue
+    except OSError:
+        pass
+    finally:
+        sock.close()

@@ -1,0 +1,53 @@
+"""Prometheus metrics of one node, on a registry of its own (several nodes may share a process in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.connections = Gauge(
+            "rt_connections", "Open client connections", ["ns", "transport"], registry=r
+        )
+        self.messages_in = Counter(
+            "rt_messages_in_total", "Frames and events received, by kind", ["kind"], registry=r
+        )
+        self.messages_out = Counter(
+            "rt_messages_out_total",
+            "Event frames queued to clients (one per recipient), by event type",
+            ["event"],
+            registry=r,
+        )
+        self.published = Counter(
+            "rt_published_total", "Events appended or published, by event type and outcome",
+            ["event", "outcome"], registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "rt_delivery_latency_seconds",
+            "Bus append to the end of the socket flush that wrote the event (one sample per event per room)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.outbound_queued_bytes = Gauge(
+            "rt_outbound_queued_bytes", "Bytes queued to clients and not yet written", registry=r
+        )
+        self.outbound_queued_frames = Gauge(
+            "rt_outbound_queued_frames", "Frames queued to clients and not yet written", registry=r
+        )
+        self.disconnects = Counter(
+            "rt_disconnects_total", "Closed connections, by reason", ["reason"], registry=r
+        )
+        self.rate_limited = Counter(
+            "rt_rate_limited_total", "Client commands refused by the inbound rate limit", registry=r
+        )
+        self.rooms = Gauge("rt_rooms", "Room actors alive", registry=r)
+        self.auth_failures = Counter(
+            "rt_auth_failures_total", "Handshakes refused, by reason", ["reason"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,137 @@
+"""A node: one rtserver process, with its bus, actors, listener and HTTP app.
+
+``Node.run`` starts, in order, the writer, the registry (live feed -> rooms), the HTTP
+frontend and the listener, then reports the bound port. ``Node.drain`` is the SIGTERM
+path: stop accepting, mark not ready, close clients with the draining code in paced
+batches and wait for them, all within ``server.drain_deadline_s``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from actors.connection import Connection, ConnectionServices
+from actors.registry import Registry
+from actors.writer import Writer
+from protocol.catalog import Catalog
+from protocol.cursors import Cursor
+from protocol.envelope import Envelope
+from protocol.errors import CloseCode
+from protocol.frames import Emit, Evt
+from protocol.rooms import parse_room
+from rtserver.auth import TokenVerifier
+from rtserver.bus import Bus
+from rtserver.bus.memory import MemoryBus
+from rtserver.config import Config
+from rtserver.http import HttpFrontend, create_app
+from rtserver.listener import Listener
+from rtserver.metrics import Metrics
+
+log = structlog.get_logger("rtserver.node")
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    events: list[Evt]
+    cursor: Cursor
+    recovered: bool
+    more: bool
+
+
+class Node:
+    def __init__(self, config: Config, *, bus: Bus | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.catalog = Catalog.default().with_fields(config.catalog_fields)
+        self.verifier = TokenVerifier(config.auth)
+        self.bus: Bus = bus or MemoryBus(config.bus)
+        self.writer = Writer(self.metrics, flush_max_bytes=config.connection.flush_max_bytes)
+        self.registry = Registry(self.bus, config.rooms, self.metrics, self.writer.fanned_out_at)
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self.http = HttpFrontend(create_app(self))
+        services = ConnectionServices(
+            config=config, bus=self.bus, registry=self.registry, writer=self.writer,
+            metrics=self.metrics, catalog=self.catalog, on_emit=self._on_emit,
+        )
+        self.listener = Listener(config.server, services, self.verifier, self.http.serve, self.connections)
+        self.port: int | None = None
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.writer.run)
+            await nursery.start(self.registry.run)
+            await nursery.start(self.http.run)
+            self.port = await nursery.start(self.listener.run)
+            log.info("listening", host=self.config.server.host, port=self.port)
+            task_status.started(self.port)
+
+    # -- publishing and catch-up -------------------------------------------------------
+    async def publish(self, envelope: Envelope) -> dict:
+        """Validate against the catalog and append (durable) or publish (ephemeral)."""
+        etype = self.catalog.validate_publish(envelope.event, envelope.tenant, envelope.rooms, envelope.data)
+        if etype.durable:
+            result = await self.bus.append(envelope)
+            outcome = "duplicate" if result.duplicate else "appended"
+            self.metrics.published.labels(envelope.event, outcome).inc()
+            log.debug("published", event_type=envelope.event, id=result.event.id, outcome=outcome,
+                      traceparent=envelope.traceparent)
+            return {"id": result.event.id, "cursor": result.event.cursor, "duplicate": result.duplicate}
+        event = await self.bus.publish_ephemeral(envelope)
+        self.metrics.published.labels(envelope.event, "ephemeral").inc()
+        return {"id": event.id, "cursor": None, "duplicate": False}
+
+    async def catch_up(self, tenant: str, names: list[str], since: Cursor, limit: int) -> CatchUp:
+        """The events of ``names`` after ``since`` (one page of at most ``limit``)."""
+        for name in names:
+            parse_room(name)
+        wanted = set(names)
+        events: list[Evt] = []
+        cursor = since
+        while len(events) < limit:
+            page = await self.bus.read_since(cursor, min(500, limit))
+            if not page.recovered:
+                return CatchUp([], await self.bus.head(since.shard), False, False)
+            for stored in page.events:
+                env = stored.envelope
+                if env.tenant != tenant:
+                    continue
+                events.extend(
+                    Evt(event=env.event, room=name, id=stored.id, ts=stored.ts, data=env.data,
+                        cursor=stored.cursor)
+                    for name in env.rooms if name in wanted
+                )
+            cursor = page.cursor
+            if not page.more:
+                return CatchUp(events, cursor, True, False)
+        return CatchUp(events, cursor, True, True)
+
+    async def _on_emit(self, connection: Connection, frame: Emit) -> None:
+        """Client events: typing reaches the thread's other members as ``thread:typing``."""
+        if frame.event in ("typing:start", "typing:stop") and frame.room is not None:
+            _, thread = parse_room(frame.room)
+            await self.bus.publish_ephemeral(Envelope(
+                event="thread:typing", tenant=connection.claims.tenant, rooms=[frame.room],
+                data={"threadId": thread, "userId": connection.claims.user,
+                      "typing": frame.event == "typing:start"},
+            ))
+
+    # -- draining ----------------------------------------------------------------------
+    async def drain(self) -> None:
+        """Stop accepting and close every client with ``SERVER_DRAINING``, paced, bounded."""
+        cfg = self.config.server
+        self.draining = True
+        self.listener.stop_accepting()
+        log.info("draining", connections=len(self.connections))
+        with trio.move_on_after(cfg.drain_deadline_s):
+            pending = list(self.connections)
+            for start in range(0, len(pending), cfg.drain_batch):
+                for connection in pending[start : start + cfg.drain_batch]:
+                    connection.close(CloseCode.SERVER_DRAINING)
+                await trio.sleep(cfg.drain_pace_ms / 1000)
+            while self.connections:
+                await trio.sleep(0.05)
+        log.info("drained", left=len(self.connections))
