@@ -96,7 +96,15 @@ class TokenBucket:
         return False
 
 
+log = structlog.get_logger("rtserver.connection")
+
+
 class Connection:
+    __slots__ = (
+        "id", "session", "claims", "ns", "out", "_sock", "_ws", "_s", "_wire", "_since",
+        "_bucket", "_rooms", "_scope", "_disconnect", "_peer_closed", "_partial",
+        "_partial_size", "_pending_history",
+    )
     _next_id = 0
 
     def __init__(
@@ -129,9 +137,7 @@ class Connection:
         self._peer_closed = False
         self._partial: list[bytes | str] = []
         self._partial_size = 0
-        self.log = structlog.get_logger("rtserver.connection").bind(
-            session=session, user=claims.user, tenant=claims.tenant, ns=ns.value
-        )
+        self._pending_history: list[tuple[StoredEvent, str]] = []
         self.out = OutboundQueue(
             sock,
             services.writer,
@@ -156,7 +162,7 @@ class Connection:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         metrics = self._s.metrics
         metrics.connections.labels(self.ns.value, "websocket").inc()
-        self.log.info("connect", wire=self._wire.name)
+        self._log("connect", wire=self._wire.name)
         try:
             with self._scope:
                 if self.claims.exp is not None:
@@ -173,7 +179,7 @@ class Connection:
             disconnect = self._disconnect or CloseCode.NORMAL
             metrics.connections.labels(self.ns.value, "websocket").dec()
             metrics.disconnects.labels(disconnect.reason).inc()
-            self.log.info("disconnect", code=disconnect.code, reason=disconnect.reason,
+            self._log("disconnect", code=disconnect.code, reason=disconnect.reason,
                           by_client=self._peer_closed)
             with trio.CancelScope(shield=True):
                 await self._close_socket(disconnect)
@@ -250,7 +256,7 @@ class Connection:
                     if await self._on_ws_event(event):
                         return
             except wsproto.utilities.RemoteProtocolError as exc:
-                self.log.info("protocol_error", error=str(exc))
+                self._log("protocol_error", error=str(exc))
                 self._disconnect = CloseCode.PROTOCOL_ERROR
                 return
 
@@ -303,7 +309,7 @@ class Connection:
             elif isinstance(frame, Ping):
                 self._send(Pong(ref=frame.ref))
         except ReplyError as err:
-            self.log.info("command_refused", op=type(frame).__name__.lower(), code=int(err.code),
+            self._log("command_refused", op=type(frame).__name__.lower(), code=int(err.code),
                           error=err.message)
             self._send_error(err, frame.ref)
 
@@ -324,7 +330,7 @@ class Connection:
 
         await self._join([frame.room], since, ack=ack)
         self._flush_pending_history()
-        self.log.info("sub", room=frame.room, since=frame.since)
+        self._log("sub", room=frame.room, since=frame.since)
 
     def _on_unsub(self, frame: Unsub) -> None:
         room = self._rooms.pop(frame.room, None)
@@ -332,7 +338,7 @@ class Connection:
             raise ReplyError(ReplyCode.NOT_SUBSCRIBED, f"not subscribed to {frame.room!r}")
         room.remove(self.id)
         self._send(Ack(ref=frame.ref, room=frame.room))
-        self.log.info("unsub", room=frame.room)
+        self._log("unsub", room=frame.room)
 
     async def _on_emit(self, frame: Emit) -> None:
         etype = self._s.catalog.get(frame.event)
@@ -405,8 +411,6 @@ class Connection:
             room.add(self.id, self._wire, self.out.push)
         return recovered
 
-    _pending_history: list[tuple[StoredEvent, str]] = []
-
     def _merge(
         self,
         history: list[tuple[StoredEvent, str]],
@@ -434,6 +438,10 @@ class Connection:
                 Evt(event=envelope.event, room=name, id=event.id, ts=event.ts,
                     data=envelope.data, cursor=event.cursor)
             )
+
+    def _log(self, message: str, **fields: object) -> None:
+        log.info(message, session=self.session, user=self.claims.user, tenant=self.claims.tenant,
+                 ns=self.ns.value, **fields)
 
     # -- writing -----------------------------------------------------------------------
     def _send(self, frame: ServerFrame) -> None:

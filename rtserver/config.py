@@ -67,6 +67,10 @@ class ConnectionConfig(_Section):
     outbound_max_bytes: int = 8 * 1024 * 1024
     #: Most bytes one connection writes per scheduler tick (bounded latency for others).
     flush_max_bytes: int = 256 * 1024
+    #: Coalescing window of the writer, ms: under load, each connection's frames are
+    #: written at most once per interval, in one write (an isolated event leaves at once).
+    #: Larger batches cost fewer send() calls per delivery; this bounds the added latency.
+    flush_interval_ms: float = 5.0
     #: Inbound token bucket: commands per second and burst.
     inbound_rate: float = 20.0
     inbound_burst: int = 40

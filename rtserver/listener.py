@@ -134,10 +134,20 @@ class Listener:
             sock.close()
             return
         path = urlsplit(request.target.decode("latin-1")).path
-        if path in WS_PATHS and _is_upgrade(request):
-            await self._websocket(sock, bytes(received), WS_PATHS[path])
-        else:
+        if not (path in WS_PATHS and _is_upgrade(request)):
             await self._serve_http(ReplayStream(sock, bytes(received)))
+            return
+        connection = self._accept_websocket(sock, bytes(received), WS_PATHS[path])
+        # Nothing of the handshake stays referenced while the connection lives.
+        del received, request
+        if isinstance(connection, Connection):
+            self._connections.add(connection)
+            try:
+                await connection.run()
+            finally:
+                self._connections.discard(connection)
+        elif connection is not None:
+            await _linger_close(sock)
 
     async def _read_head(self, sock: socket.socket, received: bytearray) -> h11.Request | Exception | None:
         parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self._config.max_request_head_bytes)
@@ -160,7 +170,9 @@ class Listener:
             received += data
             parser.receive_data(data)
 
-    async def _websocket(self, sock: socket.socket, received: bytes, ns: Namespace) -> None:
+    def _accept_websocket(self, sock: socket.socket, received: bytes, ns: Namespace) -> Connection | AuthError | None:
+        """Answer the upgrade: a ``Connection`` to run, an ``AuthError`` already sent as a
+        close frame (the caller lingers, then closes), or None when refused and closed."""
         head_end = received.find(b"\r\n\r\n") + 4
         handshake = wsproto.handshake.H11Handshake(ConnectionType.SERVER)
         handshake.receive_data(received[:head_end])
@@ -168,19 +180,19 @@ class Listener:
         if request is None:
             _send_quietly(sock, b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
             sock.close()
-            return
+            return None
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.extra_headers}
         query = dict(parse_qsl(urlsplit(request.target).query))
         if not self._origin_allowed(headers.get("origin"), request.host):
             self._reject(sock, handshake, 403, "origin not allowed")
-            return
+            return None
         wire_name = next((p for p in request.subprotocols if p in WS_WIRES), None)
         wire = WS_WIRES[wire_name] if wire_name else WS_JSON
         try:
             since = Cursor.parse(query["since"]) if query.get("since") else None
         except ReplyError as err:
             self._reject(sock, handshake, 400, err.message)
-            return
+            return None
         accept = handshake.send(AcceptConnection(subprotocol=wire_name))
         metrics = self._services.metrics
         try:
@@ -193,24 +205,18 @@ class Listener:
             metrics.auth_failures.labels(exc.disconnect.reason).inc()
             log.info("handshake_refused", code=exc.disconnect.code, reason=exc.message, ns=ns.value)
             _send_quietly(sock, accept + close_frame(exc.disconnect.code, exc.message))
-            await _linger_close(sock)
-            return
+            return exc
         ws = handshake.connection
         trailing = received[head_end:]
         if trailing:
             ws.receive_data(trailing)
         if not _send_quietly(sock, accept):
             sock.close()
-            return
-        connection = Connection(
+            return None
+        return Connection(
             sock, ws, services=self._services, claims=claims, ns=ns, wire=wire,
             session=secrets.token_urlsafe(12), since=since,
         )
-        self._connections.add(connection)
-        try:
-            await connection.run()
-        finally:
-            self._connections.discard(connection)
 
     def _origin_allowed(self, origin: str | None, host: str) -> bool:
         allowed = self._config.allowed_origins

@@ -48,7 +48,11 @@ class Node:
         self.catalog = Catalog.default().with_fields(config.catalog_fields)
         self.verifier = TokenVerifier(config.auth)
         self.bus: Bus = bus or MemoryBus(config.bus)
-        self.writer = Writer(self.metrics, flush_max_bytes=config.connection.flush_max_bytes)
+        self.writer = Writer(
+            self.metrics,
+            flush_max_bytes=config.connection.flush_max_bytes,
+            interval_s=config.connection.flush_interval_ms / 1000,
+        )
         self.registry = Registry(self.bus, config.rooms, self.metrics, self.writer.fanned_out_at)
         self.connections: set[Connection] = set()
         self.draining = False

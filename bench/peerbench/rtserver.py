@@ -1,0 +1,63 @@
+"""peerbench adapter: rtserver, embedded memory bus, one process (PEERBENCH_ADAPTERS=<this folder>).
+
+Subscribers connect to /hub/ws with a staff token and ``sub`` to ``probe:{room}``; the
+publisher POSTs ``rt.probe`` events (durable, never coalesced) to /v1/publish with a
+service token. Tokens are HS256, minted here with the stdlib from the bench secret.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import time
+
+NAME = "rtserver"
+DESC = "rtserver (Trio), embedded memory bus, one process; json-sub over /hub/ws, HTTP publish"
+
+PROJECT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+PYTHON = os.environ.get("RTSERVER_PYTHON", os.path.join(PROJECT, ".venv", "bin", "python"))
+SECRET = "peerbench-secret-not-for-production-0123456789"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def mint(claims: dict) -> str:
+    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = _b64(json.dumps({**claims, "exp": int(time.time()) + 86400}).encode())
+    signature = hmac.new(SECRET.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{_b64(signature)}"
+
+
+TOKEN = mint({"sub": "bench-sub", "healthUnitTaxId": "t1", "roles": ["attendant"]})
+SERVICE_TOKEN = mint({"sub": "bench-pub", "roles": ["service"]})
+
+
+def prepare(ctx):
+    with open(os.path.join(ctx.run_dir, "rtserver.toml"), "w") as f:
+        f.write(f'[auth]\nhs256_secret = "{SECRET}"\n[server]\nhost = "127.0.0.1"\nport = {ctx.port}\n')
+
+
+def processes(ctx):
+    return [{
+        "name": "server",
+        "cmd": [PYTHON, "-m", "rtserver", "serve", "--config", "{run_dir}/rtserver.toml"],
+        "env": {"PYTHONPATH": PROJECT},
+        "wait_port": "{port}",
+    }]
+
+
+SUB = {
+    "url": "ws://127.0.0.1:{port}/hub/ws?access_token=" + TOKEN,
+    "proto": "json-sub",
+    "sub_frame": '{"op":"sub","room":"probe:{room}","ref":1}',
+    "sub_ack": '"op":"ack"',
+}
+PUB = {
+    "method": "http",
+    "url": "http://127.0.0.1:{port}/v1/publish",
+    "template": '{"event":"rt.probe","tenant":"t1","rooms":["probe:{room}"],"data":%PAYLOAD%}',
+    "headers": {"Authorization": "Bearer " + SERVICE_TOKEN},
+}
