@@ -25,7 +25,6 @@ Blocking
 
 from __future__ import annotations
 
-import math
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -37,13 +36,13 @@ import wsproto.connection
 import wsproto.events as ws_events
 
 from actors.registry import Registry
-from actors.room import RecoveryBuffer, Room
+from actors.room import Promote, Room
 from actors.writer import OutboundQueue, Writer
 from protocol.catalog import Catalog, Namespace
 from protocol.cursors import Cursor, shard_of
 from protocol.envelope import StoredEvent
 from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
-from protocol.frames import Ack, Emit, Evt, Hello, Ping, Pong, ServerFrame, Sub, Unsub, error_frame
+from protocol.frames import Ack, Emit, Hello, Ping, Pong, ServerFrame, Sub, Unsub, error_frame
 from protocol.rooms import room_key
 from protocol.wires import Wire
 from protocol.wsframes import close_frame
@@ -103,7 +102,7 @@ class Connection:
     __slots__ = (
         "id", "session", "claims", "ns", "out", "_sock", "_ws", "_s", "_wire", "_since",
         "_bucket", "_rooms", "_scope", "_disconnect", "_peer_closed", "_partial",
-        "_partial_size", "_pending_history",
+        "_partial_size",
     )
     _next_id = 0
 
@@ -137,7 +136,6 @@ class Connection:
         self._peer_closed = False
         self._partial: list[bytes | str] = []
         self._partial_size = 0
-        self._pending_history: list[tuple[StoredEvent, str]] = []
         self.out = OutboundQueue(
             sock,
             services.writer,
@@ -213,11 +211,9 @@ class Connection:
 
     async def _start(self) -> None:
         names = auto_rooms(self.claims, self.ns)
-        head = await self._s.bus.head(self._shard)
-        recovered = await self._join(names, self._since, ack=None)
-        # No await between joining (above) and here: the hello precedes every live event.
-        self._send(
-            Hello(
+
+        def hello(recovered: bool | None, cursor: Cursor) -> None:
+            self._send(Hello(
                 session=self.session,
                 rooms=names,
                 heartbeat_s=self._s.config.connection.heartbeat_s,
@@ -225,10 +221,10 @@ class Connection:
                 user=self.claims.user,
                 expires_at=self.claims.exp,
                 recovered=recovered,
-                cursor=head.encode(),
-            )
-        )
-        self._flush_pending_history()
+                cursor=cursor.encode(),
+            ))
+
+        await self._join(names, self._since, hello)
 
     @property
     def _shard(self) -> int:
@@ -328,8 +324,7 @@ class Connection:
         def ack(recovered: bool | None, cursor: Cursor) -> None:
             self._send(Ack(ref=frame.ref, room=frame.room, recovered=recovered, cursor=cursor.encode()))
 
-        await self._join([frame.room], since, ack=ack)
-        self._flush_pending_history()
+        await self._join([frame.room], since, ack)
         self._log("sub", room=frame.room, since=frame.since)
 
     def _on_unsub(self, frame: Unsub) -> None:
@@ -357,87 +352,62 @@ class Connection:
         self,
         names: list[str],
         since: Cursor | None,
-        ack: Callable[[bool | None, Cursor], None] | None,
-    ) -> bool | None:
-        """Join ``names``; with ``since``, deliver missed events first, then live ones.
+        answer: Callable[[bool | None, Cursor], None],
+    ) -> None:
+        """Join ``names`` and ``answer`` (hello or ack) before any event of them.
 
-        Live events that arrive while the history is read are buffered per room and merged
-        by offset, so nothing is missed and nothing is delivered twice. Returns whether the
-        history reached back to ``since`` (None without ``since``).
+        Without ``since``, live events follow the answer. With ``since``, the answer says
+        whether the history reached back to it, the missed events follow, and the rooms
+        then deliver what arrived meanwhile (``Promote``) and go live, with no gap and no
+        duplicate.
         """
-        rooms = {}
+        rooms: dict[str, Room] = {}
         for name in names:
             rooms[name] = await self._s.registry.open_room(room_key(self.claims.tenant, name))
         if since is None:
+            head = await self._s.bus.head(self._shard)
             for name, room in rooms.items():
                 room.add(self.id, self._wire, self.out.push)
                 self._rooms[name] = room
-            if ack is not None:
-                ack(None, await self._s.bus.head(self._shard))
-            return None
-        limit = self._s.config.bus.max_history
-        buffers = {name: room.begin_recovery(self.id, limit) for name, room in rooms.items()}
+            answer(None, head)  # no await since add: the answer precedes every live event
+            return
+        buffers = {}
         for name, room in rooms.items():
+            buffers[name] = room.begin_recovery(self.id, self._s.config.bus.max_history)
             self._rooms[name] = room
-        wanted = set(names)
-        recovered, cursor = True, since
-        if since.shard != self._shard:
-            recovered = False
-        history: list[tuple[StoredEvent, str]] = []
-        while recovered:
-            page = await self._s.bus.read_since(cursor, HISTORY_PAGE)
-            if not page.recovered:
-                recovered = False
-                break
-            for event in page.events:
-                if event.envelope.tenant != self.claims.tenant:
-                    continue
-                history.extend((event, name) for name in event.envelope.rooms if name in wanted)
-            cursor = page.cursor
-            if len(history) > limit:
-                recovered = False
-                break
-            if not page.more:
-                break
-        if not recovered:
-            history.clear()
-            cursor = await self._s.bus.head(self._shard)
-        if ack is not None:
-            ack(recovered, cursor)
-        self._pending_history = self._merge(history, buffers, cursor if recovered else None)
+        history, cursor = await self._read_history(since, set(names))
+        answer(history is not None, cursor)
+        for event, name in history or ():
+            self._send(event.frame(name))
+        after = cursor.offset if history is not None else None
         for name, room in rooms.items():
-            if buffers[name].overflowed:
-                self.close(CloseCode.SLOW_CONSUMER)
-            room.add(self.id, self._wire, self.out.push)
-        return recovered
+            await room.promote(Promote(
+                self.id, buffers[name], self._wire, self.out.push, after,
+                on_overflow=lambda: self.close(CloseCode.SLOW_CONSUMER),
+            ))
 
-    def _merge(
-        self,
-        history: list[tuple[StoredEvent, str]],
-        buffers: dict[str, RecoveryBuffer],
-        last: Cursor | None,
-    ) -> list[tuple[StoredEvent, str]]:
-        """History, then the buffered live events that history did not already hold."""
-        seen = {(event.id, name) for event, name in history}
-        live = [
-            (event, name)
-            for name, buffer in buffers.items()
-            for event in buffer.events
-            if (event.id, name) not in seen
-            and (last is None or event.offset is None or event.offset > last.offset)
-        ]
-        live.sort(key=lambda item: item[0].offset or (math.inf, 0))
-        return history + live
-
-    def _flush_pending_history(self) -> None:
-        """Queue the history merged by the last ``_join``, after its ack or hello."""
-        pending, self._pending_history = self._pending_history, []
-        for event, name in pending:
-            envelope = event.envelope
-            self._send(
-                Evt(event=envelope.event, room=name, id=event.id, ts=event.ts,
-                    data=envelope.data, cursor=event.cursor)
-            )
+    async def _read_history(
+        self, since: Cursor, wanted: set[str]
+    ) -> tuple[list[tuple[StoredEvent, str]] | None, Cursor]:
+        """The events of ``wanted`` after ``since`` and the cursor they reach, or
+        ``(None, head)`` when the history no longer reaches back to ``since``."""
+        limit = self._s.config.bus.max_history
+        history: list[tuple[StoredEvent, str]] = []
+        cursor = since
+        if since.shard == self._shard:
+            while True:
+                page = await self._s.bus.read_since(cursor, HISTORY_PAGE)
+                if not page.recovered:
+                    break
+                for event in page.events:
+                    if event.envelope.tenant == self.claims.tenant:
+                        history.extend((event, name) for name in event.envelope.rooms if name in wanted)
+                cursor = page.cursor
+                if len(history) > limit:
+                    break
+                if not page.more:
+                    return history, cursor
+        return None, await self._s.bus.head(self._shard)
 
     def _log(self, message: str, **fields: object) -> None:
         log.info(message, session=self.session, user=self.claims.user, tenant=self.claims.tenant,

@@ -4,7 +4,8 @@ Contract
 --------
 Mailbox
     A bounded memory channel (``rooms.mailbox``) of ``StoredEvent`` sent by the registry
-    in bus order. Membership changes are synchronous calls (``add``, ``remove``,
+    in bus order, and ``Promote`` messages from members that finished reading their
+    history. Other membership changes are synchronous calls (``add``, ``remove``,
     ``begin_recovery``), so they take effect between two broadcasts.
 Owns
     Its members, grouped by wire (each member is the ``push`` of an outbound queue), and
@@ -25,11 +26,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 
+from protocol.cursors import Offset
 from protocol.envelope import StoredEvent
-from protocol.frames import Evt
 from protocol.rooms import room_name
 from protocol.wires import Wire
 from rtserver.metrics import Metrics
@@ -54,6 +56,21 @@ class RecoveryBuffer:
             self.events.append(event)
 
 
+@dataclass(frozen=True, slots=True)
+class Promote:
+    """A recovering member read its history up to ``after``: deliver what was buffered
+    since (newer than ``after``; everything when None) and make it a live member. Sent
+    through the mailbox, so events routed before it were buffered and events after it are
+    live: nothing is missed and nothing already in the history is sent again."""
+
+    member: int
+    buffer: RecoveryBuffer
+    wire: Wire
+    push: Push
+    after: Offset | None
+    on_overflow: Callable[[], None]
+
+
 class Room:
     def __init__(
         self,
@@ -71,7 +88,7 @@ class Room:
         self._metrics = metrics
         self._fanned_out_at = fanned_out_at
         self._on_stop = on_stop
-        self.mailbox, self._inbox = trio.open_memory_channel[StoredEvent](mailbox)
+        self.mailbox, self._inbox = trio.open_memory_channel[StoredEvent | Promote](mailbox)
         self._members: dict[Wire, dict[int, Push]] = {}
         self._recovering: dict[int, RecoveryBuffer] = {}
         self._idle = trio.CancelScope()
@@ -111,38 +128,48 @@ class Room:
                 with trio.CancelScope() as self._idle:
                     if self.empty:
                         self._idle.deadline = trio.current_time() + self._linger_s
-                    event = await self._inbox.receive()
+                    message = await self._inbox.receive()
                 if self._idle.cancelled_caught:
                     if self.empty:
                         return
                     continue
-                self.fan_out(event)
-                # Drain what is already queued before yielding, so frames batch per tick.
+                # Handle what is already queued before yielding, so frames batch per flush.
                 while True:
+                    if type(message) is Promote:
+                        self._promote(message)
+                    else:
+                        self.fan_out(message)
                     try:
-                        event = self._inbox.receive_nowait()
+                        message = self._inbox.receive_nowait()
                     except trio.WouldBlock:
                         break
-                    self.fan_out(event)
         finally:
             self._on_stop(self)
             self.mailbox.close()
             self._inbox.close()
             self._metrics.rooms.dec()
 
+    async def promote(self, message: Promote) -> None:
+        await self.mailbox.send(message)
+
+    def _promote(self, message: Promote) -> None:
+        if self._recovering.get(message.member) is not message.buffer:
+            return  # the member left (or started over) meanwhile
+        del self._recovering[message.member]
+        if message.buffer.overflowed:
+            message.on_overflow()
+            return
+        for event in message.buffer.events:
+            if message.after is None or event.offset is None or event.offset > message.after:
+                message.push(message.wire.frame(event.frame(self.name)))
+        self._members.setdefault(message.wire, {})[message.member] = message.push
+
     def fan_out(self, event: StoredEvent) -> None:
         """Encode ``event`` once per wire and push it to every member; never blocks."""
         for buffer in self._recovering.values():
             buffer.add(event)
         envelope = event.envelope
-        evt = Evt(
-            event=envelope.event,
-            room=self.name,
-            id=event.id,
-            ts=event.ts,
-            data=envelope.data,
-            cursor=event.cursor,
-        )
+        evt = event.frame(self.name)
         delivered = 0
         for wire, members in self._members.items():
             if not members:

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from protocol.cursors import Offset
+from protocol.frames import Evt
 
 
 class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -35,6 +36,12 @@ class StoredEvent(msgspec.Struct, frozen=True):
     ts: int
     offset: Offset | None = None
     cursor: str | None = None
+
+    def frame(self, room: str) -> Evt:
+        """The ``evt`` frame of this event as delivered in ``room``."""
+        envelope = self.envelope
+        return Evt(event=envelope.event, room=room, id=self.id, ts=self.ts,
+                   data=envelope.data, cursor=self.cursor)
 
 
 _publish_decoder = msgspec.json.Decoder(Envelope)

@@ -103,11 +103,7 @@ class Node:
                 env = stored.envelope
                 if env.tenant != tenant:
                     continue
-                events.extend(
-                    Evt(event=env.event, room=name, id=stored.id, ts=stored.ts, data=env.data,
-                        cursor=stored.cursor)
-                    for name in env.rooms if name in wanted
-                )
+                events.extend(stored.frame(name) for name in env.rooms if name in wanted)
             cursor = page.cursor
             if not page.more:
                 return CatchUp(events, cursor, True, False)

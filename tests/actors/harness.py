@@ -1,0 +1,142 @@
+"""Actors wired as a node wires them, on the memory bus, with clients on socketpairs.
+
+Each test client speaks real WebSocket frames (a wsproto client connection over one end
+of a ``socket.socketpair``); the other end is a ``Connection`` actor, exactly as the
+listener would start it after a handshake.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+
+import msgspec
+import trio
+import wsproto.connection
+import wsproto.events as ev
+from wsproto import ConnectionType
+
+from actors.connection import Connection, ConnectionServices
+from actors.registry import Registry
+from actors.writer import Writer
+from protocol.catalog import Catalog, Namespace
+from protocol.envelope import Envelope
+from protocol.wires import WS_JSON
+from rtserver.auth import Claims
+from rtserver.bus.memory import MemoryBus
+from rtserver.config import Config, load_config
+from rtserver.metrics import Metrics
+
+
+def config(**sections) -> Config:
+    return load_config(environ={}, overrides=sections)
+
+
+def staff(user="u1", tenant="t1", exp_in=3600.0) -> Claims:
+    return Claims(user=user, tenant=tenant, roles=frozenset({"attendant"}), exp=int(time.time() + exp_in))
+
+
+class TestClient:
+    """The client end: sends frames, decodes what arrives."""
+
+    __test__ = False
+
+    def __init__(self, sock: socket.socket, connection: Connection) -> None:
+        self.sock = sock
+        self.connection = connection
+        self.ws = wsproto.connection.Connection(ConnectionType.CLIENT)
+        self.close_code: int | None = None
+        self._pending: list[dict] = []
+
+    async def send(self, frame: dict) -> None:
+        data = self.ws.send(ev.TextMessage(data=msgspec.json.encode(frame).decode()))
+        await trio.lowlevel.wait_writable(self.sock)
+        self.sock.sendall(data)
+
+    async def send_bytes(self, raw: bytes) -> None:
+        await trio.lowlevel.wait_writable(self.sock)
+        self.sock.sendall(raw)
+
+    async def recv(self) -> dict:
+        """The next frame; raises EOFError once the server closed (``close_code`` set)."""
+        while not self._pending:
+            if self.close_code is not None:
+                raise EOFError(self.close_code)
+            await trio.lowlevel.wait_readable(self.sock)
+            try:
+                data = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                continue
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.close_code = self.close_code or 1006
+                continue
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, ev.TextMessage):
+                    self._pending.append(msgspec.json.decode(event.data))
+                elif isinstance(event, ev.CloseConnection):
+                    self.close_code = event.code
+        return self._pending.pop(0)
+
+    async def recv_until(self, op: str) -> dict:
+        while True:
+            frame = await self.recv()
+            if frame["op"] == op:
+                return frame
+
+    async def wait_closed(self) -> int:
+        try:
+            while True:
+                await self.recv()
+        except EOFError as exc:
+            return exc.args[0]
+
+
+@dataclass
+class Harness:
+    config: Config
+    bus: MemoryBus
+    metrics: Metrics
+    writer: Writer
+    registry: Registry
+    services: ConnectionServices
+    nursery: trio.Nursery
+
+    async def connect(self, claims: Claims | None = None, ns: Namespace = Namespace.HUB,
+                      since=None, rcvbuf: int | None = None) -> TestClient:
+        server_sock, client_sock = socket.socketpair()
+        for s in (server_sock, client_sock):
+            s.setblocking(False)
+        if rcvbuf:
+            client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
+        connection = Connection(
+            server_sock, wsproto.connection.Connection(ConnectionType.SERVER),
+            services=self.services, claims=claims or staff(), ns=ns, wire=WS_JSON,
+            session=f"s{id(server_sock)}", since=since,
+        )
+        await self.nursery.start(connection.run)
+        client = TestClient(client_sock, connection)
+        assert (await client.recv())["op"] == "hello"
+        return client
+
+    async def publish(self, rooms, i=0, tenant="t1", event="appointment.created", **data):
+        return await self.bus.append(Envelope(
+            event=event, tenant=tenant, rooms=list(rooms), data={"appointmentId": str(i), **data}))
+
+
+async def start_harness(nursery: trio.Nursery, cfg: Config | None = None) -> Harness:
+    cfg = cfg or config()
+    bus = MemoryBus(cfg.bus)
+    metrics = Metrics()
+    writer = Writer(metrics, flush_max_bytes=cfg.connection.flush_max_bytes,
+                    interval_s=cfg.connection.flush_interval_ms / 1000)
+    registry = Registry(bus, cfg.rooms, metrics, writer.fanned_out_at)
+    await nursery.start(writer.run)
+    await nursery.start(registry.run)
+    services = ConnectionServices(config=cfg, bus=bus, registry=registry, writer=writer,
+                                  metrics=metrics, catalog=Catalog.default())
+    return Harness(cfg, bus, metrics, writer, registry, services, nursery)

@@ -1,0 +1,129 @@
+"""The bus contract, run against every implementation (memory now; Redis joins the params)."""
+
+import pytest
+import trio
+
+from protocol.cursors import Cursor, Offset, shard_of
+from protocol.envelope import Envelope
+from rtserver.bus.memory import MemoryBus
+from rtserver.config import BusConfig
+
+SHARDS = 4
+
+
+def make_bus(kind: str, **config):
+    if kind == "memory":
+        return MemoryBus(BusConfig(shards=SHARDS, **config))
+    raise AssertionError(kind)
+
+
+@pytest.fixture(params=["memory"])
+def bus_kind(request):
+    return request.param
+
+
+def env(i, tenant="t1", id=None, event="appointment.created", rooms=("schedule:1",)):
+    return Envelope(event=event, tenant=tenant, rooms=list(rooms), data={"appointmentId": str(i)}, id=id)
+
+
+async def start_of(bus, tenant="t1"):
+    shard = shard_of(tenant, bus.shards)
+    head = await bus.head(shard)
+    return Cursor(shard, head.epoch, Offset(0, 0))
+
+
+async def test_append_assigns_increasing_cursors_and_read_since_returns_what_follows(bus_kind):
+    bus = make_bus(bus_kind)
+    results = [await bus.append(env(i)) for i in range(5)]
+    offsets = [r.event.offset for r in results]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 5
+    page = await bus.read_since(Cursor.parse(results[1].event.cursor), 100)
+    assert page.recovered and not page.more
+    assert [e.envelope.data["appointmentId"] for e in page.events] == ["2", "3", "4"]
+    assert page.cursor.encode() == results[-1].event.cursor
+
+
+async def test_an_id_already_appended_is_not_appended_twice(bus_kind):
+    bus = make_bus(bus_kind)
+    first = await bus.append(env(1, id="evt-1"))
+    again = await bus.append(env(2, id="evt-1"))
+    assert not first.duplicate and again.duplicate
+    assert again.event.cursor == first.event.cursor
+    page = await bus.read_since(await start_of(bus), 100)
+    assert [e.id for e in page.events] == ["evt-1"]
+
+
+async def test_without_an_id_the_entry_id_stands_in(bus_kind):
+    bus = make_bus(bus_kind)
+    result = await bus.append(env(1))
+    assert result.event.id == str(result.event.offset)
+
+
+async def test_order_is_kept_per_shard_across_tenants_of_that_shard(bus_kind):
+    bus = make_bus(bus_kind)
+    tenants = [t for t in (f"t{i}" for i in range(40)) if shard_of(t, SHARDS) == shard_of("t1", SHARDS)][:3]
+    for i in range(30):
+        await bus.append(env(i, tenant=tenants[i % 3]))
+    page = await bus.read_since(await start_of(bus), 100)
+    assert [int(e.envelope.data["appointmentId"]) for e in page.events] == list(range(30))
+
+
+async def test_history_is_paged(bus_kind):
+    bus = make_bus(bus_kind)
+    for i in range(25):
+        await bus.append(env(i))
+    cursor, seen = await start_of(bus), []
+    while True:
+        page = await bus.read_since(cursor, 10)
+        seen += [e.envelope.data["appointmentId"] for e in page.events]
+        cursor = page.cursor
+        if not page.more:
+            break
+    assert seen == [str(i) for i in range(25)]
+
+
+async def test_live_subscribers_get_appends_and_ephemeral_events_in_order(bus_kind):
+    bus = make_bus(bus_kind)
+    with bus.subscribe(100) as feed:
+        await bus.append(env(1))
+        await bus.publish_ephemeral(env(2, event="thread:typing", rooms=("thread:7",)))
+        await bus.append(env(3))
+        with trio.fail_after(5):
+            got = [await feed.receive() for _ in range(3)]
+    assert [e.envelope.data["appointmentId"] for e in got] == ["1", "2", "3"]
+    assert got[1].cursor is None and got[0].cursor and got[2].cursor
+
+
+async def test_ephemeral_events_never_enter_history(bus_kind):
+    bus = make_bus(bus_kind)
+    await bus.publish_ephemeral(env(1, event="thread:typing", rooms=("thread:7",)))
+    page = await bus.read_since(await start_of(bus), 100)
+    assert page.events == [] and page.recovered
+
+
+async def test_trimmed_history_answers_not_recovered(bus_kind):
+    bus = make_bus(bus_kind, retention=10)
+    first = await bus.append(env(0))
+    for i in range(1, 30):
+        await bus.append(env(i))
+    assert not (await bus.read_since(Cursor.parse(first.event.cursor), 100)).recovered
+    recent = await bus.read_since(Cursor.parse((await bus.append(env(99))).event.cursor), 100)
+    assert recent.recovered and recent.events == []
+
+
+async def test_a_cursor_of_another_epoch_answers_not_recovered(bus_kind):
+    old = make_bus(bus_kind)
+    cursor = Cursor.parse((await old.append(env(1))).event.cursor)
+    new = make_bus(bus_kind)
+    await new.append(env(2))
+    page = await new.read_since(cursor, 100)
+    assert not page.recovered and page.events == []
+    assert page.cursor.epoch != cursor.epoch
+
+
+async def test_head_is_the_newest_cursor(bus_kind):
+    bus = make_bus(bus_kind)
+    last = None
+    for i in range(3):
+        last = await bus.append(env(i))
+    assert (await bus.head(shard_of("t1", SHARDS))).encode() == last.event.cursor

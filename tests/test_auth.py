@@ -1,0 +1,124 @@
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from protocol.catalog import Namespace
+from protocol.errors import CloseCode, ReplyError
+from rtserver.auth import AuthError, Claims, TokenVerifier, admit, authorize_room, auto_rooms, mint_token
+from rtserver.config import AuthConfig
+
+SECRET = "test-secret-0123456789abcdef0123456789abcdef0123456789abcdef"
+STAFF = {"sub": "u1", "healthUnitTaxId": "t1", "roles": ["attendant"], "professionalTaxId": "p9",
+         "specialityIds": ["s1", "s2"]}
+PATIENT = {"sub": "u2", "healthUnitTaxId": "t1", "roles": ["patient"], "patientTaxId": "pt1",
+           "threadIds": ["th1"]}
+
+
+def hs_verifier(**kw):
+    return TokenVerifier(AuthConfig(hs256_secret=SECRET, **kw))
+
+
+def test_hs256_tokens_are_verified_into_typed_claims():
+    claims = hs_verifier().verify(mint_token(SECRET, STAFF))
+    assert (claims.user, claims.tenant, claims.professional, claims.specialities) == ("u1", "t1", "p9", ("s1", "s2"))
+    assert claims.presence_groups == ("attendants",) and claims.is_staff and not claims.is_patient
+
+
+@pytest.mark.parametrize("make, code", [
+    (lambda: mint_token("another-secret-0123456789abcdef0123456789", STAFF), CloseCode.UNAUTHENTICATED),
+    (lambda: mint_token(SECRET, STAFF, ttl_s=-60), CloseCode.TOKEN_EXPIRED),
+    (lambda: "not.a.token", CloseCode.UNAUTHENTICATED),
+    (lambda: mint_token(SECRET, {"healthUnitTaxId": "t1", "roles": ["attendant"]}), CloseCode.UNAUTHENTICATED),
+    (lambda: jwt.encode({**STAFF, "exp": time.time() + 60}, SECRET, algorithm="HS512"), CloseCode.UNAUTHENTICATED),
+])
+def test_bad_tokens_are_refused_with_their_close_code(make, code):
+    with pytest.raises(AuthError) as info:
+        hs_verifier().verify(make())
+    assert info.value.disconnect is code
+
+
+def _unsigned(claims):
+    def part(obj):
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({**claims, 'exp': int(time.time()) + 60})}."
+
+
+def test_alg_none_is_refused():
+    with pytest.raises(AuthError, match="'none' is not accepted"):
+        hs_verifier().verify(_unsigned(STAFF))
+
+
+def test_rs256_with_a_public_key_file_and_no_hs_confusion(tmp_path):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "pub.pem").write_bytes(pem)
+    verifier = TokenVerifier(AuthConfig(public_key_file=str(tmp_path / "pub.pem")))
+    token = jwt.encode({**STAFF, "exp": int(time.time()) + 60}, key, algorithm="RS256")
+    assert verifier.verify(token).user == "u1"
+    # An HS256 token "signed" with the public key as HMAC secret (key confusion) must not pass.
+    header, payload, _ = _unsigned(STAFF).split(".")
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=").decode()
+    signature = hmac.new(pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    forged = f"{header}.{payload}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+    with pytest.raises(AuthError, match="HS256 tokens are not accepted"):
+        verifier.verify(forged)
+
+
+def test_es256_with_a_jwks_file_chooses_the_key_by_kid(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "ES256", "use": "sig"}]}))
+    verifier = TokenVerifier(AuthConfig(jwks_file=str(tmp_path / "jwks.json")))
+    token = jwt.encode({**STAFF, "exp": int(time.time()) + 60}, key, algorithm="ES256", headers={"kid": "k1"})
+    assert verifier.verify(token).user == "u1"
+    other = jwt.encode({**STAFF, "exp": int(time.time()) + 60}, key, algorithm="ES256", headers={"kid": "k2"})
+    with pytest.raises(AuthError, match="unknown key id"):
+        verifier.verify(other)
+
+
+def test_namespaces_admit_their_audience_only():
+    staff, patient = Claims.from_payload(STAFF), Claims.from_payload(PATIENT)
+    admit(staff, Namespace.HUB)
+    admit(patient, Namespace.PORTAL)
+    for claims, ns in ((staff, Namespace.PORTAL), (patient, Namespace.HUB)):
+        with pytest.raises(AuthError) as info:
+            admit(claims, ns)
+        assert info.value.disconnect is CloseCode.FORBIDDEN
+
+
+def test_auto_join_follows_the_claims():
+    assert auto_rooms(Claims.from_payload(STAFF), Namespace.HUB) == [
+        "tenant:t1", "user:u1", "professional:p9", "speciality:s1", "speciality:s2"]
+    assert auto_rooms(Claims.from_payload(PATIENT), Namespace.PORTAL) == ["user:u2", "patient:pt1"]
+
+
+@pytest.mark.parametrize("claims, ns, room, allowed", [
+    (STAFF, Namespace.HUB, "schedule:42", True),
+    (STAFF, Namespace.HUB, "patient:anyone", True),
+    (STAFF, Namespace.HUB, "thread:any", True),
+    (STAFF, Namespace.HUB, "presence:attendants", True),
+    (STAFF, Namespace.HUB, "tenant:t1", True),
+    (STAFF, Namespace.HUB, "tenant:t2", False),
+    (STAFF, Namespace.HUB, "user:someone-else", False),
+    (STAFF, Namespace.HUB, "probe:x", True),
+    (PATIENT, Namespace.PORTAL, "patient:pt1", True),
+    (PATIENT, Namespace.PORTAL, "patient:pt2", False),
+    (PATIENT, Namespace.PORTAL, "thread:th1", True),
+    (PATIENT, Namespace.PORTAL, "thread:th2", False),
+    (PATIENT, Namespace.PORTAL, "schedule:42", False),
+    (PATIENT, Namespace.PORTAL, "tenant:t1", False),
+    (PATIENT, Namespace.PORTAL, "presence:attendants", False),
+])
+def test_subscriptions_are_authorized_against_claims(claims, ns, room, allowed):
+    if allowed:
+        authorize_room(Claims.from_payload(claims), ns, room)
+    else:
+        with pytest.raises(ReplyError, match="not allowed"):
+            authorize_room(Claims.from_payload(claims), ns, room)

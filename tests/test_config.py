@@ -1,0 +1,38 @@
+import pytest
+
+from rtserver.config import Config, ConfigError, load_config
+
+
+def test_defaults_are_documented_and_frozen():
+    config = load_config(environ={})
+    assert config == Config()
+    with pytest.raises(AttributeError):
+        config.server.port = 1  # type: ignore[misc]
+
+
+def test_file_then_environment_then_overrides(tmp_path):
+    path = tmp_path / "rt.toml"
+    path.write_text('[server]\nport = 9000\nhost = "0.0.0.0"\n[bus]\nshards = 4\n')
+    config = load_config(path, environ={"RTSERVER_SERVER__PORT": "9100", "RTSERVER_BUS__RETENTION": "50"},
+                         overrides={"server": {"host": "127.0.0.2"}})
+    assert (config.server.port, config.server.host, config.bus.shards, config.bus.retention) == (
+        9100, "127.0.0.2", 4, 50)
+
+
+def test_unknown_keys_are_errors_that_name_the_key(tmp_path):
+    path = tmp_path / "rt.toml"
+    path.write_text("[server]\nprot = 1\n")
+    with pytest.raises(ConfigError, match="prot"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match="nosuch"):
+        load_config(environ={"RTSERVER_NOSUCH__X": "1"})
+
+
+def test_wrong_types_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="port"):
+        load_config(environ={"RTSERVER_SERVER__PORT": '"eighty"'})
+
+
+def test_the_shipped_development_config_loads():
+    config = load_config("config/rtserver.toml", environ={})
+    assert config.auth.hs256_secret and config.server.port == 8080
