@@ -59,9 +59,12 @@ class RecoveryBuffer:
 @dataclass(frozen=True, slots=True)
 class Promote:
     """A recovering member read its history up to ``after``: deliver what was buffered
-    since (newer than ``after``; everything when None) and make it a live member. Sent
-    through the mailbox, so events routed before it were buffered and events after it are
-    live: nothing is missed and nothing already in the history is sent again."""
+    since (newer than ``after``; everything when None) and make it a live member.
+
+    Sent through the mailbox, so events routed before it were buffered and events after
+    it are live. An event can still be on its way from the bus (in the registry's feed)
+    while already in the history, so the member skips live events up to ``after`` until
+    the first newer one: nothing is missed and nothing is sent twice."""
 
     member: int
     buffer: RecoveryBuffer
@@ -91,6 +94,7 @@ class Room:
         self.mailbox, self._inbox = trio.open_memory_channel[StoredEvent | Promote](mailbox)
         self._members: dict[Wire, dict[int, Push]] = {}
         self._recovering: dict[int, RecoveryBuffer] = {}
+        self._catching_up: dict[int, tuple[Wire, Push, Offset]] = {}
         self._idle = trio.CancelScope()
 
     # -- membership (synchronous) ------------------------------------------------------
@@ -109,15 +113,13 @@ class Room:
         for members in self._members.values():
             members.pop(member, None)
         self._recovering.pop(member, None)
+        self._catching_up.pop(member, None)
         if self.empty:
             self._idle.deadline = trio.current_time() + self._linger_s
 
     @property
     def empty(self) -> bool:
-        return not self._recovering and not any(self._members.values())
-
-    def member_count(self) -> int:
-        return sum(len(m) for m in self._members.values()) + len(self._recovering)
+        return not (self._recovering or self._catching_up or any(self._members.values()))
 
     # -- the actor --------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -159,15 +161,33 @@ class Room:
         if message.buffer.overflowed:
             message.on_overflow()
             return
+        after = message.after
         for event in message.buffer.events:
-            if message.after is None or event.offset is None or event.offset > message.after:
+            if after is None or event.offset is None or event.offset > after:
                 message.push(message.wire.frame(event.frame(self.name)))
-        self._members.setdefault(message.wire, {})[message.member] = message.push
+                after = None  # buffered events are in bus order: all later ones are newer
+        if after is None:
+            self._members.setdefault(message.wire, {})[message.member] = message.push
+        else:
+            self._catching_up[message.member] = (message.wire, message.push, after)
+
+    def _release_caught_up(self, event: StoredEvent) -> None:
+        """Make live the catching-up members for which ``event`` is newer than their history."""
+        if event.offset is None:  # ephemeral: never in a history, says nothing of the stream
+            for wire, push, _ in self._catching_up.values():
+                push(wire.frame(event.frame(self.name)))
+            return
+        for member, (wire, push, after) in list(self._catching_up.items()):
+            if event.offset > after:
+                del self._catching_up[member]
+                self._members.setdefault(wire, {})[member] = push
 
     def fan_out(self, event: StoredEvent) -> None:
         """Encode ``event`` once per wire and push it to every member; never blocks."""
         for buffer in self._recovering.values():
             buffer.add(event)
+        if self._catching_up:
+            self._release_caught_up(event)
         envelope = event.envelope
         evt = event.frame(self.name)
         delivered = 0
