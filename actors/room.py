@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
 import trio
 
 from protocol.cursors import Offset
@@ -37,6 +38,7 @@ from protocol.wires import Wire
 from rtserver.metrics import Metrics
 
 Push = Callable[[bytes], None]
+log = structlog.get_logger("rtserver.room")
 
 
 class RecoveryBuffer:
@@ -198,6 +200,9 @@ class Room:
             for push in members.values():
                 push(frame)
             delivered += len(members)
+        if envelope.traceparent:
+            log.info("deliver", event_id=event.id, event_type=envelope.event, room=self.name,
+                     tenant=envelope.tenant, traceparent=envelope.traceparent, recipients=delivered)
         if delivered:
             self._metrics.messages_out.labels(envelope.event).inc(delivered)
             appended_ms = event.offset.ms if event.offset is not None else event.ts

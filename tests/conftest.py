@@ -1,0 +1,3 @@
+from rtserver.logs import configure_logging
+
+configure_logging("info")
