@@ -1,0 +1,111 @@
+"""``rtserver serve`` as a process: the CLI, the README tour, and SIGTERM draining."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import trio
+
+from rtserver.client import Closed, open_client
+from tests.e2e.conftest import SECRET
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "rt.toml"
+    path.write_text(f'[auth]\nhs256_secret = "{SECRET}"\n[server]\ndrain_deadline_s = 10.0\n'
+                    'drain_batch = 2\ndrain_pace_ms = 20\n')
+    return path
+
+
+def cli(*args, config_file) -> str:
+    return subprocess.run([sys.executable, "-m", "rtserver", *args, "--config", str(config_file)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+async def wait_port(port: int) -> None:
+    with trio.fail_after(20):
+        while True:
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.aclose()
+                return
+            except OSError:
+                await trio.sleep(0.05)
+
+
+@pytest.fixture
+async def serve(config_file):
+    port = free_port()
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "rtserver", "serve", "--config", str(config_file), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await wait_port(port)
+        yield proc, port
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def test_the_readme_tour_mint_connect_publish_see(serve, config_file):
+    _, port = serve
+    token = cli("token", "--sub", "u1", "--tenant", "t1", "--roles", "attendant", config_file=config_file)
+    async with open_client(f"ws://127.0.0.1:{port}/hub/ws", token) as client:
+        result = await trio.to_thread.run_sync(lambda: cli(
+            "publish", "--port", str(port), "--event", "appointment.created", "--tenant", "t1",
+            "--rooms", "tenant:t1", "--data", '{"appointmentId":"a1"}', config_file=config_file))
+        assert json.loads(result)["cursor"]
+        with trio.fail_after(5):
+            evt = await client.next_event()
+    assert evt["data"] == {"appointmentId": "a1"} and evt["room"] == "tenant:t1"
+
+
+def test_publish_errors_are_reported_by_the_cli(config_file):
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        cli("publish", "--url", "http://127.0.0.1:1", "--event", "x", "--tenant", "t1", "--rooms", "a:b",
+            config_file=config_file)
+    assert info.value.returncode != 0
+
+
+def test_an_unknown_config_key_stops_the_server_with_its_name(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nprot = 1\n")
+    result = subprocess.run([sys.executable, "-m", "rtserver", "serve", "--config", str(bad)],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "prot" in result.stderr
+
+
+async def test_sigterm_drains_clients_with_the_draining_code_and_exits_zero(serve, config_file):
+    proc, port = serve
+    token = cli("token", "--sub", "u1", "--tenant", "t1", config_file=config_file)
+    codes = []
+
+    async def hold(task_status=trio.TASK_STATUS_IGNORED):
+        async with open_client(f"ws://127.0.0.1:{port}/hub/ws", token) as client:
+            task_status.started()
+            try:
+                while True:
+                    await client.next_event()
+            except Closed as closed:
+                codes.append(closed.code)
+
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                await nursery.start(hold)
+            proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+    assert codes == [4000] * 5
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)
