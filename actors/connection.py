@@ -16,7 +16,8 @@ Replies
 Failure
     Ends on the client's close or EOF, on a broken socket, or on a disconnect: slow
     consumer (outbound budget exceeded), rate limited (sustained refusals), token expired,
-    message too big, protocol error, draining. Its ``finally`` leaves its rooms, sends the
+    idle timeout, message too big, protocol error, draining. An unexpected exception is
+    logged and closes this connection with 1011; it never ends the node. Its ``finally`` leaves its rooms, sends the
     close frame with the code (best effort, bounded) and closes the socket.
 Blocking
     On its socket's readability; on the bus while reading history for a resume (and on its
@@ -25,6 +26,7 @@ Blocking
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -166,8 +168,13 @@ class Connection:
                 if self.claims.exp is not None:
                     self._scope.deadline = trio.current_time() + max(0.0, self.claims.exp - time.time())
                 task_status.started()
-                await self._start()
-                await self._read_loop()
+                try:
+                    await self._start()
+                    await self._read_loop()
+                except Exception:
+                    # A bug ends this connection, not the node.
+                    log.exception("connection_failed", session=self.session)
+                    self._disconnect = CloseCode.INTERNAL_ERROR
             if self._disconnect is None and self._scope.cancelled_caught:
                 self._disconnect = CloseCode.TOKEN_EXPIRED
         finally:
@@ -234,8 +241,13 @@ class Connection:
     async def _read_loop(self) -> None:
         sock, ws = self._sock, self._ws
         chunk = self._s.config.connection.read_chunk_bytes
+        idle_timeout = self._s.config.connection.idle_timeout_s or math.inf
         while True:
-            await trio.lowlevel.wait_readable(sock)
+            with trio.move_on_after(idle_timeout) as idle:
+                await trio.lowlevel.wait_readable(sock)
+            if idle.cancelled_caught:
+                self._disconnect = CloseCode.IDLE_TIMEOUT
+                return
             try:
                 data = sock.recv(chunk)
             except BlockingIOError:

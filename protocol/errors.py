@@ -25,7 +25,6 @@ class ReplyCode(enum.IntEnum):
     UNKNOWN_EVENT = 104
     BAD_PAYLOAD = 105
     NOT_SUBSCRIBED = 106
-    ALREADY_SUBSCRIBED = 107
     TOO_MANY_ROOMS = 108
     RATE_LIMITED = 200
     UNAVAILABLE = 201
@@ -74,11 +73,10 @@ class CloseCode:
     SERVER_DRAINING = Disconnect(4000, "server draining", ClientAction.RESUME)
     SLOW_CONSUMER = Disconnect(4001, "slow consumer", ClientAction.RESUME)
     RATE_LIMITED = Disconnect(4002, "rate limited", ClientAction.RESUME)
-    NO_PONG = Disconnect(4003, "idle timeout", ClientAction.RESUME)
+    IDLE_TIMEOUT = Disconnect(4003, "idle timeout", ClientAction.RESUME)
     TOKEN_EXPIRED = Disconnect(4100, "token expired", ClientAction.REFRESH_TOKEN)
     UNAUTHENTICATED = Disconnect(4401, "unauthenticated", ClientAction.STOP)
     FORBIDDEN = Disconnect(4403, "forbidden", ClientAction.STOP)
-    BAD_REQUEST = Disconnect(4400, "bad request", ClientAction.STOP)
 
     @classmethod
     def all(cls) -> list[Disconnect]:

@@ -5,7 +5,7 @@
         async for evt in client.events():
             ...
 
-The client remembers the cursor of the last durable event it received and drops any
+The client pings every ``heartbeat_s`` (from ``hello``), remembers the cursor of the last durable event it received and drops any
 event id it already saw, so reconnecting with ``since=client.cursor`` resumes exactly.
 """
 
@@ -89,6 +89,15 @@ class Client:
             self._hello.set()
             for channel in self._replies.values():
                 channel.close()
+
+    async def _heartbeat(self) -> None:
+        """Ping every ``heartbeat_s`` so the server does not close us as idle."""
+        while True:
+            await trio.sleep(self.hello.get("heartbeat_s", 30))
+            try:
+                await self.send_raw({"op": "ping"})
+            except ConnectionClosed:
+                return
 
     async def _command(self, frame: dict[str, Any]) -> dict[str, Any]:
         ref = next(self._refs)
@@ -176,6 +185,7 @@ async def open_client(
             await client._hello.wait()
             if client.closed:
                 raise client.closed
+            nursery.start_soon(client._heartbeat)
             try:
                 yield client
             finally:

@@ -80,6 +80,8 @@ class ConnectionConfig(_Section):
     max_rooms: int = 256
     #: Interval the client is told to send heartbeats/pings in, seconds.
     heartbeat_s: int = 30
+    #: A connection that sends nothing for this long is closed (4003), seconds; 0 = never.
+    idle_timeout_s: float = 90.0
     #: Bytes read per ``recv``.
     read_chunk_bytes: int = 65536
 

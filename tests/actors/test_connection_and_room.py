@@ -96,7 +96,7 @@ async def test_an_empty_room_lingers_then_stops(nursery, autojump_clock):
 
 
 async def test_token_expiry_closes_with_its_code(nursery, autojump_clock):
-    h = await start_harness(nursery)
+    h = await start_harness(nursery, config(connection={"idle_timeout_s": 0}))
     client = await h.connect(staff(exp_in=120))
     await trio.sleep(100)
     await client.send({"op": "ping"})
@@ -161,3 +161,14 @@ async def test_tenants_never_share_a_room(nursery, autojump_clock):
     await h.publish(["schedule:1"], 2, tenant="t1")
     assert (await a.recv())["data"]["appointmentId"] == "2"
     assert (await b.recv())["data"]["appointmentId"] == "1"
+
+
+async def test_a_silent_connection_is_closed_after_the_idle_timeout(nursery, autojump_clock):
+    h = await start_harness(nursery, config(connection={"idle_timeout_s": 90.0}))
+    talking, silent = await h.connect(staff("talking")), await h.connect(staff("silent"))
+    for _ in range(4):
+        await trio.sleep(30)
+        await talking.send({"op": "ping"})
+        assert (await talking.recv())["op"] == "pong"
+    with trio.fail_after(1):
+        assert await silent.wait_closed() == 4003

@@ -61,3 +61,14 @@ def test_allow_lists_can_be_tightened_or_widened_by_configuration():
         custom.validate_publish("critical_alert", "t1", ["tenant:t1"], {"severity": "high"})
     with pytest.raises(ValueError, match="unknown event type"):
         catalog.with_fields({"nope": []})
+
+
+def test_the_protocol_document_lists_every_event_and_close_code():
+    import pathlib
+
+    from protocol.errors import CloseCode, ReplyCode
+
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    assert all(f"`{name}`" in doc for name in catalog.types)
+    assert all(f"| {d.code} |" in doc for d in CloseCode.all())
+    assert all(f"| {int(c)} | {c.name}" in doc for c in ReplyCode)
