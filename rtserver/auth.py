@@ -7,6 +7,7 @@ family exists, so ``alg: none``, unknown algorithms and HS/RS key confusion are 
 
 from __future__ import annotations
 
+import collections
 import json
 import time
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ STAFF_ROLES = frozenset({"attendant", "nurse", "admin", "professional", "staff",
 PATIENT_ROLE = "patient"
 SERVICE_ROLE = "service"
 DEFAULT_PRESENCE_GROUPS = ("attendants",)
+#: Verified tokens remembered (until their ``exp``) to skip re-checking signatures.
+VERIFIED_TOKENS_KEPT = 4096
 _HMAC = {"HS256"}
 _ASYMMETRIC = {"RS256", "ES256"}
 
@@ -99,6 +102,7 @@ class TokenVerifier:
 
     def __init__(self, config: AuthConfig) -> None:
         self._config = config
+        self._verified: collections.OrderedDict[str, Claims] = collections.OrderedDict()
         self._public_key: Any = None
         self._jwks: jwt.PyJWKSet | None = None
         if config.public_key_file:
@@ -126,7 +130,21 @@ class TokenVerifier:
         raise AuthError(CloseCode.UNAUTHENTICATED, f"no key for {alg} tokens")
 
     def verify(self, token: str) -> Claims:
-        """Verified claims, or ``AuthError`` (expired tokens get ``TOKEN_EXPIRED``)."""
+        """Verified claims, or ``AuthError`` (expired tokens get ``TOKEN_EXPIRED``).
+
+        Verified tokens are remembered until they expire (a service publishing with the
+        same token does not pay a signature check per request).
+        """
+        claims = self._verified.get(token)
+        if claims is not None and (claims.exp is None or claims.exp + self._config.leeway_s > time.time()):
+            return claims
+        claims = self._verify(token)
+        self._verified[token] = claims
+        if len(self._verified) > VERIFIED_TOKENS_KEPT:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _verify(self, token: str) -> Claims:
         try:
             header = jwt.get_unverified_header(token)
             key = self._key_for(header)

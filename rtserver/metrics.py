@@ -38,6 +38,12 @@ class Metrics:
         self.outbound_queued_frames = Gauge(
             "rt_outbound_queued_frames", "Frames queued to clients and not yet written", registry=r
         )
+        self.socket_writes = Gauge(
+            "rt_socket_writes", "Socket writes by the writer since start (monotonic)", registry=r
+        )
+        self.frames_written = Gauge(
+            "rt_frames_written", "Frames those writes carried since start (monotonic)", registry=r
+        )
         self.disconnects = Counter(
             "rt_disconnects_total", "Closed connections, by reason", ["reason"], registry=r
         )

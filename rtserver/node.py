@@ -26,7 +26,7 @@ from rtserver.auth import TokenVerifier
 from rtserver.bus import Bus
 from rtserver.bus.memory import MemoryBus
 from rtserver.config import Config
-from rtserver.http import HttpFrontend, create_app
+from rtserver.http import HttpFrontend, create_app, create_asgi
 from rtserver.listener import Listener
 from rtserver.metrics import Metrics
 
@@ -56,7 +56,7 @@ class Node:
         self.registry = Registry(self.bus, config.rooms, self.metrics, self.writer.fanned_out_at)
         self.connections: set[Connection] = set()
         self.draining = False
-        self.http = HttpFrontend(create_app(self))
+        self.http = HttpFrontend(create_asgi(self, create_app(self)))
         services = ConnectionServices(
             config=config, bus=self.bus, registry=self.registry, writer=self.writer,
             metrics=self.metrics, catalog=self.catalog, on_emit=self._on_emit,

@@ -1,4 +1,3 @@
-import time
 
 import httpx
 import pytest
@@ -6,8 +5,7 @@ import structlog
 import trio
 from trio_websocket import open_websocket_url
 
-from rtserver.client import Closed, CommandError, open_client
-from tests.e2e.conftest import SECRET
+from rtserver.client import CommandError, open_client
 from tests.test_auth import _unsigned
 
 
