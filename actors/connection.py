@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -69,8 +69,6 @@ class ConnectionServices:
     writer: Writer
     metrics: Metrics
     catalog: Catalog
-    #: Handles a validated ``emit`` (typing, presence, ...) before it is acknowledged.
-    on_emit: Callable[["Connection", Emit], Awaitable[None]] | None = None
 
 
 class TokenBucket:
@@ -306,14 +304,14 @@ class Connection:
             metrics.messages_in.labels("invalid").inc()
             self._send_error(err, None)
             return
-        metrics.messages_in.labels(type(frame).__name__.lower()).inc()
+        metrics.messages_in.labels(frame.event if isinstance(frame, Emit) else type(frame).__name__.lower()).inc()
         try:
             if isinstance(frame, Sub):
                 await self._on_sub(frame)
             elif isinstance(frame, Unsub):
                 self._on_unsub(frame)
             elif isinstance(frame, Emit):
-                await self._on_emit(frame)
+                self._on_emit(frame)
             elif isinstance(frame, Ping):
                 self._send(Pong(ref=frame.ref))
         except ReplyError as err:
@@ -347,7 +345,7 @@ class Connection:
         self._send(Ack(ref=frame.ref, room=frame.room))
         self._log("unsub", room=frame.room)
 
-    async def _on_emit(self, frame: Emit) -> None:
+    def _on_emit(self, frame: Emit) -> None:
         etype = self._s.catalog.get(frame.event)
         if self.ns not in etype.emitters:
             raise ReplyError(ReplyCode.FORBIDDEN, f"{frame.event!r} cannot be emitted here")
@@ -355,8 +353,8 @@ class Connection:
         if etype.rooms:
             if frame.room is None or frame.room not in self._rooms:
                 raise ReplyError(ReplyCode.NOT_SUBSCRIBED, f"{frame.event!r} needs a room you have joined")
-        if self._s.on_emit is not None:
-            await self._s.on_emit(self, frame)
+        # Validated and acknowledged; presence, typing and alert hand-off act on emits
+        # in their own actors (a later issue).
         self._send(Ack(ref=frame.ref, room=frame.room, event=frame.event))
 
     # -- joining, with resumption --------------------------------------------------------

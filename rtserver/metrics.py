@@ -14,7 +14,8 @@ class Metrics:
             "rt_connections", "Open client connections", ["ns", "transport"], registry=r
         )
         self.messages_in = Counter(
-            "rt_messages_in_total", "Frames and events received, by kind", ["kind"], registry=r
+            "rt_messages_in_total", "Client frames received: by op, or by event name for emits",
+            ["kind"], registry=r
         )
         self.messages_out = Counter(
             "rt_messages_out_total",

@@ -20,7 +20,7 @@ from protocol.catalog import Catalog
 from protocol.cursors import Cursor
 from protocol.envelope import Envelope
 from protocol.errors import CloseCode
-from protocol.frames import Emit, Evt
+from protocol.frames import Evt
 from protocol.rooms import parse_room
 from rtserver.auth import TokenVerifier
 from rtserver.bus import Bus
@@ -59,7 +59,7 @@ class Node:
         self.http = HttpFrontend(create_asgi(self, create_app(self)))
         services = ConnectionServices(
             config=config, bus=self.bus, registry=self.registry, writer=self.writer,
-            metrics=self.metrics, catalog=self.catalog, on_emit=self._on_emit,
+            metrics=self.metrics, catalog=self.catalog,
         )
         self.listener = Listener(config.server, services, self.verifier, self.http.serve, self.connections)
         self.port: int | None = None
@@ -108,16 +108,6 @@ class Node:
             if not page.more:
                 return CatchUp(events, cursor, True, False)
         return CatchUp(events, cursor, True, True)
-
-    async def _on_emit(self, connection: Connection, frame: Emit) -> None:
-        """Client events: typing reaches the thread's other members as ``thread:typing``."""
-        if frame.event in ("typing:start", "typing:stop") and frame.room is not None:
-            _, thread = parse_room(frame.room)
-            await self.bus.publish_ephemeral(Envelope(
-                event="thread:typing", tenant=connection.claims.tenant, rooms=[frame.room],
-                data={"threadId": thread, "userId": connection.claims.user,
-                      "typing": frame.event == "typing:start"},
-            ))
 
     # -- draining ----------------------------------------------------------------------
     async def drain(self) -> None:

@@ -172,3 +172,38 @@ async def test_a_silent_connection_is_closed_after_the_idle_timeout(nursery, aut
         assert (await talking.recv())["op"] == "pong"
     with trio.fail_after(1):
         assert await silent.wait_closed() == 4003
+
+
+async def test_emits_are_validated_against_the_catalog_and_acknowledged(nursery, autojump_clock):
+    h = await start_harness(nursery)
+    client = await h.connect()
+
+    async def emit(event, room=None, **data):
+        frame = {"op": "emit", "event": event, "data": data, "ref": 1}
+        if room:
+            frame["room"] = room
+        await client.send(frame)
+        return await client.recv()
+
+    assert (await emit("heartbeat"))["op"] == "ack"
+    assert (await emit("typing:start", "thread:7"))["code"] == ReplyCode.NOT_SUBSCRIBED
+    await client.send({"op": "sub", "room": "thread:7", "ref": 2})
+    await client.recv()
+    assert await emit("typing:start", "thread:7") == {"op": "ack", "ref": 1, "room": "thread:7", "event": "typing:start"}
+    assert (await emit("mark_alert_read", alertId="a1", name="x"))["code"] == ReplyCode.BAD_PAYLOAD
+    assert (await emit("appointment.created"))["code"] == ReplyCode.FORBIDDEN
+    assert (await emit("nope"))["code"] == ReplyCode.UNKNOWN_EVENT
+    assert h.metrics.messages_in.labels("typing:start")._value.get() == 2
+
+
+async def test_portal_clients_may_not_emit_staff_events(nursery, autojump_clock):
+    from protocol.catalog import Namespace
+    from rtserver.auth import Claims
+
+    h = await start_harness(nursery)
+    patient = Claims(user="p", tenant="t1", roles=frozenset({"patient"}), patient="pt1")
+    client = await h.connect(patient, ns=Namespace.PORTAL)
+    await client.send({"op": "emit", "event": "mark_alert_read", "data": {"alertId": "a"}, "ref": 1})
+    assert (await client.recv())["code"] == ReplyCode.FORBIDDEN
+    await client.send({"op": "sub", "room": "schedule:1", "ref": 2})
+    assert (await client.recv())["code"] == ReplyCode.FORBIDDEN
