@@ -55,6 +55,8 @@ from rtserver.metrics import Metrics
 
 #: Seconds the close handshake may take before the socket is closed anyway.
 CLOSE_TIMEOUT_S = 2.0
+#: Not a close frame: the TCP connection ended without one (never sent, only logged).
+CONNECTION_LOST = Disconnect(1006, "connection lost", CloseCode.GOING_AWAY.action)
 #: History events read per bus call while resuming.
 HISTORY_PAGE = 500
 
@@ -69,6 +71,8 @@ class ConnectionServices:
     writer: Writer
     metrics: Metrics
     catalog: Catalog
+    #: The node's open connections (for draining); each connection adds and removes itself.
+    connections: set["Connection"]
 
 
 class TokenBucket:
@@ -102,7 +106,7 @@ class Connection:
     __slots__ = (
         "id", "session", "claims", "ns", "out", "_sock", "_ws", "_s", "_wire", "_since",
         "_bucket", "_rooms", "_scope", "_disconnect", "_peer_closed", "_partial",
-        "_partial_size",
+        "_partial_size", "_expires_at",
     )
     _next_id = 0
 
@@ -132,17 +136,17 @@ class Connection:
         self._bucket = TokenBucket(cfg.inbound_rate, cfg.inbound_burst)
         self._rooms: dict[str, Room] = {}  # room name -> room
         self._scope = trio.CancelScope()
+        self._expires_at = math.inf  # trio time of the token's exp
         self._disconnect: Disconnect | None = None
         self._peer_closed = False
-        self._partial: list[bytes | str] = []
+        self._partial: list[bytes | str] | None = None  # a message arriving in fragments
         self._partial_size = 0
         self.out = OutboundQueue(
             sock,
             services.writer,
             max_frames=cfg.outbound_max_frames,
             max_bytes=cfg.outbound_max_bytes,
-            on_overflow=lambda: self.close(CloseCode.SLOW_CONSUMER),
-            on_broken=lambda: self.close(Disconnect(1006, "connection lost", CloseCode.GOING_AWAY.action)),
+            owner=self,
         )
 
     # -- control from outside ------------------------------------------------------------
@@ -152,6 +156,17 @@ class Connection:
             self._disconnect = disconnect
         self._scope.cancel()
 
+    def _push_deadline(self) -> None:
+        """One deadline for the token's expiry and the idle timeout (no scope per timer)."""
+        idle = self._s.config.connection.idle_timeout_s or math.inf
+        self._scope.deadline = min(self._expires_at, trio.current_time() + idle)
+
+    def slow_consumer(self) -> None:
+        self.close(CloseCode.SLOW_CONSUMER)
+
+    def connection_lost(self) -> None:
+        self.close(CONNECTION_LOST)
+
     @property
     def rooms(self) -> list[str]:
         return list(self._rooms)
@@ -160,11 +175,13 @@ class Connection:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         metrics = self._s.metrics
         metrics.connections.labels(self.ns.value, "websocket").inc()
+        self._s.connections.add(self)
         self._log("connect", wire=self._wire.name)
         try:
             with self._scope:
                 if self.claims.exp is not None:
-                    self._scope.deadline = trio.current_time() + max(0.0, self.claims.exp - time.time())
+                    self._expires_at = trio.current_time() + max(0.0, self.claims.exp - time.time())
+                self._push_deadline()
                 task_status.started()
                 try:
                     await self._start()
@@ -174,8 +191,10 @@ class Connection:
                     log.exception("connection_failed", session=self.session)
                     self._disconnect = CloseCode.INTERNAL_ERROR
             if self._disconnect is None and self._scope.cancelled_caught:
-                self._disconnect = CloseCode.TOKEN_EXPIRED
+                expired = trio.current_time() >= self._expires_at
+                self._disconnect = CloseCode.TOKEN_EXPIRED if expired else CloseCode.IDLE_TIMEOUT
         finally:
+            self._s.connections.discard(self)
             for room in self._rooms.values():
                 room.remove(self.id)
             self._rooms.clear()
@@ -191,7 +210,7 @@ class Connection:
         out, sock = self.out, self._sock
         if disconnect is CloseCode.SLOW_CONSUMER:
             out.discard()
-        if disconnect.code != 1006:
+        if disconnect is not CONNECTION_LOST:
             out.push_final(close_frame(disconnect.code, disconnect.reason))
             with trio.move_on_after(CLOSE_TIMEOUT_S):
                 await out.wait_flushed()
@@ -239,13 +258,9 @@ class Connection:
     async def _read_loop(self) -> None:
         sock, ws = self._sock, self._ws
         chunk = self._s.config.connection.read_chunk_bytes
-        idle_timeout = self._s.config.connection.idle_timeout_s or math.inf
         while True:
-            with trio.move_on_after(idle_timeout) as idle:
-                await trio.lowlevel.wait_readable(sock)
-            if idle.cancelled_caught:
-                self._disconnect = CloseCode.IDLE_TIMEOUT
-                return
+            await trio.lowlevel.wait_readable(sock)
+            self._push_deadline()
             try:
                 data = sock.recv(chunk)
             except BlockingIOError:
@@ -254,7 +269,7 @@ class Connection:
                 data = b""
             if not data:
                 self._peer_closed = True
-                self._disconnect = self._disconnect or Disconnect(1006, "connection lost", CloseCode.GOING_AWAY.action)
+                self._disconnect = self._disconnect or CONNECTION_LOST
                 return
             try:
                 ws.receive_data(data)
@@ -269,15 +284,17 @@ class Connection:
     async def _on_ws_event(self, event: ws_events.Event) -> bool:
         """Handle one wsproto event; True when the connection must end."""
         if isinstance(event, ws_events.Message):
-            self._partial.append(event.data)
             self._partial_size += len(event.data)
             if self._partial_size > self._s.config.server.max_inbound_message_bytes:
                 self._disconnect = CloseCode.MESSAGE_TOO_BIG
                 return True
             if not event.message_finished:
+                self._partial = (self._partial or []) + [event.data]
                 return False
-            parts, self._partial, self._partial_size = self._partial, [], 0
-            data = parts[0] if len(parts) == 1 else type(parts[0])().join(parts)  # type: ignore[arg-type]
+            data = event.data
+            if self._partial is not None:
+                data = type(data)().join([*self._partial, data])  # type: ignore[arg-type]
+            self._partial, self._partial_size = None, 0
             await self._on_message(data.encode() if isinstance(data, str) else data)
             return self._disconnect is not None
         if isinstance(event, ws_events.Ping):
@@ -393,7 +410,7 @@ class Connection:
         for name, room in rooms.items():
             await room.promote(Promote(
                 self.id, buffers[name], self._wire, self.out.push, after,
-                on_overflow=lambda: self.close(CloseCode.SLOW_CONSUMER),
+                on_overflow=self.slow_consumer,
             ))
 
     async def _read_history(

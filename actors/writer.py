@@ -10,8 +10,8 @@ Owns
     The dirty list, the set of live queues (for metrics), and one drain task per connection
     whose socket is full.
 Replies
-    None. A queue that overflows its budget calls its ``on_overflow`` callback (the
-    connection closes itself as a slow consumer); a socket that breaks calls ``on_broken``.
+    None. A queue that overflows its budget calls its owner's ``slow_consumer()`` (the
+    connection closes itself); a socket that breaks calls the owner's ``connection_lost()``.
 Failure
     An unexpected exception ends the writer and so the node's nursery: every connection
     depends on it, so the node stops rather than silently stop writing.
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from typing import Protocol
 
 import trio
 import trio.testing
@@ -51,12 +51,18 @@ _BLOCKED = 2
 _BROKEN = 3
 
 
+class QueueOwner(Protocol):
+    def slow_consumer(self) -> None: ...
+
+    def connection_lost(self) -> None: ...
+
+
 class OutboundQueue:
     """One connection's outbound frames, budgeted in frames and bytes."""
 
     __slots__ = (
         "_sock", "_writer", "frames", "nbytes", "max_frames", "max_bytes",
-        "scheduled", "blocked", "closed", "on_overflow", "on_broken", "_flushed",
+        "scheduled", "blocked", "closed", "_owner", "_flushed",
     )
 
     def __init__(
@@ -66,8 +72,7 @@ class OutboundQueue:
         *,
         max_frames: int,
         max_bytes: int,
-        on_overflow: Callable[[], None],
-        on_broken: Callable[[], None],
+        owner: QueueOwner,
     ) -> None:
         self._sock = sock
         self._writer = writer
@@ -78,8 +83,7 @@ class OutboundQueue:
         self.scheduled = False
         self.blocked = False
         self.closed = False
-        self.on_overflow = on_overflow
-        self.on_broken = on_broken
+        self._owner = owner
         self._flushed: trio.Event | None = None
         writer.queues.add(self)
 
@@ -92,7 +96,7 @@ class OutboundQueue:
         self.nbytes += len(frame)
         if len(frames) > self.max_frames or self.nbytes > self.max_bytes:
             self.closed = True
-            self.on_overflow()
+            self._owner.slow_consumer()
         elif not self.scheduled and not self.blocked:
             self.scheduled = True
             self._writer.schedule(self)
@@ -238,7 +242,7 @@ class Writer:
                 self._nursery.start_soon(self._drain, queue)
             elif state == _BROKEN:
                 queue.detach()
-                queue.on_broken()
+                queue._owner.connection_lost()
         self.writes += writes
         self.frames_written += frames
         if self.fanned_out_at:
@@ -260,7 +264,7 @@ class Writer:
                     state = queue.flush_nowait(self._flush_max_bytes)
                 if state == _BROKEN:
                     queue.detach()
-                    queue.on_broken()
+                    queue._owner.connection_lost()
                     return
                 if state == _EMPTY:
                     return

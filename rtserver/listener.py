@@ -73,13 +73,12 @@ class Listener:
         services: ConnectionServices,
         verifier: TokenVerifier,
         serve_http: Callable[[trio.abc.HalfCloseableStream], object],
-        connections: set[Connection],
     ) -> None:
         self._config = config
         self._services = services
         self._verifier = verifier
         self._serve_http = serve_http
-        self._connections = connections
+        self._nursery: trio.Nursery | None = None
         self._sock: socket.socket | None = None
         self._accepting = trio.CancelScope()
 
@@ -93,6 +92,7 @@ class Listener:
         self._sock = sock
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 task_status.started(sock.getsockname()[1])
                 with self._accepting:
                     await self._accept_loop(sock, nursery)
@@ -138,14 +138,10 @@ class Listener:
             await self._serve_http(ReplayStream(sock, bytes(received)))
             return
         connection = self._accept_websocket(sock, bytes(received), WS_PATHS[path])
-        # Nothing of the handshake stays referenced while the connection lives.
-        del received, request
         if isinstance(connection, Connection):
-            self._connections.add(connection)
-            try:
-                await connection.run()
-            finally:
-                self._connections.discard(connection)
+            # The connection runs as a task of its own: nothing of the handshake (this
+            # frame, the request, the parsers) stays referenced while it lives.
+            self._nursery.start_soon(connection.run)
         elif connection is not None:
             await _linger_close(sock)
 

@@ -59,9 +59,9 @@ class Node:
         self.http = HttpFrontend(create_asgi(self, create_app(self)))
         services = ConnectionServices(
             config=config, bus=self.bus, registry=self.registry, writer=self.writer,
-            metrics=self.metrics, catalog=self.catalog,
+            metrics=self.metrics, catalog=self.catalog, connections=self.connections,
         )
-        self.listener = Listener(config.server, services, self.verifier, self.http.serve, self.connections)
+        self.listener = Listener(config.server, services, self.verifier, self.http.serve)
         self.port: int | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -138,5 +138,5 @@ async def start_harness(nursery: trio.Nursery, cfg: Config | None = None) -> Har
     await nursery.start(writer.run)
     await nursery.start(registry.run)
     services = ConnectionServices(config=cfg, bus=bus, registry=registry, writer=writer,
-                                  metrics=metrics, catalog=Catalog.default())
+                                  metrics=metrics, catalog=Catalog.default(), connections=set())
     return Harness(cfg, bus, metrics, writer, registry, services, nursery)
