@@ -52,6 +52,7 @@ from rtserver.auth import Claims, authorize_room, auto_rooms
 from rtserver.bus import Bus
 from rtserver.config import Config
 from rtserver.metrics import Metrics
+from rtserver.sockets import half_close_and_wait_eof
 
 #: Seconds the close handshake may take before the socket is closed anyway.
 CLOSE_TIMEOUT_S = 2.0
@@ -167,10 +168,6 @@ class Connection:
     def connection_lost(self) -> None:
         self.close(CONNECTION_LOST)
 
-    @property
-    def rooms(self) -> list[str]:
-        return list(self._rooms)
-
     # -- the actor ---------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         metrics = self._s.metrics
@@ -202,7 +199,7 @@ class Connection:
             metrics.connections.labels(self.ns.value, "websocket").dec()
             metrics.disconnects.labels(disconnect.reason).inc()
             self._log("disconnect", code=disconnect.code, reason=disconnect.reason,
-                          by_client=self._peer_closed)
+                      by_client=self._peer_closed)
             with trio.CancelScope(shield=True):
                 await self._close_socket(disconnect)
 
@@ -215,23 +212,10 @@ class Connection:
             with trio.move_on_after(CLOSE_TIMEOUT_S):
                 await out.wait_flushed()
                 if not self._peer_closed:
-                    sock.shutdown(socket.SHUT_WR)
-                    await self._wait_eof()
+                    await half_close_and_wait_eof(sock)
         out.detach()
         trio.lowlevel.notify_closing(sock)
         sock.close()
-
-    async def _wait_eof(self) -> None:
-        """Read and discard until the client closes its side (its close frame, then EOF)."""
-        while True:
-            await trio.lowlevel.wait_readable(self._sock)
-            try:
-                if not self._sock.recv(65536):
-                    return
-            except BlockingIOError:
-                continue
-            except OSError:
-                return
 
     async def _start(self) -> None:
         names = auto_rooms(self.claims, self.ns)

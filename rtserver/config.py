@@ -34,8 +34,10 @@ class ServerConfig(_Section):
     max_inbound_message_bytes: int = 65536
     #: Largest HTTP request head, bytes.
     max_request_head_bytes: int = 16384
-    #: Seconds a client has to complete the HTTP/WebSocket handshake.
+    #: Seconds a client has to send a request (head and body) or complete a handshake.
     handshake_timeout_s: float = 10.0
+    #: Seconds an idle keep-alive HTTP connection is kept open.
+    keep_alive_s: float = 75.0
     #: SIGTERM: seconds until the process exits, whatever is left.
     drain_deadline_s: float = 20.0
     #: SIGTERM: clients closed per batch, and the pause between batches (ms).

@@ -1,9 +1,10 @@
 """The HTTP side, served by hypercorn's connection handler.
 
-``POST /v1/publish`` is the ingest hot path: a plain ASGI handler (Quart's per-request
-machinery measured ~0.5 ms of CPU per publish, see bench/RESULTS.md). Everything else is
-a quart-trio app: ``GET /{ns}/events``, ``/healthz``, ``/readyz``, ``/metrics``. The
-listener hands every non-WebSocket connection to ``HttpFrontend.serve``.
+``POST /v1/publish`` is the ingest hot path: the listener answers it itself with h11
+(``publish_answer``), and requests that reach hypercorn anyway (chunked bodies, a publish
+after another request on one keep-alive connection) get the same answer from a plain
+ASGI handler, without Quart's per-request machinery. Everything else is a quart-trio
+app: ``GET /{ns}/events``, ``/healthz``, ``/readyz``, ``/metrics``.
 """
 
 from __future__ import annotations

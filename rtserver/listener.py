@@ -1,12 +1,18 @@
-"""The single port: WebSocket upgrades to ``/{ns}/ws`` stay on the fast path, the rest goes to hypercorn.
+"""The single port: WebSocket upgrades and publishes stay on the fast path, the rest goes to hypercorn.
 
-Each accepted socket is read until its first HTTP request head is complete (h11, bounded
-in size and time). A WebSocket upgrade to ``/hub/ws`` or ``/portal/ws`` is authenticated
-here and becomes a ``Connection`` actor on the plain non-blocking socket (wsproto parses
-what the client sends; broadcasts are framed once, see ``protocol.wsframes``). Any other
-request is handed, with the bytes already read, to hypercorn's own connection handler
-serving the quart-trio app, so every HTTP feature (keep-alive, chunking, HTTP errors)
-is hypercorn's.
+Each accepted socket is read request by request (heads parsed by h11, bounded in size
+and time):
+
+* a WebSocket upgrade to ``/hub/ws`` or ``/portal/ws`` is authenticated here and becomes
+  a ``Connection`` actor on the plain non-blocking socket (wsproto parses what the client
+  sends; broadcasts are framed once, see ``protocol.wsframes``);
+* ``POST /v1/publish`` with a Content-Length body is framed by h11 and answered here, and
+  the connection stays here for the next request (keep-alive). Measured: hypercorn
+  spends ~650 µs of CPU per request on this machine, h11 alone a small fraction, and
+  ingest is the path every event takes (bench/RESULTS.md);
+* anything else is handed, from that request's first byte on and with the rest of the
+  connection, to hypercorn's own connection handler serving the quart-trio app, so
+  every other HTTP feature (chunking, ``Expect``, errors, the routes) is hypercorn's.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ from __future__ import annotations
 import errno
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
+import msgspec
 import structlog
 import trio
 import wsproto.handshake
@@ -32,10 +39,16 @@ from protocol.wires import WS_JSON, WS_WIRES
 from protocol.wsframes import close_frame
 from rtserver.auth import AuthError, TokenVerifier, admit, bearer_token
 from rtserver.config import ServerConfig
+from rtserver.http import MAX_PUBLISH_BYTES
+from rtserver.sockets import half_close_and_wait_eof
 
 log = structlog.get_logger("rtserver.listener")
 
 WS_PATHS = {f"/{ns.value}/ws": ns for ns in Namespace}
+PUBLISH_PATH = "/v1/publish"
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+HEAD_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_json = msgspec.json.Encoder()
 
 
 class ReplayStream(trio.abc.HalfCloseableStream):
@@ -72,12 +85,14 @@ class Listener:
         config: ServerConfig,
         services: ConnectionServices,
         verifier: TokenVerifier,
-        serve_http: Callable[[trio.abc.HalfCloseableStream], object],
+        serve_http: Callable[[trio.abc.HalfCloseableStream], Awaitable[None]],
+        publish_answer: Callable[[dict[str, str], bytes], Awaitable[tuple[int, dict]]],
     ) -> None:
         self._config = config
         self._services = services
         self._verifier = verifier
         self._serve_http = serve_http
+        self._publish_answer = publish_answer
         self._nursery: trio.Nursery | None = None
         self._sock: socket.socket | None = None
         self._accepting = trio.CancelScope()
@@ -123,48 +138,89 @@ class Listener:
                 nursery.start_soon(self._handle, client)
 
     async def _handle(self, sock: socket.socket) -> None:
+        """Serve requests at their boundaries: publishes here, upgrades as connections,
+        anything else (with the rest of the connection) by hypercorn."""
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        received = bytearray()
+        pending = bytearray()  # received, not yet served: always starts at a request
+        timeout = self._config.handshake_timeout_s
+        while True:
+            head_end = None
+            with trio.move_on_after(timeout):
+                head_end = await self._read_head(sock, pending)
+            if head_end is None or head_end < 0:
+                if head_end is not None:
+                    _send_quietly(sock, HEAD_TOO_LARGE)
+                await _linger_close(sock)
+                return
+            parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self._config.max_request_head_bytes)
+            parser.receive_data(bytes(pending[:head_end]))
+            try:
+                request = parser.next_event()
+            except h11.RemoteProtocolError:
+                _send_quietly(sock, BAD_REQUEST)
+                await _linger_close(sock)
+                return
+            path = urlsplit(request.target.decode("latin-1")).path
+            if path in WS_PATHS and _is_upgrade(request):
+                await self._websocket(sock, bytes(pending), WS_PATHS[path])
+                return
+            length = _plain_body_length(request)
+            if path != PUBLISH_PATH or request.method != b"POST" or length is None or length > MAX_PUBLISH_BYTES:
+                await self._serve_http(ReplayStream(sock, bytes(pending)))
+                return
+            if not await self._publish(sock, parser, request, pending, head_end, length):
+                sock.close()
+                return
+            timeout = self._config.keep_alive_s
+
+    async def _read_head(self, sock: socket.socket, pending: bytearray) -> int | None:
+        """Receive until ``pending`` holds a whole request head: its length; -1 for a head
+        over ``max_request_head_bytes``; None when the client went away."""
+        limit = self._config.max_request_head_bytes
+        while (end := pending.find(b"\r\n\r\n", 0, limit + 4)) < 0:
+            if len(pending) > limit:
+                return -1
+            if not await _receive_into(sock, pending):
+                return None
+        return end + 4
+
+    async def _publish(
+        self, sock: socket.socket, parser: h11.Connection, request: h11.Request,
+        pending: bytearray, head_end: int, length: int,
+    ) -> bool:
+        """Serve one ``POST /v1/publish`` (h11 frames it); False when the connection must close."""
+        body_end = head_end + length
         with trio.move_on_after(self._config.handshake_timeout_s):
-            request = await self._read_head(sock, received)
-        if request is None or not isinstance(request, h11.Request):
-            if isinstance(request, h11.RemoteProtocolError):
-                _send_quietly(sock, b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            sock.close()
-            return
-        path = urlsplit(request.target.decode("latin-1")).path
-        if not (path in WS_PATHS and _is_upgrade(request)):
-            await self._serve_http(ReplayStream(sock, bytes(received)))
-            return
-        connection = self._accept_websocket(sock, bytes(received), WS_PATHS[path])
+            while len(pending) < body_end:
+                if not await _receive_into(sock, pending):
+                    return False
+        if len(pending) < body_end:
+            return False
+        parser.receive_data(bytes(pending[head_end:body_end]))
+        del pending[:body_end]
+        body = bytearray()
+        while type(event := parser.next_event()) is not h11.EndOfMessage:
+            body += event.data
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers}
+        status, answer = await self._publish_answer(headers, bytes(body))
+        payload = _json.encode(answer)
+        response = parser.send(h11.Response(status_code=status, headers=[
+            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]))
+        response += parser.send(h11.Data(data=payload)) + parser.send(h11.EndOfMessage())
+        with trio.move_on_after(self._config.handshake_timeout_s):
+            if await _send_all(sock, response):
+                return parser.our_state is h11.DONE
+        return False
+
+    async def _websocket(self, sock: socket.socket, received: bytes, ns: Namespace) -> None:
+        connection = self._accept_websocket(sock, received, ns)
         if isinstance(connection, Connection):
             # The connection runs as a task of its own: nothing of the handshake (this
             # frame, the request, the parsers) stays referenced while it lives.
             self._nursery.start_soon(connection.run)
         elif connection is not None:
             await _linger_close(sock)
-
-    async def _read_head(self, sock: socket.socket, received: bytearray) -> h11.Request | Exception | None:
-        parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self._config.max_request_head_bytes)
-        while True:
-            try:
-                event = parser.next_event()
-            except h11.RemoteProtocolError as exc:
-                return exc
-            if event is not h11.NEED_DATA:
-                return event
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return None
-            if not data:
-                return None
-            received += data
-            parser.receive_data(data)
 
     def _accept_websocket(self, sock: socket.socket, received: bytes, ns: Namespace) -> Connection | AuthError | None:
         """Answer the upgrade: a ``Connection`` to run, an ``AuthError`` already sent as a
@@ -174,7 +230,7 @@ class Listener:
         handshake.receive_data(received[:head_end])
         request = next((e for e in handshake.events() if isinstance(e, Request)), None)
         if request is None:
-            _send_quietly(sock, b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            _send_quietly(sock, BAD_REQUEST)
             sock.close()
             return None
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.extra_headers}
@@ -233,8 +289,47 @@ class Listener:
         sock.close()
 
 
+def _plain_body_length(request: h11.Request) -> int | None:
+    """The Content-Length of a request whose body needs no more than that to frame it
+    (no chunking, no ``Expect: 100-continue``); None otherwise."""
+    length = None
+    for name, value in request.headers:
+        if name == b"content-length":
+            length = int(value)
+        elif name in (b"transfer-encoding", b"expect"):
+            return None
+    return length
+
+
 def _is_upgrade(request: h11.Request) -> bool:
     return any(k == b"upgrade" and v.lower() == b"websocket" for k, v in request.headers)
+
+
+async def _receive_into(sock: socket.socket, pending: bytearray) -> bool:
+    """Append what the socket has to ``pending``; False at EOF or on an error."""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            continue
+        except OSError:
+            return False
+        pending += data
+        return bool(data)
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> bool:
+    """Write all of ``data`` (bound it with a cancel scope); False if the socket broke."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view):]
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+        except OSError:
+            return False
+    return True
 
 
 def _send_quietly(sock: socket.socket, data: bytes) -> bool:
@@ -246,18 +341,7 @@ def _send_quietly(sock: socket.socket, data: bytes) -> bool:
 
 
 async def _linger_close(sock: socket.socket) -> None:
-    """Close after the peer has read our answer (avoid an RST that would swallow it)."""
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        with trio.move_on_after(2):
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                try:
-                    if not sock.recv(4096):
-                        break
-                except BlockingIOError:
-                    continue
-    except OSError:
-        pass
-    finally:
-        sock.close()
+    """Close after the peer has read our answer (bounded)."""
+    with trio.move_on_after(2):
+        await half_close_and_wait_eof(sock)
+    sock.close()

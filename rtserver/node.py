@@ -9,6 +9,7 @@ batches and wait for them, all within ``server.drain_deadline_s``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 import trio
@@ -26,7 +27,7 @@ from rtserver.auth import TokenVerifier
 from rtserver.bus import Bus
 from rtserver.bus.memory import MemoryBus
 from rtserver.config import Config
-from rtserver.http import HttpFrontend, create_app, create_asgi
+from rtserver.http import HttpFrontend, create_app, create_asgi, publish_answer
 from rtserver.listener import Listener
 from rtserver.metrics import Metrics
 
@@ -61,7 +62,9 @@ class Node:
             config=config, bus=self.bus, registry=self.registry, writer=self.writer,
             metrics=self.metrics, catalog=self.catalog, connections=self.connections,
         )
-        self.listener = Listener(config.server, services, self.verifier, self.http.serve)
+        self.listener = Listener(
+            config.server, services, self.verifier, self.http.serve, partial(publish_answer, self)
+        )
         self.port: int | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
