@@ -100,8 +100,10 @@ class BusConfig(_Section):
     shards: int = 16
     #: Entries kept per shard (memory bus; ``MAXLEN ~`` on Redis).
     retention: int = 100_000
-    #: Published ids remembered per shard to drop repeats.
+    #: Published ids remembered per shard to drop repeats (memory bus).
     dedupe_window: int = 100_000
+    #: Seconds an id published through rtserver is remembered (Redis bus).
+    dedupe_ttl_s: int = 86_400
     #: Largest history answer to one ``since`` read, events.
     max_history: int = 10_000
 

@@ -69,6 +69,7 @@ class Node:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.bus.run)
             await nursery.start(self.writer.run)
             await nursery.start(self.registry.run)
             await nursery.start(self.http.run)

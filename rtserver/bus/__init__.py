@@ -48,6 +48,10 @@ class History:
 class Bus(Protocol):
     shards: int
 
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Connect and feed the live subscribers until cancelled (reports when ready)."""
+        ...
+
     async def append(self, envelope: Envelope) -> AppendResult: ...
 
     async def publish_ephemeral(self, envelope: Envelope) -> StoredEvent: ...

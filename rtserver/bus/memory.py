@@ -47,6 +47,11 @@ class MemoryBus:
     def ready(self) -> bool:
         return True
 
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Nothing to connect: appends feed the subscribers directly."""
+        task_status.started()
+        await trio.sleep_forever()
+
     def _next_offset(self, shard: _Shard) -> Offset:
         now = int(time.time() * 1000)
         if now > shard.last.ms:

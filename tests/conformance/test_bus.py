@@ -1,25 +1,10 @@
-"""The bus contract, run against every implementation (memory now; Redis joins the params)."""
+"""The bus contract, run against every implementation: the memory bus and real Redis."""
 
-import pytest
 import trio
 
 from protocol.cursors import Cursor, Offset, shard_of
 from protocol.envelope import Envelope
-from rtserver.bus.memory import MemoryBus
-from rtserver.config import BusConfig
-
-SHARDS = 4
-
-
-def make_bus(kind: str, **config):
-    if kind == "memory":
-        return MemoryBus(BusConfig(shards=SHARDS, **config))
-    raise AssertionError(kind)
-
-
-@pytest.fixture(params=["memory"])
-def bus_kind(request):
-    return request.param
+from tests.conformance.conftest import SHARDS
 
 
 def env(i, tenant="t1", id=None, event="appointment.created", rooms=("schedule:1",)):
@@ -32,8 +17,8 @@ async def start_of(bus, tenant="t1"):
     return Cursor(shard, head.epoch, Offset(0, 0))
 
 
-async def test_append_assigns_increasing_cursors_and_read_since_returns_what_follows(bus_kind):
-    bus = make_bus(bus_kind)
+async def test_append_assigns_increasing_cursors_and_read_since_returns_what_follows(bus_env):
+    bus = await bus_env.bus()
     results = [await bus.append(env(i)) for i in range(5)]
     offsets = [r.event.offset for r in results]
     assert offsets == sorted(offsets) and len(set(offsets)) == 5
@@ -43,8 +28,8 @@ async def test_append_assigns_increasing_cursors_and_read_since_returns_what_fol
     assert page.cursor.encode() == results[-1].event.cursor
 
 
-async def test_an_id_already_appended_is_not_appended_twice(bus_kind):
-    bus = make_bus(bus_kind)
+async def test_an_id_already_appended_is_not_appended_twice(bus_env):
+    bus = await bus_env.bus()
     first = await bus.append(env(1, id="evt-1"))
     again = await bus.append(env(2, id="evt-1"))
     assert not first.duplicate and again.duplicate
@@ -53,14 +38,14 @@ async def test_an_id_already_appended_is_not_appended_twice(bus_kind):
     assert [e.id for e in page.events] == ["evt-1"]
 
 
-async def test_without_an_id_the_entry_id_stands_in(bus_kind):
-    bus = make_bus(bus_kind)
+async def test_without_an_id_the_entry_id_stands_in(bus_env):
+    bus = await bus_env.bus()
     result = await bus.append(env(1))
     assert result.event.id == str(result.event.offset)
 
 
-async def test_order_is_kept_per_shard_across_tenants_of_that_shard(bus_kind):
-    bus = make_bus(bus_kind)
+async def test_order_is_kept_per_shard_across_tenants_of_that_shard(bus_env):
+    bus = await bus_env.bus()
     tenants = [t for t in (f"t{i}" for i in range(40)) if shard_of(t, SHARDS) == shard_of("t1", SHARDS)][:3]
     for i in range(30):
         await bus.append(env(i, tenant=tenants[i % 3]))
@@ -68,8 +53,8 @@ async def test_order_is_kept_per_shard_across_tenants_of_that_shard(bus_kind):
     assert [int(e.envelope.data["appointmentId"]) for e in page.events] == list(range(30))
 
 
-async def test_history_is_paged(bus_kind):
-    bus = make_bus(bus_kind)
+async def test_history_is_paged(bus_env):
+    bus = await bus_env.bus()
     for i in range(25):
         await bus.append(env(i))
     cursor, seen = await start_of(bus), []
@@ -82,8 +67,8 @@ async def test_history_is_paged(bus_kind):
     assert seen == [str(i) for i in range(25)]
 
 
-async def test_live_subscribers_get_appends_and_ephemeral_events_in_order(bus_kind):
-    bus = make_bus(bus_kind)
+async def test_live_subscribers_get_appends_and_ephemeral_events_in_order(bus_env):
+    bus = await bus_env.bus()
     with bus.subscribe(100) as feed:
         await bus.append(env(1))
         await bus.publish_ephemeral(env(2, event="thread:typing", rooms=("thread:7",)))
@@ -94,15 +79,15 @@ async def test_live_subscribers_get_appends_and_ephemeral_events_in_order(bus_ki
     assert got[1].cursor is None and got[0].cursor and got[2].cursor
 
 
-async def test_ephemeral_events_never_enter_history(bus_kind):
-    bus = make_bus(bus_kind)
+async def test_ephemeral_events_never_enter_history(bus_env):
+    bus = await bus_env.bus()
     await bus.publish_ephemeral(env(1, event="thread:typing", rooms=("thread:7",)))
     page = await bus.read_since(await start_of(bus), 100)
     assert page.events == [] and page.recovered
 
 
-async def test_trimmed_history_answers_not_recovered(bus_kind):
-    bus = make_bus(bus_kind, retention=10)
+async def test_trimmed_history_answers_not_recovered(bus_env):
+    bus = await bus_env.bus(retention=10)
     first = await bus.append(env(0))
     for i in range(1, 30):
         await bus.append(env(i))
@@ -111,18 +96,19 @@ async def test_trimmed_history_answers_not_recovered(bus_kind):
     assert recent.recovered and recent.events == []
 
 
-async def test_a_cursor_of_another_epoch_answers_not_recovered(bus_kind):
-    old = make_bus(bus_kind)
+async def test_a_cursor_of_another_epoch_answers_not_recovered(bus_env):
+    old = await bus_env.bus()
     cursor = Cursor.parse((await old.append(env(1))).event.cursor)
-    new = make_bus(bus_kind)
+    bus_env.lose_streams()
+    new = await bus_env.bus()
     await new.append(env(2))
     page = await new.read_since(cursor, 100)
     assert not page.recovered and page.events == []
     assert page.cursor.epoch != cursor.epoch
 
 
-async def test_head_is_the_newest_cursor(bus_kind):
-    bus = make_bus(bus_kind)
+async def test_head_is_the_newest_cursor(bus_env):
+    bus = await bus_env.bus()
     last = None
     for i in range(3):
         last = await bus.append(env(i))

@@ -1,0 +1,247 @@
+"""The Redis Streams bus: many nodes, one Redis (standalone; Cluster-ready keys).
+
+Keys per shard, all with the shard as Redis Cluster hash tag (SPEC §13):
+
+* ``rt:{<shard>}:events`` — the stream; entries ``event tenant rooms data [id ts
+  traceparent]`` as any backbone ``XADD`` writes them; ``MAXLEN ~ retention``.
+* ``rt:{<shard>}:epoch`` — drawn once (``SET NX``); a stream that was lost with its Redis
+  comes back with a new epoch, so old cursors answer ``recovered: false``.
+* ``rt:{<shard>}:id:<id>`` — the entry id of an event published through rtserver with an
+  ``id``; set atomically with the append (Lua), expires after ``bus.dedupe_ttl_s``.
+* ``rt:{<shard>}:ephemeral`` — PUB/SUB channel of the ephemeral events (never stored).
+
+Lost history is detected from ``XINFO STREAM`` (Redis ≥ 7.0): a cursor older than the
+first entry of a stream that had more entries added than it holds (``MAXLEN`` trimmed
+them), or older than ``max-deleted-entry-id`` (``XDEL``), answers ``recovered: false``.
+A cursor at exactly the last trimmed entry is refused too: the stream cannot prove that
+nothing followed it (the safe side: the client reloads).
+
+redis-py is an asyncio library: every call crosses into asyncio through trio-asyncio
+(FINDINGS), so the node must run inside ``trio_asyncio.open_loop()``. Calls are bounded by
+Trio cancel scopes (``socket_timeout=None``); the blocking ``XREAD`` has a dedicated
+connection and a server-side BLOCK shorter than any Trio deadline around it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import msgspec
+import redis.asyncio
+import trio
+from trio_asyncio import aio_as_trio
+
+from protocol.cursors import Cursor, Offset, shard_of
+from protocol.envelope import Envelope, StoredEvent
+from rtserver.bus import AppendResult, History, live_feed
+from rtserver.config import BusConfig
+
+#: Server-side BLOCK of the live reader's XREAD, ms.
+READ_BLOCK_MS = 1000
+#: Entries one XREAD returns at most.
+READ_COUNT = 1000
+
+# KEYS[1] stream, KEYS[2] id key; ARGV[1] maxlen, ARGV[2] id ttl s, ARGV[3..] field, value...
+_APPEND_ONCE = """
+local existing = redis.call('GET', KEYS[2])
+if existing then return {existing, 1} end
+local eid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+redis.call('SET', KEYS[2], eid, 'EX', ARGV[2])
+return {eid, 0}
+"""
+
+_json = msgspec.json.Encoder()
+_decode_rooms = msgspec.json.Decoder(list[str]).decode
+_decode_data = msgspec.json.Decoder(dict).decode
+_decode_ephemeral = msgspec.json.Decoder(StoredEvent).decode
+
+
+def stream_key(shard: int) -> str:
+    return f"rt:{{{shard}}}:events"
+
+
+def _epoch_key(shard: int) -> str:
+    return f"rt:{{{shard}}}:epoch"
+
+
+def _id_key(shard: int, event_id: str) -> str:
+    return f"rt:{{{shard}}}:id:{event_id}"
+
+
+def _channel(shard: int) -> str:
+    return f"rt:{{{shard}}}:ephemeral"
+
+
+def _fields(envelope: Envelope) -> list[bytes | str]:
+    fields: list[bytes | str] = [
+        "event", envelope.event, "tenant", envelope.tenant,
+        "rooms", _json.encode(envelope.rooms), "data", _json.encode(envelope.data),
+    ]
+    for name in ("id", "ts", "traceparent"):
+        value = getattr(envelope, name)
+        if value is not None:
+            fields += [name, str(value)]
+    return fields
+
+
+def _offset(entry_id: bytes | str) -> Offset:
+    return Offset.parse(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
+
+
+class RedisBus:
+    def __init__(self, config: BusConfig, url: str) -> None:
+        self.shards = config.shards
+        self._config = config
+        self._url = url
+        self._redis: redis.asyncio.Redis | None = None
+        self._epochs: dict[int, str] = {}
+        self._subscribers: list[trio.MemorySendChannel[StoredEvent]] = []
+        self._ready = False
+        self._append_once = None
+
+    def ready(self) -> bool:
+        return self._ready
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, then feed live subscribers until cancelled (inside trio-asyncio)."""
+        self._redis = redis.asyncio.Redis.from_url(self._url, socket_timeout=None)
+        reader = redis.asyncio.Redis.from_url(self._url, socket_timeout=None, single_connection_client=True)
+        pubsub = self._redis.pubsub()
+        self._append_once = self._redis.register_script(_APPEND_ONCE)
+        try:
+            positions = {}
+            for shard in range(self.shards):
+                await self._epoch(shard)
+                positions[stream_key(shard)] = str((await self.head(shard)).offset)
+            await aio_as_trio(pubsub.subscribe)(*(_channel(s) for s in range(self.shards)))
+            self._ready = True
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_streams, reader, positions)
+                nursery.start_soon(self._read_ephemeral, pubsub)
+                task_status.started()
+        finally:
+            self._ready = False
+            with trio.CancelScope(shield=True):
+                await aio_as_trio(pubsub.aclose)()
+                await aio_as_trio(reader.aclose)()
+                await aio_as_trio(self._redis.aclose)()
+
+    async def _call(self, method, *args, **kwargs):
+        return await aio_as_trio(method)(*args, **kwargs)
+
+    async def _epoch(self, shard: int) -> str:
+        """The shard's epoch, drawn if the key is missing (a new or lost stream)."""
+        key = _epoch_key(shard)
+        await self._call(self._redis.set, key, secrets.token_hex(4), nx=True)
+        epoch = (await self._call(self._redis.get, key)).decode()
+        self._epochs[shard] = epoch
+        return epoch
+
+    def _stored(self, shard: int, entry_id, fields: dict[bytes, bytes]) -> StoredEvent:
+        offset = _offset(entry_id)
+        raw_ts = fields.get(b"ts")
+        envelope = Envelope(
+            event=fields[b"event"].decode(),
+            tenant=fields[b"tenant"].decode(),
+            rooms=_decode_rooms(fields[b"rooms"]),
+            data=_decode_data(fields.get(b"data", b"{}")),
+            id=fields[b"id"].decode() if b"id" in fields else None,
+            ts=int(raw_ts) if raw_ts else None,
+            traceparent=fields[b"traceparent"].decode() if b"traceparent" in fields else None,
+        )
+        return StoredEvent(
+            envelope=envelope,
+            id=envelope.id or str(offset),
+            ts=envelope.ts or offset.ms,
+            offset=offset,
+            cursor=Cursor(shard, self._epochs[shard], offset).encode(),
+        )
+
+    async def append(self, envelope: Envelope) -> AppendResult:
+        shard = shard_of(envelope.tenant, self.shards)
+        fields = _fields(envelope)
+        if envelope.id is None:
+            entry_id = await self._call(
+                self._redis.xadd, stream_key(shard), dict(zip(fields[::2], fields[1::2])),
+                maxlen=self._config.retention, approximate=True)
+            duplicate = False
+        else:
+            entry_id, duplicate = await self._call(
+                self._append_once,
+                keys=[stream_key(shard), _id_key(shard, envelope.id)],
+                args=[self._config.retention, self._config.dedupe_ttl_s, *fields])
+        offset = _offset(entry_id)
+        event = StoredEvent(
+            envelope=envelope, id=envelope.id or str(offset), ts=envelope.ts or offset.ms,
+            offset=offset, cursor=Cursor(shard, self._epochs[shard], offset).encode())
+        return AppendResult(event, duplicate=bool(duplicate))
+
+    async def publish_ephemeral(self, envelope: Envelope) -> StoredEvent:
+        event = StoredEvent(envelope=envelope, id=envelope.id or secrets.token_hex(8),
+                            ts=envelope.ts or int(time.time() * 1000))
+        await self._call(self._redis.publish, _channel(shard_of(envelope.tenant, self.shards)),
+                         msgspec.json.encode(event))
+        return event
+
+    async def read_since(self, cursor: Cursor, limit: int) -> History:
+        shard = cursor.shard
+        epoch = await self._epoch(shard) if shard < self.shards else ""
+        head = await self.head(shard % self.shards)
+        if cursor.epoch != epoch or shard >= self.shards or cursor.offset > head.offset:
+            return History([], recovered=False, cursor=head, more=False)
+        info = await self._stream_info(shard)
+        if info is not None and (cursor.offset < info["max-deleted"] or (
+                info["trimmed"] and cursor.offset < info["first"])):
+            return History([], recovered=False, cursor=head, more=False)
+        entries = await self._call(self._redis.xrange, stream_key(shard), f"({cursor.offset}", "+",
+                                   count=limit + 1)
+        events = [self._stored(shard, entry_id, fields) for entry_id, fields in entries[:limit]]
+        last = Cursor(shard, epoch, events[-1].offset) if events else cursor
+        return History(events, recovered=True, cursor=last, more=len(entries) > limit)
+
+    async def _stream_info(self, shard: int) -> dict | None:
+        try:
+            info = await self._call(self._redis.xinfo_stream, stream_key(shard))
+        except redis.exceptions.ResponseError:  # no such stream yet
+            return None
+        return {
+            "last": _offset(info["last-generated-id"]),
+            "first": _offset(info["recorded-first-entry-id"]),
+            "trimmed": info["entries-added"] > info["length"],
+            "max-deleted": _offset(info["max-deleted-entry-id"]),
+        }
+
+    async def head(self, shard: int) -> Cursor:
+        info = await self._stream_info(shard)
+        epoch = self._epochs.get(shard) or await self._epoch(shard)
+        return Cursor(shard, epoch, info["last"] if info else Offset(0, 0))
+
+    def subscribe(self, capacity: int):
+        return live_feed(self._subscribers, capacity)
+
+    async def _broadcast(self, event: StoredEvent) -> None:
+        for send in list(self._subscribers):
+            try:
+                send.send_nowait(event)
+            except trio.WouldBlock:
+                await send.send(event)
+            except trio.ClosedResourceError:
+                pass
+
+    async def _read_streams(self, reader: redis.asyncio.Redis, positions: dict[str, str]) -> None:
+        """XREAD BLOCK every shard from this node's own positions; feed the subscribers."""
+        shard_of_key = {stream_key(s).encode(): s for s in range(self.shards)}
+        while True:
+            answer = await self._call(reader.xread, positions, count=READ_COUNT, block=READ_BLOCK_MS)
+            for key, entries in answer or ():
+                shard = shard_of_key[key]
+                for entry_id, fields in entries:
+                    await self._broadcast(self._stored(shard, entry_id, fields))
+                positions[key.decode()] = entries[-1][0].decode()
+
+    async def _read_ephemeral(self, pubsub) -> None:
+        while True:
+            message = await self._call(pubsub.get_message, ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None and message["type"] == "message":
+                await self._broadcast(_decode_ephemeral(message["data"]))
