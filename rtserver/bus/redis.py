@@ -9,6 +9,8 @@ Keys per shard, all with the shard as Redis Cluster hash tag (SPEC §13):
 * ``rt:{<shard>}:id:<id>`` — the entry id of an event published through rtserver with an
   ``id``; set atomically with the append (Lua), expires after ``bus.dedupe_ttl_s``.
 * ``rt:{<shard>}:ephemeral`` — PUB/SUB channel of the ephemeral events (never stored).
+* ``rt:{<shard>}:dead`` — entries that were never forwarded: malformed, or refused by
+  the catalog (``validate``), each with ``reason``, the original ``entry`` id and fields.
 
 Lost history is detected from ``XINFO STREAM`` (Redis ≥ 7.0): a cursor older than the
 first entry of a stream that had more entries added than it holds (``MAXLEN`` trimmed
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 
 import msgspec
 import redis.asyncio
@@ -34,6 +37,7 @@ from trio_asyncio import aio_as_trio
 
 from protocol.cursors import Cursor, Offset, shard_of
 from protocol.envelope import Envelope, StoredEvent
+from protocol.errors import ReplyError
 from rtserver.bus import AppendResult, History, live_feed
 from rtserver.config import BusConfig
 
@@ -89,11 +93,30 @@ def _offset(entry_id: bytes | str) -> Offset:
     return Offset.parse(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
 
 
+def dead_letter_key(shard: int) -> str:
+    return f"rt:{{{shard}}}:dead"
+
+
+#: Dead letters kept per shard (``MAXLEN ~``).
+DEAD_LETTERS_KEPT = 10_000
+
+
 class RedisBus:
-    def __init__(self, config: BusConfig, url: str) -> None:
+    def __init__(
+        self,
+        config: BusConfig,
+        url: str,
+        *,
+        validate: Callable[[StoredEvent], None] | None = None,
+        on_dead_letter: Callable[[str], None] | None = None,
+    ) -> None:
+        """``validate`` raises for an entry that must not be forwarded (the catalog);
+        ``on_dead_letter(code)`` counts what went to the dead-letter stream."""
         self.shards = config.shards
         self._config = config
         self._url = url
+        self._validate = validate
+        self._on_dead_letter = on_dead_letter
         self._redis: redis.asyncio.Redis | None = None
         self._epochs: dict[int, str] = {}
         self._subscribers: list[trio.MemorySendChannel[StoredEvent]] = []
@@ -196,8 +219,9 @@ class RedisBus:
             return History([], recovered=False, cursor=head, more=False)
         entries = await self._call(self._redis.xrange, stream_key(shard), f"({cursor.offset}", "+",
                                    count=limit + 1)
-        events = [self._stored(shard, entry_id, fields) for entry_id, fields in entries[:limit]]
-        last = Cursor(shard, epoch, events[-1].offset) if events else cursor
+        parsed = [self._parse(shard, entry_id, fields) for entry_id, fields in entries[:limit]]
+        events = [e for e in parsed if isinstance(e, StoredEvent)]  # the readers dead-letter the rest
+        last = Cursor(shard, epoch, _offset(entries[:limit][-1][0])) if entries else cursor
         return History(events, recovered=True, cursor=last, more=len(entries) > limit)
 
     async def _stream_info(self, shard: int) -> dict | None:
@@ -237,8 +261,44 @@ class RedisBus:
             for key, entries in answer or ():
                 shard = shard_of_key[key]
                 for entry_id, fields in entries:
-                    await self._broadcast(self._stored(shard, entry_id, fields))
+                    event = await self._checked(shard, entry_id, fields)
+                    if event is not None:
+                        await self._broadcast(event)
                 positions[key.decode()] = entries[-1][0].decode()
+
+    def _parse(self, shard: int, entry_id: bytes, fields: dict[bytes, bytes]) -> StoredEvent | tuple[str, str]:
+        """The entry as an event, or (reason code, reason) when it must not be forwarded."""
+        try:
+            event = self._stored(shard, entry_id, fields)
+            if self._validate is not None:
+                self._validate(event)
+            return event
+        except ReplyError as exc:
+            return exc.code.name.lower(), exc.message
+        except (KeyError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return "malformed", f"malformed entry: {type(exc).__name__}: {exc}"
+
+    async def _checked(self, shard: int, entry_id: bytes, fields: dict[bytes, bytes]) -> StoredEvent | None:
+        """The entry as an event, or None once it is in the dead-letter stream.
+
+        Every node reads every entry, so each would dead-letter it: the dead letter takes
+        the entry's own id, and the nodes after the first are refused by Redis (an id not
+        above the stream's top), so each bad entry is dead-lettered and counted once.
+        """
+        parsed = self._parse(shard, entry_id, fields)
+        if isinstance(parsed, StoredEvent):
+            return parsed
+        code, reason = parsed
+        try:
+            await self._call(
+                self._redis.xadd, dead_letter_key(shard),
+                {b"reason": reason.encode(), b"code": code.encode(), b"entry": entry_id, **fields},
+                id=entry_id, maxlen=DEAD_LETTERS_KEPT, approximate=True)
+        except redis.exceptions.ResponseError:
+            return None  # another node dead-lettered it first
+        if self._on_dead_letter is not None:
+            self._on_dead_letter(code)
+        return None
 
     async def _read_ephemeral(self, pubsub) -> None:
         while True:

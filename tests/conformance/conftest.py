@@ -54,18 +54,21 @@ class BusEnv:
     def __init__(self, kind: str, nursery: trio.Nursery, redis_url: str | None) -> None:
         self.kind = kind
         self._nursery = nursery
-        self._redis_url = redis_url
+        self.redis_url = redis_url
 
-    async def bus(self, **config):
+    async def bus(self, validate=None, on_dead_letter=None, **config):
         cfg = BusConfig(shards=SHARDS, **config)
-        bus = MemoryBus(cfg) if self.kind == "memory" else RedisBus(cfg, self._redis_url)
+        if self.kind == "memory":
+            bus = MemoryBus(cfg)
+        else:
+            bus = RedisBus(cfg, self.redis_url, validate=validate, on_dead_letter=on_dead_letter)
         await self._nursery.start(bus.run)
         return bus
 
     def lose_streams(self) -> None:
         """Memory: a new bus is a new process; Redis: the server lost its data."""
         if self.kind == "redis":
-            redis.Redis.from_url(self._redis_url).flushall()
+            redis.Redis.from_url(self.redis_url).flushall()
 
 
 @pytest.fixture

@@ -113,3 +113,40 @@ async def test_head_is_the_newest_cursor(bus_env):
     for i in range(3):
         last = await bus.append(env(i))
     assert (await bus.head(shard_of("t1", SHARDS))).encode() == last.event.cursor
+
+
+async def test_redis_entries_that_break_the_contract_are_dead_lettered_once_and_never_forwarded(bus_env):
+    if bus_env.kind != "redis":
+        return  # the memory bus only receives events that were validated at publish
+    import redis as sync_redis
+
+    from protocol.catalog import Catalog
+    from rtserver.bus.redis import dead_letter_key, stream_key
+
+    catalog = Catalog.default()
+    counted = []
+
+    def validate(event):
+        env = event.envelope
+        catalog.validate_publish(env.event, env.tenant, env.rooms, env.data)
+
+    buses = [await bus_env.bus(validate=validate, on_dead_letter=counted.append) for _ in range(2)]
+    raw = sync_redis.Redis.from_url(bus_env.redis_url)
+    shard = shard_of("t1", SHARDS)
+    with buses[0].subscribe(10) as feed_a, buses[1].subscribe(10) as feed_b:
+        raw.xadd(stream_key(shard), {"event": "nope", "tenant": "t1", "rooms": '["schedule:1"]', "data": "{}"})
+        raw.xadd(stream_key(shard), {"event": "appointment.created", "tenant": "t1", "rooms": "not json"})
+        raw.xadd(stream_key(shard), {"event": "appointment.created", "tenant": "t1",
+                                     "rooms": '["schedule:1"]', "data": '{"name":"Ana"}'})
+        raw.xadd(stream_key(shard), {"event": "appointment.created", "tenant": "t1",
+                                     "rooms": '["schedule:1"]', "data": '{"appointmentId":"ok"}'})
+        with trio.fail_after(5):
+            for feed in (feed_a, feed_b):
+                event = await feed.receive()
+                assert event.envelope.data == {"appointmentId": "ok"}
+    dead = raw.xrange(dead_letter_key(shard))
+    assert [d[1][b"code"] for d in dead] == [b"unknown_event", b"malformed", b"bad_payload"]
+    assert b"name" in dead[2][1][b"reason"]
+    assert counted == ["unknown_event", "malformed", "bad_payload"]
+    page = await buses[0].read_since(await start_of(buses[0]), 100)
+    assert [e.envelope.data for e in page.events] == [{"appointmentId": "ok"}]
