@@ -15,11 +15,13 @@ from rtserver.config import Config, ConfigError, load_config
 
 
 def _config(args: argparse.Namespace) -> Config:
-    overrides: dict = {"server": {}}
+    overrides: dict = {"server": {}, "bus": {}}
     if getattr(args, "host", None):
         overrides["server"]["host"] = args.host
     if getattr(args, "port", None) is not None:
         overrides["server"]["port"] = args.port
+    if getattr(args, "redis_url", None):
+        overrides["bus"]["redis_url"] = args.redis_url
     return load_config(args.config, overrides=overrides)
 
 
@@ -39,12 +41,19 @@ async def _serve(config: Config) -> None:
                 break
 
 
+async def _serve_with_redis(config: Config) -> None:
+    import trio_asyncio
+
+    async with trio_asyncio.open_loop():
+        await _serve(config)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from rtserver.logs import configure_logging
 
     config = _config(args)
     configure_logging(config.log.level)
-    trio.run(_serve, config)
+    trio.run(_serve_with_redis if config.bus.redis_url else _serve, config)
 
 
 def _claims(args: argparse.Namespace) -> dict:
@@ -100,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", parents=[common], help="run a node")
+    serve.add_argument("--redis-url", default=os.environ.get("RTSERVER_REDIS_URL"),
+                       help="share a Redis with other nodes (env RTSERVER_REDIS_URL); none: embedded bus")
     serve.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", parents=[common], help="mint a development HS256 token")

@@ -96,6 +96,8 @@ class RoomsConfig(_Section):
 
 
 class BusConfig(_Section):
+    #: Redis URL (``redis://host:port/db``); empty runs the embedded memory bus (one node).
+    redis_url: str = ""
     #: Number of stream shards (must agree between nodes and publishers).
     shards: int = 16
     #: Entries kept per shard (memory bus; ``MAXLEN ~`` on Redis).

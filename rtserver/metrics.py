@@ -52,6 +52,10 @@ class Metrics:
             "rt_rate_limited_total", "Client commands refused by the inbound rate limit", registry=r
         )
         self.rooms = Gauge("rt_rooms", "Room actors alive", registry=r)
+        self.dead_letters = Counter(
+            "rt_dead_letters_total", "Stream entries never forwarded (dead-lettered), by reason code",
+            ["code"], registry=r,
+        )
         self.auth_failures = Counter(
             "rt_auth_failures_total", "Handshakes refused, by reason", ["reason"], registry=r
         )

@@ -19,13 +19,14 @@ from actors.registry import Registry
 from actors.writer import Writer
 from protocol.catalog import Catalog
 from protocol.cursors import Cursor
-from protocol.envelope import Envelope
+from protocol.envelope import Envelope, StoredEvent
 from protocol.errors import CloseCode
 from protocol.frames import Evt
 from protocol.rooms import parse_room
 from rtserver.auth import TokenVerifier
 from rtserver.bus import Bus
 from rtserver.bus.memory import MemoryBus
+from rtserver.bus.redis import RedisBus
 from rtserver.config import Config
 from rtserver.http import HttpFrontend, create_app, create_asgi, publish_answer
 from rtserver.listener import Listener
@@ -48,7 +49,7 @@ class Node:
         self.metrics = Metrics()
         self.catalog = Catalog.default().with_fields(config.catalog_fields)
         self.verifier = TokenVerifier(config.auth)
-        self.bus: Bus = bus or MemoryBus(config.bus)
+        self.bus: Bus = bus or self._make_bus()
         self.writer = Writer(
             self.metrics,
             flush_max_bytes=config.connection.flush_max_bytes,
@@ -66,6 +67,21 @@ class Node:
             config.server, services, self.verifier, self.http.serve, partial(publish_answer, self)
         )
         self.port: int | None = None
+
+    def _make_bus(self) -> Bus:
+        """The memory bus, or the Redis bus when ``bus.redis_url`` is set (then the node
+        must run inside ``trio_asyncio.open_loop()``)."""
+        if not self.config.bus.redis_url:
+            return MemoryBus(self.config.bus)
+
+        def validate(event: StoredEvent) -> None:
+            env = event.envelope
+            self.catalog.validate_publish(env.event, env.tenant, env.rooms, env.data)
+
+        return RedisBus(
+            self.config.bus, self.config.bus.redis_url, validate=validate,
+            on_dead_letter=lambda code: self.metrics.dead_letters.labels(code).inc(),
+        )
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

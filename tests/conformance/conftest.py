@@ -1,51 +1,16 @@
-"""Bus implementations under one contract: the memory bus, and a real redis-server started here."""
+"""Bus implementations under one contract: the memory bus, and real Redis (``redis_url``)."""
 
 from __future__ import annotations
-
-import shutil
-import socket
-import subprocess
-import time
 
 import pytest
 import redis
 import trio
-import trio_asyncio
 
 from rtserver.bus.memory import MemoryBus
 from rtserver.bus.redis import RedisBus
 from rtserver.config import BusConfig
 
 SHARDS = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    """A throwaway redis-server on a free port (small stream nodes, so that approximate
-    trimming shows at test sizes)."""
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (make test installs it)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--stream-node-max-entries", "4", "--dir", str(tmp_path_factory.mktemp("redis"))],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
 
 
 class BusEnv:
@@ -69,12 +34,6 @@ class BusEnv:
         """Memory: a new bus is a new process; Redis: the server lost its data."""
         if self.kind == "redis":
             redis.Redis.from_url(self.redis_url).flushall()
-
-
-@pytest.fixture
-async def aio_loop():
-    async with trio_asyncio.open_loop() as loop:
-        yield loop
 
 
 @pytest.fixture(params=["memory", "redis"])

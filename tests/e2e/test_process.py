@@ -109,3 +109,30 @@ async def test_sigterm_drains_clients_with_the_draining_code_and_exits_zero(serv
     assert codes == [4000] * 5
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", port)
+
+
+async def test_two_serve_processes_share_redis(config_file, redis_url):
+    import redis as sync_redis
+
+    sync_redis.Redis.from_url(redis_url).flushall()
+    ports = [free_port(), free_port()]
+    procs = [await trio.lowlevel.open_process(
+        [sys.executable, "-m", "rtserver", "serve", "--config", str(config_file), "--port", str(port),
+         "--redis-url", redis_url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports]
+    try:
+        for port in ports:
+            await wait_port(port)
+        token = cli("token", "--sub", "u1", "--tenant", "t1", config_file=config_file)
+        async with open_client(f"ws://127.0.0.1:{ports[0]}/hub/ws", token) as client:
+            result = await trio.to_thread.run_sync(lambda: cli(
+                "publish", "--port", str(ports[1]), "--event", "appointment.created", "--tenant", "t1",
+                "--rooms", "tenant:t1", "--data", '{"appointmentId":"via-b"}', config_file=config_file))
+            assert json.loads(result)["cursor"]
+            with trio.fail_after(10):
+                evt = await client.next_event()
+        assert evt["data"] == {"appointmentId": "via-b"}
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(25):
+            assert [await proc.wait() for proc in procs] == [0, 0]

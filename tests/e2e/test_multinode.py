@@ -1,0 +1,73 @@
+"""Several nodes sharing one real redis-server: cross-node fan-out and resumption anywhere."""
+
+import httpx
+import pytest
+import redis
+import trio
+
+from protocol.cursors import shard_of
+from rtserver.bus.redis import stream_key
+from rtserver.client import open_client
+from rtserver.node import Node
+from tests.e2e.conftest import Server, server_config
+from tests.e2e.test_websocket import appointment
+
+
+@pytest.fixture
+async def cluster(nursery, aio_loop, redis_url):
+    redis.Redis.from_url(redis_url).flushall()
+    servers = []
+    for _ in range(3):
+        node = Node(server_config(bus={"redis_url": redis_url}))
+        servers.append(Server(node, await nursery.start(node.run)))
+    return servers
+
+
+async def test_a_client_on_one_node_gets_what_another_node_and_a_plain_xadd_append(cluster, redis_url):
+    a, b, _ = cluster
+    async with open_client(a.ws(), a.token()) as client:
+        await client.subscribe("schedule:1")
+        assert (await b.publish(appointment(1))).status_code == 200
+        redis.Redis.from_url(redis_url).xadd(stream_key(shard_of("t1", 16)), {
+            "event": "appointment.created", "tenant": "t1", "rooms": '["schedule:1"]',
+            "data": '{"appointmentId":"2"}'})
+        with trio.fail_after(10):
+            got = [(await client.next_event())["data"]["appointmentId"] for _ in range(2)]
+    assert got == ["1", "2"]
+
+
+async def test_a_client_resumes_on_another_node_with_every_missed_event_once_in_order(cluster):
+    a, b, c = cluster
+    async with open_client(a.ws(), a.token()) as client:
+        await client.subscribe("schedule:1")
+        await b.publish(appointment(0))
+        with trio.fail_after(10):
+            await client.next_event()
+        cursor = client.cursor
+    async with httpx.AsyncClient(base_url=b.http) as http:
+        for i in range(1, 201):
+            r = await http.post("/v1/publish", json=appointment(i, rooms=("schedule:1",)),
+                                headers={"authorization": f"Bearer {b.service_token}"})
+            assert r.status_code == 200
+    async with open_client(c.ws(), c.token()) as client:
+        ack = await client.subscribe("schedule:1", since=cursor)
+        assert ack["recovered"] is True
+        with trio.fail_after(10):
+            got = [int((await client.next_event())["data"]["appointmentId"]) for _ in range(200)]
+        assert got == list(range(1, 201))
+        await b.publish(appointment(201))
+        with trio.fail_after(10):
+            assert (await client.next_event())["data"]["appointmentId"] == "201"
+
+
+async def test_ephemeral_events_cross_nodes_without_entering_the_stream(cluster, redis_url):
+    a, b, _ = cluster
+    async with open_client(a.ws(), a.token()) as client:
+        await client.subscribe("thread:7")
+        response = await b.publish({"event": "thread:typing", "tenant": "t1", "rooms": ["thread:7"],
+                                    "data": {"threadId": "7", "userId": "u9", "typing": True}})
+        assert response.json()["cursor"] is None
+        with trio.fail_after(10):
+            evt = await client.next_event()
+    assert evt["event"] == "thread:typing" and "cursor" not in evt
+    assert redis.Redis.from_url(redis_url).xlen(stream_key(shard_of("t1", 16))) == 0
