@@ -106,6 +106,9 @@ class BusConfig(_Section):
     dedupe_window: int = 100_000
     #: Seconds an id published through rtserver is remembered (Redis bus).
     dedupe_ttl_s: int = 86_400
+    #: Redis bus: an entry whose ``id`` appeared in the previous N entries of its shard
+    #: (a producer's retried plain XADD) is dropped when read, the same way on every node.
+    read_dedupe_window: int = 1000
     #: Largest history answer to one ``since`` read, events.
     max_history: int = 10_000
 

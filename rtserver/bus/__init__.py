@@ -9,8 +9,9 @@ Streams later), proven by one conformance suite:
 * ``read_since`` returns the events of one shard after a cursor, oldest first, a page at a
   time, and whether the history still reaches back to the cursor (``recovered``: a cursor
   of another epoch, or older than what was trimmed, gives ``recovered=False``).
-* ``subscribe`` opens a bounded live feed of every event appended (and every ephemeral
-  event published) from then on, in append order per shard.
+* ``subscribe`` opens a bounded live feed of every event appended from then on, in
+  append order per shard, and of every ephemeral event published (best-effort: their
+  order relative to appends is not promised).
 """
 
 from __future__ import annotations

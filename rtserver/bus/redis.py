@@ -12,6 +12,11 @@ Keys per shard, all with the shard as Redis Cluster hash tag (SPEC §13):
 * ``rt:{<shard>}:dead`` — entries that were never forwarded: malformed, or refused by
   the catalog (``validate``), each with ``reason``, the original ``entry`` id and fields.
 
+Entries a producer appended twice (a retried plain ``XADD`` with the same ``id``) are
+dropped when read: an entry whose ``id`` appeared in the previous ``bus.read_dedupe_window``
+entries of its stream is a repeat. Live readers and history reads apply the same rule to
+the same entries, so every node and every resume decides alike.
+
 Lost history is detected from ``XINFO STREAM`` (Redis ≥ 7.0): a cursor older than the
 first entry of a stream that had more entries added than it holds (``MAXLEN`` trimmed
 them), or older than ``max-deleted-entry-id`` (``XDEL``), answers ``recovered: false``.
@@ -26,6 +31,7 @@ connection and a server-side BLOCK shorter than any Trio deadline around it.
 
 from __future__ import annotations
 
+import collections
 import secrets
 import time
 from collections.abc import Callable
@@ -91,6 +97,30 @@ def _fields(envelope: Envelope) -> list[bytes | str]:
 
 def _offset(entry_id: bytes | str) -> Offset:
     return Offset.parse(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
+
+
+class DedupeWindow:
+    """The ``id`` fields of the last ``size`` entries of a stream, in stream order."""
+
+    __slots__ = ("size", "_order", "_counts")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._order: collections.deque[bytes | None] = collections.deque()
+        self._counts: collections.Counter[bytes] = collections.Counter()
+
+    def seen_then_add(self, fields: dict[bytes, bytes]) -> bool:
+        """Whether the entry repeats an id of the window; the entry joins the window."""
+        event_id = fields.get(b"id")
+        repeated = event_id is not None and self._counts[event_id] > 0
+        self._order.append(event_id)
+        if event_id is not None:
+            self._counts[event_id] += 1
+        if len(self._order) > self.size:
+            oldest = self._order.popleft()
+            if oldest is not None:
+                self._counts[oldest] -= 1
+        return repeated
 
 
 def dead_letter_key(shard: int) -> str:
@@ -219,10 +249,26 @@ class RedisBus:
             return History([], recovered=False, cursor=head, more=False)
         entries = await self._call(self._redis.xrange, stream_key(shard), f"({cursor.offset}", "+",
                                    count=limit + 1)
-        parsed = [self._parse(shard, entry_id, fields) for entry_id, fields in entries[:limit]]
-        events = [e for e in parsed if isinstance(e, StoredEvent)]  # the readers dead-letter the rest
+        window = await self._window_before(shard, str(cursor.offset))
+        events = []
+        for entry_id, fields in entries[:limit]:
+            if window.seen_then_add(fields):
+                continue  # a producer's repeat
+            parsed = self._parse(shard, entry_id, fields)
+            if isinstance(parsed, StoredEvent):  # the live readers dead-letter the rest
+                events.append(parsed)
         last = Cursor(shard, epoch, _offset(entries[:limit][-1][0])) if entries else cursor
         return History(events, recovered=True, cursor=last, more=len(entries) > limit)
+
+    async def _window_before(self, shard: int, position: str) -> DedupeWindow:
+        """The dedupe window as it stands after the entry at ``position`` (inclusive)."""
+        window = DedupeWindow(self._config.read_dedupe_window)
+        if window.size:
+            previous = await self._call(self._redis.xrevrange, stream_key(shard), position, "-",
+                                        count=window.size)
+            for _, fields in reversed(previous):
+                window.seen_then_add(fields)
+        return window
 
     async def _stream_info(self, shard: int) -> dict | None:
         try:
@@ -256,11 +302,14 @@ class RedisBus:
     async def _read_streams(self, reader: redis.asyncio.Redis, positions: dict[str, str]) -> None:
         """XREAD BLOCK every shard from this node's own positions; feed the subscribers."""
         shard_of_key = {stream_key(s).encode(): s for s in range(self.shards)}
+        windows = {s: await self._window_before(s, positions[stream_key(s)]) for s in range(self.shards)}
         while True:
             answer = await self._call(reader.xread, positions, count=READ_COUNT, block=READ_BLOCK_MS)
             for key, entries in answer or ():
                 shard = shard_of_key[key]
                 for entry_id, fields in entries:
+                    if windows[shard].seen_then_add(fields):
+                        continue  # a producer's repeat
                     event = await self._checked(shard, entry_id, fields)
                     if event is not None:
                         await self._broadcast(event)
