@@ -183,6 +183,9 @@ class Connection:
                 try:
                     await self._start()
                     await self._read_loop()
+                except ReplyError as err:  # only the hello's bus calls can raise one here
+                    self._log("start_failed", error=err.message)
+                    self._disconnect = CloseCode.TRY_AGAIN_LATER if err.temporary else CloseCode.INTERNAL_ERROR
                 except Exception:
                     # A bug ends this connection, not the node.
                     log.exception("connection_failed", session=self.session)

@@ -70,6 +70,7 @@ class CloseCode:
     PROTOCOL_ERROR = Disconnect(1002, "protocol error", ClientAction.STOP)
     MESSAGE_TOO_BIG = Disconnect(1009, "message too big", ClientAction.STOP)
     INTERNAL_ERROR = Disconnect(1011, "internal error", ClientAction.RESUME)
+    TRY_AGAIN_LATER = Disconnect(1013, "try again later", ClientAction.RESUME)
     SERVER_DRAINING = Disconnect(4000, "server draining", ClientAction.RESUME)
     SLOW_CONSUMER = Disconnect(4001, "slow consumer", ClientAction.RESUME)
     RATE_LIMITED = Disconnect(4002, "rate limited", ClientAction.RESUME)

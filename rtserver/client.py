@@ -183,10 +183,14 @@ async def open_client(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._reader)
             await client._hello.wait()
-            if client.closed:
-                raise client.closed
-            nursery.start_soon(client._heartbeat)
-            try:
-                yield client
-            finally:
-                nursery.cancel_scope.cancel()
+            if client.closed is None:
+                nursery.start_soon(client._heartbeat)
+                try:
+                    yield client
+                finally:
+                    nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+    if not client.hello:
+        # Refused before hello: raised here, outside the nurseries, so callers catch
+        # ``Closed`` itself rather than an exception group.
+        raise client.closed or Closed(None, None)

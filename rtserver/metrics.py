@@ -56,6 +56,9 @@ class Metrics:
             "rt_dead_letters_total", "Stream entries never forwarded (dead-lettered), by reason code",
             ["code"], registry=r,
         )
+        self.bus_reconnects = Gauge(
+            "rt_bus_reconnects", "Times the bus connection (Redis) was lost since start", registry=r
+        )
         self.auth_failures = Counter(
             "rt_auth_failures_total", "Handshakes refused, by reason", ["reason"], registry=r
         )

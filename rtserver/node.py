@@ -78,10 +78,12 @@ class Node:
             env = event.envelope
             self.catalog.validate_publish(env.event, env.tenant, env.rooms, env.data)
 
-        return RedisBus(
+        bus = RedisBus(
             self.config.bus, self.config.bus.redis_url, validate=validate,
             on_dead_letter=lambda code: self.metrics.dead_letters.labels(code).inc(),
         )
+        self.metrics.bus_reconnects.set_function(lambda: bus.reconnects)
+        return bus
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

@@ -32,18 +32,21 @@ connection and a server-side BLOCK shorter than any Trio deadline around it.
 from __future__ import annotations
 
 import collections
+import contextlib
+import random
 import secrets
 import time
 from collections.abc import Callable
 
 import msgspec
 import redis.asyncio
+import structlog
 import trio
 from trio_asyncio import aio_as_trio
 
 from protocol.cursors import Cursor, Offset, shard_of
 from protocol.envelope import Envelope, StoredEvent
-from protocol.errors import ReplyError
+from protocol.errors import ReplyCode, ReplyError
 from rtserver.bus import AppendResult, History, live_feed
 from rtserver.config import BusConfig
 
@@ -61,6 +64,11 @@ redis.call('SET', KEYS[2], eid, 'EX', ARGV[2])
 return {eid, 0}
 """
 
+#: Reconnection backoff bounds, seconds (jittered ±50%).
+RECONNECT_MIN_S = 0.1
+RECONNECT_MAX_S = 5.0
+
+log = structlog.get_logger("rtserver.bus.redis")
 _json = msgspec.json.Encoder()
 _decode_rooms = msgspec.json.Decoder(list[str]).decode
 _decode_data = msgspec.json.Decoder(dict).decode
@@ -97,6 +105,13 @@ def _fields(envelope: Envelope) -> list[bytes | str]:
 
 def _offset(entry_id: bytes | str) -> Offset:
     return Offset.parse(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
+
+
+class BusUnavailable(ReplyError):
+    """Redis cannot be reached: a temporary error for whoever called (503 over HTTP)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ReplyCode.UNAVAILABLE, message)
 
 
 class DedupeWindow:
@@ -152,36 +167,83 @@ class RedisBus:
         self._subscribers: list[trio.MemorySendChannel[StoredEvent]] = []
         self._ready = False
         self._append_once = None
+        #: Times the connection to Redis was lost (for metrics).
+        self.reconnects = 0
 
     def ready(self) -> bool:
         return self._ready
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Connect, then feed live subscribers until cancelled (inside trio-asyncio)."""
+        """Feed live subscribers until cancelled (inside trio-asyncio), through Redis outages.
+
+        Reports started once the feeds are in place, or at the first failure to connect (a
+        node starts without Redis and says so on ``/readyz``): while Redis cannot be reached
+        the bus is not ``ready``,
+        calls fail with a temporary ``UNAVAILABLE`` error, and it reconnects with
+        exponential backoff and jitter. Reading resumes from this node's own positions;
+        a shard whose epoch changed (the stream was lost) is read from its new start.
+        """
         self._redis = redis.asyncio.Redis.from_url(self._url, socket_timeout=None)
-        reader = redis.asyncio.Redis.from_url(self._url, socket_timeout=None, single_connection_client=True)
-        pubsub = self._redis.pubsub()
         self._append_once = self._redis.register_script(_APPEND_ONCE)
-        try:
-            positions = {}
-            for shard in range(self.shards):
-                await self._epoch(shard)
-                positions[stream_key(shard)] = str((await self.head(shard)).offset)
-            await aio_as_trio(pubsub.subscribe)(*(_channel(s) for s in range(self.shards)))
-            self._ready = True
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_streams, reader, positions)
-                nursery.start_soon(self._read_ephemeral, pubsub)
+        positions: dict[str, str] = {}
+        backoff = RECONNECT_MIN_S
+        started = False
+
+        def report_started() -> None:
+            nonlocal started
+            if not started:
+                started = True
                 task_status.started()
+
+        try:
+            while True:
+                connected_at = trio.current_time()
+                try:
+                    await self._serve_feeds(positions, report_started)
+                except* BusUnavailable as group:
+                    report_started()
+                    self._ready = False
+                    self.reconnects += 1
+                    if trio.current_time() - connected_at > RECONNECT_MAX_S:
+                        backoff = RECONNECT_MIN_S  # it had been working: start over
+                    log.warning("bus_unavailable", error=str(group.exceptions[0]), retry_in_s=round(backoff, 2))
+                await trio.sleep(backoff * random.uniform(0.5, 1.5))
+                backoff = min(backoff * 2, RECONNECT_MAX_S)
         finally:
             self._ready = False
             with trio.CancelScope(shield=True):
-                await aio_as_trio(pubsub.aclose)()
-                await aio_as_trio(reader.aclose)()
                 await aio_as_trio(self._redis.aclose)()
 
+    async def _serve_feeds(self, positions: dict[str, str], on_ready: Callable[[], None]) -> None:
+        """One connected period: (re)establish epochs and positions, then read."""
+        reader = redis.asyncio.Redis.from_url(self._url, socket_timeout=None, single_connection_client=True)
+        pubsub = self._redis.pubsub()
+        try:
+            known = dict(self._epochs)
+            for shard in range(self.shards):
+                key = stream_key(shard)
+                if key not in positions or known.get(shard) != await self._epoch(shard):
+                    start = (await self.head(shard)).offset if key not in positions else Offset(0, 0)
+                    positions[key] = str(start)
+            await self._call(pubsub.subscribe, *(_channel(s) for s in range(self.shards)))
+            self._ready = True
+            on_ready()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_streams, reader, positions)
+                nursery.start_soon(self._read_ephemeral, pubsub)
+        finally:
+            with trio.CancelScope(shield=True):
+                for client in (pubsub, reader):
+                    with contextlib.suppress(Exception):
+                        await aio_as_trio(client.aclose)()
+
     async def _call(self, method, *args, **kwargs):
-        return await aio_as_trio(method)(*args, **kwargs)
+        """One redis-py call from Trio; connection failures become ``BusUnavailable``."""
+        try:
+            return await aio_as_trio(method)(*args, **kwargs)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            self._ready = False
+            raise BusUnavailable(f"redis: {exc}") from None
 
     async def _epoch(self, shard: int) -> str:
         """The shard's epoch, drawn if the key is missing (a new or lost stream)."""
@@ -225,9 +287,10 @@ class RedisBus:
                 keys=[stream_key(shard), _id_key(shard, envelope.id)],
                 args=[self._config.retention, self._config.dedupe_ttl_s, *fields])
         offset = _offset(entry_id)
+        epoch = self._epochs.get(shard) or await self._epoch(shard)
         event = StoredEvent(
             envelope=envelope, id=envelope.id or str(offset), ts=envelope.ts or offset.ms,
-            offset=offset, cursor=Cursor(shard, self._epochs[shard], offset).encode())
+            offset=offset, cursor=Cursor(shard, epoch, offset).encode())
         return AppendResult(event, duplicate=bool(duplicate))
 
     async def publish_ephemeral(self, envelope: Envelope) -> StoredEvent:
