@@ -177,14 +177,12 @@ class RedisBus:
         """Feed live subscribers until cancelled (inside trio-asyncio), through Redis outages.
 
         Reports started once the feeds are in place, or at the first failure to connect (a
-        node starts without Redis and says so on ``/readyz``): while Redis cannot be reached
-        the bus is not ``ready``,
-        calls fail with a temporary ``UNAVAILABLE`` error, and it reconnects with
-        exponential backoff and jitter. Reading resumes from this node's own positions;
-        a shard whose epoch changed (the stream was lost) is read from its new start.
+        node starts without Redis and says so on ``/readyz``). While Redis cannot be
+        reached the bus is not ``ready``, calls fail with a temporary ``UNAVAILABLE``
+        error, and it reconnects with exponential backoff and jitter. Reading resumes from
+        this node's own positions; a shard whose epoch changed (the stream was lost) is
+        read from its new start.
         """
-        self._redis = redis.asyncio.Redis.from_url(self._url, socket_timeout=None)
-        self._append_once = self._redis.register_script(_APPEND_ONCE)
         positions: dict[str, str] = {}
         backoff = RECONNECT_MIN_S
         started = False
@@ -212,19 +210,30 @@ class RedisBus:
         finally:
             self._ready = False
             with trio.CancelScope(shield=True):
+                await self._close_client()
+
+    async def _close_client(self) -> None:
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
                 await aio_as_trio(self._redis.aclose)()
 
     async def _serve_feeds(self, positions: dict[str, str], on_ready: Callable[[], None]) -> None:
-        """One connected period: (re)establish epochs and positions, then read."""
+        """One connected period: fresh clients (no pooled connection to a server that
+        went away), epochs and positions established again, then read."""
+        with trio.CancelScope(shield=True):
+            await self._close_client()
+        self._redis = redis.asyncio.Redis.from_url(self._url, socket_timeout=None)
+        self._append_once = self._redis.register_script(_APPEND_ONCE)
         reader = redis.asyncio.Redis.from_url(self._url, socket_timeout=None, single_connection_client=True)
         pubsub = self._redis.pubsub()
         try:
-            known = dict(self._epochs)
             for shard in range(self.shards):
-                key = stream_key(shard)
-                if key not in positions or known.get(shard) != await self._epoch(shard):
-                    start = (await self.head(shard)).offset if key not in positions else Offset(0, 0)
-                    positions[key] = str(start)
+                key, known = stream_key(shard), self._epochs.get(shard)
+                epoch = await self._epoch(shard)
+                if key not in positions:  # first connection: live from now on
+                    positions[key] = str((await self.head(shard)).offset)
+                elif epoch != known:  # the stream was lost: all it holds now is new
+                    positions[key] = str(Offset(0, 0))
             await self._call(pubsub.subscribe, *(_channel(s) for s in range(self.shards)))
             self._ready = True
             on_ready()
