@@ -59,6 +59,17 @@ class Metrics:
         self.bus_reconnects = Gauge(
             "rt_bus_reconnects", "Times the bus connection (Redis) was lost since start", registry=r
         )
+        self.bus_errors = Gauge(
+            "rt_bus_errors", "Bus calls that failed (Redis unreachable) since start", registry=r
+        )
+        self.stream_lag_entries = Gauge(
+            "rt_stream_lag_entries", "Entries this node's reader is behind, per shard (capped at 10,000)",
+            ["shard"], registry=r,
+        )
+        self.stream_lag_seconds = Gauge(
+            "rt_stream_lag_seconds", "Age of this node's read position when behind, per shard",
+            ["shard"], registry=r,
+        )
         self.auth_failures = Counter(
             "rt_auth_failures_total", "Handshakes refused, by reason", ["reason"], registry=r
         )

@@ -83,6 +83,10 @@ class Node:
             on_dead_letter=lambda code: self.metrics.dead_letters.labels(code).inc(),
         )
         self.metrics.bus_reconnects.set_function(lambda: bus.reconnects)
+        self.metrics.bus_errors.set_function(lambda: bus.errors)
+        for shard in range(bus.shards):
+            self.metrics.stream_lag_entries.labels(str(shard)).set_function(lambda s=shard: bus.lag[s][0])
+            self.metrics.stream_lag_seconds.labels(str(shard)).set_function(lambda s=shard: bus.lag[s][1])
         return bus
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

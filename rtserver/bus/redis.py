@@ -64,6 +64,11 @@ redis.call('SET', KEYS[2], eid, 'EX', ARGV[2])
 return {eid, 0}
 """
 
+#: How often the readers' lag is measured, s; entries counted at most; the lag over
+#: which the node reports not ready.
+LAG_INTERVAL_S = 2.0
+LAG_COUNT_LIMIT = 10_000
+READY_LAG_ENTRIES = 1_000
 #: Reconnection backoff bounds, seconds (jittered ±50%).
 RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
@@ -167,11 +172,15 @@ class RedisBus:
         self._subscribers: list[trio.MemorySendChannel[StoredEvent]] = []
         self._ready = False
         self._append_once = None
-        #: Times the connection to Redis was lost (for metrics).
+        #: Times the connection to Redis was lost, and failed calls (for metrics).
         self.reconnects = 0
+        self.errors = 0
+        #: Per shard: (entries, seconds) this node's reader is behind the stream's end.
+        self.lag: dict[int, tuple[int, float]] = {s: (0, 0.0) for s in range(config.shards)}
 
     def ready(self) -> bool:
-        return self._ready
+        """Connected, and no shard's reader more than ``READY_LAG_ENTRIES`` behind."""
+        return self._ready and all(entries <= READY_LAG_ENTRIES for entries, _ in self.lag.values())
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Feed live subscribers until cancelled (inside trio-asyncio), through Redis outages.
@@ -240,6 +249,7 @@ class RedisBus:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_streams, reader, positions)
                 nursery.start_soon(self._read_ephemeral, pubsub)
+                nursery.start_soon(self._measure_lag, positions)
         finally:
             with trio.CancelScope(shield=True):
                 for client in (pubsub, reader):
@@ -252,6 +262,7 @@ class RedisBus:
             return await aio_as_trio(method)(*args, **kwargs)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             self._ready = False
+            self.errors += 1
             raise BusUnavailable(f"redis: {exc}") from None
 
     async def _epoch(self, shard: int) -> str:
@@ -420,6 +431,21 @@ class RedisBus:
         if self._on_dead_letter is not None:
             self._on_dead_letter(code)
         return None
+
+    async def _measure_lag(self, positions: dict[str, str]) -> None:
+        """Every ``LAG_INTERVAL_S``: how far each shard's reader is behind its stream."""
+        while True:
+            for shard in range(self.shards):
+                info = await self._stream_info(shard)
+                position = Offset.parse(positions[stream_key(shard)])
+                if info is None or info["last"] <= position:
+                    self.lag[shard] = (0, 0.0)
+                    continue
+                behind = await self._call(self._redis.xrange, stream_key(shard), f"({position}",
+                                          str(info["last"]), count=LAG_COUNT_LIMIT)
+                seconds = max(0.0, time.time() - position.ms / 1000) if position.ms else 0.0
+                self.lag[shard] = (len(behind), seconds)
+            await trio.sleep(LAG_INTERVAL_S)
 
     async def _read_ephemeral(self, pubsub) -> None:
         while True:

@@ -71,3 +71,13 @@ async def test_ephemeral_events_cross_nodes_without_entering_the_stream(cluster,
             evt = await client.next_event()
     assert evt["event"] == "thread:typing" and "cursor" not in evt
     assert redis.Redis.from_url(redis_url).xlen(stream_key(shard_of("t1", 16))) == 0
+
+
+async def test_metrics_show_the_bus_and_readiness_follows_it(cluster):
+    a = cluster[0]
+    async with httpx.AsyncClient(base_url=a.http) as http:
+        assert (await http.get("/readyz")).json() == {"ready": True, "bus": True, "draining": False}
+        metrics = (await http.get("/metrics")).text
+    for name in ("rt_bus_reconnects 0.0", "rt_bus_errors 0.0", 'rt_stream_lag_entries{shard="7"} 0.0',
+                 'rt_stream_lag_seconds{shard="0"} 0.0'):
+        assert name in metrics
