@@ -136,3 +136,54 @@ async def test_two_serve_processes_share_redis(config_file, redis_url):
             proc.send_signal(signal.SIGTERM)
         with trio.fail_after(25):
             assert [await proc.wait() for proc in procs] == [0, 0]
+
+
+async def test_a_node_killed_while_events_flow_loses_nothing_for_its_clients(config_file, redis_url):
+    import httpx
+    import redis as sync_redis
+
+    sync_redis.Redis.from_url(redis_url).flushall()
+    ports = [free_port() for _ in range(3)]
+    procs = [await trio.lowlevel.open_process(
+        [sys.executable, "-m", "rtserver", "serve", "--config", str(config_file), "--port", str(port),
+         "--redis-url", redis_url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports]
+    a, b, c = ports
+    try:
+        for port in ports:
+            await wait_port(port)
+        token = cli("token", "--sub", "u1", "--tenant", "t1", config_file=config_file)
+        service = cli("token", "--sub", "svc", "--roles", "service", config_file=config_file)
+        total, got = 300, []
+
+        async def publish_through_b():
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{b}",
+                                         headers={"authorization": f"Bearer {service}"}) as http:
+                for i in range(total):
+                    r = await http.post("/v1/publish", json={
+                        "event": "appointment.created", "tenant": "t1", "rooms": ["schedule:1"],
+                        "data": {"appointmentId": str(i)}})
+                    assert r.status_code == 200
+                    await trio.sleep(0.005)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                async with open_client(f"ws://127.0.0.1:{a}/hub/ws", token) as client:
+                    await client.subscribe("schedule:1")
+                    nursery.start_soon(publish_through_b)
+                    while len(got) < 100:
+                        got.append(int((await client.next_event())["data"]["appointmentId"]))
+                    procs[0].kill()  # SIGKILL: no drain, no close frame
+                    async for evt in client.events():  # whatever was already on its way
+                        got.append(int(evt["data"]["appointmentId"]))
+                    cursor = client.cursor
+                async with open_client(f"ws://127.0.0.1:{c}/hub/ws", token) as client:
+                    ack = await client.subscribe("schedule:1", since=cursor)
+                    assert ack["recovered"] is True
+                    while len(got) < total:
+                        got.append(int((await client.next_event())["data"]["appointmentId"]))
+        assert got == list(range(total))
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
