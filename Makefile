@@ -4,7 +4,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/rtserver.toml
 
-.PHONY: run test bench-peer clean
+.PHONY: run test bench-peer bench-redis clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -23,9 +23,12 @@ test: $(STAMP)
 	scripts/install-test-deps
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-# Peer comparison (see bench/RESULTS.md): needs ../shared/peerbench.
+# Peer comparisons (see bench/RESULTS.md): need ../shared/peerbench.
 bench-peer: $(STAMP)
 	bench/peerbench/run.sh
+
+bench-redis: $(STAMP)
+	bench/peerbench/run_redis.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache
