@@ -28,7 +28,7 @@ bench-peer: $(STAMP)
 	bench/peerbench/run.sh
 
 bench-redis: $(STAMP)
-	bench/peerbench/run_redis.sh
+	bench/peerbench/run.sh redis
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -68,6 +68,20 @@ class Bus(Protocol):
     def ready(self) -> bool: ...
 
 
+async def broadcast(subscribers: list[trio.MemorySendChannel[StoredEvent]], event: StoredEvent) -> None:
+    """Hand ``event`` to every live subscriber; wait for a full one (the appender slows
+    down, nothing is dropped); a subscriber that went away is skipped. Always a
+    checkpoint."""
+    for send in list(subscribers):
+        try:
+            send.send_nowait(event)
+        except trio.WouldBlock:
+            await send.send(event)
+        except trio.ClosedResourceError:
+            pass
+    await trio.lowlevel.checkpoint()
+
+
 @contextlib.contextmanager
 def live_feed(
     subscribers: list[trio.MemorySendChannel[StoredEvent]], capacity: int

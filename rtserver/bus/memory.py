@@ -18,7 +18,7 @@ import trio
 
 from protocol.cursors import Cursor, Offset, shard_of
 from protocol.envelope import Envelope, StoredEvent
-from rtserver.bus import AppendResult, History, live_feed
+from rtserver.bus import AppendResult, History, broadcast, live_feed
 from rtserver.config import BusConfig
 
 _ZERO = Offset(0, 0)
@@ -91,7 +91,7 @@ class MemoryBus:
         shard.events.append(event)
         self._remember_id(shard, event)
         self._trim(shard)
-        await self._broadcast(event)
+        await broadcast(self._subscribers, event)
         return AppendResult(event, duplicate=False)
 
     async def publish_ephemeral(self, envelope: Envelope) -> StoredEvent:
@@ -100,18 +100,8 @@ class MemoryBus:
             id=envelope.id or secrets.token_hex(8),
             ts=envelope.ts or int(time.time() * 1000),
         )
-        await self._broadcast(event)
+        await broadcast(self._subscribers, event)
         return event
-
-    async def _broadcast(self, event: StoredEvent) -> None:
-        for send in list(self._subscribers):
-            try:
-                send.send_nowait(event)
-            except trio.WouldBlock:
-                await send.send(event)
-            except trio.ClosedResourceError:
-                pass
-        await trio.lowlevel.checkpoint()
 
     async def read_since(self, cursor: Cursor, limit: int) -> History:
         await trio.lowlevel.checkpoint()

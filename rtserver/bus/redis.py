@@ -47,7 +47,7 @@ from trio_asyncio import aio_as_trio
 from protocol.cursors import Cursor, Offset, shard_of
 from protocol.envelope import Envelope, StoredEvent
 from protocol.errors import ReplyCode, ReplyError
-from rtserver.bus import AppendResult, History, live_feed
+from rtserver.bus import AppendResult, History, broadcast, live_feed
 from rtserver.config import BusConfig
 
 #: Server-side BLOCK of the live reader's XREAD, ms.
@@ -373,15 +373,6 @@ class RedisBus:
     def subscribe(self, capacity: int):
         return live_feed(self._subscribers, capacity)
 
-    async def _broadcast(self, event: StoredEvent) -> None:
-        for send in list(self._subscribers):
-            try:
-                send.send_nowait(event)
-            except trio.WouldBlock:
-                await send.send(event)
-            except trio.ClosedResourceError:
-                pass
-
     async def _read_streams(self, reader: redis.asyncio.Redis, positions: dict[str, str]) -> None:
         """XREAD BLOCK every shard from this node's own positions; feed the subscribers."""
         shard_of_key = {stream_key(s).encode(): s for s in range(self.shards)}
@@ -395,7 +386,7 @@ class RedisBus:
                         continue  # a producer's repeat
                     event = await self._checked(shard, entry_id, fields)
                     if event is not None:
-                        await self._broadcast(event)
+                        await broadcast(self._subscribers, event)
                 positions[key.decode()] = entries[-1][0].decode()
 
     def _parse(self, shard: int, entry_id: bytes, fields: dict[bytes, bytes]) -> StoredEvent | tuple[str, str]:
@@ -451,4 +442,4 @@ class RedisBus:
         while True:
             message = await self._call(pubsub.get_message, ignore_subscribe_messages=True, timeout=1.0)
             if message is not None and message["type"] == "message":
-                await self._broadcast(_decode_ephemeral(message["data"]))
+                await broadcast(self._subscribers, _decode_ephemeral(message["data"]))
