@@ -63,7 +63,7 @@ class Metrics:
             "rt_bus_errors", "Bus calls that failed (Redis unreachable) since start", registry=r
         )
         self.stream_lag_entries = Gauge(
-            "rt_stream_lag_entries", "Entries this node's reader is behind, per shard (capped at 10,000)",
+            "rt_stream_lag_entries", "Entries this node's reader is behind, per shard",
             ["shard"], registry=r,
         )
         self.stream_lag_seconds = Gauge(

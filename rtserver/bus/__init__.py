@@ -74,11 +74,12 @@ async def broadcast(subscribers: list[trio.MemorySendChannel[StoredEvent]], even
     checkpoint."""
     for send in list(subscribers):
         try:
-            send.send_nowait(event)
-        except trio.WouldBlock:
-            await send.send(event)
-        except trio.ClosedResourceError:
-            pass
+            try:
+                send.send_nowait(event)
+            except trio.WouldBlock:
+                await send.send(event)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the subscriber left (before, or while we waited for it)
     await trio.lowlevel.checkpoint()
 
 

@@ -64,10 +64,8 @@ redis.call('SET', KEYS[2], eid, 'EX', ARGV[2])
 return {eid, 0}
 """
 
-#: How often the readers' lag is measured, s; entries counted at most; the lag over
-#: which the node reports not ready.
+#: How often the readers' lag is measured, s; the lag over which the node is not ready.
 LAG_INTERVAL_S = 2.0
-LAG_COUNT_LIMIT = 10_000
 READY_LAG_ENTRIES = 1_000
 #: Reconnection backoff bounds, seconds (jittered ±50%).
 RECONNECT_MIN_S = 0.1
@@ -177,6 +175,8 @@ class RedisBus:
         self.errors = 0
         #: Per shard: (entries, seconds) this node's reader is behind the stream's end.
         self.lag: dict[int, tuple[int, float]] = {s: (0, 0.0) for s in range(config.shards)}
+        #: Per shard: the stream's ``entries-added`` count at this reader's position.
+        self._consumed: dict[int, int] = {}
 
     def ready(self) -> bool:
         """Connected, and no shard's reader more than ``READY_LAG_ENTRIES`` behind."""
@@ -240,9 +240,12 @@ class RedisBus:
                 key, known = stream_key(shard), self._epochs.get(shard)
                 epoch = await self._epoch(shard)
                 if key not in positions:  # first connection: live from now on
-                    positions[key] = str((await self.head(shard)).offset)
+                    info = await self._stream_info(shard)
+                    positions[key] = str(info["last"] if info else Offset(0, 0))
+                    self._consumed[shard] = info["added"] if info else 0
                 elif epoch != known:  # the stream was lost: all it holds now is new
                     positions[key] = str(Offset(0, 0))
+                    self._consumed[shard] = 0
             await self._call(pubsub.subscribe, *(_channel(s) for s in range(self.shards)))
             self._ready = True
             on_ready()
@@ -361,6 +364,7 @@ class RedisBus:
         return {
             "last": _offset(info["last-generated-id"]),
             "first": _offset(info["recorded-first-entry-id"]),
+            "added": info["entries-added"],
             "trimmed": info["entries-added"] > info["length"],
             "max-deleted": _offset(info["max-deleted-entry-id"]),
         }
@@ -380,14 +384,15 @@ class RedisBus:
         while True:
             answer = await self._call(reader.xread, positions, count=READ_COUNT, block=READ_BLOCK_MS)
             for key, entries in answer or ():
-                shard = shard_of_key[key]
+                shard, position_key = shard_of_key[key], key.decode()
                 for entry_id, fields in entries:
-                    if windows[shard].seen_then_add(fields):
-                        continue  # a producer's repeat
-                    event = await self._checked(shard, entry_id, fields)
-                    if event is not None:
-                        await broadcast(self._subscribers, event)
-                positions[key.decode()] = entries[-1][0].decode()
+                    if not windows[shard].seen_then_add(fields):  # else a producer's repeat
+                        event = await self._checked(shard, entry_id, fields)
+                        if event is not None:
+                            await broadcast(self._subscribers, event)
+                    # Per entry: a reconnect in the middle of a batch re-reads nothing handed on.
+                    positions[position_key] = entry_id.decode()
+                    self._consumed[shard] += 1
 
     def _parse(self, shard: int, entry_id: bytes, fields: dict[bytes, bytes]) -> StoredEvent | tuple[str, str]:
         """The entry as an event, or (reason code, reason) when it must not be forwarded."""
@@ -424,18 +429,15 @@ class RedisBus:
         return None
 
     async def _measure_lag(self, positions: dict[str, str]) -> None:
-        """Every ``LAG_INTERVAL_S``: how far each shard's reader is behind its stream."""
+        """Every ``LAG_INTERVAL_S``: how far each shard's reader is behind its stream, from
+        ``XINFO`` alone (entries added minus entries this reader consumed)."""
         while True:
             for shard in range(self.shards):
                 info = await self._stream_info(shard)
+                behind = max(0, info["added"] - self._consumed[shard]) if info else 0
                 position = Offset.parse(positions[stream_key(shard)])
-                if info is None or info["last"] <= position:
-                    self.lag[shard] = (0, 0.0)
-                    continue
-                behind = await self._call(self._redis.xrange, stream_key(shard), f"({position}",
-                                          str(info["last"]), count=LAG_COUNT_LIMIT)
-                seconds = max(0.0, time.time() - position.ms / 1000) if position.ms else 0.0
-                self.lag[shard] = (len(behind), seconds)
+                seconds = max(0.0, time.time() - position.ms / 1000) if behind and position.ms else 0.0
+                self.lag[shard] = (behind, seconds)
             await trio.sleep(LAG_INTERVAL_S)
 
     async def _read_ephemeral(self, pubsub) -> None:

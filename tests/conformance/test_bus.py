@@ -189,3 +189,24 @@ async def test_redis_entries_a_producer_appended_twice_are_dropped_alike_live_an
     assert [e.envelope.data["appointmentId"] for e in page.events] == ["1", "2", "4"]
     second_page = await late.read_since(Cursor.parse(page.events[1].cursor), 100)  # resume mid-way
     assert [e.envelope.data["appointmentId"] for e in second_page.events] == ["4"]
+
+
+async def test_redis_reader_lag_is_measured_in_entries(bus_env):
+    if bus_env.kind != "redis":
+        return  # the memory bus has no reader to fall behind
+    from rtserver.bus import redis as redis_bus
+
+    bus = await bus_env.bus()
+    shard = shard_of("t1", SHARDS)
+    with bus.subscribe(1) as feed:  # a one-slot feed nobody reads: the reader stalls behind it
+        for i in range(50):
+            await bus.append(env(i))
+        with trio.fail_after(10):
+            while bus.lag[shard][0] < 45:  # the reader holds entry 2 for the full feed
+                await trio.sleep(redis_bus.LAG_INTERVAL_S / 4)
+        assert bus.lag[shard][1] > 0
+        for _ in range(50):
+            await feed.receive()
+    with trio.fail_after(10):
+        while bus.lag[shard][0] != 0:
+            await trio.sleep(redis_bus.LAG_INTERVAL_S / 4)
