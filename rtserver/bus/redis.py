@@ -324,18 +324,21 @@ class RedisBus:
         return event
 
     async def read_since(self, cursor: Cursor, limit: int) -> History:
+        if cursor.shard >= self.shards:
+            return History([], recovered=False, cursor=await self.head(0), more=False)
         shard = cursor.shard
-        epoch = await self._epoch(shard) if shard < self.shards else ""
-        head = await self.head(shard % self.shards)
-        if cursor.epoch != epoch or shard >= self.shards or cursor.offset > head.offset:
-            return History([], recovered=False, cursor=head, more=False)
+        epoch = await self._epoch(shard)
         info = await self._stream_info(shard)
-        if info is not None and (cursor.offset < info["max-deleted"] or (
-                info["trimmed"] and cursor.offset < info["first"])):
+        head = Cursor(shard, epoch, info["last"] if info else Offset(0, 0))
+        if cursor.epoch != epoch or cursor.offset > head.offset or (info is not None and (
+                cursor.offset < info["max-deleted"] or (info["trimmed"] and cursor.offset < info["first"]))):
             return History([], recovered=False, cursor=head, more=False)
         entries = await self._call(self._redis.xrange, stream_key(shard), f"({cursor.offset}", "+",
                                    count=limit + 1)
-        window = await self._window_before(shard, str(cursor.offset))
+        if any(b"id" in fields for _, fields in entries[:limit]):
+            window = await self._window_before(shard, str(cursor.offset))
+        else:  # no producer ids on this page: nothing can repeat
+            window = DedupeWindow(0)
         events = []
         for entry_id, fields in entries[:limit]:
             if window.seen_then_add(fields):
