@@ -42,14 +42,13 @@ from actors.room import Promote, Room
 from actors.writer import OutboundQueue, Writer
 from protocol.catalog import Catalog, Namespace
 from protocol.cursors import Cursor, shard_of
-from protocol.envelope import StoredEvent
 from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
 from protocol.frames import Ack, Emit, Hello, Ping, Pong, ServerFrame, Sub, Unsub, error_frame
 from protocol.rooms import room_key
 from protocol.wires import Wire
 from protocol.wsframes import close_frame
 from rtserver.auth import Claims, authorize_room, auto_rooms
-from rtserver.bus import Bus
+from rtserver.bus import Bus, read_rooms
 from rtserver.config import Config
 from rtserver.metrics import Metrics
 from rtserver.sockets import half_close_and_wait_eof
@@ -58,8 +57,6 @@ from rtserver.sockets import half_close_and_wait_eof
 CLOSE_TIMEOUT_S = 2.0
 #: Not a close frame: the TCP connection ended without one (never sent, only logged).
 CONNECTION_LOST = Disconnect(1006, "connection lost", CloseCode.GOING_AWAY.action)
-#: History events read per bus call while resuming.
-HISTORY_PAGE = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,39 +386,20 @@ class Connection:
         for name, room in rooms.items():
             buffers[name] = room.begin_recovery(self.id, self._s.config.bus.max_history)
             self._rooms[name] = room
-        history, cursor = await self._read_history(since, set(names))
-        answer(history is not None, cursor)
-        for event, name in history or ():
+        history = await read_rooms(self._s.bus, self.claims.tenant, set(names), since,
+                                   self._s.config.bus.max_history)
+        # More than max_history to replay is treated like a history that no longer reaches.
+        recovered = history.recovered and not history.more
+        cursor = history.cursor if recovered else await self._s.bus.head(self._shard)
+        answer(recovered, cursor)
+        for event, name in history.events if recovered else ():
             self._send(event.frame(name))
-        after = cursor.offset if history is not None else None
+        after = cursor.offset if recovered else None
         for name, room in rooms.items():
             await room.promote(Promote(
                 self.id, buffers[name], self._wire, self.out.push, after,
                 on_overflow=self.slow_consumer,
             ))
-
-    async def _read_history(
-        self, since: Cursor, wanted: set[str]
-    ) -> tuple[list[tuple[StoredEvent, str]] | None, Cursor]:
-        """The events of ``wanted`` after ``since`` and the cursor they reach, or
-        ``(None, head)`` when the history no longer reaches back to ``since``."""
-        limit = self._s.config.bus.max_history
-        history: list[tuple[StoredEvent, str]] = []
-        cursor = since
-        if since.shard == self._shard:
-            while True:
-                page = await self._s.bus.read_since(cursor, HISTORY_PAGE)
-                if not page.recovered:
-                    break
-                for event in page.events:
-                    if event.envelope.tenant == self.claims.tenant:
-                        history.extend((event, name) for name in event.envelope.rooms if name in wanted)
-                cursor = page.cursor
-                if len(history) > limit:
-                    break
-                if not page.more:
-                    return history, cursor
-        return None, await self._s.bus.head(self._shard)
 
     def _log(self, message: str, **fields: object) -> None:
         log.info(message, session=self.session, user=self.claims.user, tenant=self.claims.tenant,

@@ -130,9 +130,8 @@ DEFAULT_EVENTS: tuple[EventType, ...] = (
     _client("mark_alert_read", "alertId patientId", _STAFF, frozenset({K.TENANT, K.PATIENT})),
 )
 
-#: Upper bounds of a published event, checked at ingest.
+#: Most rooms one published event may name, checked at ingest.
 MAX_ROOMS_PER_EVENT = 32
-MAX_EVENT_ID = 128
 
 
 @dataclass(frozen=True, slots=True)

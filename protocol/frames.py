@@ -131,4 +131,3 @@ class MsgpackCodec(Codec):
 
 JSON = JsonCodec()
 MSGPACK = MsgpackCodec()
-CODECS: dict[str, Codec] = {JSON.name: JSON, MSGPACK.name: MSGPACK}

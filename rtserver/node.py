@@ -24,7 +24,7 @@ from protocol.errors import CloseCode
 from protocol.frames import Evt
 from protocol.rooms import parse_room
 from rtserver.auth import TokenVerifier
-from rtserver.bus import Bus
+from rtserver.bus import Bus, read_rooms
 from rtserver.bus.memory import MemoryBus
 from rtserver.bus.redis import RedisBus
 from rtserver.config import Config
@@ -115,25 +115,12 @@ class Node:
         return {"id": event.id, "cursor": None, "duplicate": False}
 
     async def catch_up(self, tenant: str, names: list[str], since: Cursor, limit: int) -> CatchUp:
-        """The events of ``names`` after ``since`` (one page of at most ``limit``)."""
+        """The events of ``names`` after ``since`` (about ``limit``; ``more`` when cut)."""
         for name in names:
             parse_room(name)
-        wanted = set(names)
-        events: list[Evt] = []
-        cursor = since
-        while len(events) < limit:
-            page = await self.bus.read_since(cursor, min(500, limit))
-            if not page.recovered:
-                return CatchUp([], await self.bus.head(since.shard), False, False)
-            for stored in page.events:
-                env = stored.envelope
-                if env.tenant != tenant:
-                    continue
-                events.extend(stored.frame(name) for name in env.rooms if name in wanted)
-            cursor = page.cursor
-            if not page.more:
-                return CatchUp(events, cursor, True, False)
-        return CatchUp(events, cursor, True, True)
+        history = await read_rooms(self.bus, tenant, set(names), since, limit)
+        events = [event.frame(room) for event, room in history.events]
+        return CatchUp(events, history.cursor, history.recovered, history.more)
 
     # -- draining ----------------------------------------------------------------------
     async def drain(self) -> None:

@@ -23,7 +23,7 @@ from typing import Protocol
 
 import trio
 
-from protocol.cursors import Cursor
+from protocol.cursors import Cursor, shard_of
 from protocol.envelope import Envelope, StoredEvent
 
 
@@ -43,6 +43,24 @@ class History:
     #: The position after the last returned event (or the cursor/head when none).
     cursor: Cursor
     #: True when more events follow this page.
+    more: bool
+
+
+#: History events read per bus call.
+HISTORY_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class RoomHistory:
+    """A tenant's rooms after a cursor: (event, room) pairs in stream order, one per room
+    an event went to."""
+
+    events: list[tuple[StoredEvent, str]]
+    #: False when the history cannot reach back (trimmed, another epoch, another shard).
+    recovered: bool
+    #: Where the pairs end (the shard's head when not recovered).
+    cursor: Cursor
+    #: True when ``limit`` was reached before the end of the history.
     more: bool
 
 
@@ -81,6 +99,26 @@ async def broadcast(subscribers: list[trio.MemorySendChannel[StoredEvent]], even
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the subscriber left (before, or while we waited for it)
     await trio.lowlevel.checkpoint()
+
+
+async def read_rooms(bus: Bus, tenant: str, rooms: set[str], since: Cursor, limit: int) -> RoomHistory:
+    """The events of ``tenant``'s ``rooms`` after ``since``, at least ``limit`` pairs when
+    that many exist. A cursor of another shard than the tenant's is not recovered."""
+    shard = shard_of(tenant, bus.shards)
+    pairs: list[tuple[StoredEvent, str]] = []
+    cursor = since
+    if since.shard == shard:
+        while True:
+            page = await bus.read_since(cursor, min(HISTORY_PAGE, limit))
+            if not page.recovered:
+                break
+            for event in page.events:
+                if event.envelope.tenant == tenant:
+                    pairs.extend((event, room) for room in event.envelope.rooms if room in rooms)
+            cursor = page.cursor
+            if not page.more or len(pairs) >= limit:
+                return RoomHistory(pairs, True, cursor, page.more)
+    return RoomHistory([], False, await bus.head(shard), False)
 
 
 @contextlib.contextmanager

@@ -197,3 +197,9 @@ async def test_unknown_paths_are_404_and_plain_http_to_the_ws_path_is_not_upgrad
     async with httpx.AsyncClient(base_url=server.http) as http:
         assert (await http.get("/nope")).status_code == 404
         assert (await http.get("/hub/ws")).status_code in (404, 405)
+
+
+async def test_catch_up_with_a_cursor_of_a_shard_that_does_not_exist_is_410(server):
+    async with httpx.AsyncClient(base_url=server.http, headers={"authorization": f"Bearer {server.token()}"}) as http:
+        gone = await http.get("/hub/events", params={"since": "99.deadbeef.1-0", "rooms": "schedule:1"})
+    assert gone.status_code == 410 and gone.json()["recovered"] is False
