@@ -7,7 +7,7 @@ list of room names as clients write them), ``data`` (a JSON object), optional ``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -15,12 +15,18 @@ from protocol.cursors import Offset
 from protocol.frames import Evt
 
 
+#: Longest event ``id`` a publisher may give (it names a Redis key for idempotency).
+MAX_EVENT_ID = 200
+
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EVENT_ID)]
+
+
 class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     event: str
     tenant: str
     rooms: list[str]
     data: dict[str, Any] = {}
-    id: str | None = None
+    id: EventId | None = None
     ts: int | None = None
     traceparent: str | None = None
 

@@ -1,4 +1,4 @@
-"""The Redis Streams bus: many nodes, one Redis (standalone; Cluster-ready keys).
+"""The Redis Streams bus: many nodes, one Redis (standalone or Redis Cluster).
 
 Keys per shard, all with the shard as Redis Cluster hash tag (SPEC §13):
 
@@ -36,6 +36,7 @@ import contextlib
 import random
 import secrets
 import time
+import urllib.parse
 from collections.abc import Callable
 
 import msgspec
@@ -106,8 +107,26 @@ def _fields(envelope: Envelope) -> list[bytes | str]:
     return fields
 
 
+def _node_client(url: str, host: str, port: int) -> redis.asyncio.Redis:
+    """A single-connection client to one cluster node, with the URL's scheme and credentials."""
+    parts = urllib.parse.urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
+    return redis.asyncio.Redis.from_url(
+        urllib.parse.urlunsplit(parts._replace(netloc=netloc)), socket_timeout=None, single_connection_client=True)
+
+
 def _offset(entry_id: bytes | str) -> Offset:
     return Offset.parse(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
+
+
+#: Failures that mean "Redis cannot serve now" (down, unreachable, cluster slots moving
+#: or uncovered): the bus reconnects; anything else is a bug.
+_UNREACHABLE = (
+    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
+    redis.exceptions.ClusterError, redis.exceptions.RedisClusterException,
+    redis.exceptions.AskError, redis.exceptions.TryAgainError,
+)
 
 
 class BusUnavailable(ReplyError):
@@ -231,11 +250,10 @@ class RedisBus:
         went away), epochs and positions established again, then read."""
         with trio.CancelScope(shield=True):
             await self._close_client()
-        self._redis = redis.asyncio.Redis.from_url(self._url, socket_timeout=None)
-        self._append_once = self._redis.register_script(_APPEND_ONCE)
-        reader = redis.asyncio.Redis.from_url(self._url, socket_timeout=None, single_connection_client=True)
-        pubsub = self._redis.pubsub()
+        readers: list[tuple[redis.asyncio.Redis, list[int]]] = []
+        pubsub = None
         try:
+            readers, pubsub = await self._connect()
             for shard in range(self.shards):
                 key, known = stream_key(shard), self._epochs.get(shard)
                 epoch = await self._epoch(shard)
@@ -250,20 +268,54 @@ class RedisBus:
             self._ready = True
             on_ready()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_streams, reader, positions)
+                for reader, shards in readers:
+                    nursery.start_soon(self._read_streams, reader, shards, positions)
                 nursery.start_soon(self._read_ephemeral, pubsub)
                 nursery.start_soon(self._measure_lag, positions)
         finally:
             with trio.CancelScope(shield=True):
-                for client in (pubsub, reader):
-                    with contextlib.suppress(Exception):
-                        await aio_as_trio(client.aclose)()
+                for client in (pubsub, *(reader for reader, _ in readers)):
+                    if client is not None:
+                        with contextlib.suppress(Exception):
+                            await aio_as_trio(client.aclose)()
+
+    async def _connect(self) -> tuple[list[tuple[redis.asyncio.Redis, list[int]]], redis.asyncio.client.PubSub]:
+        """The command client (``self._redis``), the dedicated blocking readers with the
+        shards each reads, and the PUB/SUB connection of the ephemeral events.
+
+        A standalone Redis gets one reader for every shard. On a Redis Cluster (found by
+        asking the server) commands go through redis-py's cluster client, which routes each
+        key to its slot's master; ``XREAD`` cannot name keys of two slots, so each shard gets
+        a reader connected straight to the master owning its slot (a slot that moves
+        answers ``MOVED``: the bus reconnects and reads the topology again). Ephemeral
+        events use classic PUB/SUB, which a cluster forwards to every node, so one
+        subscription on any master hears every shard's channel.
+        """
+        probe = redis.asyncio.Redis.from_url(self._url, socket_timeout=None, single_connection_client=True)
+        try:
+            clustered = (await self._call(probe.info, "cluster")).get("cluster_enabled") == 1
+        finally:
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await aio_as_trio(probe.aclose)()
+        if not clustered:
+            self._redis = redis.asyncio.Redis.from_url(self._url, socket_timeout=None)
+            self._append_once = self._redis.register_script(_APPEND_ONCE)
+            reader = redis.asyncio.Redis.from_url(self._url, socket_timeout=None, single_connection_client=True)
+            return [(reader, list(range(self.shards)))], self._redis.pubsub()
+        self._redis = redis.asyncio.RedisCluster.from_url(self._url, socket_timeout=None)
+        await self._call(self._redis.initialize)
+        self._append_once = self._redis.register_script(_APPEND_ONCE)
+        readers = []
+        for shard in range(self.shards):
+            node = self._redis.get_node_from_key(stream_key(shard))
+            readers.append((_node_client(self._url, node.host, node.port), [shard]))
+        return readers, _node_client(self._url, node.host, node.port).pubsub()
 
     async def _call(self, method, *args, **kwargs):
         """One redis-py call from Trio; connection failures become ``BusUnavailable``."""
         try:
             return await aio_as_trio(method)(*args, **kwargs)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        except _UNREACHABLE as exc:
             self._ready = False
             self.errors += 1
             raise BusUnavailable(f"redis: {exc}") from None
@@ -380,12 +432,13 @@ class RedisBus:
     def subscribe(self, capacity: int):
         return live_feed(self._subscribers, capacity)
 
-    async def _read_streams(self, reader: redis.asyncio.Redis, positions: dict[str, str]) -> None:
-        """XREAD BLOCK every shard from this node's own positions; feed the subscribers."""
-        shard_of_key = {stream_key(s).encode(): s for s in range(self.shards)}
-        windows = {s: await self._window_before(s, positions[stream_key(s)]) for s in range(self.shards)}
+    async def _read_streams(self, reader: redis.asyncio.Redis, shards: list[int], positions: dict[str, str]) -> None:
+        """XREAD BLOCK ``shards`` from this node's own positions; feed the subscribers."""
+        shard_of_key = {stream_key(s).encode(): s for s in shards}
+        windows = {s: await self._window_before(s, positions[stream_key(s)]) for s in shards}
         while True:
-            answer = await self._call(reader.xread, positions, count=READ_COUNT, block=READ_BLOCK_MS)
+            reading = {stream_key(s): positions[stream_key(s)] for s in shards}
+            answer = await self._call(reader.xread, reading, count=READ_COUNT, block=READ_BLOCK_MS)
             for key, entries in answer or ():
                 shard, position_key = shard_of_key[key], key.decode()
                 for entry_id, fields in entries:

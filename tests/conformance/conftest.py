@@ -1,4 +1,5 @@
-"""Bus implementations under one contract: the memory bus, and real Redis (``redis_url``)."""
+"""Bus implementations under one contract: the memory bus, a real standalone Redis
+(``redis_url``) and a real 3-master Redis Cluster (``redis_cluster_url``)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import trio
 from rtserver.bus.memory import MemoryBus
 from rtserver.bus.redis import RedisBus
 from rtserver.config import BusConfig
+from tests.conftest import flush_redis, plain_redis
 
 SHARDS = 4
 
 
 class BusEnv:
-    """Makes started buses of one kind; ``lose_streams`` loses what the bus stored."""
+    """Makes started buses of one kind (memory, redis, redis-cluster); ``lose_streams``
+    loses what the bus stored; ``raw()`` is a plain redis-py client, as a backbone has."""
 
     def __init__(self, kind: str, nursery: trio.Nursery, redis_url: str | None) -> None:
         self.kind = kind
@@ -23,7 +26,7 @@ class BusEnv:
 
     async def bus(self, validate=None, on_dead_letter=None, **config):
         cfg = BusConfig(shards=SHARDS, **config)
-        if self.kind == "memory":
+        if self.redis_url is None:
             bus = MemoryBus(cfg)
         else:
             bus = RedisBus(cfg, self.redis_url, validate=validate, on_dead_letter=on_dead_letter)
@@ -32,14 +35,17 @@ class BusEnv:
 
     def lose_streams(self) -> None:
         """Memory: a new bus is a new process; Redis: the server lost its data."""
-        if self.kind == "redis":
-            redis.Redis.from_url(self.redis_url).flushall()
+        if self.redis_url is not None:
+            flush_redis(self.redis_url)
+
+    def raw(self) -> redis.Redis | redis.RedisCluster:
+        return plain_redis(self.redis_url)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def bus_env(request, nursery, aio_loop):
     url = None
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
-        redis.Redis.from_url(url).flushall()
+    if request.param != "memory":
+        url = request.getfixturevalue("redis_cluster_url" if request.param == "redis-cluster" else "redis_url")
+        flush_redis(url)
     yield BusEnv(request.param, nursery, url)

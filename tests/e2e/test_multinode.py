@@ -1,34 +1,42 @@
-"""Several nodes sharing one real redis-server: cross-node fan-out and resumption anywhere."""
+"""Several nodes sharing one real Redis, standalone or a 3-master Redis Cluster: cross-node
+fan-out and resumption anywhere."""
 
 import httpx
 import pytest
-import redis
 import trio
 
 from protocol.cursors import shard_of
 from rtserver.bus.redis import stream_key
 from rtserver.client import open_client
 from rtserver.node import Node
+from tests.conftest import flush_redis, plain_redis
 from tests.e2e.conftest import Server, server_config
 from tests.e2e.test_websocket import appointment
 
 
+@pytest.fixture(params=["standalone", "cluster"])
+def shared_redis(request) -> str:
+    """The URL of the Redis the nodes share (flushed): standalone, or one node of a cluster."""
+    url = request.getfixturevalue("redis_cluster_url" if request.param == "cluster" else "redis_url")
+    flush_redis(url)
+    return url
+
+
 @pytest.fixture
-async def cluster(nursery, aio_loop, redis_url):
-    redis.Redis.from_url(redis_url).flushall()
+async def cluster(nursery, aio_loop, shared_redis):
     servers = []
     for _ in range(3):
-        node = Node(server_config(bus={"redis_url": redis_url}))
+        node = Node(server_config(bus={"redis_url": shared_redis}))
         servers.append(Server(node, await nursery.start(node.run)))
     return servers
 
 
-async def test_a_client_on_one_node_gets_what_another_node_and_a_plain_xadd_append(cluster, redis_url):
+async def test_a_client_on_one_node_gets_what_another_node_and_a_plain_xadd_append(cluster, shared_redis):
     a, b, _ = cluster
     async with open_client(a.ws(), a.token()) as client:
         await client.subscribe("schedule:1")
         assert (await b.publish(appointment(1))).status_code == 200
-        redis.Redis.from_url(redis_url).xadd(stream_key(shard_of("t1", 16)), {
+        plain_redis(shared_redis).xadd(stream_key(shard_of("t1", 16)), {
             "event": "appointment.created", "tenant": "t1", "rooms": '["schedule:1"]',
             "data": '{"appointmentId":"2"}'})
         with trio.fail_after(10):
@@ -60,7 +68,7 @@ async def test_a_client_resumes_on_another_node_with_every_missed_event_once_in_
             assert (await client.next_event())["data"]["appointmentId"] == "201"
 
 
-async def test_ephemeral_events_cross_nodes_without_entering_the_stream(cluster, redis_url):
+async def test_ephemeral_events_cross_nodes_without_entering_the_stream(cluster, shared_redis):
     a, b, _ = cluster
     async with open_client(a.ws(), a.token()) as client:
         await client.subscribe("thread:7")
@@ -70,7 +78,7 @@ async def test_ephemeral_events_cross_nodes_without_entering_the_stream(cluster,
         with trio.fail_after(10):
             evt = await client.next_event()
     assert evt["event"] == "thread:typing" and "cursor" not in evt
-    assert redis.Redis.from_url(redis_url).xlen(stream_key(shard_of("t1", 16))) == 0
+    assert plain_redis(shared_redis).xlen(stream_key(shard_of("t1", 16))) == 0
 
 
 async def test_metrics_show_the_bus_and_readiness_follows_it(cluster):

@@ -133,6 +133,8 @@ async def test_msgpack_clients_get_binary_frames_with_the_same_keys(server):
     ({"event": "appointment.created", "tenant": "t1", "rooms": ["thread:1"], "data": {}}, 422, "thread"),
     ({"event": "appointment.created", "rooms": ["schedule:1"], "data": {}}, 400, "tenant"),
     ({"event": "appointment.created", "tenant": "t1", "rooms": ["schedule:1"], "extra": 1}, 400, "extra"),
+    ({"event": "appointment.created", "tenant": "t1", "rooms": ["schedule:1"], "id": "x" * 201}, 400, "$.id"),
+    ({"event": "appointment.created", "tenant": "t1", "rooms": ["schedule:1"], "id": ""}, 400, "$.id"),
 ])
 async def test_invalid_publishes_are_refused_clearly_and_nothing_is_delivered(server, body, status, fragment):
     async with open_client(server.ws(), server.token()) as client:
