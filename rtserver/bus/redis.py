@@ -160,6 +160,24 @@ class DedupeWindow:
         return repeated
 
 
+def _is_missing_stream(error: Exception) -> bool:
+    return isinstance(error, redis.exceptions.ResponseError) and "no such key" in str(error).lower()
+
+
+def _info(xinfo: dict | redis.exceptions.ResponseError) -> dict | None:
+    """What the bus needs of an ``XINFO STREAM`` answer; None for no stream (the answer
+    was the error "no such key")."""
+    if isinstance(xinfo, Exception):
+        return None
+    return {
+        "last": _offset(xinfo["last-generated-id"]),
+        "first": _offset(xinfo["recorded-first-entry-id"]),
+        "added": xinfo["entries-added"],
+        "trimmed": xinfo["entries-added"] > xinfo["length"],
+        "max-deleted": _offset(xinfo["max-deleted-entry-id"]),
+    }
+
+
 def dead_letter_key(shard: int) -> str:
     return f"rt:{{{shard}}}:dead"
 
@@ -316,15 +334,34 @@ class RedisBus:
         try:
             return await aio_as_trio(method)(*args, **kwargs)
         except _UNREACHABLE as exc:
-            self._ready = False
-            self.errors += 1
-            raise BusUnavailable(f"redis: {exc}") from None
+            raise self._lost(exc) from None
+
+    def _lost(self, error: Exception) -> BusUnavailable:
+        """Count a failure to reach Redis; the error to raise for it."""
+        self._ready = False
+        self.errors += 1
+        return BusUnavailable(f"redis: {error}")
+
+    async def _execute(self, pipe) -> list:
+        """A pipeline's answers; an answer "no such key" stays in place as the error (the
+        stream does not exist yet), any other error is raised as ``_call`` does."""
+        answers = await self._call(pipe.execute, raise_on_error=False)
+        for answer in answers:
+            if isinstance(answer, _UNREACHABLE):
+                raise self._lost(answer)
+            if isinstance(answer, Exception) and not _is_missing_stream(answer):
+                raise answer
+        return answers
 
     async def _epoch(self, shard: int) -> str:
         """The shard's epoch, drawn if the key is missing (a new or lost stream)."""
-        key = _epoch_key(shard)
-        await self._call(self._redis.set, key, secrets.token_hex(4), nx=True)
-        epoch = (await self._call(self._redis.get, key)).decode()
+        drawn = secrets.token_hex(4)
+        return self._settle_epoch(
+            shard, drawn, await self._call(self._redis.set, _epoch_key(shard), drawn, nx=True, get=True))
+
+    def _settle_epoch(self, shard: int, drawn: str, existing: bytes | None) -> str:
+        """The epoch after ``SET NX GET`` of ``drawn``: the existing one, else ``drawn``."""
+        epoch = existing.decode() if existing is not None else drawn
         self._epochs[shard] = epoch
         return epoch
 
@@ -379,14 +416,18 @@ class RedisBus:
         if cursor.shard >= self.shards:
             return History([], recovered=False, cursor=await self.head(0), more=False)
         shard = cursor.shard
-        epoch = await self._epoch(shard)
-        info = await self._stream_info(shard)
+        # One round trip: the epoch (drawn if the stream was lost), what the stream holds,
+        # and the page; the page is thrown away when the cursor cannot be honoured.
+        drawn, pipe = secrets.token_hex(4), self._redis.pipeline(transaction=False)
+        pipe.set(_epoch_key(shard), drawn, nx=True, get=True)
+        pipe.xinfo_stream(stream_key(shard))
+        pipe.xrange(stream_key(shard), f"({cursor.offset}", "+", count=limit + 1)
+        existing, raw_info, entries = await self._execute(pipe)
+        epoch, info = self._settle_epoch(shard, drawn, existing), _info(raw_info)
         head = Cursor(shard, epoch, info["last"] if info else Offset(0, 0))
         if cursor.epoch != epoch or cursor.offset > head.offset or (info is not None and (
                 cursor.offset < info["max-deleted"] or (info["trimmed"] and cursor.offset < info["first"]))):
             return History([], recovered=False, cursor=head, more=False)
-        entries = await self._call(self._redis.xrange, stream_key(shard), f"({cursor.offset}", "+",
-                                   count=limit + 1)
         if any(b"id" in fields for _, fields in entries[:limit]):
             window = await self._window_before(shard, str(cursor.offset))
         else:  # no producer ids on this page: nothing can repeat
@@ -413,16 +454,11 @@ class RedisBus:
 
     async def _stream_info(self, shard: int) -> dict | None:
         try:
-            info = await self._call(self._redis.xinfo_stream, stream_key(shard))
-        except redis.exceptions.ResponseError:  # no such stream yet
-            return None
-        return {
-            "last": _offset(info["last-generated-id"]),
-            "first": _offset(info["recorded-first-entry-id"]),
-            "added": info["entries-added"],
-            "trimmed": info["entries-added"] > info["length"],
-            "max-deleted": _offset(info["max-deleted-entry-id"]),
-        }
+            return _info(await self._call(self._redis.xinfo_stream, stream_key(shard)))
+        except redis.exceptions.ResponseError as exc:
+            if _is_missing_stream(exc):
+                return None
+            raise
 
     async def head(self, shard: int) -> Cursor:
         info = await self._stream_info(shard)
