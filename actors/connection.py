@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -37,14 +37,16 @@ import trio
 import wsproto.connection
 import wsproto.events as ws_events
 
+from actors.presence import Presence
 from actors.registry import Registry
 from actors.room import Promote, Room
 from actors.writer import OutboundQueue, Writer
 from protocol.catalog import Catalog, Namespace
 from protocol.cursors import Cursor, shard_of
 from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
-from protocol.frames import Ack, Emit, Hello, Ping, Pong, ServerFrame, Sub, Unsub, error_frame
-from protocol.rooms import room_key
+from protocol.frames import Ack, Emit, Evt, Hello, Ping, Pong, ServerFrame, Sub, Unsub, error_frame
+from protocol.presence import PresenceState
+from protocol.rooms import RoomKind, room_key
 from protocol.wires import Wire
 from protocol.wsframes import close_frame
 from rtserver.auth import Claims, authorize_room, auto_rooms
@@ -55,6 +57,8 @@ from rtserver.sockets import half_close_and_wait_eof
 
 #: Seconds the close handshake may take before the socket is closed anyway.
 CLOSE_TIMEOUT_S = 2.0
+#: Presence switches a staff client may emit.
+_SWITCHES = {"presence:online": PresenceState.ONLINE, "presence:away": PresenceState.AWAY}
 #: Not a close frame: the TCP connection ended without one (never sent, only logged).
 CONNECTION_LOST = Disconnect(1006, "connection lost", CloseCode.GOING_AWAY.action)
 
@@ -71,6 +75,7 @@ class ConnectionServices:
     catalog: Catalog
     #: The node's open connections (for draining); each connection adds and removes itself.
     connections: set["Connection"]
+    presence: Presence
 
 
 class TokenBucket:
@@ -104,7 +109,7 @@ class Connection:
     __slots__ = (
         "id", "session", "claims", "ns", "out", "_sock", "_ws", "_s", "_wire", "_since",
         "_bucket", "_rooms", "_scope", "_disconnect", "_peer_closed", "_partial",
-        "_partial_size", "_expires_at",
+        "_partial_size", "_expires_at", "_present",
     )
     _next_id = 0
 
@@ -139,6 +144,7 @@ class Connection:
         self._peer_closed = False
         self._partial: list[bytes | str] | None = None  # a message arriving in fragments
         self._partial_size = 0
+        self._present = False  # tracked by the presence actor
         self.out = OutboundQueue(
             sock,
             services.writer,
@@ -195,6 +201,9 @@ class Connection:
             for room in self._rooms.values():
                 room.remove(self.id)
             self._rooms.clear()
+            if self._present:
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await self._s.presence.disconnected(self.id)
             disconnect = self._disconnect or CloseCode.NORMAL
             metrics.connections.labels(self.ns.value, "websocket").dec()
             metrics.disconnects.labels(disconnect.reason).inc()
@@ -233,6 +242,10 @@ class Connection:
             ))
 
         await self._join(names, self._since, hello)
+        if self.ns is Namespace.HUB and self.claims.presence_groups:
+            self._present = True
+            await self._s.presence.connected(self.id, self.claims.tenant, self.claims.user,
+                                             self.claims.presence_groups)
 
     @property
     def _shard(self) -> int:
@@ -312,7 +325,7 @@ class Connection:
             elif isinstance(frame, Unsub):
                 self._on_unsub(frame)
             elif isinstance(frame, Emit):
-                self._on_emit(frame)
+                await self._on_emit(frame)
             elif isinstance(frame, Ping):
                 self._send(Pong(ref=frame.ref))
         except ReplyError as err:
@@ -322,7 +335,7 @@ class Connection:
 
     # -- commands ----------------------------------------------------------------------
     async def _on_sub(self, frame: Sub) -> None:
-        authorize_room(self.claims, self.ns, frame.room)
+        kind = authorize_room(self.claims, self.ns, frame.room)
         since = Cursor.parse(frame.since) if frame.since else None
         if frame.room not in self._rooms and len(self._rooms) >= self._s.config.connection.max_rooms:
             raise ReplyError(ReplyCode.TOO_MANY_ROOMS, "too many rooms on this connection")
@@ -335,8 +348,16 @@ class Connection:
         def ack(recovered: bool | None, cursor: Cursor) -> None:
             self._send(Ack(ref=frame.ref, room=frame.room, recovered=recovered, cursor=cursor.encode()))
 
-        await self._join([frame.room], since, ack)
+        snapshot = self._presence_snapshot if kind is RoomKind.PRESENCE else None
+        await self._join([frame.room], since, ack, snapshot)
         self._log("sub", room=frame.room, since=frame.since)
+
+    async def _presence_snapshot(self, room: str) -> Evt:
+        """``presence:snapshot``: the users of the room's group who are not offline."""
+        group = room.partition(":")[2]
+        entries = await self._s.presence.snapshot(self.claims.tenant, group)
+        return Evt(event="presence:snapshot", room=room, id=f"snapshot-{self.session}-{room}",
+                   ts=int(time.time() * 1000), data={"group": group, "users": [e.data(group) for e in entries]})
 
     def _on_unsub(self, frame: Unsub) -> None:
         room = self._rooms.pop(frame.room, None)
@@ -346,7 +367,7 @@ class Connection:
         self._send(Ack(ref=frame.ref, room=frame.room))
         self._log("unsub", room=frame.room)
 
-    def _on_emit(self, frame: Emit) -> None:
+    async def _on_emit(self, frame: Emit) -> None:
         etype = self._s.catalog.get(frame.event)
         if self.ns not in etype.emitters:
             raise ReplyError(ReplyCode.FORBIDDEN, f"{frame.event!r} cannot be emitted here")
@@ -354,8 +375,10 @@ class Connection:
         if etype.rooms:
             if frame.room is None or frame.room not in self._rooms:
                 raise ReplyError(ReplyCode.NOT_SUBSCRIBED, f"{frame.event!r} needs a room you have joined")
-        # Validated and acknowledged; presence, typing and alert hand-off act on emits
-        # in their own actors (a later issue).
+        if self._present and frame.event == "heartbeat":
+            await self._s.presence.heartbeat(self.id)
+        elif self._present and frame.event in _SWITCHES:
+            await self._s.presence.switch(self.id, _SWITCHES[frame.event])
         self._send(Ack(ref=frame.ref, room=frame.room, event=frame.event))
 
     # -- joining, with resumption --------------------------------------------------------
@@ -364,18 +387,21 @@ class Connection:
         names: list[str],
         since: Cursor | None,
         answer: Callable[[bool | None, Cursor], None],
+        snapshot: Callable[[str], Awaitable[Evt]] | None = None,
     ) -> None:
         """Join ``names`` and ``answer`` (hello or ack) before any event of them.
 
         Without ``since``, live events follow the answer. With ``since``, the answer says
         whether the history reached back to it, the missed events follow, and the rooms
         then deliver what arrived meanwhile (``Promote``) and go live, with no gap and no
-        duplicate.
+        duplicate. With ``snapshot``, each room's snapshot frame follows the answer (and
+        the history), read after the room began holding live events for this connection,
+        so no change is missed between the snapshot and the live events.
         """
         rooms: dict[str, Room] = {}
         for name in names:
             rooms[name] = await self._s.registry.open_room(room_key(self.claims.tenant, name))
-        if since is None:
+        if since is None and snapshot is None:
             head = await self._s.bus.head(self._shard)
             for name, room in rooms.items():
                 room.add(self.id, self._wire, self.out.push)
@@ -386,15 +412,31 @@ class Connection:
         for name, room in rooms.items():
             buffers[name] = room.begin_recovery(self.id, self._s.config.bus.max_history)
             self._rooms[name] = room
-        history = await read_rooms(self._s.bus, self.claims.tenant, set(names), since,
-                                   self._s.config.bus.max_history)
-        # More than max_history to replay is treated like a history that no longer reaches.
-        recovered = history.recovered and not history.more
-        cursor = history.cursor if recovered else await self._s.bus.head(self._shard)
-        answer(recovered, cursor)
-        for event, name in history.events if recovered else ():
-            self._send(event.frame(name))
-        after = cursor.offset if recovered else None
+        try:
+            snapshots = [await snapshot(name) for name in rooms] if snapshot is not None else []
+            if since is None:
+                history, head = None, await self._s.bus.head(self._shard)
+            else:
+                history = await read_rooms(self._s.bus, self.claims.tenant, set(names), since,
+                                           self._s.config.bus.max_history)
+                # More than max_history to replay is treated like a history that no longer reaches.
+                recovered = history.recovered and not history.more
+                head = history.cursor if recovered else await self._s.bus.head(self._shard)
+        except BaseException:  # nothing was answered: the rooms must not hold events for it
+            for name, room in rooms.items():
+                self._rooms.pop(name, None)
+                room.remove(self.id)
+            raise
+        after = None
+        if history is None:
+            answer(None, head)
+        else:
+            answer(recovered, head)
+            for event, name in history.events if recovered else ():
+                self._send(event.frame(name))
+            after = head.offset if recovered else None
+        for frame in snapshots:
+            self._send(frame)
         for name, room in rooms.items():
             await room.promote(Promote(
                 self.id, buffers[name], self._wire, self.out.push, after,

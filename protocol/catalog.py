@@ -49,6 +49,8 @@ class EventType:
     rooms: frozenset[RoomKind] = frozenset()
     #: namespaces whose clients may ``emit`` it; empty for server-to-client events.
     emitters: frozenset[Namespace] = frozenset()
+    #: made by rtserver itself (snapshots): never published nor emitted.
+    internal: bool = False
 
     @property
     def durable(self) -> bool:
@@ -109,6 +111,8 @@ DEFAULT_EVENTS: tuple[EventType, ...] = (
     _server("attendant:online", _PRESENCE_FIELDS, _PRESENCE_ROOMS, delivery=Delivery.EPHEMERAL),
     _server("attendant:away", _PRESENCE_FIELDS, _PRESENCE_ROOMS, delivery=Delivery.EPHEMERAL),
     _server("attendant:offline", _PRESENCE_FIELDS, _PRESENCE_ROOMS, delivery=Delivery.EPHEMERAL),
+    # The users of a presence group who are not offline, sent on subscribing to it.
+    _server("presence:snapshot", "group users", _PRESENCE_ROOMS, delivery=Delivery.EPHEMERAL, internal=True),
     _server("queue:new", _QUEUE_FIELDS, _QUEUE_ROOMS),
     _server("queue:taken", _QUEUE_FIELDS, _QUEUE_ROOMS),
     _server("queue:updated", _QUEUE_FIELDS, _QUEUE_ROOMS),
@@ -175,6 +179,8 @@ class Catalog:
         etype = self.get(event)
         if etype.emitters:
             raise ReplyError(ReplyCode.UNKNOWN_EVENT, f"{event!r} is a client event")
+        if etype.internal:
+            raise ReplyError(ReplyCode.UNKNOWN_EVENT, f"{event!r} is made by rtserver itself")
         if not tenant or not is_identifier(tenant):
             raise ReplyError(ReplyCode.BAD_PAYLOAD, "missing or malformed tenant")
         if not rooms:

@@ -113,6 +113,29 @@ class BusConfig(_Section):
     max_history: int = 10_000
 
 
+class PresenceConfig(_Section):
+    """Presence (SPEC §8); the heartbeat interval is ``connection.heartbeat_s``."""
+
+    #: Heartbeat intervals without one after which a user turns away.
+    away_after_heartbeats: float = 2.5
+    #: Seconds after a user's last connection on a node closes (abruptly or cleanly)
+    #: before that node stops holding the user present.
+    grace_s: float = 60.0
+    #: Seconds between a node's refreshes of its users' leases, and between sweeps for
+    #: users held only by a node that stopped refreshing (crashed): those go offline within
+    #: ``grace_s + sweep_interval_s``.
+    sweep_interval_s: float = 10.0
+    #: Redis: TTL of the presence keys, seconds (garbage collection only).
+    ttl_s: int = 300
+    #: Presence actor mailbox capacity (connects, heartbeats, switches, disconnects).
+    mailbox: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.grace_s <= self.sweep_interval_s:
+            raise ValueError("presence.grace_s must be longer than presence.sweep_interval_s "
+                             "(a node's lease must outlive the interval it is refreshed in)")
+
+
 class LogConfig(_Section):
     level: str = "info"
 
@@ -123,6 +146,7 @@ class Config(_Section):
     connection: ConnectionConfig = ConnectionConfig()
     rooms: RoomsConfig = RoomsConfig()
     bus: BusConfig = BusConfig()
+    presence: PresenceConfig = PresenceConfig()
     log: LogConfig = LogConfig()
     #: Catalog allow-list overrides: event type -> list of allowed payload fields.
     catalog_fields: dict[str, list[str]] = {}

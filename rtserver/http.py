@@ -4,7 +4,7 @@
 (``publish_answer``), and requests that reach hypercorn anyway (chunked bodies, a publish
 after another request on one keep-alive connection) get the same answer from a plain
 ASGI handler, without Quart's per-request machinery. Everything else is a quart-trio
-app: ``GET /{ns}/events``, ``/healthz``, ``/readyz``, ``/metrics``.
+app: ``GET /{ns}/events``, ``GET /{ns}/presence``, ``/healthz``, ``/readyz``, ``/metrics``.
 """
 
 from __future__ import annotations
@@ -54,6 +54,10 @@ def _error(status: int, code: int | str, message: str) -> Response:
     return _answer({"error": code, "message": message}, status)
 
 
+class _UnknownNamespace(Exception):
+    pass
+
+
 def create_app(node: Node) -> QuartTrio:
     app = QuartTrio("rtserver")
     app.config["RESPONSE_TIMEOUT"] = None
@@ -70,6 +74,10 @@ def create_app(node: Node) -> QuartTrio:
     async def auth_error(exc: AuthError):
         node.metrics.auth_failures.labels(exc.disconnect.reason).inc()
         return _error(exc.status, exc.disconnect.code, exc.message)
+
+    @app.errorhandler(_UnknownNamespace)
+    async def unknown_namespace(_exc: _UnknownNamespace):
+        return _error(404, 404, "unknown namespace")
 
     @app.errorhandler(ReplyError)
     async def reply_error(exc: ReplyError):
@@ -89,14 +97,27 @@ def create_app(node: Node) -> QuartTrio:
     async def metrics():
         return Response(node.metrics.render(), content_type="text/plain; version=0.0.4")
 
-    @app.get("/<ns>/events")
-    async def events(ns: str):
+    def admitted(ns: str) -> tuple[Claims, Namespace]:
+        """The request's claims, admitted to namespace ``ns`` (404 for an unknown one)."""
         try:
             namespace = Namespace(ns)
         except ValueError:
-            return _error(404, 404, "unknown namespace")
+            raise _UnknownNamespace from None
         claims = claims_of_request()
         admit(claims, namespace)
+        return claims, namespace
+
+    @app.get("/<ns>/presence")
+    async def presence(ns: str):
+        claims, namespace = admitted(ns)
+        group = request.args.get("group", "")
+        authorize_room(claims, namespace, f"presence:{group}")
+        entries = await node.presence.snapshot(claims.tenant, group)
+        return _answer({"group": group, "users": [entry.data(group) for entry in entries]})
+
+    @app.get("/<ns>/events")
+    async def events(ns: str):
+        claims, namespace = admitted(ns)
         names = [r for r in request.args.get("rooms", "").split(",") if r]
         if not names:
             raise ReplyError(ReplyCode.BAD_ROOM, "name the rooms with ?rooms=a,b")

@@ -1,13 +1,14 @@
 """A node: one rtserver process, with its bus, actors, listener and HTTP app.
 
-``Node.run`` starts, in order, the writer, the registry (live feed -> rooms), the HTTP
-frontend and the listener, then reports the bound port. ``Node.drain`` is the SIGTERM
-path: stop accepting, mark not ready, close clients with the draining code in paced
-batches and wait for them, all within ``server.drain_deadline_s``.
+``Node.run`` starts, in order, the bus, the writer, the registry (live feed -> rooms), the
+presence actor, the HTTP frontend and the listener, then reports the bound port.
+``Node.drain`` is the SIGTERM path: stop accepting, mark not ready, close clients with the
+draining code in paced batches and wait for them, all within ``server.drain_deadline_s``.
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from functools import partial
 
@@ -15,6 +16,7 @@ import structlog
 import trio
 
 from actors.connection import Connection, ConnectionServices
+from actors.presence import Presence
 from actors.registry import Registry
 from actors.writer import Writer
 from protocol.catalog import Catalog
@@ -31,6 +33,8 @@ from rtserver.config import Config
 from rtserver.http import HttpFrontend, create_app, create_asgi, publish_answer
 from rtserver.listener import Listener
 from rtserver.metrics import Metrics
+from rtserver.presence import MemoryPresence
+from rtserver.presence.redis import RedisPresence
 
 log = structlog.get_logger("rtserver.node")
 
@@ -56,12 +60,16 @@ class Node:
             interval_s=config.connection.flush_interval_ms / 1000,
         )
         self.registry = Registry(self.bus, config.rooms, self.metrics, self.writer.fanned_out_at)
+        store = RedisPresence(self.bus, config.presence.ttl_s) if isinstance(self.bus, RedisBus) else MemoryPresence()
+        self.presence = Presence(store, self.bus, config.presence, heartbeat_s=config.connection.heartbeat_s,
+                                 holder=secrets.token_hex(6))
         self.connections: set[Connection] = set()
         self.draining = False
         self.http = HttpFrontend(create_asgi(self, create_app(self)))
         services = ConnectionServices(
             config=config, bus=self.bus, registry=self.registry, writer=self.writer,
             metrics=self.metrics, catalog=self.catalog, connections=self.connections,
+            presence=self.presence,
         )
         self.listener = Listener(
             config.server, services, self.verifier, self.http.serve, partial(publish_answer, self)
@@ -94,6 +102,7 @@ class Node:
             await nursery.start(self.bus.run)
             await nursery.start(self.writer.run)
             await nursery.start(self.registry.run)
+            await nursery.start(self.presence.run)
             await nursery.start(self.http.run)
             self.port = await nursery.start(self.listener.run)
             log.info("listening", host=self.config.server.host, port=self.port)

@@ -282,7 +282,7 @@ class RedisBus:
                 elif epoch != known:  # the stream was lost: all it holds now is new
                     positions[key] = str(Offset(0, 0))
                     self._consumed[shard] = 0
-            await self._call(pubsub.subscribe, *(_channel(s) for s in range(self.shards)))
+            await self.call(pubsub.subscribe, *(_channel(s) for s in range(self.shards)))
             self._ready = True
             on_ready()
             async with trio.open_nursery() as nursery:
@@ -311,7 +311,7 @@ class RedisBus:
         """
         probe = redis.asyncio.Redis.from_url(self._url, socket_timeout=None, single_connection_client=True)
         try:
-            clustered = (await self._call(probe.info, "cluster")).get("cluster_enabled") == 1
+            clustered = (await self.call(probe.info, "cluster")).get("cluster_enabled") == 1
         finally:
             with trio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await aio_as_trio(probe.aclose)()
@@ -321,7 +321,7 @@ class RedisBus:
             reader = redis.asyncio.Redis.from_url(self._url, socket_timeout=None, single_connection_client=True)
             return [(reader, list(range(self.shards)))], self._redis.pubsub()
         self._redis = redis.asyncio.RedisCluster.from_url(self._url, socket_timeout=None)
-        await self._call(self._redis.initialize)
+        await self.call(self._redis.initialize)
         self._append_once = self._redis.register_script(_APPEND_ONCE)
         readers = []
         for shard in range(self.shards):
@@ -329,7 +329,14 @@ class RedisBus:
             readers.append((_node_client(self._url, node.host, node.port), [shard]))
         return readers, _node_client(self._url, node.host, node.port).pubsub()
 
-    async def _call(self, method, *args, **kwargs):
+    @property
+    def client(self) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
+        """The command client of the current connected period (for the presence store)."""
+        if self._redis is None:
+            raise BusUnavailable("redis: not connected yet")
+        return self._redis
+
+    async def call(self, method, *args, **kwargs):
         """One redis-py call from Trio; connection failures become ``BusUnavailable``."""
         try:
             return await aio_as_trio(method)(*args, **kwargs)
@@ -342,10 +349,10 @@ class RedisBus:
         self.errors += 1
         return BusUnavailable(f"redis: {error}")
 
-    async def _execute(self, pipe) -> list:
+    async def execute(self, pipe) -> list:
         """A pipeline's answers; an answer "no such key" stays in place as the error (the
         stream does not exist yet), any other error is raised as ``_call`` does."""
-        answers = await self._call(pipe.execute, raise_on_error=False)
+        answers = await self.call(pipe.execute, raise_on_error=False)
         for answer in answers:
             if isinstance(answer, _UNREACHABLE):
                 raise self._lost(answer)
@@ -357,7 +364,7 @@ class RedisBus:
         """The shard's epoch, drawn if the key is missing (a new or lost stream)."""
         drawn = secrets.token_hex(4)
         return self._settle_epoch(
-            shard, drawn, await self._call(self._redis.set, _epoch_key(shard), drawn, nx=True, get=True))
+            shard, drawn, await self.call(self._redis.set, _epoch_key(shard), drawn, nx=True, get=True))
 
     def _settle_epoch(self, shard: int, drawn: str, existing: bytes | None) -> str:
         """The epoch after ``SET NX GET`` of ``drawn``: the existing one, else ``drawn``."""
@@ -389,12 +396,12 @@ class RedisBus:
         shard = shard_of(envelope.tenant, self.shards)
         fields = _fields(envelope)
         if envelope.id is None:
-            entry_id = await self._call(
+            entry_id = await self.call(
                 self._redis.xadd, stream_key(shard), dict(zip(fields[::2], fields[1::2])),
                 maxlen=self._config.retention, approximate=True)
             duplicate = False
         else:
-            entry_id, duplicate = await self._call(
+            entry_id, duplicate = await self.call(
                 self._append_once,
                 keys=[stream_key(shard), _id_key(shard, envelope.id)],
                 args=[self._config.retention, self._config.dedupe_ttl_s, *fields])
@@ -408,7 +415,7 @@ class RedisBus:
     async def publish_ephemeral(self, envelope: Envelope) -> StoredEvent:
         event = StoredEvent(envelope=envelope, id=envelope.id or secrets.token_hex(8),
                             ts=envelope.ts or int(time.time() * 1000))
-        await self._call(self._redis.publish, _channel(shard_of(envelope.tenant, self.shards)),
+        await self.call(self._redis.publish, _channel(shard_of(envelope.tenant, self.shards)),
                          msgspec.json.encode(event))
         return event
 
@@ -422,7 +429,7 @@ class RedisBus:
         pipe.set(_epoch_key(shard), drawn, nx=True, get=True)
         pipe.xinfo_stream(stream_key(shard))
         pipe.xrange(stream_key(shard), f"({cursor.offset}", "+", count=limit + 1)
-        existing, raw_info, entries = await self._execute(pipe)
+        existing, raw_info, entries = await self.execute(pipe)
         epoch, info = self._settle_epoch(shard, drawn, existing), _info(raw_info)
         head = Cursor(shard, epoch, info["last"] if info else Offset(0, 0))
         if cursor.epoch != epoch or cursor.offset > head.offset or (info is not None and (
@@ -446,7 +453,7 @@ class RedisBus:
         """The dedupe window as it stands after the entry at ``position`` (inclusive)."""
         window = DedupeWindow(self._config.read_dedupe_window)
         if window.size:
-            previous = await self._call(self._redis.xrevrange, stream_key(shard), position, "-",
+            previous = await self.call(self._redis.xrevrange, stream_key(shard), position, "-",
                                         count=window.size)
             for _, fields in reversed(previous):
                 window.seen_then_add(fields)
@@ -454,7 +461,7 @@ class RedisBus:
 
     async def _stream_info(self, shard: int) -> dict | None:
         try:
-            return _info(await self._call(self._redis.xinfo_stream, stream_key(shard)))
+            return _info(await self.call(self._redis.xinfo_stream, stream_key(shard)))
         except redis.exceptions.ResponseError as exc:
             if _is_missing_stream(exc):
                 return None
@@ -474,7 +481,7 @@ class RedisBus:
         windows = {s: await self._window_before(s, positions[stream_key(s)]) for s in shards}
         while True:
             reading = {stream_key(s): positions[stream_key(s)] for s in shards}
-            answer = await self._call(reader.xread, reading, count=READ_COUNT, block=READ_BLOCK_MS)
+            answer = await self.call(reader.xread, reading, count=READ_COUNT, block=READ_BLOCK_MS)
             for key, entries in answer or ():
                 shard, position_key = shard_of_key[key], key.decode()
                 for entry_id, fields in entries:
@@ -510,7 +517,7 @@ class RedisBus:
             return parsed
         code, reason = parsed
         try:
-            await self._call(
+            await self.call(
                 self._redis.xadd, dead_letter_key(shard),
                 {b"reason": reason.encode(), b"code": code.encode(), b"entry": entry_id, **fields},
                 id=entry_id, maxlen=DEAD_LETTERS_KEPT, approximate=True)
@@ -534,6 +541,6 @@ class RedisBus:
 
     async def _read_ephemeral(self, pubsub) -> None:
         while True:
-            message = await self._call(pubsub.get_message, ignore_subscribe_messages=True, timeout=1.0)
+            message = await self.call(pubsub.get_message, ignore_subscribe_messages=True, timeout=1.0)
             if message is not None and message["type"] == "message":
                 await broadcast(self._subscribers, _decode_ephemeral(message["data"]))

@@ -18,6 +18,7 @@ import wsproto.events as ev
 from wsproto import ConnectionType
 
 from actors.connection import Connection, ConnectionServices
+from actors.presence import Presence
 from actors.registry import Registry
 from actors.writer import Writer
 from protocol.catalog import Catalog, Namespace
@@ -27,14 +28,17 @@ from rtserver.auth import Claims
 from rtserver.bus.memory import MemoryBus
 from rtserver.config import Config, load_config
 from rtserver.metrics import Metrics
+from rtserver.presence import MemoryPresence
 
 
 def config(**sections) -> Config:
     return load_config(environ={}, overrides=sections)
 
 
-def staff(user="u1", tenant="t1", exp_in=3600.0) -> Claims:
-    return Claims(user=user, tenant=tenant, roles=frozenset({"attendant"}), exp=int(time.time() + exp_in))
+def staff(user="u1", tenant="t1", exp_in=3600.0, groups: tuple[str, ...] = ()) -> Claims:
+    """Staff claims; tracked for presence in ``groups`` (none by default)."""
+    return Claims(user=user, tenant=tenant, roles=frozenset({"attendant"}), exp=int(time.time() + exp_in),
+                  presence_groups=groups)
 
 
 class TestClient:
@@ -104,6 +108,7 @@ class Harness:
     registry: Registry
     services: ConnectionServices
     nursery: trio.Nursery
+    presence: Presence
 
     async def connect(self, claims: Claims | None = None, ns: Namespace = Namespace.HUB,
                       since=None, rcvbuf: int | None = None) -> TestClient:
@@ -135,8 +140,12 @@ async def start_harness(nursery: trio.Nursery, cfg: Config | None = None) -> Har
     writer = Writer(metrics, flush_max_bytes=cfg.connection.flush_max_bytes,
                     interval_s=cfg.connection.flush_interval_ms / 1000)
     registry = Registry(bus, cfg.rooms, metrics, writer.fanned_out_at)
+    presence = Presence(MemoryPresence(), bus, cfg.presence, heartbeat_s=cfg.connection.heartbeat_s,
+                        holder="node-1")
     await nursery.start(writer.run)
     await nursery.start(registry.run)
+    await nursery.start(presence.run)
     services = ConnectionServices(config=cfg, bus=bus, registry=registry, writer=writer,
-                                  metrics=metrics, catalog=Catalog.default(), connections=set())
-    return Harness(cfg, bus, metrics, writer, registry, services, nursery)
+                                  metrics=metrics, catalog=Catalog.default(), connections=set(),
+                                  presence=presence)
+    return Harness(cfg, bus, metrics, writer, registry, services, nursery, presence)

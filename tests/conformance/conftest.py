@@ -10,6 +10,8 @@ import trio
 from rtserver.bus.memory import MemoryBus
 from rtserver.bus.redis import RedisBus
 from rtserver.config import BusConfig
+from rtserver.presence import MemoryPresence
+from rtserver.presence.redis import RedisPresence
 from tests.conftest import flush_redis, plain_redis
 
 SHARDS = 4
@@ -32,6 +34,10 @@ class BusEnv:
             bus = RedisBus(cfg, self.redis_url, validate=validate, on_dead_letter=on_dead_letter)
         await self._nursery.start(bus.run)
         return bus
+
+    def presence(self, bus, ttl_s: int = 300):
+        """The presence store that goes with ``bus``."""
+        return MemoryPresence() if self.redis_url is None else RedisPresence(bus, ttl_s)
 
     def lose_streams(self) -> None:
         """Memory: a new bus is a new process; Redis: the server lost its data."""

@@ -9,12 +9,15 @@ critical_alert conversation_update priority_update patient_status_change new_pat
 attendant:online attendant:offline attendant:away queue:new queue:taken queue:updated
 thread:message thread:typing chat:accepted chat:ended rt.probe""".split()
 CLIENT_EVENTS = "presence:online presence:away heartbeat typing:start typing:stop mark_alert_read".split()
+SNAPSHOT_EVENTS = ["presence:snapshot"]  # made by the server on subscribe, never published
 
 catalog = Catalog.default()
 
 
 def test_every_event_of_the_spec_is_declared_once():
-    assert set(SPEC_EVENTS) | set(CLIENT_EVENTS) == set(catalog.types)
+    assert set(SPEC_EVENTS) | set(CLIENT_EVENTS) | set(SNAPSHOT_EVENTS) == set(catalog.types)
+    with pytest.raises(ReplyError, match="made by rtserver"):
+        catalog.validate_publish("presence:snapshot", "t1", ["presence:attendants"], {})
     assert all(not catalog.get(name).emitters for name in SPEC_EVENTS)
     assert all(catalog.get(name).emitters for name in CLIENT_EVENTS)
 

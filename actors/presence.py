@@ -1,0 +1,243 @@
+"""Presence actor: this node's view of the presence of the staff it serves (SPEC §8).
+
+Contract
+--------
+Mailbox
+    ``connected`` / ``heartbeat`` / ``switch`` / ``disconnected`` from the connection
+    actors, through one bounded channel (a connection waits when it is full).
+Owns
+    Per connection: its tenant, user, presence groups, the state it asked for
+    (``presence:online`` / ``presence:away``) and its last heartbeat. Per (tenant, group,
+    user): the view this node last put in the store. A closed connection is kept, in
+    the state it had, until its grace period ends.
+Replies
+    None. Changes of a user's combined state (all nodes together, decided by the store)
+    are announced as ephemeral ``attendant:online|away|offline`` events to the
+    ``presence:{group}`` room of the tenant, through the bus (so on every node).
+Timers
+    Away: a connection with no heartbeat for ``heartbeat_s * away_after_heartbeats`` counts
+    as away until its next heartbeat. Grace: a connection that closed (abruptly or
+    cleanly) still counts, as it was, for ``grace_s``; a reconnect within it, here or on
+    another node, announces nothing. Every ``sweep_interval_s`` the node renews the
+    leases of its views (``grace_s`` long) and sweeps the views of holders that stopped
+    renewing (a crashed node): their users go offline within ``grace_s + sweep_interval_s``.
+Failure
+    A store call that fails (Redis unreachable) is logged; the views are put again at the
+    next renewal, so the store converges once Redis is back. Announcements are
+    best-effort, as every ephemeral event.
+Blocking
+    On the store and the bus only, never on a connection.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+
+from protocol.envelope import Envelope
+from protocol.errors import ReplyError
+from protocol.presence import PresenceEntry, PresenceState, best
+from rtserver.bus import Bus
+from rtserver.config import PresenceConfig
+from rtserver.presence import Change, PresenceKey, PresenceStore, View
+
+log = structlog.get_logger("rtserver.presence")
+
+
+@dataclass(slots=True)
+class _Connection:
+    keys: list[PresenceKey]
+    asked: PresenceState  # ONLINE unless the client switched to away
+    last_heartbeat: float
+    #: Once closed: its state then, held until the grace period ends.
+    closed: PresenceState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Connected:
+    id: int
+    tenant: str
+    user: str
+    groups: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Heartbeat:
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Switch:
+    id: int
+    state: PresenceState
+
+
+@dataclass(frozen=True, slots=True)
+class _Disconnected:
+    id: int
+
+
+@dataclass(order=True, slots=True)
+class _Timer:
+    at: float
+    kind: str = field(compare=False)  # "away" or "grace"
+    connection_id: int = field(compare=False)
+
+
+class Presence:
+    def __init__(self, store: PresenceStore, bus: Bus, config: PresenceConfig, *, heartbeat_s: float,
+                 holder: str) -> None:
+        self.store = store
+        self._bus = bus
+        self._config = config
+        self._away_after = heartbeat_s * config.away_after_heartbeats
+        self._holder = holder
+        self._send, self._receive = trio.open_memory_channel(config.mailbox)
+        self._connections: dict[int, _Connection] = {}
+        self._by_key: dict[PresenceKey, set[int]] = {}
+        self._views: dict[PresenceKey, View] = {}
+        self._timers: list[_Timer] = []
+        # Wall-clock ms (shared by the nodes) derived from Trio's clock, anchored at start.
+        self._anchor = (time.time(), 0.0)
+
+    # -- the mailbox (called by connections) ---------------------------------------------
+    async def connected(self, connection_id: int, tenant: str, user: str, groups: tuple[str, ...]) -> None:
+        await self._send.send(_Connected(connection_id, tenant, user, groups))
+
+    async def heartbeat(self, connection_id: int) -> None:
+        await self._send.send(_Heartbeat(connection_id))
+
+    async def switch(self, connection_id: int, state: PresenceState) -> None:
+        await self._send.send(_Switch(connection_id, state))
+
+    async def disconnected(self, connection_id: int) -> None:
+        await self._send.send(_Disconnected(connection_id))
+
+    async def snapshot(self, tenant: str, group: str) -> list[PresenceEntry]:
+        """The group's users who are not offline (read from the store, every node's)."""
+        return await self.store.snapshot(tenant, group)
+
+    # -- the actor -----------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self._anchor = (time.time(), trio.current_time())
+        renew_at = trio.current_time() + self._config.sweep_interval_s
+        task_status.started()
+        while True:
+            due = min(renew_at, self._timers[0].at if self._timers else renew_at)
+            with trio.move_on_at(due):
+                message = await self._receive.receive()
+                await self._update(self._handle(message))
+                continue
+            now = trio.current_time()
+            if now >= renew_at:
+                renew_at = now + self._config.sweep_interval_s
+                await self._renew_and_sweep()
+            await self._update(self._expired_timers(now))
+
+    def _now_ms(self) -> int:
+        wall, trio_start = self._anchor
+        return int((wall + trio.current_time() - trio_start) * 1000)
+
+    def _handle(self, message: object) -> set[PresenceKey]:
+        """Apply one message; the keys whose view may have changed."""
+        now = trio.current_time()
+        if isinstance(message, _Connected):
+            keys = [PresenceKey(message.tenant, group, message.user) for group in message.groups]
+            self._connections[message.id] = _Connection(keys, PresenceState.ONLINE, now)
+            for key in keys:
+                self._by_key.setdefault(key, set()).add(message.id)
+            self._arm("away", message.id, now + self._away_after)
+            return set(keys)
+        connection = self._connections.get(message.id)
+        if connection is None or connection.closed is not None:
+            return set()
+        if isinstance(message, _Disconnected):
+            # Held as it was for the grace period: a reload or a reconnect within it
+            # (here or on another node) changes nothing anyone sees.
+            connection.closed = self._state(connection, now)
+            self._arm("grace", message.id, now + self._config.grace_s)
+        else:
+            if isinstance(message, _Switch):
+                connection.asked = message.state
+            connection.last_heartbeat = now  # a switch is a sign of life too
+            self._arm("away", message.id, now + self._away_after)
+        return set(connection.keys)
+
+    def _arm(self, kind: str, connection_id: int, at: float) -> None:
+        heapq.heappush(self._timers, _Timer(at, kind, connection_id))
+
+    def _expired_timers(self, now: float) -> set[PresenceKey]:
+        """Fire the timers due by ``now`` (stale ones change nothing); the keys to recompute."""
+        keys: set[PresenceKey] = set()
+        while self._timers and self._timers[0].at <= now:
+            timer = heapq.heappop(self._timers)
+            connection = self._connections.get(timer.connection_id)
+            if connection is None:
+                continue
+            keys.update(connection.keys)
+            if timer.kind == "grace":
+                del self._connections[timer.connection_id]
+                for key in connection.keys:
+                    ids = self._by_key[key]
+                    ids.discard(timer.connection_id)
+                    if not ids:
+                        del self._by_key[key]
+        return keys
+
+    def _state(self, connection: _Connection, now: float) -> PresenceState:
+        if connection.closed is not None:
+            return connection.closed
+        fresh = now - connection.last_heartbeat < self._away_after
+        return connection.asked if fresh else PresenceState.AWAY
+
+    def _view(self, key: PresenceKey, now: float) -> View:
+        """This node's view of ``key`` now (closed connections in their grace count too)."""
+        connections = [self._connections[i] for i in self._by_key.get(key, ())]
+        return View(key, best(self._state(c, now) for c in connections),
+                    sum(c.closed is None for c in connections))
+
+    async def _update(self, keys: set[PresenceKey]) -> None:
+        """Put the views of ``keys`` that changed; announce what changed for the cluster."""
+        now = trio.current_time()
+        views = [view for key in sorted(keys) if (view := self._view(key, now)) != self._views.get(key)]
+        if views:
+            await self._put(views)
+
+    async def _put(self, views: list[View]) -> None:
+        try:
+            changes = await self.store.put(views, self._holder, self._now_ms(), self._lease_ms)
+        except ReplyError as exc:  # the store is unreachable: the next renewal puts them again
+            log.warning("presence_store_failed", error=exc.message)
+            return
+        for view in views:
+            if view.state is PresenceState.OFFLINE:
+                self._views.pop(view.key, None)
+            else:
+                self._views[view.key] = view
+        await self._announce(changes)
+
+    @property
+    def _lease_ms(self) -> int:
+        return int(self._config.grace_s * 1000)
+
+    async def _renew_and_sweep(self) -> None:
+        """Put every view again (renewing its lease, retrying what failed), then sweep."""
+        now = trio.current_time()
+        await self._put([self._view(key, now) for key in sorted(set(self._views) | set(self._by_key))])
+        try:
+            await self._announce(await self.store.sweep(self._now_ms()))
+        except ReplyError as exc:
+            log.warning("presence_sweep_failed", error=exc.message)
+
+    async def _announce(self, changes: list[Change]) -> None:
+        for key, entry in changes:
+            try:
+                await self._bus.publish_ephemeral(Envelope(
+                    event=entry.event, tenant=key.tenant, rooms=[f"presence:{key.group}"],
+                    data=entry.data(key.group)))
+            except ReplyError as exc:
+                log.warning("presence_announce_failed", error=exc.message, user=key.user)

@@ -1,0 +1,51 @@
+"""Presence (SPEC §8), the parts every implementation shares: states, how the views of
+several holders combine, and the frames announcing a user's state.
+
+A *holder* is whoever keeps a user present: a node, for the connections of that user it
+serves. Each holder records its view of each (tenant, group, user): ``online`` when any of
+its connections is online, ``away`` when all are away, and it keeps that view through a
+grace period after the last connection closes. The user's state is the best view of all
+live holders (online > away > offline); a holder whose lease ran out (a crashed node) no
+longer counts.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+class PresenceState(enum.StrEnum):
+    OFFLINE = "offline"
+    AWAY = "away"
+    ONLINE = "online"
+
+
+_RANK = {PresenceState.OFFLINE: 0, PresenceState.AWAY: 1, PresenceState.ONLINE: 2}
+
+
+def best(states: Iterable[PresenceState]) -> PresenceState:
+    """The combined state of several views (offline when there is none)."""
+    return max(states, key=_RANK.__getitem__, default=PresenceState.OFFLINE)
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEntry:
+    """A user's combined presence in a group: since when (ms) in that state, and how many
+    connections hold it (0 during a grace period)."""
+
+    user: str
+    state: PresenceState
+    since: int
+    connections: int
+
+    def data(self, group: str) -> dict[str, object]:
+        """The payload of ``attendant:<state>`` and of a snapshot's users."""
+        return {"userId": self.user, "group": group, "state": self.state.value, "since": self.since,
+                "connections": self.connections}
+
+    @property
+    def event(self) -> str:
+        """The event announcing this entry: ``attendant:online|away|offline``."""
+        return f"attendant:{self.state.value}"

@@ -1,0 +1,137 @@
+"""The presence store on Redis, shared by every node (standalone or Redis Cluster).
+
+Keys, all under the tenant's shard hash tag so that one script touches one slot:
+
+* ``rt:{<shard>}:presence:users:<tenant>/<group>`` — hash: user -> ``state|since|connections``,
+  the combined state as last announced (what a snapshot reads).
+* ``rt:{<shard>}:presence:holders:<tenant>/<group>/<user>`` — hash: holder (node) ->
+  ``state|connections|lease_until_ms``.
+* ``rt:{<shard>}:presence:leases`` — sorted set of ``<tenant>\\n<group>\\n<user>\\n<holder>`` by
+  lease end, for the sweep.
+
+One Lua script writes a holder's view and recombines the user atomically, so when two
+nodes change the same user at once exactly one sees (and announces) the change. Every key
+is given ``presence.ttl_s`` again at each write: garbage collection for users nobody holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import redis.exceptions
+
+from protocol.cursors import shard_of
+from protocol.presence import PresenceEntry, PresenceState
+from rtserver.bus.redis import RedisBus
+from rtserver.presence import Change, PresenceKey, View
+
+# KEYS: users hash, holders hash, leases zset.
+# ARGV: user, holder, state ('' = recombine only, 'offline' = withdraw), connections,
+#       now ms, lease end ms, ttl s, lease member prefix (the holder is appended).
+_PUT = """
+local users, holders, leases = KEYS[1], KEYS[2], KEYS[3]
+local user, holder, state, conns = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now_text, lease_until, ttl, prefix = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local now = tonumber(now_text)
+if state == 'offline' then
+  redis.call('HDEL', holders, holder)
+  redis.call('ZREM', leases, prefix .. holder)
+elseif state ~= '' then
+  redis.call('HSET', holders, holder, state .. '|' .. conns .. '|' .. lease_until)
+  redis.call('ZADD', leases, lease_until, prefix .. holder)
+end
+local rank = {offline = 0, away = 1, online = 2}
+local best, total = 'offline', 0
+local fields = redis.call('HGETALL', holders)
+for i = 1, #fields, 2 do
+  local st, c, lu = string.match(fields[i + 1], '^(%a+)|(%d+)|(%d+)$')
+  if tonumber(lu) < now then
+    redis.call('HDEL', holders, fields[i])
+    redis.call('ZREM', leases, prefix .. fields[i])
+  else
+    if rank[st] > rank[best] then best = st end
+    total = total + tonumber(c)
+  end
+end
+local old_state, since = 'offline', now_text
+local old = redis.call('HGET', users, user)
+if old then old_state, since = string.match(old, '^(%a+)|(%d+)|') end
+if best ~= old_state then since = now_text end
+if best == 'offline' then
+  redis.call('HDEL', users, user)
+else
+  redis.call('HSET', users, user, best .. '|' .. since .. '|' .. total)
+  redis.call('EXPIRE', users, ttl)
+end
+if redis.call('EXISTS', holders) == 1 then redis.call('EXPIRE', holders, ttl) end
+if redis.call('EXISTS', leases) == 1 then redis.call('EXPIRE', leases, ttl) end
+if best ~= old_state then return {best, since, total} end
+return false
+"""
+_PUT_SHA = hashlib.sha1(_PUT.encode()).hexdigest()
+
+
+class RedisPresence:
+    def __init__(self, bus: RedisBus, ttl_s: int) -> None:
+        self._bus = bus
+        self._ttl_s = ttl_s
+
+    def _keys(self, key: PresenceKey) -> list[str]:
+        shard = shard_of(key.tenant, self._bus.shards)
+        return [_users_key(shard, key.tenant, key.group),
+                f"rt:{{{shard}}}:presence:holders:{key.tenant}/{key.group}/{key.user}",
+                _leases_key(shard)]
+
+    async def _run(self, calls: list[tuple[PresenceKey, str, str, int]], now_ms: int, lease_ms: int) -> list[Change]:
+        """Run the script once per (key, holder, state, connections), pipelined."""
+        if not calls:
+            return []
+        client = self._bus.client
+        for attempt in range(2):
+            pipe = client.pipeline(transaction=False)
+            for key, holder, state, connections in calls:
+                # execute_command: redis-py's cluster pipeline refuses its evalsha method,
+                # but routes EVALSHA by its keys (one slot here) like any command.
+                pipe.execute_command("EVALSHA", _PUT_SHA, 3, *self._keys(key), key.user, holder, state, connections, now_ms,
+                             now_ms + lease_ms, self._ttl_s, f"{key.tenant}\n{key.group}\n{key.user}\n")
+            try:
+                answers = await self._bus.execute(pipe)
+                break
+            except redis.exceptions.NoScriptError:  # a new or restarted Redis: load it once
+                if attempt:
+                    raise
+                await self._bus.call(client.script_load, _PUT)
+        return [(key, PresenceEntry(key.user, PresenceState(answer[0].decode()), int(answer[1]), int(answer[2])))
+                for (key, *_), answer in zip(calls, answers) if answer]
+
+    async def put(self, views: list[View], holder: str, now_ms: int, lease_ms: int) -> list[Change]:
+        return await self._run([(v.key, holder, v.state.value, v.connections) for v in views], now_ms, lease_ms)
+
+    async def sweep(self, now_ms: int) -> list[Change]:
+        client = self._bus.client
+        pipe = client.pipeline(transaction=False)
+        for shard in range(self._bus.shards):
+            pipe.zrangebyscore(_leases_key(shard), "-inf", now_ms - 1)
+        expired = set()
+        for members in await self._bus.execute(pipe):
+            for member in members:
+                tenant, group, user, _holder = member.decode().split("\n")
+                expired.add(PresenceKey(tenant, group, user))
+        return await self._run([(key, "", "", 0) for key in sorted(expired)], now_ms, 0)
+
+    async def snapshot(self, tenant: str, group: str) -> list[PresenceEntry]:
+        shard = shard_of(tenant, self._bus.shards)
+        users = await self._bus.call(self._bus.client.hgetall, _users_key(shard, tenant, group))
+        entries = []
+        for user, value in sorted(users.items()):
+            state, since, connections = value.decode().split("|")
+            entries.append(PresenceEntry(user.decode(), PresenceState(state), int(since), int(connections)))
+        return entries
+
+
+def _users_key(shard: int, tenant: str, group: str) -> str:
+    return f"rt:{{{shard}}}:presence:users:{tenant}/{group}"
+
+
+def _leases_key(shard: int) -> str:
+    return f"rt:{{{shard}}}:presence:leases"

@@ -1,0 +1,60 @@
+"""Presence across real nodes sharing Redis: seen from another node, and a crashed node's
+users going offline through the sweep (short durations from configuration)."""
+
+import httpx
+import trio
+
+from rtserver.client import open_client
+from rtserver.node import Node
+from tests.conftest import flush_redis
+from tests.e2e.conftest import Server, server_config
+
+PRESENCE = {"grace_s": 1.0, "sweep_interval_s": 0.5}
+
+
+async def start_node(nursery, redis_url: str, scope: trio.CancelScope | None = None) -> Server:
+    node = Node(server_config(bus={"redis_url": redis_url}, presence=PRESENCE))
+    if scope is None:
+        return Server(node, await nursery.start(node.run))
+
+    async def run_in_scope(task_status=trio.TASK_STATUS_IGNORED):
+        with scope:
+            await node.run(task_status=task_status)
+
+    return Server(node, await nursery.start(run_in_scope))
+
+
+async def presence_events(client, count: int) -> list[tuple[str, str]]:
+    got = []
+    with trio.fail_after(10):
+        while len(got) < count:
+            evt = await client.next_event()
+            if evt["event"].startswith("attendant:"):
+                got.append((evt["data"]["userId"], evt["data"]["state"]))
+    return got
+
+
+async def test_a_colleague_on_another_node_is_seen_and_a_crashed_node_users_go_offline(
+        nursery, aio_loop, redis_url):
+    flush_redis(redis_url)
+    crash = trio.CancelScope()
+    a = await start_node(nursery, redis_url, crash)
+    b = await start_node(nursery, redis_url)
+    async with open_client(b.ws(), b.token("boss", presenceGroups=["supervisors"])) as watch:
+        ack = await watch.subscribe("presence:attendants")
+        assert ack["op"] == "ack"
+        with trio.fail_after(10):
+            snapshot = await watch.next_event()
+        assert snapshot["event"] == "presence:snapshot" and snapshot["data"]["users"] == []
+        async with open_client(a.ws(), a.token("ana")) as ana:
+            assert await presence_events(watch, 1) == [("ana", "online")]
+            await ana.emit("presence:away")
+            assert await presence_events(watch, 1) == [("ana", "away")]
+            async with httpx.AsyncClient(base_url=b.http) as http:
+                listed = (await http.get("/hub/presence", params={"group": "attendants"},
+                                         headers={"authorization": f"Bearer {b.token('boss')}"})).json()
+            assert [(u["userId"], u["state"]) for u in listed["users"]] == [("ana", "away")]
+            started = trio.current_time()
+            crash.cancel()  # node A stops at once: no withdrawal, its lease just stops renewing
+            assert await presence_events(watch, 1) == [("ana", "offline")]
+            assert trio.current_time() - started < PRESENCE["grace_s"] + 2 * PRESENCE["sweep_interval_s"] + 1
