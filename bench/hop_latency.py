@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 
 from rtserver.auth import mint_token  # noqa: E402
 from rtserver.client import open_client  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import free_port, wait_port  # noqa: E402
 
 SECRET = "hop-bench-secret-0123456789abcdef0123456789abcdef"
 
@@ -37,17 +37,6 @@ SECRET = "hop-bench-secret-0123456789abcdef0123456789abcdef"
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def wait_listening(port: int) -> None:
-    with trio.fail_after(20):
-        while True:
-            try:
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-                await stream.aclose()
-                return
-            except OSError:
-                await trio.sleep(0.05)
 
 
 async def subscribe_all(url: str, token: str, count: int, arrivals: dict[str, float], nursery) -> None:
@@ -74,7 +63,7 @@ async def main(args) -> None:
     serve = [sys.executable, "-m", "rtserver", "serve", "--config", os.path.join(folder, "rtserver.toml")]
     procs = [subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                                "--appendonly", "no", "--dir", folder], stdout=subprocess.DEVNULL)]
-    await wait_listening(redis_port)
+    await wait_port(redis_port)
     env = {**os.environ, "PYTHONPATH": os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))}
     procs += [subprocess.Popen(serve + ["--port", str(port), *extra], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -82,7 +71,7 @@ async def main(args) -> None:
                                   (b_port, ["--redis-url", redis_url]))]
     try:
         for port in (m_port, a_port, b_port):
-            await wait_listening(port)
+            await wait_port(port)
         token = mint_token(SECRET, {"sub": "bench", "healthUnitTaxId": "t1", "roles": ["attendant"]})
         service = mint_token(SECRET, {"sub": "svc", "roles": ["service"]})
         sent: dict[str, float] = {}

@@ -10,13 +10,8 @@ import pytest
 import trio
 
 from rtserver.client import Closed, open_client
+from tests.conftest import free_port, wait_port
 from tests.e2e.conftest import SECRET
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -30,17 +25,6 @@ def config_file(tmp_path):
 def cli(*args, config_file) -> str:
     return subprocess.run([sys.executable, "-m", "rtserver", *args, "--config", str(config_file)],
                           capture_output=True, text=True, check=True).stdout.strip()
-
-
-async def wait_port(port: int) -> None:
-    with trio.fail_after(20):
-        while True:
-            try:
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-                await stream.aclose()
-                return
-            except OSError:
-                await trio.sleep(0.05)
 
 
 @pytest.fixture
