@@ -128,8 +128,10 @@ class Presence:
         task_status.started()
         while True:
             due = min(renew_at, self._timers[0].at if self._timers else renew_at)
-            with trio.move_on_at(due):
+            message = None
+            with trio.move_on_at(due):  # only the wait: a store call is never cut short
                 message = await self._receive.receive()
+            if message is not None:
                 await self._update(self._handle(message))
                 continue
             now = trio.current_time()
