@@ -27,6 +27,7 @@ Blocking
 from __future__ import annotations
 
 import math
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -356,7 +357,7 @@ class Connection:
         """``presence:snapshot``: the users of the room's group who are not offline."""
         group = room.partition(":")[2]
         entries = await self._s.presence.snapshot(self.claims.tenant, group)
-        return Evt(event="presence:snapshot", room=room, id=f"snapshot-{self.session}-{room}",
+        return Evt(event="presence:snapshot", room=room, id=secrets.token_hex(8),  # unique: clients drop repeats
                    ts=int(time.time() * 1000), data={"group": group, "users": [e.data(group) for e in entries]})
 
     def _on_unsub(self, frame: Unsub) -> None:

@@ -116,6 +116,13 @@ def _node_client(url: str, host: str, port: int) -> redis.asyncio.Redis:
         urllib.parse.urlunsplit(parts._replace(netloc=netloc)), socket_timeout=None, single_connection_client=True)
 
 
+async def _close_quietly(client) -> None:
+    """Close a redis-py client or PUB/SUB (None: nothing), shielded, ignoring a dead server."""
+    if client is not None:
+        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await aio_as_trio(client.aclose)()
+
+
 def _offset(entry_id: bytes | str) -> Offset:
     return Offset.parse(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
 
@@ -255,19 +262,12 @@ class RedisBus:
                 backoff = min(backoff * 2, RECONNECT_MAX_S)
         finally:
             self._ready = False
-            with trio.CancelScope(shield=True):
-                await self._close_client()
-
-    async def _close_client(self) -> None:
-        if self._redis is not None:
-            with contextlib.suppress(Exception):
-                await aio_as_trio(self._redis.aclose)()
+            await _close_quietly(self._redis)
 
     async def _serve_feeds(self, positions: dict[str, str], on_ready: Callable[[], None]) -> None:
         """One connected period: fresh clients (no pooled connection to a server that
         went away), epochs and positions established again, then read."""
-        with trio.CancelScope(shield=True):
-            await self._close_client()
+        await _close_quietly(self._redis)
         readers: list[tuple[redis.asyncio.Redis, list[int]]] = []
         pubsub = None
         try:
@@ -291,11 +291,8 @@ class RedisBus:
                 nursery.start_soon(self._read_ephemeral, pubsub)
                 nursery.start_soon(self._measure_lag, positions)
         finally:
-            with trio.CancelScope(shield=True):
-                for client in (pubsub, *(reader for reader, _ in readers)):
-                    if client is not None:
-                        with contextlib.suppress(Exception):
-                            await aio_as_trio(client.aclose)()
+            for client in (pubsub, *(reader for reader, _ in readers)):
+                await _close_quietly(client)
 
     async def _connect(self) -> tuple[list[tuple[redis.asyncio.Redis, list[int]]], redis.asyncio.client.PubSub]:
         """The command client (``self._redis``), the dedicated blocking readers with the
@@ -313,16 +310,16 @@ class RedisBus:
         try:
             clustered = (await self.call(probe.info, "cluster")).get("cluster_enabled") == 1
         finally:
-            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await aio_as_trio(probe.aclose)()
+            await _close_quietly(probe)
         if not clustered:
             self._redis = redis.asyncio.Redis.from_url(self._url, socket_timeout=None)
-            self._append_once = self._redis.register_script(_APPEND_ONCE)
+        else:
+            self._redis = redis.asyncio.RedisCluster.from_url(self._url, socket_timeout=None)
+            await self.call(self._redis.initialize)
+        self._append_once = self._redis.register_script(_APPEND_ONCE)
+        if not clustered:
             reader = redis.asyncio.Redis.from_url(self._url, socket_timeout=None, single_connection_client=True)
             return [(reader, list(range(self.shards)))], self._redis.pubsub()
-        self._redis = redis.asyncio.RedisCluster.from_url(self._url, socket_timeout=None)
-        await self.call(self._redis.initialize)
-        self._append_once = self._redis.register_script(_APPEND_ONCE)
         readers = []
         for shard in range(self.shards):
             node = self._redis.get_node_from_key(stream_key(shard))

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+import trio
 
 from rtserver.auth import mint_token
+from rtserver.client import open_client
 from rtserver.config import load_config
 from rtserver.node import Node
 
@@ -37,6 +39,23 @@ class Server:
         async with httpx.AsyncClient(base_url=self.http) as client:
             return await client.post("/v1/publish", json=body, headers={
                 "authorization": f"Bearer {token or self.service_token}", **(headers or {})})
+
+    async def publish_all(self, bodies) -> None:
+        """Publish each body in turn on one keep-alive connection; each must be accepted."""
+        headers = {"authorization": f"Bearer {self.service_token}"}
+        async with httpx.AsyncClient(base_url=self.http, headers=headers) as client:
+            for body in bodies:
+                assert (await client.post("/v1/publish", json=body)).status_code == 200
+
+    async def cursor_after(self, room: str, published_through: Server, body: dict) -> str:
+        """The cursor a client of this node subscribed to ``room`` holds once ``body``,
+        published through ``published_through``, reached it (the client then leaves)."""
+        async with open_client(self.ws(), self.token()) as client:
+            await client.subscribe(room)
+            await published_through.publish(body)
+            with trio.fail_after(10):
+                await client.next_event()
+            return client.cursor
 
 
 def server_config(**sections):

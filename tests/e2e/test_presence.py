@@ -58,3 +58,14 @@ async def test_a_colleague_on_another_node_is_seen_and_a_crashed_node_users_go_o
             crash.cancel()  # node A stops at once: no withdrawal, its lease just stops renewing
             assert await presence_events(watch, 1) == [("ana", "offline")]
             assert trio.current_time() - started < PRESENCE["grace_s"] + 2 * PRESENCE["sweep_interval_s"] + 1
+
+
+async def test_each_subscription_gets_its_own_snapshot_past_the_client_dedupe(server):
+    async with open_client(server.ws(), server.token("boss")) as watch:
+        for _ in range(2):
+            await watch.subscribe("presence:attendants")
+            with trio.fail_after(5):
+                snapshot = await watch.next_event()
+            assert snapshot["event"] == "presence:snapshot"
+            assert [u["userId"] for u in snapshot["data"]["users"]] == ["boss"]
+            await watch.unsubscribe("presence:attendants")
