@@ -39,11 +39,13 @@ import wsproto.connection
 import wsproto.events as ws_events
 
 from actors.presence import Presence
+from actors.typing import Typing
 from actors.registry import Registry
 from actors.room import Promote, Room
 from actors.writer import OutboundQueue, Writer
 from protocol.catalog import Catalog, Namespace
 from protocol.cursors import Cursor, shard_of
+from protocol.envelope import Inbound, StoredEvent
 from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
 from protocol.frames import Ack, Emit, Evt, Hello, Ping, Pong, ServerFrame, Sub, Unsub, error_frame
 from protocol.presence import PresenceState
@@ -51,17 +53,38 @@ from protocol.rooms import RoomKind, room_key
 from protocol.wires import Wire
 from protocol.wsframes import close_frame
 from rtserver.auth import Claims, authorize_room, auto_rooms
-from rtserver.bus import Bus, read_rooms
+from rtserver.bus import Bus, RoomHistory, read_rooms
 from rtserver.config import Config
 from rtserver.metrics import Metrics
+from rtserver.schedules import ScheduleStore
 from rtserver.sockets import half_close_and_wait_eof
 
 #: Seconds the close handshake may take before the socket is closed anyway.
 CLOSE_TIMEOUT_S = 2.0
 #: Presence switches a staff client may emit.
 _SWITCHES = {"presence:online": PresenceState.ONLINE, "presence:away": PresenceState.AWAY}
+#: Typing indicators a client may emit in a thread it joined (True: typing).
+_TYPING = {"typing:start": True, "typing:stop": False}
+#: Client events handed to the backbone on its inbound stream (docs/protocol.md).
+HANDED_TO_BACKBONE = frozenset({"mark_alert_read"})
 #: Not a close frame: the TCP connection ended without one (never sent, only logged).
 CONNECTION_LOST = Disconnect(1006, "connection lost", CloseCode.GOING_AWAY.action)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSnapshot:
+    """What a room hands a new subscriber first: a frame, and for a record of durable
+    events the cursor up to which it reflects every event and which later events it
+    already reflects."""
+
+    frame: Evt
+    cursor: Cursor | None = None
+    covers: Callable[[StoredEvent], bool] = lambda event: False
+
+
+def _snapshot_id() -> str:
+    """A fresh id for a snapshot frame (clients drop repeated ids)."""
+    return secrets.token_hex(8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +100,8 @@ class ConnectionServices:
     #: The node's open connections (for draining); each connection adds and removes itself.
     connections: set["Connection"]
     presence: Presence
+    typing: Typing
+    schedules: ScheduleStore
 
 
 class TokenBucket:
@@ -110,7 +135,7 @@ class Connection:
     __slots__ = (
         "id", "session", "claims", "ns", "out", "_sock", "_ws", "_s", "_wire", "_since",
         "_bucket", "_rooms", "_scope", "_disconnect", "_peer_closed", "_partial",
-        "_partial_size", "_expires_at", "_present",
+        "_partial_size", "_expires_at", "_present", "_typed",
     )
     _next_id = 0
 
@@ -146,6 +171,7 @@ class Connection:
         self._partial: list[bytes | str] | None = None  # a message arriving in fragments
         self._partial_size = 0
         self._present = False  # tracked by the presence actor
+        self._typed = False  # has typed: the typing actor is told when it closes
         self.out = OutboundQueue(
             sock,
             services.writer,
@@ -200,11 +226,14 @@ class Connection:
         finally:
             self._s.connections.discard(self)
             for room in self._rooms.values():
-                room.remove(self.id)
+                room.remove(self.session)
             self._rooms.clear()
-            if self._present:
+            if self._present or self._typed:
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
-                    await self._s.presence.disconnected(self.id)
+                    if self._present:
+                        await self._s.presence.disconnected(self.id)
+                    if self._typed:
+                        await self._s.typing.gone(self.session)
             disconnect = self._disconnect or CloseCode.NORMAL
             metrics.connections.labels(self.ns.value, "websocket").dec()
             metrics.disconnects.labels(disconnect.reason).inc()
@@ -344,27 +373,36 @@ class Connection:
             self._send(Ack(ref=frame.ref, room=frame.room))
             return
         if frame.room in self._rooms:
-            self._rooms.pop(frame.room).remove(self.id)
+            self._rooms.pop(frame.room).remove(self.session)
 
         def ack(recovered: bool | None, cursor: Cursor) -> None:
             self._send(Ack(ref=frame.ref, room=frame.room, recovered=recovered, cursor=cursor.encode()))
 
-        snapshot = self._presence_snapshot if kind is RoomKind.PRESENCE else None
+        snapshot = {RoomKind.PRESENCE: self._presence_snapshot, RoomKind.SCHEDULE: self._schedule_snapshot}.get(kind)
         await self._join([frame.room], since, ack, snapshot)
         self._log("sub", room=frame.room, since=frame.since)
 
-    async def _presence_snapshot(self, room: str) -> Evt:
-        """``presence:snapshot``: the users of the room's group who are not offline."""
+    async def _presence_snapshot(self, room: str, recovered: bool) -> RoomSnapshot:
+        """``presence:snapshot``: the users of the room's group who are not offline
+        (always: presence changes are never in a history)."""
         group = room.partition(":")[2]
         entries = await self._s.presence.snapshot(self.claims.tenant, group)
-        return Evt(event="presence:snapshot", room=room, id=secrets.token_hex(8),  # unique: clients drop repeats
-                   ts=int(time.time() * 1000), data={"group": group, "users": [e.data(group) for e in entries]})
+        return RoomSnapshot(Evt(event="presence:snapshot", room=room, id=_snapshot_id(), ts=int(time.time() * 1000),
+                                data={"group": group, "users": [e.data(group) for e in entries]}))
+
+    async def _schedule_snapshot(self, room: str, recovered: bool) -> RoomSnapshot | None:
+        """``schedule.snapshot``: the schedule's last-value record, and its cursor (none
+        needed when the client's own cursor was resumed)."""
+        if recovered:
+            return None
+        snap = await self._s.schedules.snapshot(self.claims.tenant, room)
+        return RoomSnapshot(snap.frame(_snapshot_id(), int(time.time() * 1000)), snap.cursor, snap.covers)
 
     def _on_unsub(self, frame: Unsub) -> None:
         room = self._rooms.pop(frame.room, None)
         if room is None:
             raise ReplyError(ReplyCode.NOT_SUBSCRIBED, f"not subscribed to {frame.room!r}")
-        room.remove(self.id)
+        room.remove(self.session)
         self._send(Ack(ref=frame.ref, room=frame.room))
         self._log("unsub", room=frame.room)
 
@@ -380,6 +418,15 @@ class Connection:
             await self._s.presence.heartbeat(self.id)
         elif self._present and frame.event in _SWITCHES:
             await self._s.presence.switch(self.id, _SWITCHES[frame.event])
+        elif frame.event in _TYPING:
+            self._typed = True
+            await self._s.typing.typing(self.session, self.claims.tenant, self.claims.user,
+                                        frame.room.partition(":")[2], _TYPING[frame.event])
+        elif frame.event in HANDED_TO_BACKBONE:
+            # Acknowledged once the backbone's inbound stream holds it (an error otherwise).
+            await self._s.bus.hand_in(Inbound(
+                event=frame.event, tenant=self.claims.tenant, user=self.claims.user, session=self.session,
+                data=frame.data, ts=int(time.time() * 1000)))
         self._send(Ack(ref=frame.ref, room=frame.room, event=frame.event))
 
     # -- joining, with resumption --------------------------------------------------------
@@ -388,16 +435,18 @@ class Connection:
         names: list[str],
         since: Cursor | None,
         answer: Callable[[bool | None, Cursor], None],
-        snapshot: Callable[[str], Awaitable[Evt]] | None = None,
+        snapshot: Callable[[str, bool], Awaitable[RoomSnapshot | None]] | None = None,
     ) -> None:
         """Join ``names`` and ``answer`` (hello or ack) before any event of them.
 
         Without ``since``, live events follow the answer. With ``since``, the answer says
         whether the history reached back to it, the missed events follow, and the rooms
         then deliver what arrived meanwhile (``Promote``) and go live, with no gap and no
-        duplicate. With ``snapshot``, each room's snapshot frame follows the answer (and
-        the history), read after the room began holding live events for this connection,
-        so no change is missed between the snapshot and the live events.
+        duplicate. With ``snapshot`` (given the room's name and whether the history reached
+        back; it may answer None), each room's snapshot frame follows the answer, read
+        after the room began holding live events for this connection; when a snapshot has
+        a cursor, the history after it that the snapshot does not already cover follows,
+        so snapshot and live events join with no gap and no duplicate.
         """
         rooms: dict[str, Room] = {}
         for name in names:
@@ -405,44 +454,55 @@ class Connection:
         if since is None and snapshot is None:
             head = await self._s.bus.head(self._shard)
             for name, room in rooms.items():
-                room.add(self.id, self._wire, self.out.push)
+                room.add(self.session, self._wire, self.out.push)
                 self._rooms[name] = room
             answer(None, head)  # no await since add: the answer precedes every live event
             return
         buffers = {}
         for name, room in rooms.items():
-            buffers[name] = room.begin_recovery(self.id, self._s.config.bus.max_history)
+            buffers[name] = room.begin_recovery(self.session, self._s.config.bus.max_history)
             self._rooms[name] = room
         try:
-            snapshots = [await snapshot(name) for name in rooms] if snapshot is not None else []
-            if since is None:
-                history, head = None, await self._s.bus.head(self._shard)
-            else:
-                history = await read_rooms(self._s.bus, self.claims.tenant, set(names), since,
-                                           self._s.config.bus.max_history)
-                # More than max_history to replay is treated like a history that no longer reaches.
-                recovered = history.recovered and not history.more
-                head = history.cursor if recovered else await self._s.bus.head(self._shard)
+            recovered, history = None, None
+            if since is not None:
+                history = await self._history(names, since)
+                recovered = history is not None
+            snapshots: list[RoomSnapshot] = []
+            if snapshot is not None:
+                snapshots = [snap for name in rooms if (snap := await snapshot(name, bool(recovered)))]
+                start = next((snap.cursor for snap in snapshots if snap.cursor is not None), None)
+                if start is not None:
+                    history = await self._history(names, start)
+                    if history is None:
+                        self._log("snapshot_history_lost", rooms=names)  # live events follow
+            head = history.cursor if history is not None else await self._s.bus.head(self._shard)
         except BaseException:  # nothing was answered: the rooms must not hold events for it
             for name, room in rooms.items():
                 self._rooms.pop(name, None)
-                room.remove(self.id)
+                room.remove(self.session)
             raise
-        after = None
-        if history is None:
-            answer(None, head)
-        else:
-            answer(recovered, head)
-            for event, name in history.events if recovered else ():
+        answer(recovered, head)
+        for snap in snapshots:
+            self._send(snap.frame)
+        replay = [(event, name) for event, name in history.events if not any(snap.covers(event) for snap in snapshots)] \
+            if history is not None else []
+        if len(rooms) > 1:  # in stream order across the rooms, so that no cursor passes a missed event
+            for event, name in replay:
                 self._send(event.frame(name))
-            after = head.offset if recovered else None
-        for frame in snapshots:
-            self._send(frame)
+            replay = []
+        after = head.offset if history is not None else None
         for name, room in rooms.items():
             await room.promote(Promote(
-                self.id, buffers[name], self._wire, self.out.push, after,
-                on_overflow=self.slow_consumer,
+                self.session, buffers[name], self._wire, self.out.push, after,
+                on_overflow=self.slow_consumer, replay=tuple(event for event, _ in replay),
             ))
+
+    async def _history(self, names: list[str], since: Cursor) -> RoomHistory | None:
+        """The rooms' events after ``since``; None when the history does not reach back
+        (more than ``bus.max_history`` events to replay counts as not reaching)."""
+        history = await read_rooms(self._s.bus, self.claims.tenant, set(names), since,
+                                   self._s.config.bus.max_history)
+        return history if history.recovered and not history.more else None
 
     def _log(self, message: str, **fields: object) -> None:
         log.info(message, session=self.session, user=self.claims.user, tenant=self.claims.tenant,

@@ -43,6 +43,7 @@ from protocol.errors import ReplyError
 from protocol.presence import PresenceEntry, PresenceState, best
 from rtserver.bus import Bus
 from rtserver.config import PresenceConfig
+from rtserver.metrics import Metrics
 from rtserver.presence import Change, PresenceKey, PresenceStore, View
 
 log = structlog.get_logger("rtserver.presence")
@@ -90,8 +91,9 @@ class _Timer:
 
 class Presence:
     def __init__(self, store: PresenceStore, bus: Bus, config: PresenceConfig, *, heartbeat_s: float,
-                 holder: str) -> None:
+                 holder: str, metrics: Metrics) -> None:
         self.store = store
+        self._metrics = metrics
         self._bus = bus
         self._config = config
         self._away_after = heartbeat_s * config.away_after_heartbeats
@@ -103,6 +105,7 @@ class Presence:
         self._timers: list[_Timer] = []
         # Wall-clock ms (shared by the nodes) derived from Trio's clock, anchored at start.
         self._anchor = (time.time(), 0.0)
+        metrics.presence_connections.set_function(lambda: len(self._connections))
 
     # -- the mailbox (called by connections) ---------------------------------------------
     async def connected(self, connection_id: int, tenant: str, user: str, groups: tuple[str, ...]) -> None:
@@ -214,6 +217,7 @@ class Presence:
             changes = await self.store.put(views, self._holder, self._now_ms(), self._lease_ms)
         except ReplyError as exc:  # the store is unreachable: the next renewal puts them again
             log.warning("presence_store_failed", error=exc.message)
+            self._metrics.presence_store_errors.inc()
             return
         for view in views:
             if view.state is PresenceState.OFFLINE:
@@ -234,9 +238,11 @@ class Presence:
             await self._announce(await self.store.sweep(self._now_ms()))
         except ReplyError as exc:
             log.warning("presence_sweep_failed", error=exc.message)
+            self._metrics.presence_store_errors.inc()
 
     async def _announce(self, changes: list[Change]) -> None:
         for key, entry in changes:
+            self._metrics.presence_announcements.labels(entry.state.value).inc()
             try:
                 await self._bus.publish_ephemeral(Envelope(
                     event=entry.event, tenant=key.tenant, rooms=[f"presence:{key.group}"],

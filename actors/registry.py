@@ -23,6 +23,9 @@ from __future__ import annotations
 import trio
 
 from actors.room import Room
+from protocol.catalog import Catalog, Coalesce
+from protocol.coalesce import HeldOffsets
+from protocol.cursors import shard_of
 from protocol.envelope import StoredEvent
 from protocol.rooms import room_key
 from rtserver.bus import Bus
@@ -31,11 +34,16 @@ from rtserver.metrics import Metrics
 
 
 class Registry:
-    def __init__(self, bus: Bus, config: RoomsConfig, metrics: Metrics, fanned_out_at: list[float]) -> None:
+    def __init__(
+        self, bus: Bus, config: RoomsConfig, metrics: Metrics, fanned_out_at: list[float], catalog: Catalog
+    ) -> None:
         self._bus = bus
         self._config = config
         self._metrics = metrics
         self._fanned_out_at = fanned_out_at
+        self._rules = {name: t.coalesce for name, t in catalog.types.items() if t.coalesce.kind is not Coalesce.NONE}
+        #: Per shard: the durable events held by this node's rooms (see protocol.coalesce).
+        self._held_offsets = [HeldOffsets() for _ in range(bus.shards)]
         self._rooms: dict[str, Room] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -76,6 +84,9 @@ class Registry:
                 metrics=self._metrics,
                 fanned_out_at=self._fanned_out_at,
                 on_stop=self._forget,
+                rules=self._rules,
+                window_s=self._config.coalesce_window_ms / 1000,
+                held_offsets=self._held_offsets[shard_of(key.partition("/")[0], self._bus.shards)],
             )
             self._rooms[key] = room
             await self._nursery.start(room.run)

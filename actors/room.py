@@ -8,31 +8,37 @@ Mailbox
     history. Other membership changes are synchronous calls (``add``, ``remove``,
     ``begin_recovery``), so they take effect between two broadcasts.
 Owns
-    Its members, grouped by wire (each member is the ``push`` of an outbound queue), and
-    the recovery buffers of members still reading their history.
+    Its members, grouped by wire (each member is the ``push`` of an outbound queue), the
+    recovery buffers of members still reading their history, and its coalescing state
+    (``protocol.coalesce``: held events per key, and their offsets in the shard's
+    ``HeldOffsets`` shared by the node's rooms of that shard).
 Replies
     None. Each event is encoded once per wire in use and the same bytes are pushed to
     every member of that wire with ``push`` (never blocks: a member over budget closes
-    itself as a slow consumer, nobody else waits).
+    itself as a slow consumer, nobody else waits). An event of a member's own (``origin``)
+    is not pushed back to it.
 Failure
     Ends when it has had no member for ``linger_s`` (it unregisters itself first, so the
     registry starts a fresh one on the next join); an exception ends the node.
 Blocking
-    Only on its mailbox.
+    Only on its mailbox, bounded by the end of the first coalescing window held.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
 import trio
 
+from protocol.catalog import CoalesceRule
+from protocol.coalesce import Coalescer, HeldOffsets
 from protocol.cursors import Offset
 from protocol.envelope import StoredEvent
+from protocol.frames import Evt
 from protocol.rooms import room_name
 from protocol.wires import Wire
 from rtserver.metrics import Metrics
@@ -68,12 +74,15 @@ class Promote:
     while already in the history, so the member skips live events up to ``after`` until
     the first newer one: nothing is missed and nothing is sent twice."""
 
-    member: int
+    member: str
     buffer: RecoveryBuffer
     wire: Wire
     push: Push
     after: Offset | None
     on_overflow: Callable[[], None]
+    #: History events of this room to send first (up to ``after``), when the member read
+    #: only this room: sent here, an event merged into a frame not sent yet is skipped.
+    replay: tuple[StoredEvent, ...] = ()
 
 
 class Room:
@@ -86,6 +95,9 @@ class Room:
         metrics: Metrics,
         fanned_out_at: list[float],
         on_stop: Callable[[Room], None],
+        rules: Mapping[str, CoalesceRule],
+        window_s: float,
+        held_offsets: HeldOffsets,
     ) -> None:
         self.key = key
         self.name = room_name(key)
@@ -93,35 +105,47 @@ class Room:
         self._metrics = metrics
         self._fanned_out_at = fanned_out_at
         self._on_stop = on_stop
+        self._rules = rules
+        self._coalescer = Coalescer(window_s)
+        self._held_offsets = held_offsets
         self.mailbox, self._inbox = trio.open_memory_channel[StoredEvent | Promote](mailbox)
-        self._members: dict[Wire, dict[int, Push]] = {}
-        self._recovering: dict[int, RecoveryBuffer] = {}
-        self._catching_up: dict[int, tuple[Wire, Push, Offset]] = {}
-        self._idle = trio.CancelScope()
+        self._members: dict[Wire, dict[str, Push]] = {}
+        self._recovering: dict[str, RecoveryBuffer] = {}
+        self._catching_up: dict[str, tuple[Wire, Push, Offset]] = {}
+        self._idle_at = math.inf  # when an empty room stops
+        self._wait = trio.CancelScope()
 
     # -- membership (synchronous) ------------------------------------------------------
-    def add(self, member: int, wire: Wire, push: Push) -> None:
+    def add(self, member: str, wire: Wire, push: Push) -> None:
         self._members.setdefault(wire, {})[member] = push
         self._recovering.pop(member, None)
-        self._idle.deadline = math.inf
+        self._rearm()
 
-    def begin_recovery(self, member: int, limit: int) -> RecoveryBuffer:
+    def begin_recovery(self, member: str, limit: int) -> RecoveryBuffer:
         """Buffer this member's live events until ``add`` (history read first)."""
         buffer = self._recovering[member] = RecoveryBuffer(limit)
-        self._idle.deadline = math.inf
+        self._rearm()
         return buffer
 
-    def remove(self, member: int) -> None:
+    def remove(self, member: str) -> None:
         for members in self._members.values():
             members.pop(member, None)
         self._recovering.pop(member, None)
         self._catching_up.pop(member, None)
-        if self.empty:
-            self._idle.deadline = trio.current_time() + self._linger_s
+        self._rearm()
 
     @property
     def empty(self) -> bool:
         return not (self._recovering or self._catching_up or any(self._members.values()))
+
+    def _rearm(self) -> None:
+        """Wake at the end of the first held window, or when an empty room has lingered."""
+        if not self.empty:
+            self._idle_at = math.inf
+        elif self._idle_at == math.inf:
+            self._idle_at = trio.current_time() + self._linger_s
+        due = self._coalescer.next_due
+        self._wait.deadline = self._idle_at if due is None else min(due, self._idle_at)
 
     # -- the actor --------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -129,12 +153,13 @@ class Room:
         task_status.started()
         try:
             while True:
-                with trio.CancelScope() as self._idle:
-                    if self.empty:
-                        self._idle.deadline = trio.current_time() + self._linger_s
+                with trio.CancelScope() as self._wait:
+                    self._rearm()
                     message = await self._inbox.receive()
-                if self._idle.cancelled_caught:
-                    if self.empty:
+                if self._wait.cancelled_caught:
+                    now = trio.current_time()
+                    self._release_held(now)
+                    if self.empty and now >= self._idle_at:
                         return
                     continue
                 # Handle what is already queued before yielding, so frames batch per flush.
@@ -148,6 +173,9 @@ class Room:
                     except trio.WouldBlock:
                         break
         finally:
+            for held in self._coalescer.held.values():
+                if held.first.offset is not None:
+                    self._held_offsets.remove(held.first.offset)
             self._on_stop(self)
             self.mailbox.close()
             self._inbox.close()
@@ -163,11 +191,15 @@ class Room:
         if message.buffer.overflowed:
             message.on_overflow()
             return
+        for event in message.replay:
+            if not self._held(event):
+                message.push(message.wire.frame(event.frame(self.name)))
         after = message.after
         for event in message.buffer.events:
             if after is None or event.offset is None or event.offset > after:
-                message.push(message.wire.frame(event.frame(self.name)))
                 after = None  # buffered events are in bus order: all later ones are newer
+                if not self._held(event):  # else the merged frame will bring it
+                    message.push(message.wire.frame(self._frame(event)))
         if after is None:
             self._members.setdefault(message.wire, {})[message.member] = message.push
         else:
@@ -184,19 +216,64 @@ class Room:
                 del self._catching_up[member]
                 self._members.setdefault(wire, {})[member] = push
 
+    def _held(self, event: StoredEvent) -> bool:
+        rule = self._rules.get(event.envelope.event)
+        return rule is not None and self._coalescer.holds(event, rule)
+
+    def _frame(self, event: StoredEvent) -> Evt:
+        """``event``'s frame here, with a cursor that never passes an event held back."""
+        evt = event.frame(self.name)
+        if self._held_offsets and event.offset is not None:
+            evt.cursor = self._held_offsets.cursor_for(event)
+        return evt
+
     def fan_out(self, event: StoredEvent) -> None:
-        """Encode ``event`` once per wire and push it to every member; never blocks."""
+        """Deliver ``event`` to every member now, or hold it to coalesce; never blocks."""
         for buffer in self._recovering.values():
             buffer.add(event)
         if self._catching_up:
             self._release_caught_up(event)
+        rule = self._rules.get(event.envelope.event)
+        if rule is not None:
+            held = self._coalescer.offer(event, rule, trio.current_time())
+            if held is not None:
+                if held.first is event:
+                    if event.offset is not None:
+                        self._held_offsets.add(event.offset)
+                    self._rearm()
+                else:
+                    self._metrics.coalesced.labels(event.envelope.event).inc()
+                return
+        self._deliver(self._frame(event), event)
+
+    def _release_held(self, now: float) -> None:
+        for held in self._coalescer.pop_due(now):
+            if held.first.offset is not None:
+                self._held_offsets.remove(held.first.offset)
+            last = held.last
+            cursor = self._held_offsets.cursor_for(last) if last.offset is not None else None
+            evt = held.frame(self.name, cursor)
+            if self._catching_up and last.offset is not None:
+                self._release_caught_up(last)  # those for whom it is new go live and get it below
+                for wire, push, _ in self._catching_up.values():
+                    push(wire.frame(evt))  # it stands for history events they skipped as held
+            self._deliver(evt, last)
+
+    def _deliver(self, evt: Evt, event: StoredEvent) -> None:
+        """Encode ``evt`` once per wire and push it to every member but its origin."""
         envelope = event.envelope
-        evt = event.frame(self.name)
+        origin = envelope.origin
         delivered = 0
         for wire, members in self._members.items():
             if not members:
                 continue
             frame = wire.frame(evt)
+            if origin is not None and origin in members:
+                for member, push in members.items():
+                    if member != origin:
+                        push(frame)
+                delivered += len(members) - 1
+                continue
             for push in members.values():
                 push(frame)
             delivered += len(members)
@@ -204,6 +281,6 @@ class Room:
             log.info("deliver", event_id=event.id, event_type=envelope.event, room=self.name,
                      tenant=envelope.tenant, traceparent=envelope.traceparent, recipients=delivered)
         if delivered:
-            self._metrics.messages_out.labels(envelope.event).inc(delivered)
+            self._metrics.messages_out.labels(evt.event).inc(delivered)
             appended_ms = event.offset.ms if event.offset is not None else event.ts
             self._fanned_out_at.append(appended_ms / 1000 if appended_ms else time.time())

@@ -49,8 +49,10 @@ class EventType:
     rooms: frozenset[RoomKind] = frozenset()
     #: namespaces whose clients may ``emit`` it; empty for server-to-client events.
     emitters: frozenset[Namespace] = frozenset()
-    #: made by rtserver itself (snapshots): never published nor emitted.
+    #: made by rtserver itself (snapshots, digests): never published nor emitted.
     internal: bool = False
+    #: payload fields that must be present (client events).
+    required: frozenset[str] = frozenset()
 
     @property
     def durable(self) -> bool:
@@ -72,9 +74,10 @@ def _server(name: str, fields: str, rooms: frozenset[RoomKind], **kw) -> EventTy
     return EventType(name, frozenset(fields.split()), rooms=rooms, **kw)
 
 
-def _client(name: str, fields: str, emitters: frozenset[Namespace], rooms=frozenset()) -> EventType:
+def _client(name: str, fields: str, emitters: frozenset[Namespace], rooms=frozenset(), required="") -> EventType:
     return EventType(
-        name, frozenset(fields.split()), Delivery.EPHEMERAL, rooms=rooms, emitters=emitters
+        name, frozenset(fields.split()), Delivery.EPHEMERAL, rooms=rooms, emitters=emitters,
+        required=frozenset(required.split()),
     )
 
 
@@ -113,6 +116,10 @@ DEFAULT_EVENTS: tuple[EventType, ...] = (
     _server("attendant:offline", _PRESENCE_FIELDS, _PRESENCE_ROOMS, delivery=Delivery.EPHEMERAL),
     # The users of a presence group who are not offline, sent on subscribing to it.
     _server("presence:snapshot", "group users", _PRESENCE_ROOMS, delivery=Delivery.EPHEMERAL, internal=True),
+    # A schedule's last-value record, sent on subscribing to it (protocol.schedules).
+    _server("schedule.snapshot", "scheduleId days slots appointments", frozenset({K.SCHEDULE}), internal=True),
+    # Merged schedule.slots.* events of one schedule (protocol.coalesce).
+    _server("schedule.digest", "scheduleId changes", _SCHEDULING_ROOMS, internal=True),
     _server("queue:new", _QUEUE_FIELDS, _QUEUE_ROOMS),
     _server("queue:taken", _QUEUE_FIELDS, _QUEUE_ROOMS),
     _server("queue:updated", _QUEUE_FIELDS, _QUEUE_ROOMS),
@@ -131,7 +138,7 @@ DEFAULT_EVENTS: tuple[EventType, ...] = (
     _client("heartbeat", "", _BOTH),
     _client("typing:start", "", _BOTH, frozenset({K.THREAD})),
     _client("typing:stop", "", _BOTH, frozenset({K.THREAD})),
-    _client("mark_alert_read", "alertId patientId", _STAFF, frozenset({K.TENANT, K.PATIENT})),
+    _client("mark_alert_read", "alertId patientId", _STAFF, required="alertId"),
 )
 
 #: Most rooms one published event may name, checked at ingest.
@@ -164,6 +171,9 @@ class Catalog:
             raise ReplyError(ReplyCode.UNKNOWN_EVENT, f"unknown event type {name!r}") from None
 
     def check_fields(self, etype: EventType, data: Mapping[str, object]) -> None:
+        missing = sorted(k for k in etype.required if not data.get(k))
+        if missing:
+            raise ReplyError(ReplyCode.BAD_PAYLOAD, f"{etype.name!r} needs the fields {missing}")
         extra = sorted(k for k in data if k not in etype.fields)
         if extra:
             raise ReplyError(

@@ -29,6 +29,9 @@ class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_def
     id: EventId | None = None
     ts: int | None = None
     traceparent: str | None = None
+    #: The session of the client whose command made this event (``typing:*``): rooms do
+    #: not deliver it back to that session. Set by rtserver, never a stream field.
+    origin: str | None = None
 
 
 class StoredEvent(msgspec.Struct, frozen=True):
@@ -48,6 +51,18 @@ class StoredEvent(msgspec.Struct, frozen=True):
         envelope = self.envelope
         return Evt(event=envelope.event, room=room, id=self.id, ts=self.ts,
                    data=envelope.data, cursor=self.cursor)
+
+
+class Inbound(msgspec.Struct, frozen=True):
+    """A client command handed to the backbone (``mark_alert_read``): the fields of an
+    entry of the shard's inbound stream ``rt:{<shard>}:inbound`` (docs/protocol.md)."""
+
+    event: str
+    tenant: str
+    user: str
+    session: str
+    data: dict[str, Any]
+    ts: int
 
 
 _publish_decoder = msgspec.json.Decoder(Envelope)

@@ -93,6 +93,11 @@ class RoomsConfig(_Section):
     linger_s: float = 30.0
     #: Room mailbox capacity (broadcasts and membership changes).
     mailbox: int = 4096
+    #: Coalescing window, ms (SPEC §7): the digest window of a schedule's slot events and
+    #: the latest-wins window of types whose catalog rule names no interval. The first
+    #: event of a key after a quiet window leaves at once; the next ones within the
+    #: window are merged into one frame sent when it ends.
+    coalesce_window_ms: float = 250.0
 
 
 class BusConfig(_Section):
@@ -136,6 +141,29 @@ class PresenceConfig(_Section):
                              "(a node's lease must outlive the interval it is refreshed in)")
 
 
+class SchedulesConfig(_Section):
+    """Schedules' last-value records (SPEC §9)."""
+
+    #: Redis: seconds between polls of the consumer group when there was nothing to read.
+    poll_ms: float = 50.0
+    #: Redis: entries read per shard per poll.
+    batch: int = 500
+    #: Redis: seconds an entry may stay pending with a consumer (a crashed node) before
+    #: another node claims and projects it.
+    claim_idle_s: float = 30.0
+    #: Redis: a record nobody wrote for this long expires, seconds (30 days).
+    record_ttl_s: int = 2_592_000
+    #: Memory bus: capacity of the projector's live feed.
+    mailbox: int = 4096
+
+
+class TypingConfig(_Section):
+    #: Seconds after which a typing indicator not refreshed by ``typing:start`` stops.
+    timeout_s: float = 6.0
+    #: Typing actor mailbox capacity.
+    mailbox: int = 4096
+
+
 class LogConfig(_Section):
     level: str = "info"
 
@@ -147,6 +175,8 @@ class Config(_Section):
     rooms: RoomsConfig = RoomsConfig()
     bus: BusConfig = BusConfig()
     presence: PresenceConfig = PresenceConfig()
+    typing: TypingConfig = TypingConfig()
+    schedules: SchedulesConfig = SchedulesConfig()
     log: LogConfig = LogConfig()
     #: Catalog allow-list overrides: event type -> list of allowed payload fields.
     catalog_fields: dict[str, list[str]] = {}

@@ -74,5 +74,26 @@ class Metrics:
             "rt_auth_failures_total", "Handshakes refused, by reason", ["reason"], registry=r
         )
 
+        self.presence_connections = Gauge(
+            "rt_presence_connections",
+            "Connections this node's presence actor counts (open, or closed and within grace)", registry=r,
+        )
+        self.presence_announcements = Counter(
+            "rt_presence_announcements_total", "attendant:* changes announced by this node, by state",
+            ["state"], registry=r,
+        )
+        self.presence_store_errors = Counter(
+            "rt_presence_store_errors_total", "Presence store calls that failed (retried at the next renewal)",
+            registry=r,
+        )
+        self.coalesced = Counter(
+            "rt_coalesced_events_total", "Events that got no frame of their own (a room merged them into a later one), by event type",
+            ["event"], registry=r,
+        )
+        self.schedule_projected = Gauge(
+            "rt_schedule_projected_events", "Events this node projected into schedule records since start",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,7 +1,8 @@
 """A node: one rtserver process, with its bus, actors, listener and HTTP app.
 
 ``Node.run`` starts, in order, the bus, the writer, the registry (live feed -> rooms), the
-presence actor, the HTTP frontend and the listener, then reports the bound port.
+presence, typing and schedule projector actors, the HTTP frontend and the listener, then
+reports the bound port.
 ``Node.drain`` is the SIGTERM path: stop accepting, mark not ready, close clients with the
 draining code in paced batches and wait for them, all within ``server.drain_deadline_s``.
 """
@@ -17,6 +18,8 @@ import trio
 
 from actors.connection import Connection, ConnectionServices
 from actors.presence import Presence
+from actors.schedules import ScheduleProjector
+from actors.typing import Typing
 from actors.registry import Registry
 from actors.writer import Writer
 from protocol.catalog import Catalog
@@ -35,6 +38,8 @@ from rtserver.listener import Listener
 from rtserver.metrics import Metrics
 from rtserver.presence import MemoryPresence
 from rtserver.presence.redis import RedisPresence
+from rtserver.schedules import MemorySchedules
+from rtserver.schedules.redis import RedisSchedules
 
 log = structlog.get_logger("rtserver.node")
 
@@ -59,17 +64,25 @@ class Node:
             flush_max_bytes=config.connection.flush_max_bytes,
             interval_s=config.connection.flush_interval_ms / 1000,
         )
-        self.registry = Registry(self.bus, config.rooms, self.metrics, self.writer.fanned_out_at)
-        store = RedisPresence(self.bus, config.presence.ttl_s) if isinstance(self.bus, RedisBus) else MemoryPresence()
-        self.presence = Presence(store, self.bus, config.presence, heartbeat_s=config.connection.heartbeat_s,
-                                 holder=secrets.token_hex(6))
+        self.registry = Registry(self.bus, config.rooms, self.metrics, self.writer.fanned_out_at, self.catalog)
+        holder = secrets.token_hex(6)  # this node, in the stores shared by nodes
+        if isinstance(self.bus, RedisBus):
+            presence_store = RedisPresence(self.bus, config.presence.ttl_s)
+            schedule_store = RedisSchedules(self.bus, config.schedules, consumer=holder)
+        else:
+            presence_store, schedule_store = MemoryPresence(), MemorySchedules(self.bus, config.schedules.mailbox)
+        self.presence = Presence(presence_store, self.bus, config.presence, heartbeat_s=config.connection.heartbeat_s,
+                                 holder=holder, metrics=self.metrics)
+        self.typing = Typing(self.bus, config.typing)
+        self.schedules = ScheduleProjector(schedule_store)
+        self.metrics.schedule_projected.set_function(lambda: self.schedules.projected)
         self.connections: set[Connection] = set()
         self.draining = False
         self.http = HttpFrontend(create_asgi(self, create_app(self)))
         services = ConnectionServices(
             config=config, bus=self.bus, registry=self.registry, writer=self.writer,
             metrics=self.metrics, catalog=self.catalog, connections=self.connections,
-            presence=self.presence,
+            presence=self.presence, typing=self.typing, schedules=schedule_store,
         )
         self.listener = Listener(
             config.server, services, self.verifier, self.http.serve, partial(publish_answer, self)
@@ -103,6 +116,8 @@ class Node:
             await nursery.start(self.writer.run)
             await nursery.start(self.registry.run)
             await nursery.start(self.presence.run)
+            await nursery.start(self.typing.run)
+            await nursery.start(self.schedules.run)
             await nursery.start(self.http.run)
             self.port = await nursery.start(self.listener.run)
             log.info("listening", host=self.config.server.host, port=self.port)

@@ -24,7 +24,7 @@ from typing import Protocol
 import trio
 
 from protocol.cursors import Cursor, shard_of
-from protocol.envelope import Envelope, StoredEvent
+from protocol.envelope import Envelope, Inbound, StoredEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,10 @@ class Bus(Protocol):
     async def append(self, envelope: Envelope) -> AppendResult: ...
 
     async def publish_ephemeral(self, envelope: Envelope) -> StoredEvent: ...
+
+    async def hand_in(self, command: Inbound) -> str:
+        """Append a client command for the backbone to its shard's inbound stream; its id."""
+        ...
 
     async def read_since(self, cursor: Cursor, limit: int) -> History: ...
 

@@ -17,7 +17,7 @@ import time
 import trio
 
 from protocol.cursors import Cursor, Offset, shard_of
-from protocol.envelope import Envelope, StoredEvent
+from protocol.envelope import Envelope, Inbound, StoredEvent
 from rtserver.bus import AppendResult, History, broadcast, live_feed
 from rtserver.config import BusConfig
 
@@ -25,7 +25,7 @@ _ZERO = Offset(0, 0)
 
 
 class _Shard:
-    __slots__ = ("events", "start", "trimmed_upto", "last", "ids", "id_order")
+    __slots__ = ("events", "start", "trimmed_upto", "last", "ids", "id_order", "inbound")
 
     def __init__(self) -> None:
         self.events: list[StoredEvent] = []
@@ -34,6 +34,8 @@ class _Shard:
         self.last = _ZERO
         self.ids: dict[str, StoredEvent] = {}
         self.id_order: collections.deque[str] = collections.deque()
+        #: Client commands for a backbone (kept, bounded: one process has no backbone).
+        self.inbound: collections.deque[tuple[str, Inbound]] = collections.deque()
 
 
 class MemoryBus:
@@ -102,6 +104,19 @@ class MemoryBus:
         )
         await broadcast(self._subscribers, event)
         return event
+
+    async def hand_in(self, command: Inbound) -> str:
+        await trio.lowlevel.checkpoint()
+        shard = self._shards[shard_of(command.tenant, self.shards)]
+        entry_id = str(self._next_offset(shard))
+        shard.inbound.append((entry_id, command))
+        if len(shard.inbound) > self._config.retention:
+            shard.inbound.popleft()
+        return entry_id
+
+    def inbound(self, shard: int) -> list[tuple[str, Inbound]]:
+        """The commands handed in on ``shard``, oldest first."""
+        return list(self._shards[shard].inbound)
 
     async def read_since(self, cursor: Cursor, limit: int) -> History:
         await trio.lowlevel.checkpoint()

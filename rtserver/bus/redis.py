@@ -9,6 +9,8 @@ Keys per shard, all with the shard as Redis Cluster hash tag (SPEC §13):
 * ``rt:{<shard>}:id:<id>`` — the entry id of an event published through rtserver with an
   ``id``; set atomically with the append (Lua), expires after ``bus.dedupe_ttl_s``.
 * ``rt:{<shard>}:ephemeral`` — PUB/SUB channel of the ephemeral events (never stored).
+* ``rt:{<shard>}:inbound`` — client commands for the backbone (``mark_alert_read``):
+  ``event tenant user session data ts``; ``MAXLEN ~ retention``.
 * ``rt:{<shard>}:dead`` — entries that were never forwarded: malformed, or refused by
   the catalog (``validate``), each with ``reason``, the original ``entry`` id and fields.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import random
 import secrets
 import time
@@ -46,7 +49,7 @@ import trio
 from trio_asyncio import aio_as_trio
 
 from protocol.cursors import Cursor, Offset, shard_of
-from protocol.envelope import Envelope, StoredEvent
+from protocol.envelope import Envelope, Inbound, StoredEvent
 from protocol.errors import ReplyCode, ReplyError
 from rtserver.bus import AppendResult, History, broadcast, live_feed
 from rtserver.config import BusConfig
@@ -89,6 +92,10 @@ def _epoch_key(shard: int) -> str:
 
 def _id_key(shard: int, event_id: str) -> str:
     return f"rt:{{{shard}}}:id:{event_id}"
+
+
+def inbound_key(shard: int) -> str:
+    return f"rt:{{{shard}}}:inbound"
 
 
 def _channel(shard: int) -> str:
@@ -357,6 +364,30 @@ class RedisBus:
                 raise answer
         return answers
 
+    async def scripts(self, script: str, calls: list[tuple[list[str], list]]) -> list:
+        """Run the Lua ``script`` once per (keys, args), pipelined; the answers in order.
+
+        EVALSHA through ``execute_command`` (redis-py's cluster pipeline refuses its
+        ``evalsha`` method but routes the command by its keys); a Redis that does not know
+        the script yet (new or restarted) gets it loaded once (``SCRIPT LOAD``)."""
+        if not calls:
+            return []
+        sha, client = hashlib.sha1(script.encode()).hexdigest(), self.client
+        for attempt in range(2):
+            pipe = client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            try:
+                return await self.execute(pipe)
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                await self.call(client.script_load, script)
+
+    async def epoch(self, shard: int) -> str:
+        """The shard's epoch as last seen (read, or drawn, when not known yet)."""
+        return self._epochs.get(shard) or await self._epoch(shard)
+
     async def _epoch(self, shard: int) -> str:
         """The shard's epoch, drawn if the key is missing (a new or lost stream)."""
         drawn = secrets.token_hex(4)
@@ -403,7 +434,7 @@ class RedisBus:
                 keys=[stream_key(shard), _id_key(shard, envelope.id)],
                 args=[self._config.retention, self._config.dedupe_ttl_s, *fields])
         offset = _offset(entry_id)
-        epoch = self._epochs.get(shard) or await self._epoch(shard)
+        epoch = await self.epoch(shard)
         event = StoredEvent(
             envelope=envelope, id=envelope.id or str(offset), ts=envelope.ts or offset.ms,
             offset=offset, cursor=Cursor(shard, epoch, offset).encode())
@@ -415,6 +446,13 @@ class RedisBus:
         await self.call(self._redis.publish, _channel(shard_of(envelope.tenant, self.shards)),
                          msgspec.json.encode(event))
         return event
+
+    async def hand_in(self, command: Inbound) -> str:
+        fields = {"event": command.event, "tenant": command.tenant, "user": command.user,
+                  "session": command.session, "data": _json.encode(command.data), "ts": str(command.ts)}
+        entry_id = await self.call(self._redis.xadd, inbound_key(shard_of(command.tenant, self.shards)),
+                                   fields, maxlen=self._config.retention, approximate=True)
+        return entry_id.decode()
 
     async def read_since(self, cursor: Cursor, limit: int) -> History:
         if cursor.shard >= self.shards:
@@ -466,7 +504,7 @@ class RedisBus:
 
     async def head(self, shard: int) -> Cursor:
         info = await self._stream_info(shard)
-        epoch = self._epochs.get(shard) or await self._epoch(shard)
+        epoch = await self.epoch(shard)
         return Cursor(shard, epoch, info["last"] if info else Offset(0, 0))
 
     def subscribe(self, capacity: int):
@@ -489,6 +527,11 @@ class RedisBus:
                     # Per entry: a reconnect in the middle of a batch re-reads nothing handed on.
                     positions[position_key] = entry_id.decode()
                     self._consumed[shard] += 1
+
+    def parse_entry(self, shard: int, entry_id: bytes, fields: dict[bytes, bytes]) -> StoredEvent | None:
+        """The entry as an event; None when it must not be forwarded (dead-lettered)."""
+        parsed = self._parse(shard, entry_id, fields)
+        return parsed if isinstance(parsed, StoredEvent) else None
 
     def _parse(self, shard: int, entry_id: bytes, fields: dict[bytes, bytes]) -> StoredEvent | tuple[str, str]:
         """The entry as an event, or (reason code, reason) when it must not be forwarded."""

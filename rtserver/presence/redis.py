@@ -16,10 +16,6 @@ is given ``presence.ttl_s`` again at each write: garbage collection for users no
 
 from __future__ import annotations
 
-import hashlib
-
-import redis.exceptions
-
 from protocol.cursors import shard_of
 from protocol.presence import PresenceEntry, PresenceState
 from rtserver.bus.redis import RedisBus
@@ -68,7 +64,6 @@ if redis.call('EXISTS', leases) == 1 then redis.call('EXPIRE', leases, ttl) end
 if best ~= old_state then return {best, since, total} end
 return false
 """
-_PUT_SHA = hashlib.sha1(_PUT.encode()).hexdigest()
 
 
 class RedisPresence:
@@ -84,23 +79,10 @@ class RedisPresence:
 
     async def _run(self, calls: list[tuple[PresenceKey, str, str, int]], now_ms: int, lease_ms: int) -> list[Change]:
         """Run the script once per (key, holder, state, connections), pipelined."""
-        if not calls:
-            return []
-        client = self._bus.client
-        for attempt in range(2):
-            pipe = client.pipeline(transaction=False)
-            for key, holder, state, connections in calls:
-                # execute_command: redis-py's cluster pipeline refuses its evalsha method,
-                # but routes EVALSHA by its keys (one slot here) like any command.
-                pipe.execute_command("EVALSHA", _PUT_SHA, 3, *self._keys(key), key.user, holder, state, connections, now_ms,
-                             now_ms + lease_ms, self._ttl_s, f"{key.tenant}\n{key.group}\n{key.user}\n")
-            try:
-                answers = await self._bus.execute(pipe)
-                break
-            except redis.exceptions.NoScriptError:  # a new or restarted Redis: load it once
-                if attempt:
-                    raise
-                await self._bus.call(client.script_load, _PUT)
+        answers = await self._bus.scripts(_PUT, [
+            (self._keys(key), [key.user, holder, state, connections, now_ms, now_ms + lease_ms, self._ttl_s,
+                               f"{key.tenant}\n{key.group}\n{key.user}\n"])
+            for key, holder, state, connections in calls])
         return [(key, PresenceEntry(key.user, PresenceState(answer[0].decode()), int(answer[1]), int(answer[2])))
                 for (key, *_), answer in zip(calls, answers) if answer]
 

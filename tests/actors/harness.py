@@ -20,6 +20,8 @@ from wsproto import ConnectionType
 from actors.connection import Connection, ConnectionServices
 from actors.presence import Presence
 from actors.registry import Registry
+from actors.schedules import ScheduleProjector
+from actors.typing import Typing
 from actors.writer import Writer
 from protocol.catalog import Catalog, Namespace
 from protocol.envelope import Envelope
@@ -29,6 +31,7 @@ from rtserver.bus.memory import MemoryBus
 from rtserver.config import Config, load_config
 from rtserver.metrics import Metrics
 from rtserver.presence import MemoryPresence
+from rtserver.schedules import MemorySchedules
 
 
 def config(**sections) -> Config:
@@ -129,8 +132,10 @@ class Harness:
         return client
 
     async def publish(self, rooms, i=0, tenant="t1", event="appointment.created", **data):
-        return await self.bus.append(Envelope(
-            event=event, tenant=tenant, rooms=list(rooms), data={"appointmentId": str(i), **data}))
+        """Append ``event`` (an ``appointment.created`` numbered ``i`` unless named)."""
+        if event == "appointment.created":
+            data = {"appointmentId": str(i), **data}
+        return await self.bus.append(Envelope(event=event, tenant=tenant, rooms=list(rooms), data=data))
 
 
 async def start_harness(nursery: trio.Nursery, cfg: Config | None = None) -> Harness:
@@ -139,13 +144,17 @@ async def start_harness(nursery: trio.Nursery, cfg: Config | None = None) -> Har
     metrics = Metrics()
     writer = Writer(metrics, flush_max_bytes=cfg.connection.flush_max_bytes,
                     interval_s=cfg.connection.flush_interval_ms / 1000)
-    registry = Registry(bus, cfg.rooms, metrics, writer.fanned_out_at)
+    registry = Registry(bus, cfg.rooms, metrics, writer.fanned_out_at, Catalog.default())
     presence = Presence(MemoryPresence(), bus, cfg.presence, heartbeat_s=cfg.connection.heartbeat_s,
-                        holder="node-1")
+                        holder="node-1", metrics=metrics)
+    typing = Typing(bus, cfg.typing)
+    schedules = MemorySchedules(bus, cfg.schedules.mailbox)
     await nursery.start(writer.run)
     await nursery.start(registry.run)
     await nursery.start(presence.run)
+    await nursery.start(typing.run)
+    await nursery.start(ScheduleProjector(schedules).run)
     services = ConnectionServices(config=cfg, bus=bus, registry=registry, writer=writer,
                                   metrics=metrics, catalog=Catalog.default(), connections=set(),
-                                  presence=presence)
+                                  presence=presence, typing=typing, schedules=schedules)
     return Harness(cfg, bus, metrics, writer, registry, services, nursery, presence)

@@ -9,13 +9,13 @@ from tests.actors.harness import config, staff, start_harness
 async def test_subscriber_receives_room_events_in_order(nursery, autojump_clock):
     h = await start_harness(nursery)
     client = await h.connect()
-    await client.send({"op": "sub", "room": "schedule:1", "ref": 1})
+    await client.send({"op": "sub", "room": "professional:1", "ref": 1})
     assert (await client.recv())["op"] == "ack"
     for i in range(20):
-        await h.publish(["schedule:1"], i)
+        await h.publish(["professional:1"], i)
     got = [await client.recv() for _ in range(20)]
     assert [f["data"]["appointmentId"] for f in got] == [str(i) for i in range(20)]
-    assert all(f["op"] == "evt" and f["room"] == "schedule:1" and f["cursor"] for f in got)
+    assert all(f["op"] == "evt" and f["room"] == "professional:1" and f["cursor"] for f in got)
 
 
 async def test_slow_subscriber_is_closed_without_stalling_the_room(nursery, autojump_clock):
@@ -24,7 +24,7 @@ async def test_slow_subscriber_is_closed_without_stalling_the_room(nursery, auto
     fast = await h.connect(staff("fast"))
     slow = await h.connect(staff("slow"), rcvbuf=4096)
     for client in (fast, slow):
-        await client.send({"op": "sub", "room": "schedule:1", "ref": 1})
+        await client.send({"op": "sub", "room": "professional:1", "ref": 1})
         assert (await client.recv())["op"] == "ack"
     received = []
 
@@ -36,7 +36,7 @@ async def test_slow_subscriber_is_closed_without_stalling_the_room(nursery, auto
         async with trio.open_nursery() as readers:
             readers.start_soon(read_fast)
             for i in range(500):
-                await h.publish(["schedule:1"], i, padding="x" * 1000)
+                await h.publish(["professional:1"], i, padding="x" * 1000)
                 await trio.sleep(0.002)  # 500 KB/s: a reading client keeps up, a stuck one cannot
     assert [f["data"]["appointmentId"] for f in received] == [str(i) for i in range(500)]
     assert h.metrics.disconnects.labels("slow consumer")._value.get() == 1
@@ -78,18 +78,18 @@ async def test_an_empty_room_lingers_then_stops(nursery, autojump_clock):
     cfg = config(rooms={"linger_s": 30.0})
     h = await start_harness(nursery, cfg)
     client = await h.connect()
-    key = room_key("t1", "schedule:9")
-    await client.send({"op": "sub", "room": "schedule:9", "ref": 1})
+    key = room_key("t1", "professional:9")
+    await client.send({"op": "sub", "room": "professional:9", "ref": 1})
     await client.recv()
     assert h.registry.get(key) is not None
-    await client.send({"op": "unsub", "room": "schedule:9", "ref": 2})
+    await client.send({"op": "unsub", "room": "professional:9", "ref": 2})
     assert (await client.recv())["op"] == "ack"
     await trio.sleep(29)
     assert h.registry.get(key) is not None
-    await client.send({"op": "sub", "room": "schedule:9", "ref": 3})  # rejoin within linger: same room
+    await client.send({"op": "sub", "room": "professional:9", "ref": 3})  # rejoin within linger: same room
     await client.recv()
     room = h.registry.get(key)
-    await client.send({"op": "unsub", "room": "schedule:9", "ref": 4})
+    await client.send({"op": "unsub", "room": "professional:9", "ref": 4})
     await client.recv()
     await trio.sleep(31)
     assert h.registry.get(key) is None and room is not None
@@ -119,10 +119,10 @@ async def test_bad_frames_get_errors_and_the_connection_goes_on(nursery, autojum
     await client.send({"op": "nope"})
     error = await client.recv()
     assert error["op"] == "error" and error["code"] == ReplyCode.BAD_FRAME
-    await client.send({"op": "sub", "room": "schedule:1", "since": "garbage", "ref": 5})
+    await client.send({"op": "sub", "room": "professional:1", "since": "garbage", "ref": 5})
     error = await client.recv()
     assert (error["ref"], error["code"]) == (5, ReplyCode.BAD_FRAME)
-    await client.send({"op": "unsub", "room": "schedule:2", "ref": 6})
+    await client.send({"op": "unsub", "room": "professional:2", "ref": 6})
     assert (await client.recv())["code"] == ReplyCode.NOT_SUBSCRIBED
     await client.send({"op": "ping", "ref": 7})
     assert await client.recv() == {"op": "pong", "ref": 7}
@@ -131,19 +131,19 @@ async def test_bad_frames_get_errors_and_the_connection_goes_on(nursery, autojum
 @pytest.mark.parametrize("round", range(8))  # the race (events in flight in the feed) is timing-dependent
 async def test_resume_merges_history_and_live_events_with_no_gap_and_no_duplicate(nursery, autojump_clock, round):
     h = await start_harness(nursery)
-    first = await h.publish(["schedule:1"], 0)
+    first = await h.publish(["professional:1"], 0)
     for i in range(1, 300):
-        await h.publish(["schedule:1"], i)
+        await h.publish(["professional:1"], i)
     client = await h.connect()
 
     async def keep_publishing():
         for i in range(300, 600):
-            await h.publish(["schedule:1"], i)
+            await h.publish(["professional:1"], i)
             await trio.sleep(0)
 
     async with trio.open_nursery() as publishers:
         publishers.start_soon(keep_publishing)
-        await client.send({"op": "sub", "room": "schedule:1", "since": first.event.cursor, "ref": 1})
+        await client.send({"op": "sub", "room": "professional:1", "since": first.event.cursor, "ref": 1})
         ack = await client.recv()
         assert ack["op"] == "ack" and ack["recovered"] is True
     got = [await client.recv() for _ in range(599)]
@@ -155,10 +155,10 @@ async def test_tenants_never_share_a_room(nursery, autojump_clock):
     a = await h.connect(staff("a", tenant="t1"))
     b = await h.connect(staff("b", tenant="t2"))
     for c in (a, b):
-        await c.send({"op": "sub", "room": "schedule:1", "ref": 1})
+        await c.send({"op": "sub", "room": "professional:1", "ref": 1})
         await c.recv()
-    await h.publish(["schedule:1"], 1, tenant="t2")
-    await h.publish(["schedule:1"], 2, tenant="t1")
+    await h.publish(["professional:1"], 1, tenant="t2")
+    await h.publish(["professional:1"], 2, tenant="t1")
     assert (await a.recv())["data"]["appointmentId"] == "2"
     assert (await b.recv())["data"]["appointmentId"] == "1"
 
@@ -205,5 +205,5 @@ async def test_portal_clients_may_not_emit_staff_events(nursery, autojump_clock)
     client = await h.connect(patient, ns=Namespace.PORTAL)
     await client.send({"op": "emit", "event": "mark_alert_read", "data": {"alertId": "a"}, "ref": 1})
     assert (await client.recv())["code"] == ReplyCode.FORBIDDEN
-    await client.send({"op": "sub", "room": "schedule:1", "ref": 2})
+    await client.send({"op": "sub", "room": "professional:1", "ref": 2})
     assert (await client.recv())["code"] == ReplyCode.FORBIDDEN

@@ -9,9 +9,11 @@ import trio
 
 from rtserver.bus.memory import MemoryBus
 from rtserver.bus.redis import RedisBus
-from rtserver.config import BusConfig
+from rtserver.config import BusConfig, SchedulesConfig
 from rtserver.presence import MemoryPresence
 from rtserver.presence.redis import RedisPresence
+from rtserver.schedules import MemorySchedules
+from rtserver.schedules.redis import RedisSchedules
 from tests.conftest import flush_redis, plain_redis
 
 SHARDS = 4
@@ -38,6 +40,11 @@ class BusEnv:
     def presence(self, bus, ttl_s: int = 300):
         """The presence store that goes with ``bus``."""
         return MemoryPresence() if self.redis_url is None else RedisPresence(bus, ttl_s)
+
+    def schedules(self, bus, consumer: str = "node-a", **config):
+        """The schedule store that goes with ``bus`` (``consumer``: the node, on Redis)."""
+        cfg = SchedulesConfig(**config)
+        return MemorySchedules(bus, cfg.mailbox) if self.redis_url is None else RedisSchedules(bus, cfg, consumer)
 
     def lose_streams(self) -> None:
         """Memory: a new bus is a new process; Redis: the server lost its data."""

@@ -59,7 +59,7 @@ async def test_a_chunked_publish_is_served_by_the_same_rules_through_hypercorn(s
     (answer,) = await raw_exchange(server.port, data, 1)
     assert answer.startswith(b"HTTP/1.1 200")
     assert json.loads(answer.split(b"\r\n\r\n")[1])["id"] == "chunked"
-    bad = publish_request(server, {"event": "nope", "tenant": "t1", "rooms": ["schedule:1"]})
+    bad = publish_request(server, {"event": "nope", "tenant": "t1", "rooms": ["professional:1"]})
     bad = bad.replace(b"POST /v1/publish HTTP/1.1\r\n", b"POST /v1/publish HTTP/1.1\r\nExpect: 100-continue\r\n")
     interim, final = await raw_exchange(server.port, bad, 2)
     assert interim.startswith(b"HTTP/1.1 100") and final.startswith(b"HTTP/1.1 422")

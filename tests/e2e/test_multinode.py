@@ -34,10 +34,10 @@ async def cluster(nursery, aio_loop, shared_redis):
 async def test_a_client_on_one_node_gets_what_another_node_and_a_plain_xadd_append(cluster, shared_redis):
     a, b, _ = cluster
     async with open_client(a.ws(), a.token()) as client:
-        await client.subscribe("schedule:1")
+        await client.subscribe("professional:1")
         assert (await b.publish(appointment(1))).status_code == 200
         plain_redis(shared_redis).xadd(stream_key(shard_of("t1", 16)), {
-            "event": "appointment.created", "tenant": "t1", "rooms": '["schedule:1"]',
+            "event": "appointment.created", "tenant": "t1", "rooms": '["professional:1"]',
             "data": '{"appointmentId":"2"}'})
         with trio.fail_after(10):
             got = [(await client.next_event())["data"]["appointmentId"] for _ in range(2)]
@@ -46,10 +46,10 @@ async def test_a_client_on_one_node_gets_what_another_node_and_a_plain_xadd_appe
 
 async def test_a_client_resumes_on_another_node_with_every_missed_event_once_in_order(cluster):
     a, b, c = cluster
-    cursor = await a.cursor_after("schedule:1", b, appointment(0))
-    await b.publish_all(appointment(i, rooms=("schedule:1",)) for i in range(1, 201))
+    cursor = await a.cursor_after("professional:1", b, appointment(0))
+    await b.publish_all(appointment(i, rooms=("professional:1",)) for i in range(1, 201))
     async with open_client(c.ws(), c.token()) as client:
-        ack = await client.subscribe("schedule:1", since=cursor)
+        ack = await client.subscribe("professional:1", since=cursor)
         assert ack["recovered"] is True
         with trio.fail_after(10):
             got = [int((await client.next_event())["data"]["appointmentId"]) for _ in range(200)]

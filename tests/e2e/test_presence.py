@@ -69,3 +69,20 @@ async def test_each_subscription_gets_its_own_snapshot_past_the_client_dedupe(se
             assert snapshot["event"] == "presence:snapshot"
             assert [u["userId"] for u in snapshot["data"]["users"]] == ["boss"]
             await watch.unsubscribe("presence:attendants")
+
+
+async def test_typing_on_one_node_is_seen_on_the_other_and_not_by_the_typist(nursery, aio_loop, redis_url):
+    flush_redis(redis_url)
+    a, b = await start_node(nursery, redis_url), await start_node(nursery, redis_url)
+    async with open_client(a.ws(), a.token("ana")) as ana, open_client(b.ws(), b.token("bia")) as bia:
+        for client in (ana, bia):
+            assert (await client.subscribe("thread:7"))["op"] == "ack"
+        assert (await ana.emit("typing:start", "thread:7"))["op"] == "ack"
+        with trio.fail_after(5):
+            evt = await bia.next_event()
+        assert (evt["event"], evt["data"]) == ("thread:typing", {"threadId": "7", "userId": "ana", "typing": True})
+        await ana.emit("typing:stop", "thread:7")
+        with trio.fail_after(5):
+            assert (await bia.next_event())["data"]["typing"] is False
+        with trio.move_on_after(0.5):
+            raise AssertionError(f"the typist got {await ana.next_event()}")

@@ -143,7 +143,7 @@ async def test_a_node_killed_while_events_flow_loses_nothing_for_its_clients(con
                                          headers={"authorization": f"Bearer {service}"}) as http:
                 for i in range(total):
                     r = await http.post("/v1/publish", json={
-                        "event": "appointment.created", "tenant": "t1", "rooms": ["schedule:1"],
+                        "event": "appointment.created", "tenant": "t1", "rooms": ["professional:1"],
                         "data": {"appointmentId": str(i)}})
                     assert r.status_code == 200
                     await trio.sleep(0.005)
@@ -151,7 +151,7 @@ async def test_a_node_killed_while_events_flow_loses_nothing_for_its_clients(con
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 async with open_client(f"ws://127.0.0.1:{a}/hub/ws", token) as client:
-                    await client.subscribe("schedule:1")
+                    await client.subscribe("professional:1")
                     nursery.start_soon(publish_through_b)
                     while len(got) < 100:
                         got.append(int((await client.next_event())["data"]["appointmentId"]))
@@ -160,7 +160,7 @@ async def test_a_node_killed_while_events_flow_loses_nothing_for_its_clients(con
                         got.append(int(evt["data"]["appointmentId"]))
                     cursor = client.cursor
                 async with open_client(f"ws://127.0.0.1:{c}/hub/ws", token) as client:
-                    ack = await client.subscribe("schedule:1", since=cursor)
+                    ack = await client.subscribe("professional:1", since=cursor)
                     assert ack["recovered"] is True
                     while len(got) < total:
                         got.append(int((await client.next_event())["data"]["appointmentId"]))

@@ -31,14 +31,14 @@ async def test_redis_killed_and_restarted_keeps_clients_and_loses_nothing(nurser
         node = Node(server_config(bus={"redis_url": f"redis://127.0.0.1:{port}/0"}))
         server = Server(node, await nursery.start(node.run))
         async with open_client(server.ws(), server.token()) as client:
-            await client.subscribe("schedule:1")
+            await client.subscribe("professional:1")
             assert (await server.publish(appointment(1))).status_code == 200
             with trio.fail_after(10):
                 assert (await client.next_event())["data"]["appointmentId"] == "1"
             cursor_before = client.cursor
             # Appended by a producer right before Redis dies: the node may not have read it.
             redis.Redis(port=port).xadd(stream_key(shard_of("t1", 16)), {
-                "event": "appointment.created", "tenant": "t1", "rooms": '["schedule:1"]',
+                "event": "appointment.created", "tenant": "t1", "rooms": '["professional:1"]',
                 "data": '{"appointmentId":"1b"}'})
             redis_proc.send_signal(signal.SIGKILL)
             redis_proc.wait()
@@ -66,7 +66,7 @@ async def test_redis_killed_and_restarted_keeps_clients_and_loses_nothing(nurser
             assert node.bus.reconnects >= 1
 
         async with open_client(server.ws(), server.token()) as client:
-            ack = await client.subscribe("schedule:1", since=cursor_before)
+            ack = await client.subscribe("professional:1", since=cursor_before)
             if aof:  # the stream survived: the resume is exact
                 assert ack["recovered"] is True
                 with trio.fail_after(10):

@@ -9,7 +9,7 @@ from rtserver.client import CommandError, open_client
 from tests.test_auth import _unsigned
 
 
-def appointment(i, tenant="t1", rooms=("schedule:1",), **extra):
+def appointment(i, tenant="t1", rooms=("professional:1",), **extra):
     return {"event": "appointment.created", "tenant": tenant, "rooms": list(rooms),
             "data": {"appointmentId": str(i)}, **extra}
 
@@ -17,13 +17,13 @@ def appointment(i, tenant="t1", rooms=("schedule:1",), **extra):
 async def test_a_subscriber_receives_what_is_published(server):
     async with open_client(server.ws(), server.token()) as client:
         assert client.hello["rooms"] == ["tenant:t1", "user:u1"]
-        ack = await client.subscribe("schedule:1")
-        assert ack["room"] == "schedule:1"
+        ack = await client.subscribe("professional:1")
+        assert ack["room"] == "professional:1"
         response = await server.publish(appointment(1))
         assert response.status_code == 200 and response.json()["cursor"]
         with trio.fail_after(5):
             evt = await client.next_event()
-        assert (evt["event"], evt["room"], evt["data"]) == ("appointment.created", "schedule:1", {"appointmentId": "1"})
+        assert (evt["event"], evt["room"], evt["data"]) == ("appointment.created", "professional:1", {"appointmentId": "1"})
         assert evt["cursor"] == response.json()["cursor"]
 
 
@@ -60,10 +60,10 @@ async def test_origins_outside_the_allow_list_are_refused(server):
 
 async def test_a_client_of_one_tenant_never_sees_another_tenant(server):
     async with open_client(server.ws(), server.token("a", tenant="t1")) as a:
-        await a.subscribe("schedule:1")
+        await a.subscribe("professional:1")
         with pytest.raises(CommandError, match="not allowed"):
             await a.subscribe("tenant:t2")
-        assert (await server.publish(appointment("b", tenant="t2", rooms=("schedule:1", "tenant:t2")))).status_code == 200
+        assert (await server.publish(appointment("b", tenant="t2", rooms=("professional:1", "tenant:t2")))).status_code == 200
         assert (await server.publish(appointment("a", tenant="t1"))).status_code == 200
         with trio.fail_after(5):
             evt = await a.next_event()
@@ -74,13 +74,13 @@ async def test_a_client_of_one_tenant_never_sees_another_tenant(server):
 
 
 async def test_a_thousand_events_missed_while_away_arrive_once_in_order_on_resume(server):
-    cursor = await server.cursor_after("schedule:1", server, appointment(0))
-    await server.publish_all(appointment(i, rooms=("schedule:1", "tenant:t1")) for i in range(1, 1001))
-    # Resume both ways: ?since= for the auto-joined tenant room, sub+since for schedule:1.
+    cursor = await server.cursor_after("professional:1", server, appointment(0))
+    await server.publish_all(appointment(i, rooms=("professional:1", "tenant:t1")) for i in range(1, 1001))
+    # Resume both ways: ?since= for the auto-joined tenant room, sub+since for professional:1.
     # Each event went to both rooms; the client drops the repeated id (SPEC §5).
     async with open_client(server.ws(), server.token(), since=cursor) as client:
         assert client.hello["recovered"] is True
-        ack = await client.subscribe("schedule:1", since=cursor)
+        ack = await client.subscribe("professional:1", since=cursor)
         assert ack["recovered"] is True
         with trio.fail_after(20):
             got = [int((await client.next_event())["data"]["appointmentId"]) for _ in range(1000)]
@@ -93,13 +93,13 @@ async def test_a_cursor_the_history_cannot_reach_gets_recovered_false(server):
     stale = "7.deadbeef.1-0"
     async with open_client(server.ws(), server.token(), since=stale) as client:
         assert client.hello["recovered"] is False
-        ack = await client.subscribe("schedule:1", since=stale)
+        ack = await client.subscribe("professional:1", since=stale)
         assert ack["recovered"] is False and ack["cursor"]
 
 
 async def test_a_repeated_id_is_delivered_once(server):
     async with open_client(server.ws(), server.token()) as client:
-        await client.subscribe("schedule:1")
+        await client.subscribe("professional:1")
         first = await server.publish(appointment(1, id="evt-42"))
         again = await server.publish(appointment(1, id="evt-42"))
         assert again.json() == {**first.json(), "duplicate": True}
@@ -111,7 +111,7 @@ async def test_a_repeated_id_is_delivered_once(server):
 
 async def test_msgpack_clients_get_binary_frames_with_the_same_keys(server):
     async with open_client(server.ws(), server.token(), binary=True) as client:
-        await client.subscribe("schedule:1")
+        await client.subscribe("professional:1")
         await server.publish(appointment(7))
         with trio.fail_after(5):
             evt = await client.next_event()
@@ -119,17 +119,17 @@ async def test_msgpack_clients_get_binary_frames_with_the_same_keys(server):
 
 
 @pytest.mark.parametrize("body, status, fragment", [
-    ({"event": "nope", "tenant": "t1", "rooms": ["schedule:1"], "data": {}}, 422, "unknown event type"),
-    ({"event": "appointment.created", "tenant": "t1", "rooms": ["schedule:1"], "data": {"name": "Ana"}}, 422, "name"),
+    ({"event": "nope", "tenant": "t1", "rooms": ["professional:1"], "data": {}}, 422, "unknown event type"),
+    ({"event": "appointment.created", "tenant": "t1", "rooms": ["professional:1"], "data": {"name": "Ana"}}, 422, "name"),
     ({"event": "appointment.created", "tenant": "t1", "rooms": ["thread:1"], "data": {}}, 422, "thread"),
-    ({"event": "appointment.created", "rooms": ["schedule:1"], "data": {}}, 400, "tenant"),
-    ({"event": "appointment.created", "tenant": "t1", "rooms": ["schedule:1"], "extra": 1}, 400, "extra"),
-    ({"event": "appointment.created", "tenant": "t1", "rooms": ["schedule:1"], "id": "x" * 201}, 400, "$.id"),
-    ({"event": "appointment.created", "tenant": "t1", "rooms": ["schedule:1"], "id": ""}, 400, "$.id"),
+    ({"event": "appointment.created", "rooms": ["professional:1"], "data": {}}, 400, "tenant"),
+    ({"event": "appointment.created", "tenant": "t1", "rooms": ["professional:1"], "extra": 1}, 400, "extra"),
+    ({"event": "appointment.created", "tenant": "t1", "rooms": ["professional:1"], "id": "x" * 201}, 400, "$.id"),
+    ({"event": "appointment.created", "tenant": "t1", "rooms": ["professional:1"], "id": ""}, 400, "$.id"),
 ])
 async def test_invalid_publishes_are_refused_clearly_and_nothing_is_delivered(server, body, status, fragment):
     async with open_client(server.ws(), server.token()) as client:
-        await client.subscribe("schedule:1")
+        await client.subscribe("professional:1")
         await client.subscribe("thread:1")
         response = await server.publish(body)
         assert response.status_code == status
@@ -147,7 +147,7 @@ async def test_publishing_needs_a_service_token(server):
 async def test_the_traceparent_of_an_event_appears_in_the_logs_of_its_delivery(server):
     trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     async with open_client(server.ws(), server.token()) as client:
-        await client.subscribe("schedule:1")
+        await client.subscribe("professional:1")
         with structlog.testing.capture_logs() as logs:
             await server.publish(appointment(1), headers={"traceparent": trace})
             with trio.fail_after(5):
@@ -162,10 +162,10 @@ async def test_catch_up_over_http_and_410_when_history_is_gone(server):
         await server.publish(appointment(i))
     headers = {"authorization": f"Bearer {server.token()}"}
     async with httpx.AsyncClient(base_url=server.http, headers=headers) as http:
-        r = await http.get("/hub/events", params={"since": first, "rooms": "schedule:1"})
+        r = await http.get("/hub/events", params={"since": first, "rooms": "professional:1"})
         assert r.status_code == 200 and r.json()["recovered"] is True
         assert [e["data"]["appointmentId"] for e in r.json()["events"]] == ["1", "2", "3"]
-        gone = await http.get("/hub/events", params={"since": "7.deadbeef.1-0", "rooms": "schedule:1"})
+        gone = await http.get("/hub/events", params={"since": "7.deadbeef.1-0", "rooms": "professional:1"})
         assert gone.status_code == 410 and gone.json()["recovered"] is False
         forbidden = await http.get("/hub/events", params={"since": first, "rooms": "user:other"})
         assert forbidden.status_code == 403
@@ -173,7 +173,7 @@ async def test_catch_up_over_http_and_410_when_history_is_gone(server):
 
 async def test_health_readiness_and_metrics(server):
     async with open_client(server.ws(), server.token()) as client:
-        await client.subscribe("schedule:1")
+        await client.subscribe("professional:1")
         await server.publish(appointment(1))
         with trio.fail_after(5):
             await client.next_event()
@@ -194,5 +194,5 @@ async def test_unknown_paths_are_404_and_plain_http_to_the_ws_path_is_not_upgrad
 
 async def test_catch_up_with_a_cursor_of_a_shard_that_does_not_exist_is_410(server):
     async with httpx.AsyncClient(base_url=server.http, headers={"authorization": f"Bearer {server.token()}"}) as http:
-        gone = await http.get("/hub/events", params={"since": "99.deadbeef.1-0", "rooms": "schedule:1"})
+        gone = await http.get("/hub/events", params={"since": "99.deadbeef.1-0", "rooms": "professional:1"})
     assert gone.status_code == 410 and gone.json()["recovered"] is False

@@ -1,0 +1,95 @@
+"""Coalescing windows in rooms (SPEC §7), under the autojump clock on the memory bus."""
+
+import trio
+
+from protocol.cursors import Cursor
+from tests.actors.harness import config, start_harness
+
+
+def harness_config():
+    return config(connection={"idle_timeout_s": 0})
+
+
+async def subscribed(h, *rooms):
+    client = await h.connect()
+    for ref, room in enumerate(rooms):
+        await client.send({"op": "sub", "room": room, "ref": ref})
+        assert (await client.recv())["op"] == "ack"
+        if room.startswith("schedule:"):
+            assert (await client.recv())["event"] == "schedule.snapshot"
+    return client
+
+
+async def nothing_for(client, seconds: float) -> None:
+    with trio.move_on_after(seconds):
+        frame = await client.recv()
+        raise AssertionError(f"unexpected {frame}")
+
+
+def slots_changed(i, slot):
+    return dict(event="schedule.slots.changed", scheduleId="1", date="2026-12-01", slotId=slot, status=f"s{i}")
+
+
+async def test_a_burst_of_slot_changes_becomes_one_digest_per_window(nursery, autojump_clock):
+    h = await start_harness(nursery, harness_config())
+    client = await subscribed(h, "schedule:1")
+    window_start = trio.current_time()
+    first = await h.publish(["schedule:1"], **slots_changed(0, "a"))
+    frame = await client.recv()
+    assert frame["event"] == "schedule.slots.changed" and "merged" not in frame  # alone: at once
+    last = None
+    for i in range(1, 51):
+        last = await h.publish(["schedule:1"], **slots_changed(i, "ab"[i % 2]))
+    digest = await client.recv()
+    assert trio.current_time() - window_start >= 0.25  # held until the window ended
+    assert digest["event"] == "schedule.digest" and digest["merged"] == 50
+    assert digest["id"] == last.event.id and digest["cursor"] == last.event.cursor
+    changes = {c["data"]["slotId"]: c["data"]["status"] for c in digest["data"]["changes"]}
+    assert changes == {"a": "s50", "b": "s49"}  # the newest change of each slot
+    assert first.event.cursor < last.event.cursor
+    await nothing_for(client, 1)
+
+
+async def test_priority_updates_go_at_most_once_per_patient_per_second_latest_wins(nursery, autojump_clock):
+    h = await start_harness(nursery, harness_config())
+    client = await subscribed(h, "patient:p1", "patient:p2")
+    for score in range(5):
+        await h.publish(["patient:p1"], event="priority_update", patientId="p1", newPriority=score)
+        await trio.sleep(0.1)
+    await h.publish(["patient:p2"], event="priority_update", patientId="p2", newPriority=9)
+    got = [await client.recv() for _ in range(3)]
+    assert [(f["data"]["patientId"], f["data"]["newPriority"], f.get("merged")) for f in got] == [
+        ("p1", 0, None), ("p2", 9, None), ("p1", 4, 4)]
+    await nothing_for(client, 2)
+
+
+async def test_a_cursor_never_passes_a_held_event_so_a_resume_gets_it(nursery, autojump_clock):
+    h = await start_harness(nursery, harness_config())
+    client = await subscribed(h, "patient:p1", "tenant:t1")
+    await h.publish(["patient:p1"], event="priority_update", patientId="p1", newPriority=1)
+    await client.recv()
+    held = await h.publish(["patient:p1"], event="priority_update", patientId="p1", newPriority=2)
+    await h.publish(["tenant:t1"], event="new_patient", patientId="p9")
+    alert = await client.recv()
+    assert alert["event"] == "new_patient"
+    # The client leaves before the held update is sent: its cursor must bring it back.
+    assert Cursor.parse(alert["cursor"]).offset < held.event.offset
+    again = await h.connect()
+    replay = []
+    for ref, room in enumerate(["patient:p1", "tenant:t1"]):
+        await again.send({"op": "sub", "room": room, "since": alert["cursor"], "ref": ref})
+        assert (await again.recv())["recovered"] is True
+        replay.append(await again.recv())
+    assert [(f["event"], f["id"]) for f in replay] == [("priority_update", held.event.id), ("new_patient", alert["id"])]
+
+
+async def test_job_progress_is_latest_wins_per_job(nursery, autojump_clock):
+    h = await start_harness(nursery, harness_config())
+    client = await subscribed(h, "tenant:t1")
+    for done in range(10):
+        for job in ("j1", "j2"):
+            await h.publish(["tenant:t1"], event="admin.job.progress", jobId=job, done=done, total=9)
+    got = [await client.recv() for _ in range(4)]
+    assert sorted((f["data"]["jobId"], f["data"]["done"], f.get("merged")) for f in got) == [
+        ("j1", 0, None), ("j1", 9, 9), ("j2", 0, None), ("j2", 9, 9)]
+    await nothing_for(client, 1)
