@@ -14,24 +14,15 @@ single-node one at the same percentile.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 
 import httpx
 import trio
+from stack import SECRET, stack
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-
-from rtserver.auth import mint_token  # noqa: E402
-from rtserver.client import open_client  # noqa: E402
-from tests.conftest import free_port, wait_port  # noqa: E402
-
-SECRET = "hop-bench-secret-0123456789abcdef0123456789abcdef"
+from rtserver.auth import mint_token
+from rtserver.client import open_client
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -55,27 +46,12 @@ async def subscribe_all(url: str, token: str, count: int, arrivals: dict[str, fl
 
 
 async def main(args) -> None:
-    folder = tempfile.mkdtemp(prefix="hop-bench-")
-    redis_port, m_port, a_port, b_port = (free_port() for _ in range(4))
-    with open(os.path.join(folder, "rtserver.toml"), "w") as f:
-        f.write(f'[auth]\nhs256_secret = "{SECRET}"\n[server]\nhost = "127.0.0.1"\n')
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    serve = [sys.executable, "-m", "rtserver", "serve", "--config", os.path.join(folder, "rtserver.toml")]
-    procs = [subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--dir", folder], stdout=subprocess.DEVNULL)]
-    await wait_port(redis_port)
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))}
-    procs += [subprocess.Popen(serve + ["--port", str(port), *extra], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-              for port, extra in ((m_port, []), (a_port, ["--redis-url", redis_url]),
-                                  (b_port, ["--redis-url", redis_url]))]
-    try:
-        for port in (m_port, a_port, b_port):
-            await wait_port(port)
+    sent: dict[str, float] = {}
+    arrivals: dict[str, float] = {}
+    async with stack([False, True, True]) as processes:
+        m_port, a_port, b_port = processes.ports
         token = mint_token(SECRET, {"sub": "bench", "healthUnitTaxId": "t1", "roles": ["attendant"]})
         service = mint_token(SECRET, {"sub": "svc", "roles": ["service"]})
-        sent: dict[str, float] = {}
-        arrivals: dict[str, float] = {}
         async with trio.open_nursery() as nursery:
             await subscribe_all(f"ws://127.0.0.1:{m_port}/hub/ws", token, args.subscribers, arrivals, nursery)
             await subscribe_all(f"ws://127.0.0.1:{b_port}/hub/ws", token, args.subscribers, arrivals, nursery)
@@ -96,12 +72,6 @@ async def main(args) -> None:
                         ticks.start_soon(publish, cross, a_port, f"x{i}")
                 await trio.sleep(1)
             nursery.cancel_scope.cancel()
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
     skip = int(args.rate)  # the first second warms up
     report = {}
     for prefix, label in (("m", "single node (memory bus)"), ("x", "across nodes (A -> Redis -> B)")):

@@ -91,11 +91,12 @@ class Client:
                 channel.close()
 
     async def _heartbeat(self) -> None:
-        """Ping every ``heartbeat_s`` so the server does not close us as idle."""
+        """Emit ``heartbeat`` every ``heartbeat_s``: the server keeps a staff user's presence
+        online (and does not close the connection as idle)."""
         while True:
             await trio.sleep(self.hello.get("heartbeat_s", 30))
             try:
-                await self.send_raw({"op": "ping"})
+                await self.send_raw({"op": "emit", "event": "heartbeat"})
             except ConnectionClosed:
                 return
 

@@ -103,6 +103,9 @@ class RoomsConfig(_Section):
 class BusConfig(_Section):
     #: Redis URL (``redis://host:port/db``); empty runs the embedded memory bus (one node).
     redis_url: str = ""
+    #: Redis connections a node's command client opens at most (standalone Redis; calls
+    #: beyond it wait for a free one).
+    redis_pool_size: int = 64
     #: Number of stream shards (must agree between nodes and publishers).
     shards: int = 16
     #: Entries kept per shard (memory bus; ``MAXLEN ~`` on Redis).

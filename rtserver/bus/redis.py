@@ -319,7 +319,11 @@ class RedisBus:
         finally:
             await _close_quietly(probe)
         if not clustered:
-            self._redis = redis.asyncio.Redis.from_url(self._url, socket_timeout=None)
+            # A bounded pool that makes callers wait for a free connection: a burst of
+            # handshakes must queue on the node, not open (or be refused) one connection each.
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                self._url, socket_timeout=None, max_connections=self._config.redis_pool_size, timeout=None)
+            self._redis = redis.asyncio.Redis(connection_pool=pool)
         else:
             self._redis = redis.asyncio.RedisCluster.from_url(self._url, socket_timeout=None)
             await self.call(self._redis.initialize)
