@@ -49,7 +49,7 @@ from protocol.envelope import Inbound, StoredEvent
 from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
 from protocol.frames import Ack, Emit, Evt, Hello, Ping, Pong, ServerFrame, Sub, Unsub, error_frame
 from protocol.presence import PresenceState
-from protocol.rooms import RoomKind, room_key
+from protocol.rooms import RoomKind, parse_room, room_key
 from protocol.wires import Wire
 from protocol.wsframes import close_frame
 from rtserver.auth import Claims, authorize_room, auto_rooms
@@ -414,6 +414,8 @@ class Connection:
         if etype.rooms:
             if frame.room is None or frame.room not in self._rooms:
                 raise ReplyError(ReplyCode.NOT_SUBSCRIBED, f"{frame.event!r} needs a room you have joined")
+            if parse_room(frame.room)[0] not in etype.rooms:
+                raise ReplyError(ReplyCode.BAD_ROOM, f"{frame.event!r} goes to {sorted(k.value for k in etype.rooms)} rooms")
         if self._present and frame.event == "heartbeat":
             await self._s.presence.heartbeat(self.id)
         elif self._present and frame.event in _SWITCHES:

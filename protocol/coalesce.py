@@ -142,8 +142,7 @@ class Coalescer:
     def holds(self, event: StoredEvent, rule: CoalesceRule) -> bool:
         """Whether ``event`` is merged into a frame not sent yet (it will reach every member)."""
         held = self.held.get(self._key(event, rule))
-        return held is not None and held.first.ts <= event.ts and (
-            event.offset is None or held.first.offset <= event.offset <= held.last.offset)
+        return held is not None and (event.offset is None or held.first.offset <= event.offset <= held.last.offset)
 
     def offer(self, event: StoredEvent, rule: CoalesceRule, now: float) -> Held | None:
         """None: deliver ``event`` now. Otherwise the ``Held`` it went into (one it started

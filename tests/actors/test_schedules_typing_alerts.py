@@ -74,6 +74,11 @@ async def test_typing_reaches_the_others_not_the_sender_and_stops_by_itself(nurs
     assert stopped["data"]["typing"] is False and trio.current_time() - t0 >= 5 - 0.01
     with trio.move_on_after(1):
         raise AssertionError(f"the sender got {await ana.recv()}")
+    await ana.send({"op": "sub", "room": "patient:p1", "ref": 3})
+    await ana.recv_until("ack")
+    await ana.send({"op": "emit", "event": "typing:start", "room": "patient:p1", "ref": 4})
+    refused = await ana.recv()
+    assert refused["op"] == "error" and refused["ref"] == 4 and "thread" in refused["message"]
 
 
 async def test_typing_bursts_end_in_the_latest_state_and_a_close_stops_it(nursery, autojump_clock):
