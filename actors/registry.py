@@ -23,7 +23,7 @@ from __future__ import annotations
 import trio
 
 from actors.room import Room
-from protocol.catalog import Catalog, Coalesce
+from protocol.catalog import Catalog
 from protocol.coalesce import HeldOffsets
 from protocol.cursors import shard_of
 from protocol.envelope import StoredEvent
@@ -41,7 +41,7 @@ class Registry:
         self._config = config
         self._metrics = metrics
         self._fanned_out_at = fanned_out_at
-        self._rules = {name: t.coalesce for name, t in catalog.types.items() if t.coalesce.kind is not Coalesce.NONE}
+        self._rules = catalog.coalesce_rules()
         #: Per shard: the durable events held by this node's rooms (see protocol.coalesce).
         self._held_offsets = [HeldOffsets() for _ in range(bus.shards)]
         self._rooms: dict[str, Room] = {}

@@ -208,8 +208,9 @@ class Room:
     def _release_caught_up(self, event: StoredEvent) -> None:
         """Make live the catching-up members for which ``event`` is newer than their history."""
         if event.offset is None:  # ephemeral: never in a history, says nothing of the stream
-            for wire, push, _ in self._catching_up.values():
-                push(wire.frame(event.frame(self.name)))
+            for member, (wire, push, _) in self._catching_up.items():
+                if member != event.envelope.origin:
+                    push(wire.frame(event.frame(self.name)))
             return
         for member, (wire, push, after) in list(self._catching_up.items()):
             if event.offset > after:

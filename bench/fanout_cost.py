@@ -18,6 +18,8 @@ import trio
 
 from actors.room import Room
 from actors.writer import OutboundQueue, Writer
+from protocol.catalog import Catalog
+from protocol.coalesce import HeldOffsets
 from protocol.cursors import Offset
 from protocol.envelope import Envelope, StoredEvent
 from protocol.wires import WS_JSON
@@ -67,9 +69,10 @@ async def measure(subscribers: int, events: int) -> list[dict]:
     queues = [OutboundQueue(s, writer, max_frames=1 << 20, max_bytes=1 << 30, owner=_Owner()) for s, _ in pairs]
     clients = [c for _, c in pairs]
     room = Room("t1/probe:bench", mailbox=16, linger_s=60, metrics=metrics,
-                fanned_out_at=writer.fanned_out_at, on_stop=lambda room: None)
+                fanned_out_at=writer.fanned_out_at, on_stop=lambda room: None,
+                rules=Catalog.default().coalesce_rules(), window_s=0.25, held_offsets=HeldOffsets())
     for i, q in enumerate(queues):
-        room.add(i, WS_JSON, q.push)
+        room.add(f"member-{i}", WS_JSON, q.push)
     results = []
     for batch in (1, 4, 16, 64):
         rounds = max(1, events // batch)

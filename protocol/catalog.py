@@ -164,6 +164,10 @@ class Catalog:
             types[name] = replace(types[name], fields=frozenset(fields))
         return Catalog(types)
 
+    def coalesce_rules(self) -> dict[str, CoalesceRule]:
+        """The coalescing rule of every type that has one, by name."""
+        return {name: t.coalesce for name, t in self.types.items() if t.coalesce.kind is not Coalesce.NONE}
+
     def get(self, name: str) -> EventType:
         try:
             return self.types[name]

@@ -98,6 +98,10 @@ class Held:
     #: digest: newest change per (event, date, slot), in first-seen order.
     changes: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.digest:
+            self._add_change(self.first)
+
     def merge(self, event: StoredEvent) -> None:
         self.last = event
         self.count += 1
@@ -111,13 +115,11 @@ class Held:
         self.changes[key] = {"event": env.event, "data": env.data}
 
     def frame(self, room: str, cursor: str | None) -> Evt:
+        """The frame standing for the held events (the event itself when only one)."""
         last = self.last
-        if self.count == 1:
+        if self.count == 1 or not self.digest:
             return Evt(event=last.envelope.event, room=room, id=last.id, ts=last.ts,
-                       data=last.envelope.data, cursor=cursor)
-        if not self.digest:
-            return Evt(event=last.envelope.event, room=room, id=last.id, ts=last.ts,
-                       data=last.envelope.data, cursor=cursor, merged=self.count)
+                       data=last.envelope.data, cursor=cursor, merged=self.count if self.count > 1 else None)
         data = {"scheduleId": last.envelope.data.get("scheduleId"), "changes": list(self.changes.values())}
         return Evt(event=DIGEST_EVENT, room=room, id=last.id, ts=last.ts, data=data,
                    cursor=cursor, merged=self.count)
@@ -160,9 +162,7 @@ class Coalescer:
                 self._forget_quiet(now)
             self._delivered[key] = now + window
             return None
-        held = self.held[key] = Held(digest, event, event, quiet_at, window)
-        if digest:
-            held._add_change(event)
+        self.held[key] = held = Held(digest, event, event, quiet_at, window)
         return held
 
     def _forget_quiet(self, now: float) -> None:
