@@ -1,74 +1,88 @@
-"""Connection actor: one WebSocket client, from its first frame to its close.
+"""What every client connection is, whatever its transport: one token's session.
 
-Contract
---------
-Mailbox
-    The client's socket (read with ``wait_readable`` + non-blocking ``recv``, parsed by
-    wsproto), so inbound commands are processed one at a time: a client that sends faster
-    than it is served waits in its own TCP window. ``close(disconnect)`` may be called by
-    anyone (drain, the writer, a room) and only cancels this actor's scope.
-Owns
-    Its socket, its wsproto state, its outbound queue (frames and bytes budget), its room
-    memberships, its inbound token bucket and its token's expiry (the scope deadline).
-Replies
-    ``ack`` / ``error`` to ``sub``, ``unsub`` and ``emit``; ``pong`` to ``ping``; events of
-    its rooms as ``evt`` frames (queued by the rooms, written by the writer actor).
-Failure
-    Ends on the client's close or EOF, on a broken socket, or on a disconnect: slow
-    consumer (outbound budget exceeded), rate limited (sustained refusals), token expired,
-    idle timeout, message too big, protocol error, draining. An unexpected exception is
-    logged and closes this connection with 1011; it never ends the node. Its ``finally`` leaves its rooms, sends the
-    close frame with the code (best effort, bounded) and closes the socket.
-Blocking
-    On its socket's readability; on the bus while reading history for a resume (and on its
-    own outbound queue draining between history pages). Never on other connections.
+The transports are actors of their own, each file opening with its contract:
+``actors.websocket`` (WebSocket), ``actors.sse`` (a Server-Sent Events stream) and
+``actors.poll`` (one long-poll request). This base holds what they share:
+
+* the token's claims and expiry (one cancel scope whose deadline is the earlier of the
+  token's ``exp`` and the transport's idle timeout);
+* the rooms it is in, joined with resumption from a cursor and with snapshots
+  (``_join``), delivering to an outbound ``out`` whose ``push`` never blocks;
+* presence (a hub connection of a user with presence groups is tracked while it lives)
+  and, for the HTTP transports, the session's *command room*: ``POST /{ns}/commands``
+  on any node forwards presence commands to ``session:{id}`` (``rtserver.commands``),
+  and the stream or poll serving that session applies them here;
+* the run skeleton: ``_start`` (join, answer), ``_serve`` (the transport's own loop),
+  and in ``finally`` leaving the rooms, presence and typing, then ``_finish`` (the
+  transport's close: a close frame, an SSE ``close`` event, a poll answer).
+
+Failure: an unexpected exception is logged and ends this connection with 1011, never the
+node; a ``ReplyError`` of the start (the bus is unreachable) ends it with 1013.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
-import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
 import structlog
 import trio
-import wsproto.connection
-import wsproto.events as ws_events
 
 from actors.presence import Presence
-from actors.typing import Typing
 from actors.registry import Registry
 from actors.room import Promote, Room
-from actors.writer import OutboundQueue, Writer
+from actors.typing import Typing
+from actors.writer import Writer
 from protocol.catalog import Catalog, Namespace
 from protocol.cursors import Cursor, shard_of
 from protocol.envelope import Inbound, StoredEvent
-from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
-from protocol.frames import Ack, Emit, Evt, Hello, Ping, Pong, ServerFrame, Sub, Unsub, error_frame
+from protocol.errors import CloseCode, Disconnect, ReplyError
+from protocol.frames import Emit, Evt, Hello, ServerFrame, error_frame
 from protocol.presence import PresenceState
 from protocol.rooms import RoomKind, parse_room, room_key
-from protocol.wires import Wire
-from protocol.wsframes import close_frame
-from rtserver.auth import Claims, authorize_room, auto_rooms
+from protocol.wires import FRAMES, Wire
+from rtserver.auth import Claims, auto_rooms
 from rtserver.bus import Bus, RoomHistory, read_rooms
 from rtserver.config import Config
 from rtserver.metrics import Metrics
 from rtserver.schedules import ScheduleStore
-from rtserver.sockets import half_close_and_wait_eof
 
-#: Seconds the close handshake may take before the socket is closed anyway.
-CLOSE_TIMEOUT_S = 2.0
 #: Presence switches a staff client may emit.
-_SWITCHES = {"presence:online": PresenceState.ONLINE, "presence:away": PresenceState.AWAY}
-#: Typing indicators a client may emit in a thread it joined (True: typing).
-_TYPING = {"typing:start": True, "typing:stop": False}
+SWITCHES = {"presence:online": PresenceState.ONLINE, "presence:away": PresenceState.AWAY}
+#: Typing indicators a client may emit in a thread it may use (True: typing).
+TYPING = {"typing:start": True, "typing:stop": False}
 #: Client events handed to the backbone on its inbound stream (docs/protocol.md).
 HANDED_TO_BACKBONE = frozenset({"mark_alert_read"})
+#: Presence commands of an SSE / long-poll session, forwarded to where it is served.
+SESSION_COMMANDS = frozenset({"heartbeat", *SWITCHES})
+#: Room kinds whose subscribers get a snapshot frame first.
+SNAPSHOT_KINDS = frozenset({RoomKind.PRESENCE, RoomKind.SCHEDULE})
 #: Not a close frame: the TCP connection ended without one (never sent, only logged).
 CONNECTION_LOST = Disconnect(1006, "connection lost", CloseCode.GOING_AWAY.action)
+
+log = structlog.get_logger("rtserver.connection")
+
+
+def session_room(session: str) -> str:
+    """The internal room the HTTP commands of ``session`` are forwarded to."""
+    return f"{RoomKind.SESSION.value}:{session}"
+
+
+async def emit_anywhere(services: ConnectionServices, claims: Claims, session: str, frame: Emit) -> None:
+    """Carry out an emit that any node can serve alike, whatever the transport: typing
+    indicators (through the typing actor; ``session`` is their origin) and commands for
+    the backbone (acknowledged once its inbound stream holds them; an error otherwise).
+    Presence commands belong to where the session is served and are not handled here."""
+    if frame.event in TYPING:
+        await services.typing.typing(session, claims.tenant, claims.user, frame.room.partition(":")[2],
+                                     TYPING[frame.event])
+    elif frame.event in HANDED_TO_BACKBONE:
+        await services.bus.hand_in(Inbound(
+            event=frame.event, tenant=claims.tenant, user=claims.user, session=session,
+            data=frame.data, ts=int(time.time() * 1000)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,81 +118,51 @@ class ConnectionServices:
     schedules: ScheduleStore
 
 
-class TokenBucket:
-    """Inbound rate limit: ``rate`` tokens per second, at most ``burst`` saved."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp", "refused_in_a_row")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.stamp = trio.current_time()
-        self.refused_in_a_row = 0
-
-    def take(self) -> bool:
-        now = trio.current_time()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            self.refused_in_a_row = 0
-            return True
-        self.refused_in_a_row += 1
-        return False
-
-
-log = structlog.get_logger("rtserver.connection")
-
-
 class Connection:
+    """The shared part of the connection actors (see the module docstring)."""
+
+    #: The ``transport`` label of the connection metrics.
+    transport = ""
+    #: Whether the session outlives one request (SSE streams and polls reopened with
+    #: ``?session=``): presence then follows the session, not each request.
+    session_spans_requests = False
     __slots__ = (
-        "id", "session", "claims", "ns", "out", "_sock", "_ws", "_s", "_wire", "_since",
-        "_bucket", "_rooms", "_scope", "_disconnect", "_peer_closed", "_partial",
-        "_partial_size", "_expires_at", "_present", "_typed",
+        "id", "session", "claims", "ns", "out", "_s", "_wire", "_since", "_rooms", "_scope",
+        "_disconnect", "_peer_closed", "_expires_at", "_idle_s", "_present", "_typed", "asked_presence",
     )
     _next_id = 0
 
     def __init__(
         self,
-        sock: socket.socket,
-        ws: wsproto.connection.Connection,
         *,
         services: ConnectionServices,
         claims: Claims,
         ns: Namespace,
         wire: Wire,
         session: str,
-        since: Cursor | None = None,
+        since: Cursor | None,
+        idle_s: float,
     ) -> None:
         Connection._next_id += 1
         self.id = Connection._next_id
         self.session = session
         self.claims = claims
         self.ns = ns
-        self._sock = sock
-        self._ws = ws
         self._s = services
         self._wire = wire
         self._since = since
-        cfg = services.config.connection
-        self._bucket = TokenBucket(cfg.inbound_rate, cfg.inbound_burst)
         self._rooms: dict[str, Room] = {}  # room name -> room
         self._scope = trio.CancelScope()
         self._expires_at = math.inf  # trio time of the token's exp
+        self._idle_s = idle_s or math.inf
         self._disconnect: Disconnect | None = None
         self._peer_closed = False
-        self._partial: list[bytes | str] | None = None  # a message arriving in fragments
-        self._partial_size = 0
         self._present = False  # tracked by the presence actor
         self._typed = False  # has typed: the typing actor is told when it closes
-        self.out = OutboundQueue(
-            sock,
-            services.writer,
-            max_frames=cfg.outbound_max_frames,
-            max_bytes=cfg.outbound_max_bytes,
-            owner=self,
-        )
+        #: The presence state the client asks for from the start (``?presence=`` of a
+        #: stream or poll: its session's switches outlive each request), if any.
+        self.asked_presence: PresenceState | None = None
+        self.out = None  # the transport's outbound queue: ``push(bytes)`` never blocks
 
     # -- control from outside ------------------------------------------------------------
     def close(self, disconnect: Disconnect) -> None:
@@ -187,23 +171,29 @@ class Connection:
             self._disconnect = disconnect
         self._scope.cancel()
 
-    def _push_deadline(self) -> None:
-        """One deadline for the token's expiry and the idle timeout (no scope per timer)."""
-        idle = self._s.config.connection.idle_timeout_s or math.inf
-        self._scope.deadline = min(self._expires_at, trio.current_time() + idle)
-
     def slow_consumer(self) -> None:
         self.close(CloseCode.SLOW_CONSUMER)
 
     def connection_lost(self) -> None:
         self.close(CONNECTION_LOST)
 
+    def _push_deadline(self) -> None:
+        """One deadline for the token's expiry and the idle timeout (no scope per timer)."""
+        self._scope.deadline = min(self._expires_at, trio.current_time() + self._idle_s)
+
+    @property
+    def presence_id(self) -> Hashable:
+        """Who this connection is to the presence actor: itself, or its session."""
+        if self.session_spans_requests:
+            return (self.claims.tenant, self.claims.user, self.session)
+        return self.id
+
     # -- the actor ---------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         metrics = self._s.metrics
-        metrics.connections.labels(self.ns.value, "websocket").inc()
+        metrics.connections.labels(self.ns.value, self.transport).inc()
         self._s.connections.add(self)
-        self._log("connect", wire=self._wire.name)
+        self._log("connect", transport=self.transport, wire=self._wire.name)
         try:
             with self._scope:
                 if self.claims.exp is not None:
@@ -212,8 +202,8 @@ class Connection:
                 task_status.started()
                 try:
                     await self._start()
-                    await self._read_loop()
-                except ReplyError as err:  # only the hello's bus calls can raise one here
+                    await self._serve()
+                except ReplyError as err:  # only the start's bus calls can raise one here
                     self._log("start_failed", error=err.message)
                     self._disconnect = CloseCode.TRY_AGAIN_LATER if err.temporary else CloseCode.INTERNAL_ERROR
                 except Exception:
@@ -229,160 +219,70 @@ class Connection:
                 room.remove(self.session)
             self._rooms.clear()
             if self._present or self._typed:
-                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                with trio.CancelScope(shield=True), trio.move_on_after(2.0):
                     if self._present:
-                        await self._s.presence.disconnected(self.id)
+                        await self._s.presence.disconnected(self.presence_id)
                     if self._typed:
                         await self._s.typing.gone(self.session)
             disconnect = self._disconnect or CloseCode.NORMAL
-            metrics.connections.labels(self.ns.value, "websocket").dec()
+            metrics.connections.labels(self.ns.value, self.transport).dec()
             metrics.disconnects.labels(disconnect.reason).inc()
             self._log("disconnect", code=disconnect.code, reason=disconnect.reason,
                       by_client=self._peer_closed)
             with trio.CancelScope(shield=True):
-                await self._close_socket(disconnect)
+                await self._finish(disconnect)
 
-    async def _close_socket(self, disconnect: Disconnect) -> None:
-        out, sock = self.out, self._sock
-        if disconnect is CloseCode.SLOW_CONSUMER:
-            out.discard()
-        if disconnect is not CONNECTION_LOST:
-            out.push_final(close_frame(disconnect.code, disconnect.reason))
-            with trio.move_on_after(CLOSE_TIMEOUT_S):
-                await out.wait_flushed()
-                if not self._peer_closed:
-                    await half_close_and_wait_eof(sock)
-        out.detach()
-        trio.lowlevel.notify_closing(sock)
-        sock.close()
+    async def _serve(self) -> None:
+        """The transport's loop, until the client goes or the connection must end."""
+        raise NotImplementedError
+
+    async def _finish(self, disconnect: Disconnect) -> None:
+        """Tell the client ``disconnect`` as the transport can (shielded, bounded) and
+        release the socket."""
+        raise NotImplementedError
+
+    def _initial_rooms(self) -> list[str]:
+        """The rooms joined at the start: the token's own."""
+        return auto_rooms(self.claims, self.ns)
+
+    def _started(self, rooms: list[str], recovered: bool | None, cursor: Cursor) -> None:
+        """Answer the start: the ``hello`` frame, before any event."""
+        self._send(Hello(
+            session=self.session,
+            rooms=rooms,
+            heartbeat_s=self._s.config.connection.heartbeat_s,
+            ns=self.ns.value,
+            user=self.claims.user,
+            expires_at=self.claims.exp,
+            recovered=recovered,
+            cursor=cursor.encode(),
+        ))
 
     async def _start(self) -> None:
-        names = auto_rooms(self.claims, self.ns)
-
-        def hello(recovered: bool | None, cursor: Cursor) -> None:
-            self._send(Hello(
-                session=self.session,
-                rooms=names,
-                heartbeat_s=self._s.config.connection.heartbeat_s,
-                ns=self.ns.value,
-                user=self.claims.user,
-                expires_at=self.claims.exp,
-                recovered=recovered,
-                cursor=cursor.encode(),
-            ))
-
-        await self._join(names, self._since, hello)
+        names = self._initial_rooms()
+        snapshot = self._snapshot if any(parse_room(n)[0] in SNAPSHOT_KINDS for n in names) else None
+        await self._join(names, self._since, lambda recovered, cursor: self._started(names, recovered, cursor),
+                         snapshot)
         if self.ns is Namespace.HUB and self.claims.presence_groups:
             self._present = True
-            await self._s.presence.connected(self.id, self.claims.tenant, self.claims.user,
-                                             self.claims.presence_groups)
+            await self._s.presence.connected(self.presence_id, self.claims.tenant, self.claims.user,
+                                             self.claims.presence_groups, self.asked_presence)
 
     @property
     def _shard(self) -> int:
         return shard_of(self.claims.tenant, self._s.bus.shards)
 
-    # -- reading -----------------------------------------------------------------------
-    async def _read_loop(self) -> None:
-        sock, ws = self._sock, self._ws
-        chunk = self._s.config.connection.read_chunk_bytes
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            self._push_deadline()
-            try:
-                data = sock.recv(chunk)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                self._peer_closed = True
-                self._disconnect = self._disconnect or CONNECTION_LOST
-                return
-            try:
-                ws.receive_data(data)
-                for event in ws.events():
-                    if await self._on_ws_event(event):
-                        return
-            except wsproto.utilities.RemoteProtocolError as exc:
-                self._log("protocol_error", error=str(exc))
-                self._disconnect = CloseCode.PROTOCOL_ERROR
-                return
+    # -- snapshots ---------------------------------------------------------------------
+    async def _snapshot(self, room: str, recovered: bool) -> RoomSnapshot | None:
+        """The snapshot a new subscriber of ``room`` gets first, if its kind has one."""
+        kind = parse_room(room)[0]
+        if kind is RoomKind.PRESENCE:
+            return await self._presence_snapshot(room, recovered)
+        if kind is RoomKind.SCHEDULE:
+            return await self._schedule_snapshot(room, recovered)
+        return None
 
-    async def _on_ws_event(self, event: ws_events.Event) -> bool:
-        """Handle one wsproto event; True when the connection must end."""
-        if isinstance(event, ws_events.Message):
-            self._partial_size += len(event.data)
-            if self._partial_size > self._s.config.server.max_inbound_message_bytes:
-                self._disconnect = CloseCode.MESSAGE_TOO_BIG
-                return True
-            if not event.message_finished:
-                self._partial = (self._partial or []) + [event.data]
-                return False
-            data = event.data
-            if self._partial is not None:
-                data = type(data)().join([*self._partial, data])  # type: ignore[arg-type]
-            self._partial, self._partial_size = None, 0
-            await self._on_message(data.encode() if isinstance(data, str) else data)
-            return self._disconnect is not None
-        if isinstance(event, ws_events.Ping):
-            self.out.push(self._ws.send(event.response()))
-            return False
-        if isinstance(event, ws_events.CloseConnection):
-            self._peer_closed = True
-            self._disconnect = self._disconnect or Disconnect(int(event.code), "closed by client", CloseCode.NORMAL.action)
-            return True
-        return False
-
-    async def _on_message(self, data: bytes) -> None:
-        metrics = self._s.metrics
-        if not self._bucket.take():
-            metrics.rate_limited.inc()
-            if self._bucket.refused_in_a_row >= self._s.config.connection.rate_limit_close_after:
-                self.close(CloseCode.RATE_LIMITED)
-                return
-            self._send_error(ReplyError(ReplyCode.RATE_LIMITED, "too many commands"), None)
-            return
-        try:
-            frame = self._wire.codec.decode(data)
-        except ReplyError as err:
-            metrics.messages_in.labels("invalid").inc()
-            self._send_error(err, None)
-            return
-        metrics.messages_in.labels(frame.event if isinstance(frame, Emit) else type(frame).__name__.lower()).inc()
-        try:
-            if isinstance(frame, Sub):
-                await self._on_sub(frame)
-            elif isinstance(frame, Unsub):
-                self._on_unsub(frame)
-            elif isinstance(frame, Emit):
-                await self._on_emit(frame)
-            elif isinstance(frame, Ping):
-                self._send(Pong(ref=frame.ref))
-        except ReplyError as err:
-            self._log("command_refused", op=type(frame).__name__.lower(), code=int(err.code),
-                          error=err.message)
-            self._send_error(err, frame.ref)
-
-    # -- commands ----------------------------------------------------------------------
-    async def _on_sub(self, frame: Sub) -> None:
-        kind = authorize_room(self.claims, self.ns, frame.room)
-        since = Cursor.parse(frame.since) if frame.since else None
-        if frame.room not in self._rooms and len(self._rooms) >= self._s.config.connection.max_rooms:
-            raise ReplyError(ReplyCode.TOO_MANY_ROOMS, "too many rooms on this connection")
-        if frame.room in self._rooms and since is None:
-            self._send(Ack(ref=frame.ref, room=frame.room))
-            return
-        if frame.room in self._rooms:
-            self._rooms.pop(frame.room).remove(self.session)
-
-        def ack(recovered: bool | None, cursor: Cursor) -> None:
-            self._send(Ack(ref=frame.ref, room=frame.room, recovered=recovered, cursor=cursor.encode()))
-
-        snapshot = {RoomKind.PRESENCE: self._presence_snapshot, RoomKind.SCHEDULE: self._schedule_snapshot}.get(kind)
-        await self._join([frame.room], since, ack, snapshot)
-        self._log("sub", room=frame.room, since=frame.since)
-
-    async def _presence_snapshot(self, room: str, recovered: bool) -> RoomSnapshot:
+    async def _presence_snapshot(self, room: str, recovered: bool) -> RoomSnapshot | None:
         """``presence:snapshot``: the users of the room's group who are not offline
         (always: presence changes are never in a history)."""
         group = room.partition(":")[2]
@@ -398,38 +298,24 @@ class Connection:
         snap = await self._s.schedules.snapshot(self.claims.tenant, room)
         return RoomSnapshot(snap.frame(_snapshot_id(), int(time.time() * 1000)), snap.cursor, snap.covers)
 
-    def _on_unsub(self, frame: Unsub) -> None:
-        room = self._rooms.pop(frame.room, None)
-        if room is None:
-            raise ReplyError(ReplyCode.NOT_SUBSCRIBED, f"not subscribed to {frame.room!r}")
-        room.remove(self.session)
-        self._send(Ack(ref=frame.ref, room=frame.room))
-        self._log("unsub", room=frame.room)
+    # -- the session's command room (HTTP transports) ------------------------------------
+    async def _join_command_room(self) -> None:
+        """Receive the presence commands ``POST /{ns}/commands`` forwards for this session."""
+        name = session_room(self.session)
+        room = await self._s.registry.open_room(room_key(self.claims.tenant, name))
+        room.add(self.session, FRAMES, self._on_session_command)
+        self._rooms[name] = room
 
-    async def _on_emit(self, frame: Emit) -> None:
-        etype = self._s.catalog.get(frame.event)
-        if self.ns not in etype.emitters:
-            raise ReplyError(ReplyCode.FORBIDDEN, f"{frame.event!r} cannot be emitted here")
-        self._s.catalog.check_fields(etype, frame.data)
-        if etype.rooms:
-            if frame.room is None or frame.room not in self._rooms:
-                raise ReplyError(ReplyCode.NOT_SUBSCRIBED, f"{frame.event!r} needs a room you have joined")
-            if parse_room(frame.room)[0] not in etype.rooms:
-                raise ReplyError(ReplyCode.BAD_ROOM, f"{frame.event!r} goes to {sorted(k.value for k in etype.rooms)} rooms")
-        if self._present and frame.event == "heartbeat":
-            await self._s.presence.heartbeat(self.id)
-        elif self._present and frame.event in _SWITCHES:
-            await self._s.presence.switch(self.id, _SWITCHES[frame.event])
-        elif frame.event in _TYPING:
-            self._typed = True
-            await self._s.typing.typing(self.session, self.claims.tenant, self.claims.user,
-                                        frame.room.partition(":")[2], _TYPING[frame.event])
-        elif frame.event in HANDED_TO_BACKBONE:
-            # Acknowledged once the backbone's inbound stream holds it (an error otherwise).
-            await self._s.bus.hand_in(Inbound(
-                event=frame.event, tenant=self.claims.tenant, user=self.claims.user, session=self.session,
-                data=frame.data, ts=int(time.time() * 1000)))
-        self._send(Ack(ref=frame.ref, room=frame.room, event=frame.event))
+    def _on_session_command(self, evt: Evt) -> None:
+        """Apply a forwarded command (from the room: never blocks); only its own user's."""
+        data = evt.data
+        if not self._present or data.get("user") != self.claims.user:
+            return
+        event = data.get("event")
+        if event == "heartbeat":
+            self._s.presence.heartbeat_nowait(self.presence_id)
+        elif event in SWITCHES:
+            self._s.presence.switch_nowait(self.presence_id, SWITCHES[event])
 
     # -- joining, with resumption --------------------------------------------------------
     async def _join(
@@ -458,6 +344,7 @@ class Connection:
             for name, room in rooms.items():
                 room.add(self.session, self._wire, self.out.push)
                 self._rooms[name] = room
+                self._room_caught_up()
             answer(None, head)  # no await since add: the answer precedes every live event
             return
         buffers = {}
@@ -497,7 +384,11 @@ class Connection:
             await room.promote(Promote(
                 self.session, buffers[name], self._wire, self.out.push, after,
                 on_overflow=self.slow_consumer, replay=tuple(event for event, _ in replay),
+                on_done=self._room_caught_up,
             ))
+
+    def _room_caught_up(self) -> None:
+        """A room of ``_join`` has pushed what it buffered and delivers live from now on."""
 
     async def _history(self, names: list[str], since: Cursor) -> RoomHistory | None:
         """The rooms' events after ``since``; None when the history does not reach back

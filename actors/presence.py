@@ -4,12 +4,15 @@ Contract
 --------
 Mailbox
     ``connected`` / ``heartbeat`` / ``switch`` / ``disconnected`` from the connection
-    actors, through one bounded channel (a connection waits when it is full).
+    actors, through one bounded channel (a connection waits when it is full; the
+    ``_nowait`` forms, for commands forwarded through a room, drop and log instead).
 Owns
-    Per connection: its tenant, user, presence groups, the state it asked for
-    (``presence:online`` / ``presence:away``) and its last heartbeat. Per (tenant, group,
-    user): the view this node last put in the store. A closed connection is kept, in
-    the state it had, until its grace period ends.
+    Per presence id (a WebSocket connection, or an SSE / long-poll *session*, whose
+    streams and polls come and go): its tenant, user, presence groups, the state it asked
+    for (``presence:online`` / ``presence:away``) and its last heartbeat. Per (tenant,
+    group, user): the view this node last put in the store. A closed one is kept, in the
+    state it had, until its grace period ends; ``connected`` again within it (the next
+    poll of a session) takes it back as it was, with the state it asked for.
 Replies
     None. Changes of a user's combined state (all nodes together, decided by the store)
     are announced as ephemeral ``attendant:online|away|offline`` events to the
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import structlog
@@ -54,39 +58,43 @@ class _Connection:
     keys: list[PresenceKey]
     asked: PresenceState  # ONLINE unless the client switched to away
     last_heartbeat: float
-    #: Once closed: its state then, held until the grace period ends.
+    #: Open streams holding it (a session may briefly have two while reopening).
+    opened: int = 1
+    #: Once closed: its state then, held until ``closed_until`` (the grace period).
     closed: PresenceState | None = None
+    closed_until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class _Connected:
-    id: int
+    id: Hashable
     tenant: str
     user: str
     groups: tuple[str, ...]
+    asked: PresenceState | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _Heartbeat:
-    id: int
+    id: Hashable
 
 
 @dataclass(frozen=True, slots=True)
 class _Switch:
-    id: int
+    id: Hashable
     state: PresenceState
 
 
 @dataclass(frozen=True, slots=True)
 class _Disconnected:
-    id: int
+    id: Hashable
 
 
 @dataclass(order=True, slots=True)
 class _Timer:
     at: float
     kind: str = field(compare=False)  # "away" or "grace"
-    connection_id: int = field(compare=False)
+    connection_id: Hashable = field(compare=False)
 
 
 class Presence:
@@ -99,8 +107,8 @@ class Presence:
         self._away_after = heartbeat_s * config.away_after_heartbeats
         self._holder = holder
         self._send, self._receive = trio.open_memory_channel(config.mailbox)
-        self._connections: dict[int, _Connection] = {}
-        self._by_key: dict[PresenceKey, set[int]] = {}
+        self._connections: dict[Hashable, _Connection] = {}
+        self._by_key: dict[PresenceKey, set[Hashable]] = {}
         self._views: dict[PresenceKey, View] = {}
         self._timers: list[_Timer] = []
         # Wall-clock ms (shared by the nodes) derived from Trio's clock, anchored at start.
@@ -108,17 +116,34 @@ class Presence:
         metrics.presence_connections.set_function(lambda: len(self._connections))
 
     # -- the mailbox (called by connections) ---------------------------------------------
-    async def connected(self, connection_id: int, tenant: str, user: str, groups: tuple[str, ...]) -> None:
-        await self._send.send(_Connected(connection_id, tenant, user, groups))
+    async def connected(self, connection_id: Hashable, tenant: str, user: str, groups: tuple[str, ...],
+                        asked: PresenceState | None = None) -> None:
+        """Track a connection (a session's next stream or poll: take it back); ``asked``,
+        when given, is the state its client asks for (else online, or as it was)."""
+        await self._send.send(_Connected(connection_id, tenant, user, groups, asked))
 
-    async def heartbeat(self, connection_id: int) -> None:
+    async def heartbeat(self, connection_id: Hashable) -> None:
         await self._send.send(_Heartbeat(connection_id))
 
-    async def switch(self, connection_id: int, state: PresenceState) -> None:
+    async def switch(self, connection_id: Hashable, state: PresenceState) -> None:
         await self._send.send(_Switch(connection_id, state))
 
-    async def disconnected(self, connection_id: int) -> None:
+    async def disconnected(self, connection_id: Hashable) -> None:
         await self._send.send(_Disconnected(connection_id))
+
+    def heartbeat_nowait(self, connection_id: Hashable) -> None:
+        """``heartbeat`` without waiting; dropped (and logged) when the mailbox is full."""
+        self._send_nowait(_Heartbeat(connection_id))
+
+    def switch_nowait(self, connection_id: Hashable, state: PresenceState) -> None:
+        """``switch`` without waiting; dropped (and logged) when the mailbox is full."""
+        self._send_nowait(_Switch(connection_id, state))
+
+    def _send_nowait(self, message: _Heartbeat | _Switch) -> None:
+        try:
+            self._send.send_nowait(message)
+        except trio.WouldBlock:
+            log.warning("presence_mailbox_full", dropped=type(message).__name__)
 
     async def snapshot(self, tenant: str, group: str) -> list[PresenceEntry]:
         """The group's users who are not offline (read from the store, every node's)."""
@@ -151,8 +176,15 @@ class Presence:
         """Apply one message; the keys whose view may have changed."""
         now = trio.current_time()
         if isinstance(message, _Connected):
+            known = self._connections.get(message.id)
+            if known is not None:  # a session's next stream or poll: as it was
+                known.opened = 1 if known.closed is not None else known.opened + 1
+                known.closed, known.last_heartbeat = None, now
+                known.asked = message.asked or known.asked
+                self._arm("away", message.id, now + self._away_after)
+                return set(known.keys)
             keys = [PresenceKey(message.tenant, group, message.user) for group in message.groups]
-            self._connections[message.id] = _Connection(keys, PresenceState.ONLINE, now)
+            self._connections[message.id] = _Connection(keys, message.asked or PresenceState.ONLINE, now)
             for key in keys:
                 self._by_key.setdefault(key, set()).add(message.id)
             self._arm("away", message.id, now + self._away_after)
@@ -161,10 +193,14 @@ class Presence:
         if connection is None or connection.closed is not None:
             return set()
         if isinstance(message, _Disconnected):
+            connection.opened -= 1
+            if connection.opened:
+                return set()
             # Held as it was for the grace period: a reload or a reconnect within it
             # (here or on another node) changes nothing anyone sees.
             connection.closed = self._state(connection, now)
-            self._arm("grace", message.id, now + self._config.grace_s)
+            connection.closed_until = now + self._config.grace_s
+            self._arm("grace", message.id, connection.closed_until)
         else:
             if isinstance(message, _Switch):
                 connection.asked = message.state
@@ -185,6 +221,8 @@ class Presence:
                 continue
             keys.update(connection.keys)
             if timer.kind == "grace":
+                if connection.closed is None or connection.closed_until > now:
+                    continue  # taken back by the session's next stream or poll
                 del self._connections[timer.connection_id]
                 for key in connection.keys:
                     ids = self._by_key[key]

@@ -57,18 +57,34 @@ class Registry:
                 nursery.cancel_scope.cancel()
 
     async def route(self, event: StoredEvent) -> None:
+        """Hand ``event`` to each of its rooms open here, in bus order.
+
+        A durable event counts as held in its shard's ``HeldOffsets`` from here until its
+        room takes it from the mailbox: rooms run as tasks of their own, so a newer event
+        may leave through another room first, and its frame must not carry a cursor past
+        this one (a client of both rooms would resume after an event it never got).
+        """
         envelope = event.envelope
         rooms = self._rooms
+        offset = event.offset
         for name in envelope.rooms:
             room = rooms.get(room_key(envelope.tenant, name))
             if room is None:
                 continue
+            if offset is not None:
+                room.held_offsets.add(offset)
             try:
                 room.mailbox.send_nowait(event)
             except trio.WouldBlock:
-                await room.mailbox.send(event)
+                try:
+                    await room.mailbox.send(event)
+                except BaseException:
+                    if offset is not None:
+                        room.held_offsets.remove(offset)
+                    raise
             except trio.ClosedResourceError:
-                pass
+                if offset is not None:
+                    room.held_offsets.remove(offset)
 
     def get(self, key: str) -> Room | None:
         return self._rooms.get(key)

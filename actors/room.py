@@ -83,6 +83,9 @@ class Promote:
     #: History events of this room to send first (up to ``after``), when the member read
     #: only this room: sent here, an event merged into a frame not sent yet is skipped.
     replay: tuple[StoredEvent, ...] = ()
+    #: Called once the room has handled this message (whether or not the member is still
+    #: there): what it had buffered is pushed by then.
+    on_done: Callable[[], None] | None = None
 
 
 class Room:
@@ -107,7 +110,9 @@ class Room:
         self._on_stop = on_stop
         self._rules = rules
         self._coalescer = Coalescer(window_s)
-        self._held_offsets = held_offsets
+        #: This shard's held durable events on this node: those coalescing here, and those
+        #: routed to a room that has not taken them from its mailbox yet (``Registry.route``).
+        self.held_offsets = held_offsets
         self.mailbox, self._inbox = trio.open_memory_channel[StoredEvent | Promote](mailbox)
         self._members: dict[Wire, dict[str, Push]] = {}
         self._recovering: dict[str, RecoveryBuffer] = {}
@@ -164,10 +169,7 @@ class Room:
                     continue
                 # Handle what is already queued before yielding, so frames batch per flush.
                 while True:
-                    if type(message) is Promote:
-                        self._promote(message)
-                    else:
-                        self.fan_out(message)
+                    self.take(message)
                     try:
                         message = self._inbox.receive_nowait()
                     except trio.WouldBlock:
@@ -175,16 +177,39 @@ class Room:
         finally:
             for held in self._coalescer.held.values():
                 if held.first.offset is not None:
-                    self._held_offsets.remove(held.first.offset)
+                    self.held_offsets.remove(held.first.offset)
             self._on_stop(self)
             self.mailbox.close()
+            while True:  # what was routed here and will never be fanned out
+                try:
+                    message = self._inbox.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                if type(message) is not Promote and message.offset is not None:
+                    self.held_offsets.remove(message.offset)
             self._inbox.close()
             self._metrics.rooms.dec()
+
+    def take(self, message: StoredEvent | Promote) -> None:
+        """Handle one message of the mailbox."""
+        if type(message) is Promote:
+            self._promote(message)
+            return
+        if message.offset is not None:
+            self.held_offsets.remove(message.offset)  # routed here: from now on it is ours
+        self.fan_out(message)
 
     async def promote(self, message: Promote) -> None:
         await self.mailbox.send(message)
 
     def _promote(self, message: Promote) -> None:
+        try:
+            self._promote_member(message)
+        finally:
+            if message.on_done is not None:
+                message.on_done()
+
+    def _promote_member(self, message: Promote) -> None:
         if self._recovering.get(message.member) is not message.buffer:
             return  # the member left (or started over) meanwhile
         del self._recovering[message.member]
@@ -224,8 +249,8 @@ class Room:
     def _frame(self, event: StoredEvent) -> Evt:
         """``event``'s frame here, with a cursor that never passes an event held back."""
         evt = event.frame(self.name)
-        if self._held_offsets and event.offset is not None:
-            evt.cursor = self._held_offsets.cursor_for(event)
+        if self.held_offsets and event.offset is not None:
+            evt.cursor = self.held_offsets.cursor_for(event)
         return evt
 
     def fan_out(self, event: StoredEvent) -> None:
@@ -240,7 +265,7 @@ class Room:
             if held is not None:
                 if held.first is event:
                     if event.offset is not None:
-                        self._held_offsets.add(event.offset)
+                        self.held_offsets.add(event.offset)
                     self._rearm()
                 else:
                     self._metrics.coalesced.labels(event.envelope.event).inc()
@@ -250,9 +275,9 @@ class Room:
     def _release_held(self, now: float) -> None:
         for held in self._coalescer.pop_due(now):
             if held.first.offset is not None:
-                self._held_offsets.remove(held.first.offset)
+                self.held_offsets.remove(held.first.offset)
             last = held.last
-            cursor = self._held_offsets.cursor_for(last) if last.offset is not None else None
+            cursor = self.held_offsets.cursor_for(last) if last.offset is not None else None
             evt = held.frame(self.name, cursor)
             if self._catching_up and last.offset is not None:
                 self._release_caught_up(last)  # those for whom it is new go live and get it below

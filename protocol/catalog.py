@@ -10,7 +10,7 @@ refused (HTTP) or dead-lettered (stream), never forwarded.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from protocol.errors import ReplyCode, ReplyError
@@ -130,6 +130,9 @@ DEFAULT_EVENTS: tuple[EventType, ...] = (
             coalesce=CoalesceRule(Coalesce.LATEST, ("userId", "threadId"))),
     _server("chat:accepted", "threadId attendantId acceptedAt", _THREAD_ROOMS | {K.TENANT}),
     _server("chat:ended", "threadId endedBy endedAt reasonCode", _THREAD_ROOMS | {K.TENANT}),
+    # A command sent by HTTP for an SSE / long-poll session, forwarded to the node that
+    # serves the session's stream or poll (rtserver.commands).
+    _server("session.command", "event user", frozenset({K.SESSION}), delivery=Delivery.EPHEMERAL, internal=True),
     # Diagnostics
     _server("rt.probe", "t s p", frozenset({K.PROBE})),
     # Client -> server (``emit``)
@@ -185,6 +188,23 @@ class Catalog:
                 f"fields {extra} are not allowed in {etype.name!r} "
                 f"(allowed: {sorted(etype.fields)})",
             )
+
+    def check_emit(self, ns: Namespace, event: str, data: Mapping[str, object], room: str | None,
+                   room_allowed: Callable[[str], None]) -> EventType:
+        """The check of a client's ``emit``: its type may be emitted in ``ns``, its payload
+        fits, and its room (``room_allowed`` raises when the client may not use it) is of
+        a kind the type goes to."""
+        etype = self.get(event)
+        if ns not in etype.emitters:
+            raise ReplyError(ReplyCode.FORBIDDEN, f"{event!r} cannot be emitted here")
+        self.check_fields(etype, data)
+        if etype.rooms:
+            if room is None:
+                raise ReplyError(ReplyCode.NOT_SUBSCRIBED, f"{event!r} needs a room you have joined")
+            room_allowed(room)
+            if parse_room(room)[0] not in etype.rooms:
+                raise ReplyError(ReplyCode.BAD_ROOM, f"{event!r} goes to {sorted(k.value for k in etype.rooms)} rooms")
+        return etype
 
     def validate_publish(
         self, event: str, tenant: str, rooms: list[str], data: Mapping[str, object]

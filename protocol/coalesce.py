@@ -47,7 +47,8 @@ def offset_before(offset: Offset) -> Offset:
 
 
 class HeldOffsets:
-    """Offsets of the durable events held anywhere in one shard's rooms on this node."""
+    """Offsets of the durable events held anywhere in one shard's rooms on this node:
+    merging in a coalescer, or routed to a room that has not taken them yet."""
 
     __slots__ = ("_heap", "_counts", "_safe")
 

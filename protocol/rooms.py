@@ -26,6 +26,9 @@ class RoomKind(enum.StrEnum):
     THREAD = "thread"
     PRESENCE = "presence"
     PROBE = "probe"
+    #: Internal: the commands sent over HTTP for one SSE / long-poll session (never
+    #: subscribed to by clients; see ``rtserver.commands``).
+    SESSION = "session"
 
 
 def is_identifier(value: str) -> bool:

@@ -6,6 +6,7 @@ A broadcast is encoded once per wire and the same bytes go to every connection u
 from __future__ import annotations
 
 from protocol.frames import JSON, MSGPACK, Codec, ServerFrame
+from protocol.httpstreams import sse_message
 from protocol.wsframes import data_frame
 
 
@@ -29,6 +30,39 @@ class WebSocketWire(Wire):
         return data_frame(self.codec.encode(frame), binary=self.codec.binary)
 
 
+class SseWire(Wire):
+    """One SSE message per frame; a frame's cursor is its ``id:`` (``protocol.httpstreams``)."""
+
+    __slots__ = ()
+
+    def frame(self, frame: ServerFrame) -> bytes:
+        return sse_message(self.codec.encode(frame), event_id=getattr(frame, "cursor", None))
+
+
+class PollWire(Wire):
+    """The bare JSON frame: long-poll answers join them into one array."""
+
+    __slots__ = ()
+
+    def frame(self, frame: ServerFrame) -> bytes:
+        return self.codec.encode(frame)
+
+
 WS_JSON = WebSocketWire("ws-json", JSON)
 WS_MSGPACK = WebSocketWire("ws-msgpack", MSGPACK)
 WS_WIRES = {JSON.name: WS_JSON, MSGPACK.name: WS_MSGPACK}
+SSE_JSON = SseWire("sse-json", JSON)
+POLL_JSON = PollWire("poll-json", JSON)
+
+
+class FrameWire(Wire):
+    """No encoding: each member gets the frame object itself (a connection's own command
+    room, whose member acts on the frame instead of writing it)."""
+
+    __slots__ = ()
+
+    def frame(self, frame: ServerFrame) -> ServerFrame:  # type: ignore[override]
+        return frame
+
+
+FRAMES = FrameWire("frames", JSON)

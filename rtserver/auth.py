@@ -206,6 +206,8 @@ def authorize_room(claims: Claims, ns: Namespace, name: str) -> RoomKind:
     allowed = True
     if kind is RoomKind.PROBE:
         allowed = True
+    elif kind is RoomKind.SESSION:
+        allowed = False
     elif kind is RoomKind.TENANT:
         allowed = ns is Namespace.HUB and ident == claims.tenant
     elif kind is RoomKind.USER:

@@ -86,6 +86,15 @@ class ConnectionConfig(_Section):
     idle_timeout_s: float = 90.0
     #: Bytes read per ``recv``.
     read_chunk_bytes: int = 65536
+    #: SSE: seconds between comments sent on an otherwise idle stream (keeps proxies
+    #: from closing it; a dead client is found when they fail).
+    sse_keepalive_s: float = 15.0
+    #: SSE: the ``retry:`` hint, ms (how long a native ``EventSource`` waits to reconnect).
+    sse_retry_ms: int = 2000
+    #: Long-poll: seconds a poll with nothing to answer waits before answering empty.
+    poll_timeout_s: float = 25.0
+    #: Long-poll: seconds a poll that got an event still collects what arrives with it.
+    poll_linger_s: float = 0.02
 
 
 class RoomsConfig(_Section):

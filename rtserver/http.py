@@ -1,15 +1,23 @@
 """The HTTP side, served by hypercorn's connection handler.
 
-``POST /v1/publish`` is the ingest hot path: the listener answers it itself with h11
-(``publish_answer``), and requests that reach hypercorn anyway (chunked bodies, a publish
-after another request on one keep-alive connection) get the same answer from a plain
-ASGI handler, without Quart's per-request machinery. Everything else is a quart-trio
-app: ``GET /{ns}/events``, ``GET /{ns}/presence``, ``/healthz``, ``/readyz``, ``/metrics``.
+``POST /v1/publish`` (the ingest hot path) and ``POST /{ns}/commands`` are answered by the
+listener itself with h11 (``post_handlers``), and requests that reach hypercorn anyway
+(chunked bodies, ``Expect``) get the same answer from a plain ASGI handler, without
+Quart's per-request machinery. Everything else is a quart-trio app: ``GET /{ns}/events``,
+``GET /{ns}/presence``, ``/healthz``, ``/readyz``, ``/metrics``, and the browser client
+and the two pages (``/rtclient.js``, ``/console/``, ``/wall/``).
+
+Hypercorn answers each connection handed to it with ``Connection: close``: the listener
+hands a connection over for good, so a browser's next request on it (a poll, a stream)
+would otherwise never come back to the listener's fast paths.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
 
 import msgspec
 import structlog
@@ -20,28 +28,33 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
-from quart import Response, request
+from quart import Response, redirect, request, send_from_directory
 from quart_trio import QuartTrio
 
 from protocol.catalog import Namespace
 from protocol.cursors import Cursor
 from protocol.envelope import decode_publish
 from protocol.errors import CloseCode, ReplyCode, ReplyError
-from protocol.frames import JSON
+from protocol.frames import JSON, Emit, Error, error_frame
 from rtserver.auth import AuthError, Claims, admit, authorize_room, bearer_token
+from rtserver.commands import decode_commands, run_command
 
 if TYPE_CHECKING:
     from rtserver.node import Node
 
 log = structlog.get_logger("rtserver.http")
 
-_STATUS = {
+#: The HTTP status of each reply error.
+STATUS_OF_REPLY = {
     ReplyCode.BAD_FRAME: 400,
     ReplyCode.BAD_ROOM: 422,
     ReplyCode.FORBIDDEN: 403,
     ReplyCode.UNKNOWN_EVENT: 422,
     ReplyCode.BAD_PAYLOAD: 422,
     ReplyCode.UNAVAILABLE: 503,
+    ReplyCode.NOT_SUBSCRIBED: 422,
+    ReplyCode.TOO_MANY_ROOMS: 422,
+    ReplyCode.RATE_LIMITED: 429,
 }
 _json = msgspec.json.Encoder()
 
@@ -62,6 +75,7 @@ def create_app(node: Node) -> QuartTrio:
     app = QuartTrio("rtserver")
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = 30
+    app.config["MAX_CONTENT_LENGTH"] = MAX_POST_BYTES
 
     def claims_of_request() -> Claims:
         token = bearer_token({k.lower(): v for k, v in request.headers.items()},
@@ -81,7 +95,7 @@ def create_app(node: Node) -> QuartTrio:
 
     @app.errorhandler(ReplyError)
     async def reply_error(exc: ReplyError):
-        return _error(_STATUS.get(exc.code, 400), int(exc.code), exc.message)
+        return _error(STATUS_OF_REPLY.get(exc.code, 400), int(exc.code), exc.message)
 
     @app.get("/healthz")
     async def healthz():
@@ -138,11 +152,80 @@ def create_app(node: Node) -> QuartTrio:
             content_type="application/json",
         )
 
+    @app.get("/rtclient.js")
+    @app.get("/rtclient.d.ts")
+    async def browser_client():
+        return await send_from_directory(WEB_DIR, request.path.lstrip("/"))
+
+    @app.get("/console")
+    @app.get("/wall")
+    async def page_root():
+        return redirect(request.path + "/")
+
+    @app.get("/console/")
+    @app.get("/wall/")
+    async def page():
+        return await send_from_directory(WEB_DIR, request.path.strip("/") + ".html")
+
+    @app.get("/web/<path:name>")
+    async def web_asset(name: str):
+        return await send_from_directory(WEB_DIR, name)
+
     return app
 
 
-#: Largest publish body, bytes.
-MAX_PUBLISH_BYTES = 1 << 20
+#: The browser client and the pages (plain files, no build step).
+WEB_DIR = Path(__file__).parent / "web"
+
+#: Largest body of a fast POST (publish, commands), bytes.
+MAX_POST_BYTES = 1 << 20
+
+#: A fast POST handler: (query string, headers by lower-case name, body) -> (status, JSON body).
+PostHandler = Callable[[str, dict[str, str], bytes], Awaitable[tuple[int, bytes]]]
+
+
+def post_handlers(node: Node) -> dict[str, PostHandler]:
+    """The POST paths answered without Quart, by path."""
+
+    async def publish(query: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        status, answer = await publish_answer(node, headers, body)
+        return status, _json.encode(answer)
+
+    def commands(ns: Namespace) -> PostHandler:
+        async def answer(query: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+            return await commands_answer(node, ns, dict(parse_qsl(query)), headers, body)
+        return answer
+
+    return {"/v1/publish": publish, **{f"/{ns.value}/commands": commands(ns) for ns in Namespace}}
+
+
+async def commands_answer(
+    node: Node, ns: Namespace, query: dict[str, str], headers: dict[str, str], body: bytes,
+) -> tuple[int, bytes]:
+    """``POST /{ns}/commands`` (``rtserver.commands``): the reply frame (status of its
+    error), or an array of replies (200) for an array of frames."""
+    try:
+        token = bearer_token(headers, query, [])
+        if token is None:
+            raise AuthError(CloseCode.UNAUTHENTICATED, "no token")
+        claims = node.verifier.verify(token)
+        admit(claims, ns)
+        frames, many = decode_commands(body)
+    except AuthError as exc:
+        node.metrics.auth_failures.labels(exc.disconnect.reason).inc()
+        return exc.status, _json.encode({"error": exc.disconnect.code, "message": exc.message})
+    except ReplyError as exc:
+        return 400, JSON.encode(error_frame(exc, None))
+    session = query.get("session") or headers.get("x-rt-session")
+    replies = []
+    for frame in frames:
+        node.metrics.messages_in.labels(frame.event if isinstance(frame, Emit) else type(frame).__name__.lower()).inc()
+        replies.append(await run_command(node.services, claims, ns, session, frame))
+    if many:
+        return 200, b"[%s]" % b",".join(JSON.encode(reply) for reply in replies)
+    reply = replies[0]
+    status = STATUS_OF_REPLY.get(ReplyCode(reply.code), 400) if isinstance(reply, Error) else 200
+    return status, JSON.encode(reply)
 
 
 async def publish_answer(node: Node, headers: dict[str, str], body: bytes) -> tuple[int, dict]:
@@ -168,28 +251,39 @@ async def publish_answer(node: Node, headers: dict[str, str], body: bytes) -> tu
         node.metrics.auth_failures.labels(exc.disconnect.reason).inc()
         return exc.status, {"error": exc.disconnect.code, "message": exc.message}
     except ReplyError as exc:
-        return _STATUS.get(exc.code, 400), {"error": int(exc.code), "message": exc.message}
+        return STATUS_OF_REPLY.get(exc.code, 400), {"error": int(exc.code), "message": exc.message}
 
 
 def create_asgi(node: Node, app: QuartTrio):
-    """The ASGI entry: ``POST /v1/publish`` handled directly, the rest by ``app``."""
+    """The ASGI entry: the fast POST paths handled directly, the rest by ``app``; every
+    response closes its connection (see the module docstring)."""
+    handlers = post_handlers(node)
 
     async def asgi(scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/publish" or scope["method"] != "POST":
+        if scope["type"] != "http":
             await app(scope, receive, send)
             return
+
+        async def send_closing(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            await send(message)
+
+        handler = handlers.get(scope["path"]) if scope["method"] == "POST" else None
+        if handler is None:
+            await app(scope, receive, send_closing)
+            return
         body, more = b"", True
-        while more and len(body) <= MAX_PUBLISH_BYTES:
+        while more and len(body) <= MAX_POST_BYTES:
             message = await receive()
             body += message.get("body", b"")
             more = message.get("more_body", False)
-        if len(body) > MAX_PUBLISH_BYTES:
-            status, answer = 413, {"error": 413, "message": f"body over {MAX_PUBLISH_BYTES} bytes"}
+        if len(body) > MAX_POST_BYTES:
+            status, payload = 413, _json.encode({"error": 413, "message": f"body over {MAX_POST_BYTES} bytes"})
         else:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            status, answer = await publish_answer(node, headers, body)
-        payload = _json.encode(answer)
-        await send({"type": "http.response.start", "status": status, "headers": [
+            status, payload = await handler(scope["query_string"].decode("latin-1"), headers, body)
+        await send_closing({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]})
         await send({"type": "http.response.body", "body": payload})
 

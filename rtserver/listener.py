@@ -1,12 +1,17 @@
-"""The single port: WebSocket upgrades and publishes stay on the fast path, the rest goes to hypercorn.
+"""The single port: WebSocket upgrades, streams, polls, publishes and commands stay on the fast path, the rest goes to hypercorn.
 
 Each accepted socket is read request by request (heads parsed by h11, bounded in size
 and time):
 
 * a WebSocket upgrade to ``/hub/ws`` or ``/portal/ws`` is authenticated here and becomes
-  a ``Connection`` actor on the plain non-blocking socket (wsproto parses what the client
-  sends; broadcasts are framed once, see ``protocol.wsframes``);
-* ``POST /v1/publish`` with a Content-Length body is framed by h11 and answered here, and
+  a ``WebSocketConnection`` actor on the plain non-blocking socket (wsproto parses what
+  the client sends; broadcasts are framed once, see ``protocol.wsframes``);
+* ``GET /{ns}/sse`` is authenticated and checked here and becomes an ``SseStream`` actor
+  on the socket (its frames go through the same writer as WebSocket frames);
+  ``GET /{ns}/poll`` becomes a ``PollRequest``, answered here with h11, and the
+  connection stays here for the next request;
+* ``POST /v1/publish`` and ``POST /{ns}/commands`` with a Content-Length body are framed
+  by h11 and answered here (``rtserver.http.post_handlers``), and
   the connection stays here for the next request (keep-alive). Measured: hypercorn
   spends ~650 µs of CPU per request on this machine, h11 alone a small fraction, and
   ingest is the path every event takes (bench/RESULTS.md);
@@ -31,21 +36,29 @@ import wsproto.handshake
 from wsproto import ConnectionType
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 
-from actors.connection import Connection, ConnectionServices
+from actors.connection import ConnectionServices
+from actors.poll import PollRequest
+from actors.sse import SseStream
+from actors.websocket import WebSocketConnection
 from protocol.catalog import Namespace
 from protocol.cursors import Cursor
-from protocol.errors import CloseCode, ReplyError
+from protocol.errors import CloseCode, ReplyCode, ReplyError
+from protocol.presence import PresenceState
+from protocol.rooms import is_identifier
 from protocol.wires import WS_JSON, WS_WIRES
 from protocol.wsframes import close_frame
-from rtserver.auth import AuthError, TokenVerifier, admit, bearer_token
+from rtserver.auth import AuthError, Claims, TokenVerifier, admit, authorize_room, bearer_token
 from rtserver.config import ServerConfig
-from rtserver.http import MAX_PUBLISH_BYTES
+from rtserver.http import MAX_POST_BYTES, STATUS_OF_REPLY, PostHandler
 from rtserver.sockets import half_close_and_wait_eof
 
 log = structlog.get_logger("rtserver.listener")
 
 WS_PATHS = {f"/{ns.value}/ws": ns for ns in Namespace}
-PUBLISH_PATH = "/v1/publish"
+SSE_PATHS = {f"/{ns.value}/sse": ns for ns in Namespace}
+POLL_PATHS = {f"/{ns.value}/poll": ns for ns in Namespace}
+#: Longest session id a client may give back (``?session=``).
+MAX_SESSION_ID = 64
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 HEAD_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _json = msgspec.json.Encoder()
@@ -86,13 +99,13 @@ class Listener:
         services: ConnectionServices,
         verifier: TokenVerifier,
         serve_http: Callable[[trio.abc.HalfCloseableStream], Awaitable[None]],
-        publish_answer: Callable[[dict[str, str], bytes], Awaitable[tuple[int, dict]]],
+        post_handlers: dict[str, PostHandler],
     ) -> None:
         self._config = config
         self._services = services
         self._verifier = verifier
         self._serve_http = serve_http
-        self._publish_answer = publish_answer
+        self._post_handlers = post_handlers
         self._nursery: trio.Nursery | None = None
         self._sock: socket.socket | None = None
         self._accepting = trio.CancelScope()
@@ -138,7 +151,7 @@ class Listener:
                 nursery.start_soon(self._handle, client)
 
     async def _handle(self, sock: socket.socket) -> None:
-        """Serve requests at their boundaries: publishes here, upgrades as connections,
+        """Serve requests at their boundaries: posts and polls here, upgrades and streams as connections,
         anything else (with the rest of the connection) by hypercorn."""
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -166,10 +179,21 @@ class Listener:
                 await self._websocket(sock, bytes(pending), WS_PATHS[path])
                 return
             length = _plain_body_length(request)
-            if path != PUBLISH_PATH or request.method != b"POST" or length is None or length > MAX_PUBLISH_BYTES:
+            if request.method == b"GET" and not length and (path in SSE_PATHS or path in POLL_PATHS):
+                del pending[:head_end]
+                if path in SSE_PATHS:
+                    await self._sse(sock, parser, request, SSE_PATHS[path])
+                    return
+                if not await self._poll(sock, parser, request, POLL_PATHS[path]):
+                    sock.close()
+                    return
+                timeout = self._config.keep_alive_s
+                continue
+            handler = self._post_handlers.get(path) if request.method == b"POST" else None
+            if handler is None or length is None or length > MAX_POST_BYTES:
                 await self._serve_http(ReplayStream(sock, bytes(pending)))
                 return
-            if not await self._publish(sock, parser, request, pending, head_end, length):
+            if not await self._post(sock, parser, request, pending, head_end, length, handler):
                 sock.close()
                 return
             timeout = self._config.keep_alive_s
@@ -185,11 +209,11 @@ class Listener:
                 return None
         return end + 4
 
-    async def _publish(
+    async def _post(
         self, sock: socket.socket, parser: h11.Connection, request: h11.Request,
-        pending: bytearray, head_end: int, length: int,
+        pending: bytearray, head_end: int, length: int, handler: PostHandler,
     ) -> bool:
-        """Serve one ``POST /v1/publish`` (h11 frames it); False when the connection must close."""
+        """Serve one fast POST (h11 frames it); False when the connection must close."""
         body_end = head_end + length
         with trio.move_on_after(self._config.handshake_timeout_s):
             while len(pending) < body_end:
@@ -202,28 +226,98 @@ class Listener:
         body = bytearray()
         while type(event := parser.next_event()) is not h11.EndOfMessage:
             body += event.data
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers}
-        status, answer = await self._publish_answer(headers, bytes(body))
-        payload = _json.encode(answer)
+        query = urlsplit(request.target.decode("latin-1")).query
+        return await self._respond(sock, parser, *await handler(query, _headers(request), bytes(body)))
+
+    async def _respond(self, sock: socket.socket, parser: h11.Connection, status: int, body: bytes,
+                       extra_headers: list[tuple[bytes, bytes]] = ()) -> bool:
+        """Send one JSON response (bounded); False when the connection must close."""
         response = parser.send(h11.Response(status_code=status, headers=[
-            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]))
-        response += parser.send(h11.Data(data=payload)) + parser.send(h11.EndOfMessage())
+            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *extra_headers]))
+        response += parser.send(h11.Data(data=body)) + parser.send(h11.EndOfMessage())
         with trio.move_on_after(self._config.handshake_timeout_s):
             if await _send_all(sock, response):
                 return parser.our_state is h11.DONE
         return False
 
+    # -- SSE and long-poll -----------------------------------------------------------------
+    def _http_session(self, request: h11.Request, ns: Namespace) -> tuple[Claims, Cursor | None, list[str], str,
+                                                                             PresenceState | None]:
+        """Check an SSE or poll request: its claims, cursor, rooms, session id and the
+        presence state it asks for.
+
+        Raises ``AuthError`` (401/403) or ``ReplyError`` (4xx) naming what is wrong: nothing
+        is started for a request that cannot be served as asked."""
+        headers = _headers(request)
+        query = dict(parse_qsl(urlsplit(request.target.decode("latin-1")).query))
+        token = bearer_token(headers, query, [])
+        if token is None:
+            raise AuthError(CloseCode.UNAUTHENTICATED, "no token")
+        claims = self._verifier.verify(token)
+        admit(claims, ns)
+        rooms = list(dict.fromkeys(r for r in query.get("rooms", "").split(",") if r))
+        if len(rooms) > self._services.config.connection.max_rooms:
+            raise ReplyError(ReplyCode.TOO_MANY_ROOMS, "too many rooms")
+        for room in rooms:
+            authorize_room(claims, ns, room)
+        since_text = query.get("since") or headers.get("last-event-id")
+        since = Cursor.parse(since_text) if since_text else None
+        session = query.get("session", "")
+        if not (session and len(session) <= MAX_SESSION_ID and is_identifier(session)):
+            session = secrets.token_urlsafe(12)
+        asked = query.get("presence")
+        if asked not in (None, PresenceState.ONLINE, PresenceState.AWAY):
+            raise ReplyError(ReplyCode.BAD_FRAME, "?presence= is online or away")
+        return claims, since, rooms, session, PresenceState(asked) if asked else None
+
+    def _refuse(self, exc: AuthError | ReplyError, ns: Namespace) -> tuple[int, bytes]:
+        """The status and JSON body of a refused SSE or poll request."""
+        if isinstance(exc, AuthError):
+            self._services.metrics.auth_failures.labels(exc.disconnect.reason).inc()
+            log.info("request_refused", code=exc.disconnect.code, reason=exc.message, ns=ns.value)
+            return exc.status, _json.encode({"error": exc.disconnect.code, "message": exc.message})
+        return STATUS_OF_REPLY.get(exc.code, 400), _json.encode({"error": int(exc.code), "message": exc.message})
+
+    async def _sse(self, sock: socket.socket, parser: h11.Connection, request: h11.Request, ns: Namespace) -> None:
+        try:
+            claims, since, rooms, session, asked = self._http_session(request, ns)
+        except (AuthError, ReplyError) as exc:
+            await self._respond(sock, parser, *self._refuse(exc, ns), [(b"connection", b"close")])
+            await _linger_close(sock)
+            return
+        stream = SseStream(sock, services=self._services, claims=claims, ns=ns, session=session,
+                           since=since, rooms=rooms)
+        stream.asked_presence = asked
+        self._nursery.start_soon(stream.run)
+
+    async def _poll(self, sock: socket.socket, parser: h11.Connection, request: h11.Request, ns: Namespace) -> bool:
+        """Serve one long-poll request; False when the connection must close."""
+        try:
+            claims, since, rooms, session, asked = self._http_session(request, ns)
+        except (AuthError, ReplyError) as exc:
+            return await self._respond(sock, parser, *self._refuse(exc, ns))
+        poll = PollRequest(sock, services=self._services, claims=claims, ns=ns, session=session,
+                           since=since, rooms=rooms)
+        poll.asked_presence = asked
+        await poll.run()
+        if poll.answer is None:
+            return False
+        return await self._respond(sock, parser, 200, poll.answer, [(b"cache-control", b"no-store")])
+
+    # -- WebSocket -------------------------------------------------------------------------
     async def _websocket(self, sock: socket.socket, received: bytes, ns: Namespace) -> None:
         connection = self._accept_websocket(sock, received, ns)
-        if isinstance(connection, Connection):
+        if isinstance(connection, WebSocketConnection):
             # The connection runs as a task of its own: nothing of the handshake (this
             # frame, the request, the parsers) stays referenced while it lives.
             self._nursery.start_soon(connection.run)
         elif connection is not None:
             await _linger_close(sock)
 
-    def _accept_websocket(self, sock: socket.socket, received: bytes, ns: Namespace) -> Connection | AuthError | None:
-        """Answer the upgrade: a ``Connection`` to run, an ``AuthError`` already sent as a
+    def _accept_websocket(
+        self, sock: socket.socket, received: bytes, ns: Namespace,
+    ) -> WebSocketConnection | AuthError | None:
+        """Answer the upgrade: a ``WebSocketConnection`` to run, an ``AuthError`` already sent as a
         close frame (the caller lingers, then closes), or None when refused and closed."""
         head_end = received.find(b"\r\n\r\n") + 4
         handshake = wsproto.handshake.H11Handshake(ConnectionType.SERVER)
@@ -265,7 +359,7 @@ class Listener:
         if not _send_quietly(sock, accept):
             sock.close()
             return None
-        return Connection(
+        return WebSocketConnection(
             sock, ws, services=self._services, claims=claims, ns=ns, wire=wire,
             session=secrets.token_urlsafe(12), since=since,
         )
@@ -299,6 +393,11 @@ def _plain_body_length(request: h11.Request) -> int | None:
         elif name in (b"transfer-encoding", b"expect"):
             return None
     return length
+
+
+def _headers(request: h11.Request) -> dict[str, str]:
+    """The request's headers by lower-case name (h11 lower-cases them)."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers}
 
 
 def _is_upgrade(request: h11.Request) -> bool:

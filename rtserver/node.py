@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from functools import partial
 
 import structlog
 import trio
@@ -33,7 +32,7 @@ from rtserver.bus import Bus, read_rooms
 from rtserver.bus.memory import MemoryBus
 from rtserver.bus.redis import RedisBus
 from rtserver.config import Config
-from rtserver.http import HttpFrontend, create_app, create_asgi, publish_answer
+from rtserver.http import HttpFrontend, create_app, create_asgi, post_handlers
 from rtserver.listener import Listener
 from rtserver.metrics import Metrics
 from rtserver.presence import MemoryPresence
@@ -79,13 +78,13 @@ class Node:
         self.connections: set[Connection] = set()
         self.draining = False
         self.http = HttpFrontend(create_asgi(self, create_app(self)))
-        services = ConnectionServices(
+        self.services = services = ConnectionServices(
             config=config, bus=self.bus, registry=self.registry, writer=self.writer,
             metrics=self.metrics, catalog=self.catalog, connections=self.connections,
             presence=self.presence, typing=self.typing, schedules=schedule_store,
         )
         self.listener = Listener(
-            config.server, services, self.verifier, self.http.serve, partial(publish_answer, self)
+            config.server, services, self.verifier, self.http.serve, post_handlers(self)
         )
         self.port: int | None = None
 

@@ -1,7 +1,7 @@
 """Actors wired as a node wires them, on the memory bus, with clients on socketpairs.
 
 Each test client speaks real WebSocket frames (a wsproto client connection over one end
-of a ``socket.socketpair``); the other end is a ``Connection`` actor, exactly as the
+of a ``socket.socketpair``); the other end is a ``WebSocketConnection`` actor, exactly as the
 listener would start it after a handshake.
 """
 
@@ -17,7 +17,8 @@ import wsproto.connection
 import wsproto.events as ev
 from wsproto import ConnectionType
 
-from actors.connection import Connection, ConnectionServices
+from actors.connection import ConnectionServices
+from actors.websocket import WebSocketConnection
 from actors.presence import Presence
 from actors.registry import Registry
 from actors.schedules import ScheduleProjector
@@ -49,7 +50,7 @@ class TestClient:
 
     __test__ = False
 
-    def __init__(self, sock: socket.socket, connection: Connection) -> None:
+    def __init__(self, sock: socket.socket, connection: WebSocketConnection) -> None:
         self.sock = sock
         self.connection = connection
         self.ws = wsproto.connection.Connection(ConnectionType.CLIENT)
@@ -121,7 +122,7 @@ class Harness:
         if rcvbuf:
             client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
-        connection = Connection(
+        connection = WebSocketConnection(
             server_sock, wsproto.connection.Connection(ConnectionType.SERVER),
             services=self.services, claims=claims or staff(), ns=ns, wire=WS_JSON,
             session=f"s{id(server_sock)}", since=since,

@@ -12,8 +12,8 @@ from tests.e2e.conftest import Server, server_config
 PRESENCE = {"grace_s": 1.0, "sweep_interval_s": 0.5}
 
 
-async def start_node(nursery, redis_url: str, scope: trio.CancelScope | None = None) -> Server:
-    node = Node(server_config(bus={"redis_url": redis_url}, presence=PRESENCE))
+async def start_node(nursery, redis_url: str, scope: trio.CancelScope | None = None, **sections) -> Server:
+    node = Node(server_config(bus={"redis_url": redis_url}, presence=PRESENCE, **sections))
     if scope is None:
         return Server(node, await nursery.start(node.run))
 

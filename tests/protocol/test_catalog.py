@@ -9,8 +9,8 @@ critical_alert conversation_update priority_update patient_status_change new_pat
 attendant:online attendant:offline attendant:away queue:new queue:taken queue:updated
 thread:message thread:typing chat:accepted chat:ended rt.probe""".split()
 CLIENT_EVENTS = "presence:online presence:away heartbeat typing:start typing:stop mark_alert_read".split()
-# made by the server (snapshots on subscribe, digests of bursts), never published
-INTERNAL_EVENTS = ["presence:snapshot", "schedule.snapshot", "schedule.digest"]
+# made by the server (snapshots on subscribe, digests of bursts, forwarded HTTP commands), never published
+INTERNAL_EVENTS = ["presence:snapshot", "schedule.snapshot", "schedule.digest", "session.command"]
 
 catalog = Catalog.default()
 
@@ -18,7 +18,8 @@ catalog = Catalog.default()
 def test_every_event_of_the_spec_is_declared_once():
     assert set(SPEC_EVENTS) | set(CLIENT_EVENTS) | set(INTERNAL_EVENTS) == set(catalog.types)
     for name in INTERNAL_EVENTS:
-        room = "presence:attendants" if name.startswith("presence") else "schedule:1"
+        room = {"presence": "presence:attendants", "session": "session:s1"}.get(name.split(":")[0].split(".")[0],
+                                                                                "schedule:1")
         with pytest.raises(ReplyError, match="made by rtserver"):
             catalog.validate_publish(name, "t1", [room], {})
     assert all(not catalog.get(name).emitters for name in SPEC_EVENTS)

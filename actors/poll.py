@@ -1,0 +1,182 @@
+"""Long-poll actor: one ``GET /{ns}/poll`` request, from its cursor to its answer.
+
+Contract
+--------
+Mailbox
+    None from the client. Its rooms push frames into its ``PollAnswer`` (never blocks);
+    commands for its session arrive through its command room (``session:{id}``) and are
+    applied without waiting. ``close(disconnect)`` may be called by anyone (drain).
+Owns
+    Its rooms (the token's own and those of ``?rooms=``) while it waits, the frames
+    collected for the answer (budgeted like an outbound queue) and its token's expiry.
+    Not its socket: the listener writes ``answer`` and keeps the connection for the next
+    request.
+Replies
+    ``answer``: ``{"events":[…],"cursor":"…","session":"…"}`` (``protocol.httpstreams``),
+    at once when the cursor is behind (history), else as soon as an event arrives (plus
+    ``connection.poll_linger_s`` to collect what comes with it), else empty after
+    ``connection.poll_timeout_s``. The cursor covers every room of the request: the last
+    cursor among the events (which never passes an event still on its way here), or the
+    request's own when none came. Without ``since`` it starts from now (and the first
+    answer brings the presence and schedule snapshots); ``"recovered":false`` when the
+    history no longer reaches back. Over the budget it answers what it collected, and the
+    rest follows from the cursor. A disconnect (token expired, draining, a bus failure)
+    travels as ``"close"``.
+Failure
+    Ends with its answer, or without one when the client went away (EOF). A bug answers
+    with a 1011 close, never ends the node.
+Blocking
+    On the bus while reading history; on its rooms having handed over what they buffered
+    for it; on its wait (bounded). Never on other connections.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import msgspec
+import trio
+
+from actors.connection import CONNECTION_LOST, Connection, ConnectionServices, RoomSnapshot
+from protocol.catalog import Namespace
+from protocol.cursors import Cursor
+from protocol.errors import CloseCode, Disconnect
+from protocol.httpstreams import poll_body
+from protocol.rooms import RoomKind, parse_room
+from protocol.wires import POLL_JSON
+from rtserver.auth import Claims, auto_rooms
+
+
+class _Cursored(msgspec.Struct):
+    cursor: str | None = None
+
+
+_cursor_of = msgspec.json.Decoder(_Cursored).decode
+
+
+class PollAnswer:
+    """The frames collected for one answer: ``push`` never blocks; over the budget the
+    rest is dropped (the answer's cursor stops before it) and the owner is told."""
+
+    __slots__ = ("frames", "nbytes", "max_frames", "max_bytes", "full", "arrived", "_owner")
+
+    def __init__(self, *, max_frames: int, max_bytes: int, owner: Connection) -> None:
+        self.frames: list[bytes] = []
+        self.nbytes = 0
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.full = False
+        self.arrived = trio.Event()
+        self._owner = owner
+
+    def push(self, frame: bytes) -> None:
+        if self.full:
+            return
+        if len(self.frames) >= self.max_frames or self.nbytes + len(frame) > self.max_bytes:
+            self.full = True
+            self._owner.slow_consumer()
+            return
+        self.frames.append(frame)
+        self.nbytes += len(frame)
+        self.arrived.set()
+
+    def cursor(self, default: str) -> str:
+        """The cursor of the last frame that has one; ``default`` when none has."""
+        for frame in reversed(self.frames):
+            cursor = _cursor_of(frame).cursor
+            if cursor is not None:
+                return cursor
+        return default
+
+
+class PollRequest(Connection):
+    transport = "poll"
+    session_spans_requests = True
+    __slots__ = ("_sock", "_asked", "_cursor", "_recovered", "_promoting", "_caught_up", "answer")
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        services: ConnectionServices,
+        claims: Claims,
+        ns: Namespace,
+        session: str,
+        since: Cursor | None,
+        rooms: list[str],
+    ) -> None:
+        super().__init__(services=services, claims=claims, ns=ns, wire=POLL_JSON, session=session,
+                         since=since, idle_s=0)
+        cfg = services.config.connection
+        self._sock = sock
+        self._asked = rooms
+        self._cursor = since.encode() if since is not None else ""
+        self._recovered: bool | None = None
+        self._promoting = 0
+        self._caught_up = trio.Event()
+        #: The response body once the request ended with one (None: the client left).
+        self.answer: bytes | None = None
+        self.out = PollAnswer(max_frames=cfg.outbound_max_frames, max_bytes=cfg.outbound_max_bytes, owner=self)
+
+    def _initial_rooms(self) -> list[str]:
+        rooms = list(dict.fromkeys(auto_rooms(self.claims, self.ns) + self._asked))
+        self._promoting = len(rooms)
+        return rooms
+
+    def _started(self, rooms: list[str], recovered: bool | None, cursor: Cursor) -> None:
+        self._cursor = cursor.encode()
+        self._recovered = recovered
+
+    def _room_caught_up(self) -> None:
+        self._promoting -= 1
+        if self._promoting <= 0:
+            self._caught_up.set()
+
+    async def _snapshot(self, room: str, recovered: bool) -> RoomSnapshot | None:
+        # A poll resumed from its cursor is the same client as the poll before: presence
+        # changes since then are best-effort (ephemeral), as on any reconnect.
+        if recovered and parse_room(room)[0] is RoomKind.PRESENCE:
+            return None
+        return await super()._snapshot(room, recovered)
+
+    async def _start(self) -> None:
+        await self._join_command_room()
+        await super()._start()
+
+    async def _serve(self) -> None:
+        cfg = self._s.config.connection
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_client)
+            with trio.move_on_after(cfg.poll_timeout_s):
+                await self.out.arrived.wait()
+            if self.out.frames:
+                await trio.sleep(cfg.poll_linger_s)
+            with trio.move_on_after(cfg.poll_linger_s + 1.0):
+                await self._caught_up.wait()  # what the rooms buffered is in the answer
+            nursery.cancel_scope.cancel()
+
+    async def _watch_client(self) -> None:
+        """Close when the client goes away; stop watching once it sends anything (the
+        next request on this connection is the listener's)."""
+        sock = self._sock
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = sock.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._peer_closed = True
+                self.close(CONNECTION_LOST)
+            return
+
+    async def _finish(self, disconnect: Disconnect) -> None:
+        out = self.out
+        out.full = True  # nothing more joins the answer
+        if disconnect is CONNECTION_LOST:
+            return
+        close = None if disconnect in (CloseCode.NORMAL, CloseCode.SLOW_CONSUMER) else disconnect
+        self.answer = poll_body(out.frames, out.cursor(self._cursor), self.session,
+                                recovered=self._recovered if self._since is not None else None, close=close)

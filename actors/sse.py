@@ -1,0 +1,110 @@
+"""SSE stream actor: one ``GET /{ns}/sse`` response, for as long as it lasts.
+
+Contract
+--------
+Mailbox
+    None from the client: it only reads. Its socket is watched for EOF (anything it sends
+    is ignored). Commands for its session arrive through its command room
+    (``session:{id}``, forwarded from ``POST /{ns}/commands`` on any node) and are applied
+    without waiting. ``close(disconnect)`` may be called by anyone.
+Owns
+    Its socket (the response: a head, then chunks), its outbound queue (frames and bytes
+    budget, flushed by the writer actor like a WebSocket's), its rooms (the token's own and
+    those of ``?rooms=``, fixed for the stream's life: changing them means reopening with
+    the last cursor) and its token's expiry.
+Replies
+    The ``retry:`` hint, the ``hello`` frame (its ``id:`` is the position the stream starts
+    at), then the events of its rooms, each an SSE message whose ``id:`` is its cursor
+    (ephemeral events have none), all encoded once per broadcast; a ``: keep-alive``
+    comment after ``connection.sse_keepalive_s`` without a write.
+Failure
+    Ends on EOF, a broken socket, or a disconnect (slow consumer, token expired, draining,
+    a bus failure at the start); the disconnect is sent as ``event: close`` with its code
+    and action, then the last chunk, and the socket is closed. A bug ends this stream with
+    1011, never the node.
+Blocking
+    On its socket's readability (bounded by the keep-alive interval); on the bus while
+    reading history for a resume. Never on other connections.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+from actors.connection import CONNECTION_LOST, Connection, ConnectionServices
+from actors.websocket import CLOSE_TIMEOUT_S
+from actors.writer import OutboundQueue
+from protocol.catalog import Namespace
+from protocol.cursors import Cursor
+from protocol.errors import CloseCode, Disconnect
+from protocol.httpstreams import SSE_KEEPALIVE, sse_close, sse_head
+from protocol.wires import SSE_JSON
+from rtserver.auth import Claims, auto_rooms
+
+
+class SseStream(Connection):
+    transport = "sse"
+    session_spans_requests = True
+    __slots__ = ("_sock", "_asked")
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        services: ConnectionServices,
+        claims: Claims,
+        ns: Namespace,
+        session: str,
+        since: Cursor | None,
+        rooms: list[str],
+    ) -> None:
+        super().__init__(services=services, claims=claims, ns=ns, wire=SSE_JSON, session=session,
+                         since=since, idle_s=0)
+        cfg = services.config.connection
+        self._sock = sock
+        self._asked = rooms
+        self.out = OutboundQueue(sock, services.writer, max_frames=cfg.outbound_max_frames,
+                                 max_bytes=cfg.outbound_max_bytes, owner=self)
+
+    def _initial_rooms(self) -> list[str]:
+        return list(dict.fromkeys(auto_rooms(self.claims, self.ns) + self._asked))
+
+    async def _start(self) -> None:
+        self.out.push(sse_head(self._s.config.connection.sse_retry_ms, [(b"connection", b"close")]))
+        await self._join_command_room()
+        await super()._start()
+
+    async def _serve(self) -> None:
+        sock, out = self._sock, self.out
+        keepalive_s = self._s.config.connection.sse_keepalive_s
+        while True:
+            with trio.move_on_after(keepalive_s) as idle:
+                await trio.lowlevel.wait_readable(sock)
+            if idle.cancelled_caught:
+                if not out.frames:
+                    out.push(SSE_KEEPALIVE)
+                continue
+            try:
+                data = sock.recv(4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._peer_closed = True
+                self._disconnect = self._disconnect or CONNECTION_LOST
+                return
+
+    async def _finish(self, disconnect: Disconnect) -> None:
+        out, sock = self.out, self._sock
+        if disconnect is CloseCode.SLOW_CONSUMER:
+            out.discard()
+        if disconnect is not CONNECTION_LOST:
+            out.push_final(sse_close(disconnect))
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await out.wait_flushed()
+        out.detach()
+        trio.lowlevel.notify_closing(sock)
+        sock.close()

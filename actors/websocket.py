@@ -1,0 +1,240 @@
+"""WebSocket connection actor: one WebSocket client, from its first frame to its close.
+
+Contract
+--------
+Mailbox
+    The client's socket (read with ``wait_readable`` + non-blocking ``recv``, parsed by
+    wsproto), so inbound commands are processed one at a time: a client that sends faster
+    than it is served waits in its own TCP window. ``close(disconnect)`` may be called by
+    anyone (drain, the writer, a room) and only cancels this actor's scope.
+Owns
+    Its socket, its wsproto state, its outbound queue (frames and bytes budget), its room
+    memberships, its inbound token bucket and its token's expiry (the scope deadline).
+Replies
+    ``hello`` first; ``ack`` / ``error`` to ``sub``, ``unsub`` and ``emit``; ``pong`` to
+    ``ping``; events of its rooms as ``evt`` frames (queued by the rooms, written by the
+    writer actor).
+Failure
+    Ends on the client's close or EOF, on a broken socket, or on a disconnect: slow
+    consumer (outbound budget exceeded), rate limited (sustained refusals), token expired,
+    idle timeout, message too big, protocol error, draining. An unexpected exception is
+    logged and closes this connection with 1011; it never ends the node. Its ``finally``
+    leaves its rooms, sends the close frame with the code (best effort, bounded) and
+    closes the socket.
+Blocking
+    On its socket's readability; on the bus while reading history for a resume (and on its
+    own outbound queue draining between history pages). Never on other connections.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+import wsproto.connection
+import wsproto.events as ws_events
+
+from actors.connection import (
+    CONNECTION_LOST, SNAPSHOT_KINDS, SWITCHES, TYPING, Connection, ConnectionServices, emit_anywhere,
+)
+from actors.writer import OutboundQueue
+from protocol.catalog import Namespace
+from protocol.cursors import Cursor
+from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
+from protocol.frames import Ack, Emit, Ping, Pong, Sub, Unsub
+from protocol.wires import Wire
+from protocol.wsframes import close_frame
+from rtserver.auth import Claims, authorize_room
+from rtserver.sockets import half_close_and_wait_eof
+
+#: Seconds the close handshake may take before the socket is closed anyway.
+CLOSE_TIMEOUT_S = 2.0
+
+
+class TokenBucket:
+    """Inbound rate limit: ``rate`` tokens per second, at most ``burst`` saved."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp", "refused_in_a_row")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = trio.current_time()
+        self.refused_in_a_row = 0
+
+    def take(self) -> bool:
+        now = trio.current_time()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.refused_in_a_row = 0
+            return True
+        self.refused_in_a_row += 1
+        return False
+
+
+class WebSocketConnection(Connection):
+    transport = "websocket"
+    __slots__ = ("_sock", "_ws", "_bucket", "_partial", "_partial_size")
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        ws: wsproto.connection.Connection,
+        *,
+        services: ConnectionServices,
+        claims: Claims,
+        ns: Namespace,
+        wire: Wire,
+        session: str,
+        since: Cursor | None = None,
+    ) -> None:
+        cfg = services.config.connection
+        super().__init__(services=services, claims=claims, ns=ns, wire=wire, session=session, since=since,
+                         idle_s=cfg.idle_timeout_s)
+        self._sock = sock
+        self._ws = ws
+        self._bucket = TokenBucket(cfg.inbound_rate, cfg.inbound_burst)
+        self._partial: list[bytes | str] | None = None  # a message arriving in fragments
+        self._partial_size = 0
+        self.out = OutboundQueue(sock, services.writer, max_frames=cfg.outbound_max_frames,
+                                 max_bytes=cfg.outbound_max_bytes, owner=self)
+
+    async def _finish(self, disconnect: Disconnect) -> None:
+        out, sock = self.out, self._sock
+        if disconnect is CloseCode.SLOW_CONSUMER:
+            out.discard()
+        if disconnect is not CONNECTION_LOST:
+            out.push_final(close_frame(disconnect.code, disconnect.reason))
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await out.wait_flushed()
+                if not self._peer_closed:
+                    await half_close_and_wait_eof(sock)
+        out.detach()
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+
+    # -- reading -----------------------------------------------------------------------
+    async def _serve(self) -> None:
+        sock, ws = self._sock, self._ws
+        chunk = self._s.config.connection.read_chunk_bytes
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            self._push_deadline()
+            try:
+                data = sock.recv(chunk)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._peer_closed = True
+                self._disconnect = self._disconnect or CONNECTION_LOST
+                return
+            try:
+                ws.receive_data(data)
+                for event in ws.events():
+                    if await self._on_ws_event(event):
+                        return
+            except wsproto.utilities.RemoteProtocolError as exc:
+                self._log("protocol_error", error=str(exc))
+                self._disconnect = CloseCode.PROTOCOL_ERROR
+                return
+
+    async def _on_ws_event(self, event: ws_events.Event) -> bool:
+        """Handle one wsproto event; True when the connection must end."""
+        if isinstance(event, ws_events.Message):
+            self._partial_size += len(event.data)
+            if self._partial_size > self._s.config.server.max_inbound_message_bytes:
+                self._disconnect = CloseCode.MESSAGE_TOO_BIG
+                return True
+            if not event.message_finished:
+                self._partial = (self._partial or []) + [event.data]
+                return False
+            data = event.data
+            if self._partial is not None:
+                data = type(data)().join([*self._partial, data])  # type: ignore[arg-type]
+            self._partial, self._partial_size = None, 0
+            await self._on_message(data.encode() if isinstance(data, str) else data)
+            return self._disconnect is not None
+        if isinstance(event, ws_events.Ping):
+            self.out.push(self._ws.send(event.response()))
+            return False
+        if isinstance(event, ws_events.CloseConnection):
+            self._peer_closed = True
+            self._disconnect = self._disconnect or Disconnect(int(event.code), "closed by client", CloseCode.NORMAL.action)
+            return True
+        return False
+
+    async def _on_message(self, data: bytes) -> None:
+        metrics = self._s.metrics
+        if not self._bucket.take():
+            metrics.rate_limited.inc()
+            if self._bucket.refused_in_a_row >= self._s.config.connection.rate_limit_close_after:
+                self.close(CloseCode.RATE_LIMITED)
+                return
+            self._send_error(ReplyError(ReplyCode.RATE_LIMITED, "too many commands"), None)
+            return
+        try:
+            frame = self._wire.codec.decode(data)
+        except ReplyError as err:
+            metrics.messages_in.labels("invalid").inc()
+            self._send_error(err, None)
+            return
+        metrics.messages_in.labels(frame.event if isinstance(frame, Emit) else type(frame).__name__.lower()).inc()
+        try:
+            if isinstance(frame, Sub):
+                await self._on_sub(frame)
+            elif isinstance(frame, Unsub):
+                self._on_unsub(frame)
+            elif isinstance(frame, Emit):
+                await self._on_emit(frame)
+            elif isinstance(frame, Ping):
+                self._send(Pong(ref=frame.ref))
+        except ReplyError as err:
+            self._log("command_refused", op=type(frame).__name__.lower(), code=int(err.code),
+                      error=err.message)
+            self._send_error(err, frame.ref)
+
+    # -- commands ----------------------------------------------------------------------
+    async def _on_sub(self, frame: Sub) -> None:
+        kind = authorize_room(self.claims, self.ns, frame.room)
+        since = Cursor.parse(frame.since) if frame.since else None
+        if frame.room not in self._rooms and len(self._rooms) >= self._s.config.connection.max_rooms:
+            raise ReplyError(ReplyCode.TOO_MANY_ROOMS, "too many rooms on this connection")
+        if frame.room in self._rooms and since is None:
+            self._send(Ack(ref=frame.ref, room=frame.room))
+            return
+        if frame.room in self._rooms:
+            self._rooms.pop(frame.room).remove(self.session)
+
+        def ack(recovered: bool | None, cursor: Cursor) -> None:
+            self._send(Ack(ref=frame.ref, room=frame.room, recovered=recovered, cursor=cursor.encode()))
+
+        await self._join([frame.room], since, ack, self._snapshot if kind in SNAPSHOT_KINDS else None)
+        self._log("sub", room=frame.room, since=frame.since)
+
+    def _on_unsub(self, frame: Unsub) -> None:
+        room = self._rooms.pop(frame.room, None)
+        if room is None:
+            raise ReplyError(ReplyCode.NOT_SUBSCRIBED, f"not subscribed to {frame.room!r}")
+        room.remove(self.session)
+        self._send(Ack(ref=frame.ref, room=frame.room))
+        self._log("unsub", room=frame.room)
+
+    def _joined(self, room: str) -> None:
+        if room not in self._rooms:
+            raise ReplyError(ReplyCode.NOT_SUBSCRIBED, f"{room!r} is not a room you have joined")
+
+    async def _on_emit(self, frame: Emit) -> None:
+        self._s.catalog.check_emit(self.ns, frame.event, frame.data, frame.room, self._joined)
+        if self._present and frame.event == "heartbeat":
+            await self._s.presence.heartbeat(self.id)
+        elif self._present and frame.event in SWITCHES:
+            await self._s.presence.switch(self.id, SWITCHES[frame.event])
+        else:
+            self._typed = self._typed or frame.event in TYPING
+            await emit_anywhere(self._s, self.claims, self.session, frame)
+        self._send(Ack(ref=frame.ref, room=frame.room, event=frame.event))
