@@ -86,6 +86,20 @@ async def emit_anywhere(services: ConnectionServices, claims: Claims, session: s
 
 
 @dataclass(frozen=True, slots=True)
+class Joining:
+    """What a connection's request asks for beyond its token (its URL's query)."""
+
+    #: Rooms to join at the start besides the token's own (``?rooms=a,b``).
+    rooms: tuple[str, ...] = ()
+    #: Of those, the rooms new to the client (``?fresh=``): their snapshots are sent even
+    #: when the cursor resumes, since the client never had their state.
+    fresh: frozenset[str] = frozenset()
+    #: The presence state the client asks for (``?presence=``; a session's switch outlives
+    #: each stream or poll), if any.
+    presence: PresenceState | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RoomSnapshot:
     """What a room hands a new subscriber first: a frame, and for a record of durable
     events the cursor up to which it reflects every event and which later events it
@@ -128,7 +142,7 @@ class Connection:
     session_spans_requests = False
     __slots__ = (
         "id", "session", "claims", "ns", "out", "_s", "_wire", "_since", "_rooms", "_scope",
-        "_disconnect", "_peer_closed", "_expires_at", "_idle_s", "_present", "_typed", "asked_presence",
+        "_disconnect", "_peer_closed", "_expires_at", "_idle_s", "_present", "_typed", "_joining",
     )
     _next_id = 0
 
@@ -142,6 +156,7 @@ class Connection:
         session: str,
         since: Cursor | None,
         idle_s: float,
+        joining: Joining | None = None,
     ) -> None:
         Connection._next_id += 1
         self.id = Connection._next_id
@@ -151,6 +166,7 @@ class Connection:
         self._s = services
         self._wire = wire
         self._since = since
+        self._joining = joining or Joining()
         self._rooms: dict[str, Room] = {}  # room name -> room
         self._scope = trio.CancelScope()
         self._expires_at = math.inf  # trio time of the token's exp
@@ -159,9 +175,6 @@ class Connection:
         self._peer_closed = False
         self._present = False  # tracked by the presence actor
         self._typed = False  # has typed: the typing actor is told when it closes
-        #: The presence state the client asks for from the start (``?presence=`` of a
-        #: stream or poll: its session's switches outlive each request), if any.
-        self.asked_presence: PresenceState | None = None
         self.out = None  # the transport's outbound queue: ``push(bytes)`` never blocks
 
     # -- control from outside ------------------------------------------------------------
@@ -242,8 +255,8 @@ class Connection:
         raise NotImplementedError
 
     def _initial_rooms(self) -> list[str]:
-        """The rooms joined at the start: the token's own."""
-        return auto_rooms(self.claims, self.ns)
+        """The rooms joined at the start: the token's own, then those the request named."""
+        return list(dict.fromkeys(auto_rooms(self.claims, self.ns) + list(self._joining.rooms)))
 
     def _started(self, rooms: list[str], recovered: bool | None, cursor: Cursor) -> None:
         """Answer the start: the ``hello`` frame, before any event."""
@@ -266,7 +279,7 @@ class Connection:
         if self.ns is Namespace.HUB and self.claims.presence_groups:
             self._present = True
             await self._s.presence.connected(self.presence_id, self.claims.tenant, self.claims.user,
-                                             self.claims.presence_groups, self.asked_presence)
+                                             self.claims.presence_groups, self._joining.presence)
 
     @property
     def _shard(self) -> int:
@@ -274,7 +287,9 @@ class Connection:
 
     # -- snapshots ---------------------------------------------------------------------
     async def _snapshot(self, room: str, recovered: bool) -> RoomSnapshot | None:
-        """The snapshot a new subscriber of ``room`` gets first, if its kind has one."""
+        """The snapshot a new subscriber of ``room`` gets first, if its kind has one (a
+        room the request calls new to the client counts as not recovered)."""
+        recovered = recovered and room not in self._joining.fresh
         kind = parse_room(room)[0]
         if kind is RoomKind.PRESENCE:
             return await self._presence_snapshot(room, recovered)
@@ -332,9 +347,10 @@ class Connection:
         then deliver what arrived meanwhile (``Promote``) and go live, with no gap and no
         duplicate. With ``snapshot`` (given the room's name and whether the history reached
         back; it may answer None), each room's snapshot frame follows the answer, read
-        after the room began holding live events for this connection; when a snapshot has
-        a cursor, the history after it that the snapshot does not already cover follows,
-        so snapshot and live events join with no gap and no duplicate.
+        after the room began holding live events for this connection; when snapshots have
+        cursors, the history after the oldest of them (or after ``since``, if older) that no
+        snapshot already covers follows, so snapshots, resumed rooms and live events join
+        with no gap and no duplicate.
         """
         rooms: dict[str, Room] = {}
         for name in names:
@@ -359,8 +375,9 @@ class Connection:
             snapshots: list[RoomSnapshot] = []
             if snapshot is not None:
                 snapshots = [snap for name in rooms if (snap := await snapshot(name, bool(recovered)))]
-                start = next((snap.cursor for snap in snapshots if snap.cursor is not None), None)
-                if start is not None:
+                start = min((snap.cursor for snap in snapshots if snap.cursor is not None),
+                            key=lambda cursor: cursor.offset, default=None)
+                if start is not None and (history is None or start.offset < since.offset):
                     history = await self._history(names, start)
                     if history is None:
                         self._log("snapshot_history_lost", rooms=names)  # live events follow

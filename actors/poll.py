@@ -37,14 +37,14 @@ import socket
 import msgspec
 import trio
 
-from actors.connection import CONNECTION_LOST, Connection, ConnectionServices, RoomSnapshot
+from actors.connection import CONNECTION_LOST, Connection, ConnectionServices, Joining, RoomSnapshot
 from protocol.catalog import Namespace
 from protocol.cursors import Cursor
 from protocol.errors import CloseCode, Disconnect
 from protocol.httpstreams import poll_body
 from protocol.rooms import RoomKind, parse_room
 from protocol.wires import POLL_JSON
-from rtserver.auth import Claims, auto_rooms
+from rtserver.auth import Claims
 
 
 class _Cursored(msgspec.Struct):
@@ -92,7 +92,7 @@ class PollAnswer:
 class PollRequest(Connection):
     transport = "poll"
     session_spans_requests = True
-    __slots__ = ("_sock", "_asked", "_cursor", "_recovered", "_promoting", "_caught_up", "answer")
+    __slots__ = ("_sock", "_cursor", "_recovered", "_promoting", "_caught_up", "answer")
 
     def __init__(
         self,
@@ -103,13 +103,12 @@ class PollRequest(Connection):
         ns: Namespace,
         session: str,
         since: Cursor | None,
-        rooms: list[str],
+        joining: Joining,
     ) -> None:
         super().__init__(services=services, claims=claims, ns=ns, wire=POLL_JSON, session=session,
-                         since=since, idle_s=0)
+                         since=since, idle_s=0, joining=joining)
         cfg = services.config.connection
         self._sock = sock
-        self._asked = rooms
         self._cursor = since.encode() if since is not None else ""
         self._recovered: bool | None = None
         self._promoting = 0
@@ -119,7 +118,7 @@ class PollRequest(Connection):
         self.out = PollAnswer(max_frames=cfg.outbound_max_frames, max_bytes=cfg.outbound_max_bytes, owner=self)
 
     def _initial_rooms(self) -> list[str]:
-        rooms = list(dict.fromkeys(auto_rooms(self.claims, self.ns) + self._asked))
+        rooms = super()._initial_rooms()
         self._promoting = len(rooms)
         return rooms
 
@@ -135,7 +134,7 @@ class PollRequest(Connection):
     async def _snapshot(self, room: str, recovered: bool) -> RoomSnapshot | None:
         # A poll resumed from its cursor is the same client as the poll before: presence
         # changes since then are best-effort (ephemeral), as on any reconnect.
-        if recovered and parse_room(room)[0] is RoomKind.PRESENCE:
+        if recovered and parse_room(room)[0] is RoomKind.PRESENCE and room not in self._joining.fresh:
             return None
         return await super()._snapshot(room, recovered)
 

@@ -33,7 +33,7 @@ import socket
 
 import trio
 
-from actors.connection import CONNECTION_LOST, Connection, ConnectionServices
+from actors.connection import CONNECTION_LOST, Connection, ConnectionServices, Joining
 from actors.websocket import CLOSE_TIMEOUT_S
 from actors.writer import OutboundQueue
 from protocol.catalog import Namespace
@@ -41,13 +41,13 @@ from protocol.cursors import Cursor
 from protocol.errors import CloseCode, Disconnect
 from protocol.httpstreams import SSE_KEEPALIVE, sse_close, sse_head
 from protocol.wires import SSE_JSON
-from rtserver.auth import Claims, auto_rooms
+from rtserver.auth import Claims
 
 
 class SseStream(Connection):
     transport = "sse"
     session_spans_requests = True
-    __slots__ = ("_sock", "_asked")
+    __slots__ = ("_sock",)
 
     def __init__(
         self,
@@ -58,18 +58,14 @@ class SseStream(Connection):
         ns: Namespace,
         session: str,
         since: Cursor | None,
-        rooms: list[str],
+        joining: Joining,
     ) -> None:
         super().__init__(services=services, claims=claims, ns=ns, wire=SSE_JSON, session=session,
-                         since=since, idle_s=0)
+                         since=since, idle_s=0, joining=joining)
         cfg = services.config.connection
         self._sock = sock
-        self._asked = rooms
         self.out = OutboundQueue(sock, services.writer, max_frames=cfg.outbound_max_frames,
                                  max_bytes=cfg.outbound_max_bytes, owner=self)
-
-    def _initial_rooms(self) -> list[str]:
-        return list(dict.fromkeys(auto_rooms(self.claims, self.ns) + self._asked))
 
     async def _start(self) -> None:
         self.out.push(sse_head(self._s.config.connection.sse_retry_ms, [(b"connection", b"close")]))

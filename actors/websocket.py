@@ -35,7 +35,7 @@ import wsproto.connection
 import wsproto.events as ws_events
 
 from actors.connection import (
-    CONNECTION_LOST, SNAPSHOT_KINDS, SWITCHES, TYPING, Connection, ConnectionServices, emit_anywhere,
+    CONNECTION_LOST, SNAPSHOT_KINDS, SWITCHES, TYPING, Connection, ConnectionServices, Joining, emit_anywhere,
 )
 from actors.writer import OutboundQueue
 from protocol.catalog import Namespace
@@ -90,10 +90,11 @@ class WebSocketConnection(Connection):
         wire: Wire,
         session: str,
         since: Cursor | None = None,
+        joining: Joining | None = None,
     ) -> None:
         cfg = services.config.connection
         super().__init__(services=services, claims=claims, ns=ns, wire=wire, session=session, since=since,
-                         idle_s=cfg.idle_timeout_s)
+                         idle_s=cfg.idle_timeout_s, joining=joining)
         self._sock = sock
         self._ws = ws
         self._bucket = TokenBucket(cfg.inbound_rate, cfg.inbound_burst)

@@ -36,7 +36,7 @@ import wsproto.handshake
 from wsproto import ConnectionType
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 
-from actors.connection import ConnectionServices
+from actors.connection import ConnectionServices, Joining
 from actors.poll import PollRequest
 from actors.sse import SseStream
 from actors.websocket import WebSocketConnection
@@ -241,10 +241,8 @@ class Listener:
         return False
 
     # -- SSE and long-poll -----------------------------------------------------------------
-    def _http_session(self, request: h11.Request, ns: Namespace) -> tuple[Claims, Cursor | None, list[str], str,
-                                                                             PresenceState | None]:
-        """Check an SSE or poll request: its claims, cursor, rooms, session id and the
-        presence state it asks for.
+    def _http_session(self, request: h11.Request, ns: Namespace) -> tuple[Claims, Cursor | None, str, Joining]:
+        """Check an SSE or poll request: its claims, cursor, session id and what it joins.
 
         Raises ``AuthError`` (401/403) or ``ReplyError`` (4xx) naming what is wrong: nothing
         is started for a request that cannot be served as asked."""
@@ -255,20 +253,28 @@ class Listener:
             raise AuthError(CloseCode.UNAUTHENTICATED, "no token")
         claims = self._verifier.verify(token)
         admit(claims, ns)
-        rooms = list(dict.fromkeys(r for r in query.get("rooms", "").split(",") if r))
-        if len(rooms) > self._services.config.connection.max_rooms:
-            raise ReplyError(ReplyCode.TOO_MANY_ROOMS, "too many rooms")
-        for room in rooms:
-            authorize_room(claims, ns, room)
         since_text = query.get("since") or headers.get("last-event-id")
         since = Cursor.parse(since_text) if since_text else None
         session = query.get("session", "")
         if not (session and len(session) <= MAX_SESSION_ID and is_identifier(session)):
             session = secrets.token_urlsafe(12)
-        asked = query.get("presence")
-        if asked not in (None, PresenceState.ONLINE, PresenceState.AWAY):
+        return claims, since, session, self._joining(query, claims, ns)
+
+    def _joining(self, query: dict[str, str], claims: Claims, ns: Namespace) -> Joining:
+        """The rooms (each authorized), fresh rooms and presence a request's query asks for;
+        raises ``ReplyError``."""
+        rooms = tuple(dict.fromkeys(r for r in query.get("rooms", "").split(",") if r))
+        if len(rooms) > self._services.config.connection.max_rooms:
+            raise ReplyError(ReplyCode.TOO_MANY_ROOMS, "too many rooms")
+        for room in rooms:
+            authorize_room(claims, ns, room)
+        fresh = frozenset(r for r in query.get("fresh", "").split(",") if r)
+        if not fresh <= set(rooms):
+            raise ReplyError(ReplyCode.BAD_ROOM, "?fresh= names rooms that ?rooms= does not")
+        presence = query.get("presence")
+        if presence not in (None, PresenceState.ONLINE, PresenceState.AWAY):
             raise ReplyError(ReplyCode.BAD_FRAME, "?presence= is online or away")
-        return claims, since, rooms, session, PresenceState(asked) if asked else None
+        return Joining(rooms, fresh, PresenceState(presence) if presence else None)
 
     def _refuse(self, exc: AuthError | ReplyError, ns: Namespace) -> tuple[int, bytes]:
         """The status and JSON body of a refused SSE or poll request."""
@@ -280,25 +286,23 @@ class Listener:
 
     async def _sse(self, sock: socket.socket, parser: h11.Connection, request: h11.Request, ns: Namespace) -> None:
         try:
-            claims, since, rooms, session, asked = self._http_session(request, ns)
+            claims, since, session, joining = self._http_session(request, ns)
         except (AuthError, ReplyError) as exc:
             await self._respond(sock, parser, *self._refuse(exc, ns), [(b"connection", b"close")])
             await _linger_close(sock)
             return
         stream = SseStream(sock, services=self._services, claims=claims, ns=ns, session=session,
-                           since=since, rooms=rooms)
-        stream.asked_presence = asked
+                           since=since, joining=joining)
         self._nursery.start_soon(stream.run)
 
     async def _poll(self, sock: socket.socket, parser: h11.Connection, request: h11.Request, ns: Namespace) -> bool:
         """Serve one long-poll request; False when the connection must close."""
         try:
-            claims, since, rooms, session, asked = self._http_session(request, ns)
+            claims, since, session, joining = self._http_session(request, ns)
         except (AuthError, ReplyError) as exc:
             return await self._respond(sock, parser, *self._refuse(exc, ns))
         poll = PollRequest(sock, services=self._services, claims=claims, ns=ns, session=session,
-                           since=since, rooms=rooms)
-        poll.asked_presence = asked
+                           since=since, joining=joining)
         await poll.run()
         if poll.answer is None:
             return False
@@ -347,6 +351,11 @@ class Listener:
                 raise AuthError(CloseCode.UNAUTHENTICATED, "no token")
             claims = self._verifier.verify(token)
             admit(claims, ns)
+            try:
+                joining = self._joining(query, claims, ns)
+            except ReplyError as err:  # the rooms asked for: a close frame the client can read
+                forbidden = err.code is ReplyCode.FORBIDDEN
+                raise AuthError(CloseCode.FORBIDDEN if forbidden else CloseCode.PROTOCOL_ERROR, err.message) from None
         except AuthError as exc:
             metrics.auth_failures.labels(exc.disconnect.reason).inc()
             log.info("handshake_refused", code=exc.disconnect.code, reason=exc.message, ns=ns.value)
@@ -361,7 +370,7 @@ class Listener:
             return None
         return WebSocketConnection(
             sock, ws, services=self._services, claims=claims, ns=ns, wire=wire,
-            session=secrets.token_urlsafe(12), since=since,
+            session=secrets.token_urlsafe(12), since=since, joining=joining,
         )
 
     def _origin_allowed(self, origin: str | None, host: str) -> bool:

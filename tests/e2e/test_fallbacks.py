@@ -162,3 +162,27 @@ async def test_commands_by_post_are_checked_and_answered_as_on_a_websocket(serve
     assert (await command(server.http, "bad", {"op": "ping"})).status_code == 401
     expired = mint_token(SECRET, {"sub": "u1", "healthUnitTaxId": "t1", "roles": ["attendant"]}, -60)
     assert (await command(server.http, expired, {"op": "ping"})).json()["error"] == 4100
+
+
+async def test_a_resume_rejoins_every_room_at_once_and_new_rooms_get_their_snapshot(server):
+    """``?rooms=`` works on every transport, so a reconnect resumes all rooms from one cursor in
+    one join; ``?fresh=`` names the rooms new to the client, whose snapshots come even so."""
+    async with open_client(server.ws(), server.token()) as ws:
+        await ws.subscribe("professional:1")
+        await server.publish(appointment(1))
+        await ws.next_event()
+        cursor = ws.cursor
+    await server.publish_all([appointment(2, rooms=["professional:2"]), appointment(3)])
+    url = server.ws() + "?rooms=professional:1,professional:2,schedule:5&fresh=schedule:5"
+    async with open_client(url, server.token(), since=cursor) as ws:
+        assert ws.hello["recovered"] is True
+        assert ws.hello["rooms"][-3:] == ["professional:1", "professional:2", "schedule:5"]
+        with trio.fail_after(5):
+            got = [await ws.next_event() for _ in range(3)]
+    assert [e["event"] for e in got] == ["schedule.snapshot", "appointment.created", "appointment.created"]
+    assert [e["data"]["appointmentId"] for e in got[1:]] == ["2", "3"]
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        again = (await poll(http, server.token(), since=cursor, rooms="professional:2,schedule:5")).json()
+        assert [e["event"] for e in again["events"]] == ["appointment.created"]  # resumed: no snapshot
+        bad = await poll(http, server.token(), rooms="professional:2", fresh="schedule:5")
+        assert bad.status_code == 422
