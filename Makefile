@@ -4,7 +4,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/rtserver.toml
 
-.PHONY: run test bench-peer bench-redis clean
+.PHONY: run demo test bench-peer bench-redis clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,13 @@ run: $(STAMP)
 	@echo "  token:   $(VENV)/bin/rtserver token --config $(CONFIG) --sub u1 --tenant t1"
 	@echo "  publish: $(VENV)/bin/rtserver publish --config $(CONFIG) --event appointment.created --tenant t1 --rooms tenant:t1 --data '{\"appointmentId\":\"a1\"}'"
 	@echo "  metrics: http://127.0.0.1:8080/metrics   health: /healthz /readyz"
+	@echo "  pages (feed them: make demo URL=http://127.0.0.1:8080 ; or run make demo alone):"
+	@$(VENV)/bin/rtserver pages --config $(CONFIG)
 	$(VENV)/bin/rtserver serve --config $(CONFIG)
+
+# The console and the wall dashboard with live traffic, on an embedded node (no Redis).
+demo: $(STAMP)
+	$(VENV)/bin/rtserver demo --config $(CONFIG) $(if $(URL),--url $(URL))
 
 test: $(STAMP)
 	scripts/install-test-deps

@@ -1,4 +1,4 @@
-"""``rtserver``: serve, mint development tokens, publish events."""
+"""``rtserver``: serve, mint development tokens, publish events, run the demo."""
 
 from __future__ import annotations
 
@@ -54,6 +54,56 @@ def cmd_serve(args: argparse.Namespace) -> None:
     config = _config(args)
     configure_logging(config.log.level)
     trio.run(_serve_with_redis if config.bus.redis_url else _serve, config)
+
+
+def _base_url(args: argparse.Namespace, config: Config, port: int | None = None) -> str:
+    return getattr(args, "url", None) or f"http://{config.server.host}:{port or config.server.port}"
+
+
+def _dev_secret(config: Config, command: str) -> str:
+    if not config.auth.hs256_secret:
+        raise SystemExit(f"rtserver {command}: the configuration has no auth.hs256_secret")
+    return config.auth.hs256_secret
+
+
+def _print_pages(base: str, secret: str) -> None:
+    from rtserver.demo import page_urls
+
+    for name, url in page_urls(base, secret).items():
+        print(f"  {name + ':':9}{url}", file=sys.stderr, flush=True)
+
+
+def cmd_pages(args: argparse.Namespace) -> None:
+    config = _config(args)
+    _print_pages(_base_url(args, config), _dev_secret(config, "pages"))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Feed a running server (``--url``), or start an embedded node and feed it."""
+    from rtserver.demo import feed
+    from rtserver.logs import configure_logging
+
+    config = _config(args)
+    secret = _dev_secret(config, "demo")
+    configure_logging("warning")
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            if args.url:
+                base = args.url
+            else:
+                from rtserver.node import Node
+
+                node = Node(config)
+                base = _base_url(args, config, await nursery.start(node.run))
+            print(f"rtserver demo on {base}: open the pages", file=sys.stderr, flush=True)
+            _print_pages(base, secret)
+            await feed(base, secret)
+
+    try:
+        trio.run(run)
+    except KeyboardInterrupt:
+        pass
 
 
 def _claims(args: argparse.Namespace) -> dict:
@@ -136,6 +186,15 @@ def main(argv: list[str] | None = None) -> None:
     publish.add_argument("--id")
     publish.add_argument("--traceparent")
     publish.set_defaults(func=cmd_publish)
+
+    pages = sub.add_parser("pages", parents=[common], help="print the console and wall URLs with dev tokens")
+    pages.add_argument("--url", help="server base URL (default from the config)")
+    pages.set_defaults(func=cmd_pages)
+
+    demo = sub.add_parser("demo", parents=[common],
+                          help="scheduling and attendance traffic for the pages (embedded node unless --url)")
+    demo.add_argument("--url", help="feed this running server instead of starting one")
+    demo.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)
     try:

@@ -95,7 +95,9 @@ async def test_token_expiry_and_draining_arrive_as_close_events(nursery):
             waiting.append((await poll(http, server.token())).json())
 
         nursery.start_soon(poll_until_drained)
-        await trio.sleep(0.2)
+        with trio.fail_after(5):
+            while len(node.connections) < 2:  # the stream and the poll are both being served
+                await trio.sleep(0.01)
         nursery.start_soon(node.drain)
         with trio.fail_after(5):
             close = await sse.next()
