@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -141,13 +142,14 @@ class Connection:
     #: ``?session=``): presence then follows the session, not each request.
     session_spans_requests = False
     __slots__ = (
-        "id", "session", "claims", "ns", "out", "_s", "_wire", "_since", "_rooms", "_scope",
+        "id", "session", "claims", "ns", "out", "_sock", "_s", "_wire", "_since", "_rooms", "_scope",
         "_disconnect", "_peer_closed", "_expires_at", "_idle_s", "_present", "_typed", "_joining",
     )
     _next_id = 0
 
     def __init__(
         self,
+        sock: socket.socket,
         *,
         services: ConnectionServices,
         claims: Claims,
@@ -163,6 +165,7 @@ class Connection:
         self.session = session
         self.claims = claims
         self.ns = ns
+        self._sock = sock
         self._s = services
         self._wire = wire
         self._since = since
@@ -193,6 +196,20 @@ class Connection:
     def _push_deadline(self) -> None:
         """One deadline for the token's expiry and the idle timeout (no scope per timer)."""
         self._scope.deadline = min(self._expires_at, trio.current_time() + self._idle_s)
+
+    def _receive(self, max_bytes: int, flags: int = 0) -> bytes | None:
+        """Read the readable socket: its bytes; None when it had nothing after all; ``b""``
+        when the client is gone (EOF or a broken socket), which is then the disconnect."""
+        try:
+            data = self._sock.recv(max_bytes, flags)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            self._peer_closed = True
+            self._disconnect = self._disconnect or CONNECTION_LOST
+        return data
 
     @property
     def presence_id(self) -> Hashable:
@@ -424,3 +441,32 @@ class Connection:
 
     def _send_error(self, err: ReplyError, ref: int | None) -> None:
         self._send(error_frame(err, ref))
+
+
+class HttpSession(Connection):
+    """The shared part of the HTTP transports (an SSE stream, a long-poll): the rooms,
+    cursor and presence come from the request's query (``Joining``), the session outlives
+    each request, there is no idle timeout (the client sends nothing), and the session's
+    command room receives what ``POST /{ns}/commands`` forwards."""
+
+    session_spans_requests = True
+    __slots__ = ()
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        services: ConnectionServices,
+        claims: Claims,
+        ns: Namespace,
+        wire: Wire,
+        session: str,
+        since: Cursor | None,
+        joining: Joining,
+    ) -> None:
+        super().__init__(sock, services=services, claims=claims, ns=ns, wire=wire, session=session,
+                         since=since, idle_s=0, joining=joining)
+
+    async def _start(self) -> None:
+        await self._join_command_room()
+        await super()._start()

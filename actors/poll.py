@@ -37,14 +37,12 @@ import socket
 import msgspec
 import trio
 
-from actors.connection import CONNECTION_LOST, Connection, ConnectionServices, Joining, RoomSnapshot
-from protocol.catalog import Namespace
+from actors.connection import CONNECTION_LOST, Connection, HttpSession, RoomSnapshot
 from protocol.cursors import Cursor
 from protocol.errors import CloseCode, Disconnect
 from protocol.httpstreams import poll_body
 from protocol.rooms import RoomKind, parse_room
 from protocol.wires import POLL_JSON
-from rtserver.auth import Claims
 
 
 class _Cursored(msgspec.Struct):
@@ -89,26 +87,13 @@ class PollAnswer:
         return default
 
 
-class PollRequest(Connection):
+class PollRequest(HttpSession):
     transport = "poll"
-    session_spans_requests = True
-    __slots__ = ("_sock", "_cursor", "_recovered", "_promoting", "_caught_up", "answer")
+    __slots__ = ("_cursor", "_recovered", "_promoting", "_caught_up", "answer")
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        *,
-        services: ConnectionServices,
-        claims: Claims,
-        ns: Namespace,
-        session: str,
-        since: Cursor | None,
-        joining: Joining,
-    ) -> None:
-        super().__init__(services=services, claims=claims, ns=ns, wire=POLL_JSON, session=session,
-                         since=since, idle_s=0, joining=joining)
-        cfg = services.config.connection
-        self._sock = sock
+    def __init__(self, sock: socket.socket, *, since: Cursor | None, **session) -> None:
+        super().__init__(sock, wire=POLL_JSON, since=since, **session)
+        cfg = self._s.config.connection
         self._cursor = since.encode() if since is not None else ""
         self._recovered: bool | None = None
         self._promoting = 0
@@ -138,10 +123,6 @@ class PollRequest(Connection):
             return None
         return await super()._snapshot(room, recovered)
 
-    async def _start(self) -> None:
-        await self._join_command_room()
-        await super()._start()
-
     async def _serve(self) -> None:
         cfg = self._s.config.connection
         async with trio.open_nursery() as nursery:
@@ -157,18 +138,13 @@ class PollRequest(Connection):
     async def _watch_client(self) -> None:
         """Close when the client goes away; stop watching once it sends anything (the
         next request on this connection is the listener's)."""
-        sock = self._sock
         while True:
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                data = sock.recv(1, socket.MSG_PEEK)
-            except BlockingIOError:
+            await trio.lowlevel.wait_readable(self._sock)
+            data = self._receive(1, socket.MSG_PEEK)
+            if data is None:
                 continue
-            except OSError:
-                data = b""
             if not data:
-                self._peer_closed = True
-                self.close(CONNECTION_LOST)
+                self._scope.cancel()
             return
 
     async def _finish(self, disconnect: Disconnect) -> None:

@@ -33,43 +33,26 @@ import socket
 
 import trio
 
-from actors.connection import CONNECTION_LOST, Connection, ConnectionServices, Joining
+from actors.connection import CONNECTION_LOST, HttpSession
 from actors.websocket import CLOSE_TIMEOUT_S
 from actors.writer import OutboundQueue
-from protocol.catalog import Namespace
-from protocol.cursors import Cursor
 from protocol.errors import CloseCode, Disconnect
 from protocol.httpstreams import SSE_KEEPALIVE, sse_close, sse_head
 from protocol.wires import SSE_JSON
-from rtserver.auth import Claims
 
 
-class SseStream(Connection):
+class SseStream(HttpSession):
     transport = "sse"
-    session_spans_requests = True
-    __slots__ = ("_sock",)
+    __slots__ = ()
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        *,
-        services: ConnectionServices,
-        claims: Claims,
-        ns: Namespace,
-        session: str,
-        since: Cursor | None,
-        joining: Joining,
-    ) -> None:
-        super().__init__(services=services, claims=claims, ns=ns, wire=SSE_JSON, session=session,
-                         since=since, idle_s=0, joining=joining)
-        cfg = services.config.connection
-        self._sock = sock
-        self.out = OutboundQueue(sock, services.writer, max_frames=cfg.outbound_max_frames,
+    def __init__(self, sock: socket.socket, **session) -> None:
+        super().__init__(sock, wire=SSE_JSON, **session)
+        cfg = self._s.config.connection
+        self.out = OutboundQueue(sock, self._s.writer, max_frames=cfg.outbound_max_frames,
                                  max_bytes=cfg.outbound_max_bytes, owner=self)
 
     async def _start(self) -> None:
         self.out.push(sse_head(self._s.config.connection.sse_retry_ms, [(b"connection", b"close")]))
-        await self._join_command_room()
         await super()._start()
 
     async def _serve(self) -> None:
@@ -82,15 +65,7 @@ class SseStream(Connection):
                 if not out.frames:
                     out.push(SSE_KEEPALIVE)
                 continue
-            try:
-                data = sock.recv(4096)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                self._peer_closed = True
-                self._disconnect = self._disconnect or CONNECTION_LOST
+            if self._receive(4096) == b"":  # anything else a client sends is ignored
                 return
 
     async def _finish(self, disconnect: Disconnect) -> None:

@@ -77,7 +77,7 @@ class TokenBucket:
 
 class WebSocketConnection(Connection):
     transport = "websocket"
-    __slots__ = ("_sock", "_ws", "_bucket", "_partial", "_partial_size")
+    __slots__ = ("_ws", "_bucket", "_partial", "_partial_size")
 
     def __init__(
         self,
@@ -93,9 +93,8 @@ class WebSocketConnection(Connection):
         joining: Joining | None = None,
     ) -> None:
         cfg = services.config.connection
-        super().__init__(services=services, claims=claims, ns=ns, wire=wire, session=session, since=since,
+        super().__init__(sock, services=services, claims=claims, ns=ns, wire=wire, session=session, since=since,
                          idle_s=cfg.idle_timeout_s, joining=joining)
-        self._sock = sock
         self._ws = ws
         self._bucket = TokenBucket(cfg.inbound_rate, cfg.inbound_burst)
         self._partial: list[bytes | str] | None = None  # a message arriving in fragments
@@ -124,15 +123,10 @@ class WebSocketConnection(Connection):
         while True:
             await trio.lowlevel.wait_readable(sock)
             self._push_deadline()
-            try:
-                data = sock.recv(chunk)
-            except BlockingIOError:
+            data = self._receive(chunk)
+            if data is None:
                 continue
-            except OSError:
-                data = b""
             if not data:
-                self._peer_closed = True
-                self._disconnect = self._disconnect or CONNECTION_LOST
                 return
             try:
                 ws.receive_data(data)

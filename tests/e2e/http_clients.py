@@ -41,6 +41,14 @@ class SseStream:
                 block[name] = value
         raise EOFError
 
+    async def wait_comment(self) -> None:
+        """Read until a comment line (a keep-alive); raises EOFError when the stream ended."""
+        async for line in self._lines:
+            if line.startswith(":"):
+                self.comments += 1
+                return
+        raise EOFError
+
     async def next_event(self) -> SseMessage:
         """The next ``evt`` message (skips anything else)."""
         while True:

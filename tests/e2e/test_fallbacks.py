@@ -35,11 +35,7 @@ async def test_an_sse_stream_says_hello_then_delivers_with_cursor_ids_and_keeps_
             [("professional:1", "1"), ("professional:2", "2")]
         assert all(m.id == m.data["cursor"] for m in got)
         with trio.fail_after(5):
-            while sse.comments == 0:  # idle: a keep-alive comment arrives
-                await server.publish(appointment(3, rooms=["professional:9"]))
-                await trio.sleep(0.2)
-                with trio.move_on_after(0.5):
-                    await sse.next()
+            await sse.wait_comment()  # idle: a keep-alive comment arrives
 
 
 async def test_last_event_id_resumes_every_room_of_the_stream_exactly_once(server):
@@ -127,8 +123,9 @@ async def test_a_poll_answers_at_once_when_behind_else_waits_for_the_next_event_
             nursery.start_soon(publish_soon)
             started = trio.current_time()
             waited = (await poll(http, server.token(), rooms="professional:1", since=behind["cursor"])).json()
+        # answered with the event (a poll that reached its bound would be empty), not before it
         assert [e["data"]["appointmentId"] for e in waited["events"]] == ["3"]
-        assert 0.25 < trio.current_time() - started < 0.9
+        assert trio.current_time() - started > 0.25
         lost = (await poll(http, server.token(), rooms="professional:1", since="7.unknownepoch.1-0")).json()
         assert lost["recovered"] is False and lost["events"] == []
 
