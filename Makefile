@@ -4,7 +4,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/rtserver.toml
 
-.PHONY: run demo test bench-peer bench-redis clean
+.PHONY: run demo screenshots test bench-peer bench-redis clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ run: $(STAMP)
 # The console and the wall dashboard with live traffic, on an embedded node (no Redis).
 demo: $(STAMP)
 	$(VENV)/bin/rtserver demo --config $(CONFIG) $(if $(URL),--url $(URL))
+
+# docs/console.png and docs/wall.png, from the demo in headless Chromium.
+screenshots: $(STAMP)
+	scripts/install-test-deps
+	$(VENV)/bin/python scripts/screenshots.py
 
 test: $(STAMP)
 	scripts/install-test-deps

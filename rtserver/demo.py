@@ -32,7 +32,8 @@ def page_urls(base: str, secret: str, ttl_s: int = 12 * 3600) -> dict[str, str]:
     """The two pages, each with a development token in its fragment."""
     console = mint_token(secret, {"sub": "ana", "healthUnitTaxId": TENANT, "roles": ["attendant"],
                                   "presenceGroups": ["attendants"]}, ttl_s)
-    wall = mint_token(secret, {"sub": "wall-1", "healthUnitTaxId": TENANT, "roles": ["admin"]}, ttl_s)
+    wall = mint_token(secret, {"sub": "wall-1", "healthUnitTaxId": TENANT, "roles": ["admin"],
+                               "presenceGroups": ["walls"]}, ttl_s)  # a screen, not an attendant
     return {"console": f"{base}/console/#token={console}&thread={THREAD}",
             "wall": f"{base}/wall/#token={wall}&schedule={SCHEDULE}"}
 
