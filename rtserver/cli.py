@@ -1,4 +1,4 @@
-"""``rtserver``: serve, mint development tokens, publish events, run the demo."""
+"""``rtserver``: serve, mint development tokens, publish events, run the demo, relay the outbox."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def _config(args: argparse.Namespace) -> Config:
         overrides["server"]["port"] = args.port
     if getattr(args, "redis_url", None):
         overrides["bus"]["redis_url"] = args.redis_url
+    if getattr(args, "postgres_dsn", None):
+        overrides["outbox"] = {"postgres_dsn": args.postgres_dsn}
     return load_config(args.config, overrides=overrides)
 
 
@@ -104,6 +106,61 @@ def cmd_demo(args: argparse.Namespace) -> None:
         trio.run(run)
     except KeyboardInterrupt:
         pass
+
+
+def cmd_relay(args: argparse.Namespace) -> None:
+    """``relay``: move outbox rows to the streams until SIGTERM/SIGINT; ``relay migrate``:
+    create or update the outbox schema."""
+    import trio_asyncio
+
+    from rtserver.logs import configure_logging
+    from rtserver.outbox import OutboxSchemaError, migrate
+    from rtserver.outbox.relay import Relay
+
+    config = _config(args)
+    configure_logging(config.log.level)
+    if not config.outbox.postgres_dsn:
+        raise SystemExit("rtserver relay: set outbox.postgres_dsn (or --postgres-dsn)")
+
+    async def run() -> str | None:
+        """None, or why the relay cannot run."""
+        async with trio_asyncio.open_loop():
+            if args.action == "migrate":
+                try:
+                    await migrate(config.outbox.postgres_dsn, config.bus.shards)
+                except OutboxSchemaError as exc:
+                    return str(exc)
+                print(f"outbox schema ready ({config.bus.shards} shards)", file=sys.stderr)
+                return None
+            try:
+                relay = Relay(config.outbox, config.bus, config.bus.redis_url)
+            except ValueError as exc:
+                return str(exc)
+            if args.metrics_port:
+                from prometheus_client import start_http_server
+
+                start_http_server(args.metrics_port, addr=config.server.host, registry=relay.metrics.registry)
+            refused: list[str] = []
+            try:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(relay.run)
+                        async for _ in signals:
+                            nursery.cancel_scope.cancel()
+                            break
+            except* OutboxSchemaError as group:
+                refused = [str(error) for error in _leaves(group)]
+        return "; ".join(refused) or None
+
+    error = trio.run(run)
+    if error:
+        raise SystemExit(f"rtserver relay: {error}")
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """The exceptions of a (nested) group."""
+    return [leaf for error in group.exceptions
+            for leaf in (_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])]
 
 
 def _claims(args: argparse.Namespace) -> dict:
@@ -195,6 +252,15 @@ def main(argv: list[str] | None = None) -> None:
                           help="scheduling and attendance traffic for the pages (embedded node unless --url)")
     demo.add_argument("--url", help="feed this running server instead of starting one")
     demo.set_defaults(func=cmd_demo)
+
+    relay = sub.add_parser("relay", parents=[common],
+                           help="move PostgreSQL outbox rows into the shard streams (relay migrate: create the schema)")
+    relay.add_argument("action", nargs="?", choices=["run", "migrate"], default="run")
+    relay.add_argument("--postgres-dsn", default=os.environ.get("RTSERVER_POSTGRES_DSN"),
+                       help="the backbone's database (env RTSERVER_POSTGRES_DSN)")
+    relay.add_argument("--redis-url", default=os.environ.get("RTSERVER_REDIS_URL"), help="env RTSERVER_REDIS_URL")
+    relay.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
+    relay.set_defaults(func=cmd_relay)
 
     args = parser.parse_args(argv)
     try:

@@ -176,6 +176,23 @@ class TypingConfig(_Section):
     mailbox: int = 4096
 
 
+class OutboxConfig(_Section):
+    """The outbox relay (``rtserver relay``): PostgreSQL ``outbox_events`` -> shard streams."""
+
+    #: PostgreSQL URL (``postgresql://user:password@host:port/db``) of the backbone's database.
+    postgres_dsn: str = ""
+    #: Rows read and appended per shard per round trip.
+    batch: int = 500
+    #: Seconds between polls when no notification arrived (notifications are only hints).
+    poll_interval_s: float = 1.0
+    #: Seconds between a standby's attempts to take the lead of shards nobody leads.
+    standby_poll_s: float = 2.0
+    #: Relayed rows are deleted once this old, seconds; negative keeps them forever.
+    keep_relayed_s: float = 86_400.0
+    #: Seconds between two cleanups of relayed rows.
+    cleanup_interval_s: float = 60.0
+
+
 class LogConfig(_Section):
     level: str = "info"
 
@@ -189,6 +206,7 @@ class Config(_Section):
     presence: PresenceConfig = PresenceConfig()
     typing: TypingConfig = TypingConfig()
     schedules: SchedulesConfig = SchedulesConfig()
+    outbox: OutboxConfig = OutboxConfig()
     log: LogConfig = LogConfig()
     #: Catalog allow-list overrides: event type -> list of allowed payload fields.
     catalog_fields: dict[str, list[str]] = {}

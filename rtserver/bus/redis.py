@@ -40,7 +40,7 @@ import random
 import secrets
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 import redis.asyncio
@@ -313,6 +313,18 @@ class RedisBus:
         events use classic PUB/SUB, which a cluster forwards to every node, so one
         subscription on any master hears every shard's channel.
         """
+        clustered = await self._connect_commands()
+        if not clustered:
+            reader = redis.asyncio.Redis.from_url(self._url, socket_timeout=None, single_connection_client=True)
+            return [(reader, list(range(self.shards)))], self._redis.pubsub()
+        readers = []
+        for shard in range(self.shards):
+            node = self._redis.get_node_from_key(stream_key(shard))
+            readers.append((_node_client(self._url, node.host, node.port), [shard]))
+        return readers, _node_client(self._url, node.host, node.port).pubsub()
+
+    async def _connect_commands(self) -> bool:
+        """Open the command client (``self._redis``); whether Redis is a cluster."""
         probe = redis.asyncio.Redis.from_url(self._url, socket_timeout=None, single_connection_client=True)
         try:
             clustered = (await self.call(probe.info, "cluster")).get("cluster_enabled") == 1
@@ -328,14 +340,18 @@ class RedisBus:
             self._redis = redis.asyncio.RedisCluster.from_url(self._url, socket_timeout=None)
             await self.call(self._redis.initialize)
         self._append_once = self._redis.register_script(_APPEND_ONCE)
-        if not clustered:
-            reader = redis.asyncio.Redis.from_url(self._url, socket_timeout=None, single_connection_client=True)
-            return [(reader, list(range(self.shards)))], self._redis.pubsub()
-        readers = []
-        for shard in range(self.shards):
-            node = self._redis.get_node_from_key(stream_key(shard))
-            readers.append((_node_client(self._url, node.host, node.port), [shard]))
-        return readers, _node_client(self._url, node.host, node.port).pubsub()
+        return clustered
+
+    @contextlib.asynccontextmanager
+    async def commands(self) -> AsyncIterator[RedisBus]:
+        """Connected for commands alone, without live feeds (for a process that only
+        writes, like the outbox relay); ``BusUnavailable`` when Redis cannot be reached."""
+        try:
+            await self._connect_commands()
+            yield self
+        finally:
+            await _close_quietly(self._redis)
+            self._redis = None
 
     @property
     def client(self) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:

@@ -1,0 +1,271 @@
+"""The outbox relay against a real PostgreSQL (initdb/pg_ctl on a free port) and a real Redis:
+late commits, commit order, kill -9, standbys, fencing, PostgreSQL down for 10 s."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+import trio
+from trio_asyncio import aio_as_trio
+
+from protocol.cursors import shard_of
+from rtserver.client import open_client
+from rtserver.config import load_config
+from rtserver.node import Node
+from rtserver.outbox import migrate
+from rtserver.outbox.relay import Relay, relay_cursor_key
+from tests.conftest import flush_redis, plain_redis
+from tests.e2e.conftest import Server, server_config
+from tests.postgres import PostgresServer
+
+SHARDS = 16
+FAST = {"poll_interval_s": 0.2, "standby_poll_s": 0.3, "batch": 50}
+T1_STREAM = f"rt:{{{shard_of('t1', SHARDS)}}}:events"
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.remove()
+
+
+class Outbox:
+    """A migrated database, the Redis the relay appends to, and a backbone's writes."""
+
+    def __init__(self, dsn: str, redis_url: str) -> None:
+        self.dsn, self.redis_url = dsn, redis_url
+        self.redis = plain_redis(redis_url)
+
+    def config(self, **outbox):
+        return load_config(environ={}, overrides={
+            "outbox": {"postgres_dsn": self.dsn, **FAST, **outbox}, "bus": {"redis_url": self.redis_url}})
+
+    def relay(self, **outbox) -> Relay:
+        config = self.config(**outbox)
+        return Relay(config.outbox, config.bus, self.redis_url)
+
+    async def connect(self) -> asyncpg.Connection:
+        return await aio_as_trio(asyncpg.connect)(self.dsn)
+
+    async def write(self, conn, tenant: str = "t1", event: str = "appointment.created", rooms=("schedule:42",),
+                    **data) -> str:
+        """One outbox row in the connection's current transaction; its event id."""
+        return await aio_as_trio(conn.fetchval)(
+            "INSERT INTO outbox_events (tenant, event, rooms, data) VALUES ($1, $2, $3, $4) RETURNING event_id",
+            tenant, event, json.dumps(list(rooms)), json.dumps(data))
+
+    async def commit_rows(self, count: int, tenant: str = "t1", per_transaction: int = 10) -> list[str]:
+        """``count`` rows in transactions of ``per_transaction``; their event ids in commit order."""
+        conn = await self.connect()
+        ids = [secrets.token_hex(8) for _ in range(count)]
+        try:
+            for start in range(0, count, per_transaction):
+                async with aio_as_trio(conn.transaction()):
+                    await aio_as_trio(conn.executemany)(
+                        "INSERT INTO outbox_events (event_id, tenant, event, rooms, data)"
+                        " VALUES ($1, $2, 'appointment.created', '[\"schedule:42\"]', $3)",
+                        [(ids[i], tenant, json.dumps({"appointmentId": f"a{i}"}))
+                         for i in range(start, min(count, start + per_transaction))])
+        finally:
+            await aio_as_trio(conn.close)()
+        return ids
+
+    def stream_ids(self, key: str = T1_STREAM) -> list[str]:
+        """The ``id`` field of every entry of a stream, in stream order."""
+        return [fields[b"id"].decode() for _, fields in self.redis.xrange(key)]
+
+    async def wait_stream(self, count: int, key: str = T1_STREAM, timeout: float = 30,
+                          poll_s: float = 0.05) -> list[str]:
+        """The stream's ids once it holds ``count`` entries or more."""
+        with trio.fail_after(timeout):
+            while self.redis.xlen(key) < count:
+                await trio.sleep(poll_s)
+        return self.stream_ids(key)
+
+
+@pytest.fixture
+async def outbox(postgres, redis_url, aio_loop) -> Outbox:
+    flush_redis(redis_url)
+    dsn = postgres.create_database(f"outbox_{secrets.token_hex(4)}")
+    await migrate(dsn, SHARDS)
+    return Outbox(dsn, redis_url)
+
+
+async def test_committed_rows_reach_a_client_in_commit_order_with_their_event_ids(outbox, nursery):
+    node = Node(server_config(bus={"redis_url": outbox.redis_url}))
+    server = Server(node, await nursery.start(node.run))
+    await nursery.start(outbox.relay().run)
+    async with open_client(server.ws(), server.token()) as client:
+        await client.subscribe("schedule:42")
+        assert (await client.next_event())["event"] == "schedule.snapshot"
+        ids = await outbox.commit_rows(30)
+        with trio.fail_after(10):
+            got = [await client.next_event() for _ in ids]
+    assert [evt["id"] for evt in got] == ids
+    assert [evt["data"]["appointmentId"] for evt in got] == [f"a{i}" for i in range(30)]
+    assert got[0]["event"] == "appointment.created" and got[0]["room"] == "schedule:42"
+
+
+async def test_a_transaction_that_commits_late_is_relayed_after_those_that_committed_first(outbox, nursery):
+    relay = outbox.relay()
+    await nursery.start(relay.run)
+    late, early = await outbox.connect(), await outbox.connect()
+    late_tx, early_tx = late.transaction(), early.transaction()
+    await aio_as_trio(late_tx.start)()
+    late_id = await outbox.write(late, note="inserted first, committed last")  # the lower bigserial id
+    await aio_as_trio(early_tx.start)()
+    early_ids = [await outbox.write(early, note=f"early {i}") for i in range(3)]
+    await aio_as_trio(early_tx.commit)()
+    assert await outbox.wait_stream(3) == early_ids  # relayed while the other is still open
+    await trio.sleep(0.5)  # polls pass the open transaction's row by: a bigserial cursor would now be past it
+    await aio_as_trio(late_tx.commit)()
+    assert await outbox.wait_stream(4) == [*early_ids, late_id]
+    for conn in (late, early):
+        await aio_as_trio(conn.close)()
+
+
+async def test_concurrent_writers_committing_out_of_order_lose_nothing_and_keep_each_aggregate_in_order(
+        outbox, nursery):
+    """Writers interleave inserts and commits at random, some roll back; each aggregate's
+    changes serialize on its row lock, as a backbone's would. Every committed row arrives
+    once, none of the rolled-back ones, and each aggregate's versions arrive in order."""
+    conn = await outbox.connect()
+    await aio_as_trio(conn.execute)(
+        "CREATE TABLE appointments (id text PRIMARY KEY, version int NOT NULL);"
+        "INSERT INTO appointments SELECT 'a' || i, 0 FROM generate_series(1, 5) i")
+    await aio_as_trio(conn.close)()
+    await nursery.start(outbox.relay().run)
+    committed: list[str] = []
+    rng = random.Random(5)
+
+    async def writer(name: int) -> None:
+        conn = await outbox.connect()
+        for _ in range(12):
+            tx = conn.transaction()
+            await aio_as_trio(tx.start)()
+            event_ids = [await outbox.write(conn, note=f"w{name} first")]  # before the lock: early id
+            await trio.sleep(rng.uniform(0, 0.02))
+            appointment = f"a{rng.randint(1, 5)}"
+            version = await aio_as_trio(conn.fetchval)(
+                "UPDATE appointments SET version = version + 1 WHERE id = $1 RETURNING version", appointment)
+            event_ids.append(await outbox.write(conn, event="appointment.updated", appointmentId=appointment,
+                                                version=version))
+            await trio.sleep(rng.uniform(0, 0.02))
+            if rng.random() < 0.15:
+                await aio_as_trio(tx.rollback)()
+            else:
+                await aio_as_trio(tx.commit)()
+                committed.extend(event_ids)
+        await aio_as_trio(conn.close)()
+
+    async with trio.open_nursery() as writers:
+        for name in range(8):
+            writers.start_soon(writer, name)
+    ids = await outbox.wait_stream(len(committed))
+    await trio.sleep(0.5)
+    entries = outbox.redis.xrange(T1_STREAM)
+    assert sorted(ids) == sorted(committed) and len(entries) == len(committed)
+    versions: dict[str, list[int]] = {}
+    for _, fields in entries:
+        data = json.loads(fields[b"data"])
+        if "version" in data:
+            versions.setdefault(data["appointmentId"], []).append(data["version"])
+    assert versions and all(v == list(range(1, len(v) + 1)) for v in versions.values()), versions
+
+
+async def test_a_leader_fenced_by_another_relay_appends_nothing_and_gives_the_shard_up(outbox, nursery):
+    relay = outbox.relay(standby_poll_s=60)  # does not take the shard back in this test
+    await nursery.start(relay.run)
+    await outbox.commit_rows(5)
+    await outbox.wait_stream(5)
+    shard = shard_of("t1", SHARDS)
+    with trio.fail_after(5):
+        while relay.led[shard].cursor < 5:
+            await trio.sleep(0.05)
+    outbox.redis.set(relay_cursor_key(shard), 1000)  # another relay moved on (a partition healed)
+    await outbox.commit_rows(5)
+    with trio.fail_after(5):
+        while shard in relay.led:
+            await trio.sleep(0.05)
+    assert len(outbox.stream_ids()) == 5
+    assert relay.metrics.fenced._value.get() == 1
+
+
+def start_relay_process(outbox: Outbox, folder) -> subprocess.Popen:
+    config = os.path.join(folder, f"relay-{secrets.token_hex(3)}.toml")
+    with open(config, "w") as f:
+        f.write(f'[outbox]\npostgres_dsn = "{outbox.dsn}"\npoll_interval_s = 0.2\nstandby_poll_s = 0.3\n'
+                f'batch = 20\n[bus]\nredis_url = "{outbox.redis_url}"\n')
+    with open(config.replace(".toml", ".log"), "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "rtserver", "relay", "--config", config],
+                                stdout=subprocess.DEVNULL, stderr=log)
+
+
+async def test_kill_9_mid_stream_then_the_standby_lose_nothing_and_repeat_nothing(outbox, tmp_path):
+    """A leader killed while relaying, two relays started (one leads, one stands by), the
+    leading one killed too, rows committed all along: each row is in the stream once, in
+    commit order."""
+    ids = await outbox.commit_rows(20_000, per_transaction=500)
+    relays = [start_relay_process(outbox, tmp_path)]
+    try:
+        await outbox.wait_stream(1000, poll_s=0.01)
+        relays[0].send_signal(signal.SIGKILL)
+        assert len(outbox.stream_ids()) < len(ids), "the relay finished before it could be killed"
+        relays += [start_relay_process(outbox, tmp_path), start_relay_process(outbox, tmp_path)]
+        ids += await outbox.commit_rows(2000)
+        await outbox.wait_stream(8000, poll_s=0.01)
+        relays[1].send_signal(signal.SIGKILL)  # the leader or the standby: the other one goes on
+        ids += await outbox.commit_rows(2000)
+        await outbox.wait_stream(len(ids), timeout=60)
+        await trio.sleep(1)  # nothing more arrives
+        assert outbox.stream_ids() == ids
+    finally:
+        for relay in relays:
+            relay.kill()
+            relay.wait()
+
+
+async def test_postgres_down_for_10_s_the_relay_waits_reconnects_and_loses_nothing(redis_url, aio_loop, nursery):
+    flush_redis(redis_url)
+    server = PostgresServer()
+    server.start()
+    try:
+        await migrate(server.dsn, SHARDS)
+        outbox = Outbox(server.dsn, redis_url)
+        relay = outbox.relay()
+        await nursery.start(relay.run)
+        before = await outbox.commit_rows(100)
+        await outbox.wait_stream(100)
+        await trio.to_thread.run_sync(server.stop)
+        await trio.sleep(10)
+        assert not relay.led  # it noticed, and holds nothing
+        await trio.to_thread.run_sync(server.start)
+        after = await outbox.commit_rows(100)
+        assert await outbox.wait_stream(200) == before + after
+        assert relay.metrics.reconnects._value.get() >= 1
+    finally:
+        await trio.to_thread.run_sync(server.remove)
+
+
+async def test_the_relay_refuses_a_database_without_the_outbox_and_migrate_refuses_another_shard_count(
+        postgres, redis_url, tmp_path):
+    dsn = postgres.create_database(f"empty_{secrets.token_hex(4)}")
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[outbox]\npostgres_dsn = "{dsn}"\n[bus]\nredis_url = "{redis_url}"\n')
+    command = [sys.executable, "-m", "rtserver", "relay", "--config", str(config)]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0 and "rtserver relay migrate" in refused.stderr
+    assert subprocess.run([*command, "migrate"], capture_output=True, timeout=30).returncode == 0
+    other = subprocess.run([*command, "migrate"], capture_output=True, text=True, timeout=30,
+                           env={**os.environ, "RTSERVER_BUS__SHARDS": "8"})
+    assert other.returncode != 0 and "made for 16 shards" in other.stderr
