@@ -52,8 +52,8 @@ async def migrate(dsn: str, shards: int) -> None:
         await aio_as_trio(conn.close)()
 
 
-async def check_schema(conn: asyncpg.Connection, shards: int) -> None:
-    """Raise ``OutboxSchemaError`` unless the outbox is migrated, current, and for ``shards``."""
+async def check_schema(conn: asyncpg.Connection, shards: int) -> str:
+    """The outbox's id; ``OutboxSchemaError`` unless it is migrated, current, and for ``shards``."""
     existing = await _shards(conn)
     if existing is None:
         raise OutboxSchemaError("the database has no outbox: run `rtserver relay migrate` first")
@@ -63,6 +63,7 @@ async def check_schema(conn: asyncpg.Connection, shards: int) -> None:
                                 "run `rtserver relay migrate`")
     if existing != shards:
         raise OutboxSchemaError(f"the outbox was made for {existing} shards; bus.shards is {shards}")
+    return await aio_as_trio(conn.fetchval)("SELECT outbox_id FROM rt_outbox_settings")
 
 
 async def _shards(conn: asyncpg.Connection) -> int | None:

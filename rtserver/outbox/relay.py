@@ -6,7 +6,8 @@ Contract
   reads     ``outbox_events`` rows of its led shards with ``commit_seq`` above the
             cursor, in ``commit_seq`` order (= commit order per shard, see schema.sql).
   writes    each batch with one Lua script per shard: a compare-and-set of the shard's
-            relay cursor in Redis (``rt:{<shard>}:relay``) and the ``XADD`` s, atomically;
+            relay cursor in Redis (``rt:{<shard>}:relay:<outbox id>``) and the ``XADD`` s,
+            atomically;
             then the cursor's copy in ``rt_outbox_relayed``.
   leadership  one relay per shard: ``pg_try_advisory_lock(LEADER_LOCK, shard)`` on the
             session. Standbys try every ``outbox.standby_poll_s``; a relay that dies
@@ -44,8 +45,10 @@ log = structlog.get_logger("rtserver.relay")
 RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
 
-#: Failures meaning "PostgreSQL cannot serve now": reconnect.
-PG_UNREACHABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+#: Failures meaning "PostgreSQL cannot serve now": reconnect. (A server shutting down can
+#: leave asyncpg's connection mid-operation: InternalClientError, "another operation is in
+#: progress"; the connection is dropped with the rest.)
+PG_UNREACHABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError,
                   asyncpg.exceptions.OperatorInterventionError)
 
 # KEYS[1] stream, KEYS[2] relay cursor. ARGV[1] expected cursor ('' = none yet), ARGV[2] new
@@ -82,8 +85,8 @@ DELETE FROM outbox_events WHERE id IN (
 """
 
 
-def relay_cursor_key(shard: int) -> str:
-    return f"rt:{{{shard}}}:relay"
+def relay_cursor_key(shard: int, outbox_id: str) -> str:
+    return f"rt:{{{shard}}}:relay:{outbox_id}"
 
 
 def entry_fields(row: asyncpg.Record) -> list[str]:
@@ -131,6 +134,8 @@ class Relay:
         self._redis = RedisBus(bus, redis_url)
         self.metrics = metrics or RelayMetrics()
         self._wake = trio.Event()
+        self._notified_shards: set[int] = set()
+        self.outbox_id = ""
         #: The shards led now (empty while disconnected).
         self.led: dict[int, Shard] = {}
 
@@ -165,7 +170,7 @@ class Relay:
         """One connected period: a session, its LISTEN, leadership, batches."""
         conn = await aio_as_trio(asyncpg.connect)(self._config.postgres_dsn)
         try:
-            await check_schema(conn, self._bus_config.shards)
+            self.outbox_id = await check_schema(conn, self._bus_config.shards)
             await aio_as_trio(conn.add_listener)(CHANNEL, self._notified)
             async with self._redis.commands():
                 on_connected()
@@ -177,24 +182,32 @@ class Relay:
                 except Exception:
                     conn.terminate()
 
-    def _notified(self, *_) -> None:
+    def _notified(self, _conn, _pid, _channel, payload: str) -> None:
+        """A commit wrote the shard named in ``payload``: relay it now."""
+        self._notified_shards.add(int(payload))
         self._wake.set()
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
-        claim_at = clean_at = trio.current_time()
+        """Relay the notified shards when notified, every led shard on each poll."""
+        claim_at = clean_at = poll_at = trio.current_time()
         while True:
             now = trio.current_time()
             if now >= claim_at:
                 await self._claim(conn)
                 claim_at = now + self._config.standby_poll_s
-            self._wake = trio.Event()  # a commit from now on wakes the next wait
-            for shard in sorted(self.led):
-                while await self._relay_batch(conn, shard):
+            if now >= poll_at:
+                shards = set(self.led)
+                poll_at = now + self._config.poll_interval_s
+            else:
+                shards = self._notified_shards & set(self.led)
+            self._notified_shards, self._wake = set(), trio.Event()  # commits from now on wake the next wait
+            for shard in sorted(shards):
+                while shard in self.led and await self._relay_batch(conn, shard):
                     pass
             if now >= clean_at and self._config.keep_relayed_s >= 0:
                 await self._clean(conn)
                 clean_at = now + self._config.cleanup_interval_s
-            with trio.move_on_after(self._config.poll_interval_s):
+            with trio.move_on_at(min(poll_at, claim_at)):
                 await self._wake.wait()
 
     async def _claim(self, conn: asyncpg.Connection) -> None:
@@ -205,7 +218,7 @@ class Relay:
                 continue
             if not await aio_as_trio(conn.fetchval)("SELECT pg_try_advisory_lock($1, $2)", LEADER_LOCK, shard):
                 continue
-            token = await self._redis.call(self._redis.client.get, relay_cursor_key(shard))
+            token = await self._redis.call(self._redis.client.get, relay_cursor_key(shard, self.outbox_id))
             token = token.decode() if token else ""
             saved = await aio_as_trio(conn.fetchval)(
                 "SELECT commit_seq FROM rt_outbox_relayed WHERE shard = $1", shard)
@@ -227,7 +240,8 @@ class Relay:
         for row in rows:
             fields = entry_fields(row)
             args += [len(fields), *fields]
-        [(ok, current)] = await self._redis.scripts(_RELAY, [([stream_key(shard), relay_cursor_key(shard)], args)])
+        keys = [stream_key(shard), relay_cursor_key(shard, self.outbox_id)]
+        [(ok, current)] = await self._redis.scripts(_RELAY, [(keys, args)])
         if not ok:
             self.metrics.fenced.inc()
             log.warning("relay_fenced", shard=shard, expected=led.token, found=current.decode())

@@ -86,9 +86,12 @@ DROP TRIGGER IF EXISTS rt_outbox_number ON outbox_events;
 CREATE CONSTRAINT TRIGGER rt_outbox_number AFTER INSERT ON outbox_events
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION rt_outbox_number();
 
--- The shard count the generated column was made with (the relay refuses another).
+-- The shard count the generated column was made with (the relay refuses another), and
+-- this outbox's identity: several databases' outboxes may feed the same streams, each
+-- relayed with a cursor of its own (rt:{shard}:relay:<outbox_id> in Redis).
 CREATE TABLE IF NOT EXISTS rt_outbox_settings (
-    shards integer NOT NULL CHECK (shards > 0)
+    shards integer NOT NULL CHECK (shards > 0),
+    outbox_id text NOT NULL DEFAULT gen_random_uuid()::text
 );
 
 -- Where each shard's relay got to (also kept in Redis, atomically with the appends; this

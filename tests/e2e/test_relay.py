@@ -192,7 +192,7 @@ async def test_a_leader_fenced_by_another_relay_appends_nothing_and_gives_the_sh
     with trio.fail_after(5):
         while relay.led[shard].cursor < 5:
             await trio.sleep(0.05)
-    outbox.redis.set(relay_cursor_key(shard), 1000)  # another relay moved on (a partition healed)
+    outbox.redis.set(relay_cursor_key(shard, relay.outbox_id), 1000)  # another relay moved on (a partition healed)
     await outbox.commit_rows(5)
     with trio.fail_after(5):
         while shard in relay.led:
