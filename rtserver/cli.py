@@ -1,4 +1,5 @@
-"""``rtserver``: serve, mint development tokens, publish events, run the demo, relay the outbox."""
+"""``rtserver``: serve, mint development tokens, publish events, run the demo, relay the outbox,
+deliver webhooks."""
 
 from __future__ import annotations
 
@@ -157,6 +158,44 @@ def cmd_relay(args: argparse.Namespace) -> None:
         raise SystemExit(f"rtserver relay: {error}")
 
 
+def cmd_webhooks(args: argparse.Namespace) -> None:
+    """``webhooks``: deliver until SIGTERM/SIGINT; ``webhooks replay``: one more attempt for
+    each dead letter."""
+    import trio_asyncio
+
+    from rtserver.bus.redis import RedisBus
+    from rtserver.logs import configure_logging
+    from rtserver.webhooks import Dispatcher, replay
+
+    config = _config(args)
+    configure_logging(config.log.level)
+    if not config.bus.redis_url:
+        raise SystemExit("rtserver webhooks: set bus.redis_url (or --redis-url)")
+    if not config.webhooks.subscriptions:
+        raise SystemExit("rtserver webhooks: no [[webhooks.subscriptions]] configured")
+    bus = RedisBus(config.bus, config.bus.redis_url)
+
+    async def run() -> None:
+        async with trio_asyncio.open_loop(), bus.commands():
+            if args.action == "replay":
+                delivered, failed = await replay(config.webhooks, bus, args.subscription)
+                print(f"replayed: {delivered} delivered, {failed} still dead", file=sys.stderr)
+                return
+            dispatcher = Dispatcher(config.webhooks, bus)
+            if args.metrics_port:
+                from prometheus_client import start_http_server
+
+                start_http_server(args.metrics_port, addr=config.server.host, registry=dispatcher.metrics.registry)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(dispatcher.run)
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        break
+
+    trio.run(run)
+
+
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     """The exceptions of a (nested) group."""
     return [leaf for error in group.exceptions
@@ -261,6 +300,14 @@ def main(argv: list[str] | None = None) -> None:
     relay.add_argument("--redis-url", default=os.environ.get("RTSERVER_REDIS_URL"), help="env RTSERVER_REDIS_URL")
     relay.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
     relay.set_defaults(func=cmd_relay)
+
+    webhooks = sub.add_parser("webhooks", parents=[common],
+                              help="deliver events to partner URLs, signed (webhooks replay: retry the dead letters)")
+    webhooks.add_argument("action", nargs="?", choices=["run", "replay"], default="run")
+    webhooks.add_argument("--subscription", help="replay only this subscription's dead letters")
+    webhooks.add_argument("--redis-url", default=os.environ.get("RTSERVER_REDIS_URL"), help="env RTSERVER_REDIS_URL")
+    webhooks.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
+    webhooks.set_defaults(func=cmd_webhooks)
 
     args = parser.parse_args(argv)
     try:

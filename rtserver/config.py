@@ -193,6 +193,57 @@ class OutboxConfig(_Section):
     cleanup_interval_s: float = 60.0
 
 
+class WebhookSubscription(_Section):
+    """One partner endpoint (``[[webhooks.subscriptions]]``)."""
+
+    #: Unique; names the consumer group (``rt:webhooks:<name>``) and the metrics' label.
+    name: str
+    #: ``http://`` or ``https://`` URL deliveries are POSTed to.
+    url: str
+    #: HMAC-SHA256 key of the ``Webhook-Signature`` header (at least 16 characters).
+    secret: str
+    #: Event types delivered (``fnmatch`` patterns: ``appointment.*``).
+    events: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    #: Tenants delivered (``healthUnitTaxId``; ``*`` for all).
+    tenants: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    #: Requests in flight to this endpoint at most.
+    max_concurrency: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"webhook subscription name {self.name!r}: letters, digits, - and _ only")
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook subscription {self.name}: url must be http:// or https://")
+        if len(self.secret) < 16:
+            raise ValueError(f"webhook subscription {self.name}: secret must have at least 16 characters")
+        if self.max_concurrency < 1:
+            raise ValueError(f"webhook subscription {self.name}: max_concurrency must be at least 1")
+
+
+class WebhooksConfig(_Section):
+    """The webhook dispatcher (``rtserver webhooks``)."""
+
+    subscriptions: list[WebhookSubscription] = []
+    #: Seconds one attempt may take (connect to last byte of the answer).
+    timeout_s: float = 10.0
+    #: Attempts before an event goes to the dead-letter stream (``rt:webhooks:dead``).
+    max_attempts: int = 8
+    #: Backoff before the second attempt, doubling after each, capped; full jitter.
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 300.0
+    #: Seconds an entry may stay pending with a dispatcher that stopped before another
+    #: dispatcher claims it (a live one keeps its entries claimed while it retries).
+    claim_idle_s: float = 60.0
+    #: Entries read per shard per poll, and seconds between polls when idle.
+    batch: int = 100
+    poll_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.subscriptions]
+        if len(names) != len(set(names)):
+            raise ValueError("webhook subscription names must be unique")
+
+
 class LogConfig(_Section):
     level: str = "info"
 
@@ -207,6 +258,7 @@ class Config(_Section):
     typing: TypingConfig = TypingConfig()
     schedules: SchedulesConfig = SchedulesConfig()
     outbox: OutboxConfig = OutboxConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     log: LogConfig = LogConfig()
     #: Catalog allow-list overrides: event type -> list of allowed payload fields.
     catalog_fields: dict[str, list[str]] = {}

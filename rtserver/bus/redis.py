@@ -344,10 +344,12 @@ class RedisBus:
 
     @contextlib.asynccontextmanager
     async def commands(self) -> AsyncIterator[RedisBus]:
-        """Connected for commands alone, without live feeds (for a process that only
-        writes, like the outbox relay); ``BusUnavailable`` when Redis cannot be reached."""
+        """Connected for commands alone, without live feeds (the outbox relay, the webhook
+        dispatcher), epochs known; ``BusUnavailable`` when Redis cannot be reached."""
         try:
             await self._connect_commands()
+            for shard in range(self.shards):
+                await self._epoch(shard)
             yield self
         finally:
             await _close_quietly(self._redis)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
@@ -19,17 +18,8 @@ import trio
 from protocol.cursors import Cursor, Offset, shard_of
 from protocol.envelope import StoredEvent
 from protocol.schedules import Item, Snapshot, Update
+from rtserver.bus.groups import Batch
 from rtserver.bus.memory import MemoryBus
-
-
-@dataclass(slots=True)
-class Batch:
-    """Entries of one shard to project, in stream order."""
-
-    shard: int
-    events: list[StoredEvent]
-    #: Every entry id the batch settles (Redis: acknowledged to the group), events or not.
-    entry_ids: list[str] = field(default_factory=list)
 
 
 class ScheduleStore(Protocol):

@@ -20,18 +20,14 @@ from __future__ import annotations
 
 import contextlib
 
-import redis.exceptions
-import structlog
-import trio
 
 from protocol.coalesce import offset_before
 from protocol.cursors import Cursor, Offset, shard_of
 from protocol.schedules import Snapshot, Update, decode_item, item_encoder
+from rtserver.bus.groups import Batch, ShardGroup
 from rtserver.bus.redis import RedisBus, stream_key
 from rtserver.config import SchedulesConfig
-from rtserver.schedules import Batch
 
-log = structlog.get_logger("rtserver.schedules")
 GROUP = "rt:schedules"
 
 # KEYS[1] stream, KEYS[2..] records. ARGV[1] group, ARGV[2] ttl s, ARGV[3] n entry ids,
@@ -75,14 +71,6 @@ return {items, pending[2] or false, last}
 """
 
 
-def _raised(answers: list) -> list:
-    """The answers; the first error left in place (a lost stream and its group) raised."""
-    for answer in answers:
-        if isinstance(answer, Exception):
-            raise answer
-    return answers
-
-
 def record_key(tenant: str, room: str, shards: int) -> str:
     return f"rt:{{{shard_of(tenant, shards)}}}:schedule:{tenant}/{room}"
 
@@ -91,76 +79,14 @@ class RedisSchedules:
     def __init__(self, bus: RedisBus, config: SchedulesConfig, consumer: str) -> None:
         self._bus = bus
         self._config = config
-        self._consumer = consumer
-        self._grouped: set[int] = set()  # shards whose group this node made sure exists
-        self._claim_at = 0.0
+        self._group = ShardGroup(bus, GROUP, consumer, batch=config.batch, claim_idle_s=config.claim_idle_s,
+                                 poll_s=config.poll_ms / 1000)
 
     def opened(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()  # the group keeps what arrives meanwhile
 
-    async def _ensure_groups(self) -> None:
-        missing = [s for s in range(self._bus.shards) if s not in self._grouped]
-        if not missing:
-            return
-        pipe = self._bus.client.pipeline(transaction=False)
-        for shard in missing:
-            pipe.xgroup_create(stream_key(shard), GROUP, id="0", mkstream=True)
-        for shard, answer in zip(missing, await self._bus.call(pipe.execute, raise_on_error=False)):
-            if isinstance(answer, Exception) and "BUSYGROUP" not in str(answer):
-                raise answer
-            self._grouped.add(shard)
-
     async def read(self) -> list[Batch]:
-        """New entries of every shard for this consumer (and, every ``claim_idle_s``,
-        the entries a stopped consumer left pending); polls every ``poll_ms`` when idle."""
-        while True:
-            try:
-                await self._ensure_groups()
-                batches = await self._claim() if trio.current_time() >= self._claim_at else []
-                batches += await self._read_new()
-            except redis.exceptions.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self._grouped.clear()  # a stream was lost with its group: make them again
-                continue
-            if batches:
-                return batches
-            await trio.sleep(self._config.poll_ms / 1000)
-
-    async def _read_new(self) -> list[Batch]:
-        pipe = self._bus.client.pipeline(transaction=False)
-        for shard in range(self._bus.shards):
-            pipe.xreadgroup(GROUP, self._consumer, {stream_key(shard): ">"}, count=self._config.batch)
-        batches = []
-        for shard, answer in enumerate(_raised(await self._bus.execute(pipe))):
-            for _key, entries in answer or ():
-                if entries:
-                    batches.append(self._batch(shard, entries))
-        return batches
-
-    async def _claim(self) -> list[Batch]:
-        self._claim_at = trio.current_time() + self._config.claim_idle_s
-        pipe = self._bus.client.pipeline(transaction=False)
-        for shard in range(self._bus.shards):
-            pipe.xautoclaim(stream_key(shard), GROUP, self._consumer, int(self._config.claim_idle_s * 1000),
-                            count=self._config.batch)
-        batches = []
-        for shard, answer in enumerate(_raised(await self._bus.execute(pipe))):
-            claimed, deleted = answer[1], answer[2] if len(answer) > 2 else []
-            if claimed or deleted:  # trimmed before anyone projected them: settle them
-                batch = self._batch(shard, claimed)
-                batch.entry_ids += [d.decode() for d in deleted]
-                batches.append(batch)
-                log.info("schedule_entries_claimed", shard=shard, claimed=len(claimed), deleted=len(deleted))
-        return batches
-
-    def _batch(self, shard: int, entries) -> Batch:
-        events = []
-        for entry_id, fields in entries:
-            event = self._bus.parse_entry(shard, entry_id, fields) if fields else None
-            if event is not None:  # the live readers dead-letter the others
-                events.append(event)
-        return Batch(shard, events, [e.decode() for e, _ in entries])
+        return await self._group.read()
 
     async def commit(self, batch: Batch, updates: list[Update]) -> None:
         records: dict[str, int] = {}

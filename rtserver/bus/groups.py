@@ -1,0 +1,132 @@
+"""One Redis Streams consumer group on every shard stream, read by one consumer.
+
+Used by the processes that must handle every durable event once for the whole cluster
+(the schedule projector, the webhook dispatcher). Reads are pipelined over the shards
+(no ``BLOCK``: it works on a Redis Cluster, where one call cannot name keys of two slots)
+and poll when idle. Entries another consumer left pending for longer than
+``claim_idle_s`` (it crashed) are claimed with ``XAUTOCLAIM``; a consumer that is still
+working on entries keeps them with ``touch``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis.exceptions
+import structlog
+import trio
+
+from protocol.envelope import StoredEvent
+from rtserver.bus.redis import RedisBus, stream_key
+
+log = structlog.get_logger("rtserver.bus.groups")
+
+
+@dataclass(slots=True)
+class Batch:
+    """Entries of one shard, in stream order."""
+
+    shard: int
+    events: list[StoredEvent]
+    #: Every entry id of the batch (to acknowledge), events or not (malformed entries,
+    #: entries trimmed before anyone read them).
+    entry_ids: list[str] = field(default_factory=list)
+
+
+def _raised(answers: list) -> list:
+    """The answers; the first error left in place (a lost stream and its group) raised."""
+    for answer in answers:
+        if isinstance(answer, Exception):
+            raise answer
+    return answers
+
+
+class ShardGroup:
+    def __init__(self, bus: RedisBus, group: str, consumer: str, *, batch: int, claim_idle_s: float,
+                 poll_s: float, start: str = "0") -> None:
+        """``start``: where a group created now begins (``0``: the whole retained stream;
+        ``$``: new entries only)."""
+        self._bus = bus
+        self.group = group
+        self.consumer = consumer
+        self._batch = batch
+        self._claim_idle_s = claim_idle_s
+        self._poll_s = poll_s
+        self._start = start
+        self._grouped: set[int] = set()  # shards whose group this consumer made sure exists
+        self._claim_at = 0.0
+
+    async def _ensure_groups(self) -> None:
+        missing = [s for s in range(self._bus.shards) if s not in self._grouped]
+        if not missing:
+            return
+        pipe = self._bus.client.pipeline(transaction=False)
+        for shard in missing:
+            pipe.xgroup_create(stream_key(shard), self.group, id=self._start, mkstream=True)
+        for shard, answer in zip(missing, await self._bus.call(pipe.execute, raise_on_error=False)):
+            if isinstance(answer, Exception) and "BUSYGROUP" not in str(answer):
+                raise answer
+            self._grouped.add(shard)
+
+    async def read(self) -> list[Batch]:
+        """New entries of every shard for this consumer (and, every ``claim_idle_s``, the
+        entries a stopped consumer left pending); polls every ``poll_s`` when idle."""
+        while True:
+            try:
+                await self._ensure_groups()
+                batches = await self._claim() if trio.current_time() >= self._claim_at else []
+                batches += await self._read_new()
+            except redis.exceptions.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._grouped.clear()  # a stream was lost with its group: make them again
+                continue
+            if batches:
+                return batches
+            await trio.sleep(self._poll_s)
+
+    async def _read_new(self) -> list[Batch]:
+        pipe = self._bus.client.pipeline(transaction=False)
+        for shard in range(self._bus.shards):
+            pipe.xreadgroup(self.group, self.consumer, {stream_key(shard): ">"}, count=self._batch)
+        batches = []
+        for shard, answer in enumerate(_raised(await self._bus.execute(pipe))):
+            for _key, entries in answer or ():
+                if entries:
+                    batches.append(self._parsed(shard, entries))
+        return batches
+
+    async def _claim(self) -> list[Batch]:
+        self._claim_at = trio.current_time() + self._claim_idle_s
+        pipe = self._bus.client.pipeline(transaction=False)
+        for shard in range(self._bus.shards):
+            pipe.xautoclaim(stream_key(shard), self.group, self.consumer, int(self._claim_idle_s * 1000),
+                            count=self._batch)
+        batches = []
+        for shard, answer in enumerate(_raised(await self._bus.execute(pipe))):
+            claimed, deleted = answer[1], answer[2] if len(answer) > 2 else []
+            if claimed or deleted:  # deleted: trimmed before anyone handled them, to settle
+                batch = self._parsed(shard, claimed)
+                batch.entry_ids += [d.decode() for d in deleted]
+                batches.append(batch)
+                log.info("group_entries_claimed", group=self.group, shard=shard, claimed=len(claimed),
+                         deleted=len(deleted))
+        return batches
+
+    def _parsed(self, shard: int, entries) -> Batch:
+        events = []
+        for entry_id, fields in entries:
+            event = self._bus.parse_entry(shard, entry_id, fields) if fields else None
+            if event is not None:  # the nodes' live readers dead-letter the others
+                events.append(event)
+        return Batch(shard, events, [e.decode() for e, _ in entries])
+
+    async def ack(self, shard: int, entry_ids: list[str]) -> None:
+        if entry_ids:
+            await self._bus.call(self._bus.client.xack, stream_key(shard), self.group, *entry_ids)
+
+    async def touch(self, shard: int, entry_ids: list[str]) -> None:
+        """Reset the idle time of entries this consumer still works on (nobody claims them)."""
+        if entry_ids:
+            await self._bus.call(self._bus.client.xclaim, stream_key(shard), self.group, self.consumer, 0,
+                                 entry_ids, justid=True)

@@ -1,0 +1,186 @@
+"""The webhook dispatcher against a real Redis and a real local HTTP receiver that fails,
+hangs past the timeout, recovers, or is slow; signatures checked as a partner would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import trio
+
+from protocol.cursors import shard_of
+from protocol.webhooks import verify
+from rtserver.bus.redis import RedisBus, stream_key
+from rtserver.config import load_config
+from rtserver.webhooks import DEAD_LETTERS, Dispatcher, group_name, replay
+from tests.conftest import flush_redis, plain_redis
+from tests.e2e.webhook_receiver import Receiver
+
+SECRET = "partner-secret-0123456789"
+FAST = {"timeout_s": 0.5, "max_attempts": 4, "backoff_initial_s": 0.05, "backoff_max_s": 0.2, "poll_s": 0.02}
+
+
+def webhooks_config(redis_url: str, receiver: Receiver, **subscription):
+    return load_config(environ={}, overrides={
+        "bus": {"redis_url": redis_url},
+        "webhooks": {**FAST, "subscriptions": [
+            {"name": "partner", "url": receiver.url, "secret": SECRET, **subscription}]}})
+
+
+class Backbone:
+    """Appends events with a plain XADD, as any backbone does."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis = plain_redis(redis_url)
+
+    def append(self, event: str = "appointment.created", tenant: str = "t1", event_id: str | None = None,
+               **data) -> str:
+        event_id = event_id or f"ev-{time.monotonic_ns()}"
+        self.redis.xadd(stream_key(shard_of(tenant, 16)), {
+            "event": event, "tenant": tenant, "rooms": json.dumps(["schedule:42"]), "data": json.dumps(data),
+            "id": event_id})
+        return event_id
+
+    def dead_letters(self) -> list[dict]:
+        return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in self.redis.xrange(DEAD_LETTERS)]
+
+    def pending(self, tenant: str = "t1") -> int:
+        return self.redis.xpending(stream_key(shard_of(tenant, 16)), "rt:webhooks:partner")["pending"]
+
+
+@pytest.fixture
+async def receiver(nursery) -> Receiver:
+    receiver = Receiver()
+    await nursery.start(receiver.serve)
+    return receiver
+
+
+@pytest.fixture
+def backbone(redis_url) -> Backbone:
+    flush_redis(redis_url)
+    return Backbone(redis_url)
+
+
+async def start_dispatcher(nursery, config, scope: trio.CancelScope | None = None) -> Dispatcher:
+    """A dispatcher on its own bus connection, its groups in place (they start at ``$``)."""
+    bus = RedisBus(config.bus, config.bus.redis_url)
+    dispatcher = Dispatcher(config.webhooks, bus)
+
+    async def run(task_status=trio.TASK_STATUS_IGNORED):
+        with scope or trio.CancelScope():
+            async with bus.commands():
+                await dispatcher.run(task_status=task_status)
+
+    await nursery.start(run)
+    plain, stream = plain_redis(config.bus.redis_url), stream_key(shard_of("t1", 16))
+    wanted = group_name(config.webhooks.subscriptions[0]).encode()
+    await wait_until(lambda: plain.exists(stream) and any(g["name"] == wanted for g in plain.xinfo_groups(stream)))
+    return dispatcher
+
+
+async def wait_until(predicate, timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+async def test_matching_events_are_posted_signed_and_the_others_not(nursery, aio_loop, redis_url, receiver,
+                                                                     backbone):
+    config = webhooks_config(redis_url, receiver, events=["appointment.*"], tenants=["t1"])
+    dispatcher = await start_dispatcher(nursery, config)
+    backbone.append("schedule.slots.changed", slotId="s1")  # another type
+    backbone.append("appointment.created", tenant="t2", appointmentId="other")  # another tenant
+    wanted = backbone.append("appointment.created", appointmentId="a1")
+    await wait_until(lambda: receiver.requests)
+    await trio.sleep(0.3)
+    [request] = receiver.requests
+    assert verify(SECRET, request.headers, request.body, now=time.time())
+    assert not verify("another-secret-0123456", request.headers, request.body, now=time.time())
+    assert not verify(SECRET, request.headers, request.body + b" ", now=time.time())
+    assert not verify(SECRET, request.headers, request.body, now=time.time() + 3600)  # a replayed old one
+    assert request.headers["webhook-id"] == wanted and request.headers["content-type"] == "application/json"
+    body = json.loads(request.body)
+    assert body["id"] == wanted and body["event"] == "appointment.created" and body["tenant"] == "t1"
+    assert body["data"] == {"appointmentId": "a1"} and body["rooms"] == ["schedule:42"]
+    await wait_until(lambda: backbone.pending() == 0)
+    assert dispatcher.metrics.deliveries.labels("partner")._value.get() == 1
+
+
+async def test_failures_and_a_timeout_are_retried_until_the_endpoint_recovers(nursery, aio_loop, redis_url,
+                                                                               receiver, backbone):
+    receiver.script = [500, "hang", 503]
+    dispatcher = await start_dispatcher(nursery, webhooks_config(redis_url, receiver))
+    event_id = backbone.append(appointmentId="a1")
+    await wait_until(lambda: len(receiver.requests) == 4)
+    await wait_until(lambda: backbone.pending() == 0)
+    assert {r.headers["webhook-id"] for r in receiver.requests} == {event_id}
+    assert all(verify(SECRET, r.headers, r.body, now=time.time()) for r in receiver.requests)
+    metrics = dispatcher.metrics
+    assert metrics.deliveries.labels("partner")._value.get() == 1
+    assert metrics.retries.labels("partner")._value.get() == 3
+    assert [metrics.failures.labels("partner", reason)._value.get() for reason in ("500", "timeout", "503")] == [1] * 3
+    assert backbone.dead_letters() == []
+
+
+async def test_after_the_last_attempt_it_is_dead_lettered_and_replay_delivers_it(nursery, aio_loop, redis_url,
+                                                                                  receiver, backbone):
+    receiver.answer_for = lambda request: 400 if b'"a2"' in request.body else 503  # 400 is final: no retry
+    config = webhooks_config(redis_url, receiver)
+    dispatcher = await start_dispatcher(nursery, config)
+    event_id = backbone.append(appointmentId="a1")
+    refused = backbone.append(appointmentId="a2")
+    await wait_until(lambda: len(backbone.dead_letters()) == 2)
+    dead = {d["event_id"]: d for d in backbone.dead_letters()}
+    assert dead[refused]["attempts"] == "1" and dead[refused]["reason"] == "400"
+    assert dead[event_id]["attempts"] == "4" and dead[event_id]["reason"] == "503"
+    assert backbone.pending() == 0
+    assert dispatcher.metrics.dead_letters.labels("partner")._value.get() == 2
+    receiver.answer_for = None
+    bus = RedisBus(config.bus, redis_url)
+    async with bus.commands():
+        assert await replay(config.webhooks, bus, "partner") == (2, 0)
+    assert backbone.dead_letters() == []
+    replayed = receiver.requests[-2:]
+    assert {r.headers["webhook-id"] for r in replayed} == {event_id, refused}
+    assert all(verify(SECRET, r.headers, r.body, now=time.time()) for r in replayed)
+
+
+async def test_a_crashed_dispatchers_pending_entries_are_claimed_and_delivered_by_another(
+        nursery, aio_loop, redis_url, receiver, backbone):
+    receiver.script = ["hang"] * 3
+    config = load_config(environ={}, overrides={
+        "bus": {"redis_url": redis_url},
+        "webhooks": {**FAST, "timeout_s": 30, "claim_idle_s": 0.5,
+                     "subscriptions": [{"name": "partner", "url": receiver.url, "secret": SECRET}]}})
+    crashed = trio.CancelScope()
+    await start_dispatcher(nursery, config, crashed)
+    ids = [backbone.append(appointmentId=f"a{i}") for i in range(3)]
+    await wait_until(lambda: len(receiver.requests) == 3)
+    crashed.cancel()  # no ack: the three stay pending with the dead consumer
+    await trio.sleep(0.1)
+    assert backbone.pending() == 3
+    survivor = await start_dispatcher(nursery, config)
+    await wait_until(lambda: backbone.pending() == 0)
+    assert [r.headers["webhook-id"] for r in receiver.requests[3:]] == ids
+    assert survivor.metrics.deliveries.labels("partner")._value.get() == 3
+
+
+async def test_a_slow_endpoint_gets_at_most_its_concurrency_and_everything_arrives(nursery, aio_loop, redis_url,
+                                                                                   receiver, backbone):
+    receiver.delay_s = 0.1
+    await start_dispatcher(nursery, webhooks_config(redis_url, receiver, max_concurrency=3))
+    ids = [backbone.append(appointmentId=f"a{i}") for i in range(20)]
+    await wait_until(lambda: backbone.pending() == 0 and len(receiver.requests) == 20)
+    assert receiver.max_in_flight == 3
+    assert sorted(r.headers["webhook-id"] for r in receiver.requests) == sorted(ids)
+
+
+def test_the_cli_refuses_a_configuration_without_subscriptions(tmp_path, redis_url):
+    config = tmp_path / "hooks.toml"
+    config.write_text(f'[bus]\nredis_url = "{redis_url}"\n')
+    answer = subprocess.run([sys.executable, "-m", "rtserver", "webhooks", "--config", str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert answer.returncode != 0 and "no [[webhooks.subscriptions]]" in answer.stderr
