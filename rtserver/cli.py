@@ -137,18 +137,9 @@ def cmd_relay(args: argparse.Namespace) -> None:
                 relay = Relay(config.outbox, config.bus, config.bus.redis_url)
             except ValueError as exc:
                 return str(exc)
-            if args.metrics_port:
-                from prometheus_client import start_http_server
-
-                start_http_server(args.metrics_port, addr=config.server.host, registry=relay.metrics.registry)
             refused: list[str] = []
             try:
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async with trio.open_nursery() as nursery:
-                        await nursery.start(relay.run)
-                        async for _ in signals:
-                            nursery.cancel_scope.cancel()
-                            break
+                await _run_until_signalled(relay.run, relay.metrics.registry, config, args.metrics_port)
             except* OutboxSchemaError as group:
                 refused = [str(error) for error in _leaves(group)]
         return "; ".join(refused) or None
@@ -182,18 +173,24 @@ def cmd_webhooks(args: argparse.Namespace) -> None:
                 print(f"replayed: {delivered} delivered, {failed} still dead", file=sys.stderr)
                 return
             dispatcher = Dispatcher(config.webhooks, bus)
-            if args.metrics_port:
-                from prometheus_client import start_http_server
-
-                start_http_server(args.metrics_port, addr=config.server.host, registry=dispatcher.metrics.registry)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(dispatcher.run)
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
-                        break
+            await _run_until_signalled(dispatcher.run, dispatcher.metrics.registry, config, args.metrics_port)
 
     trio.run(run)
+
+
+async def _run_until_signalled(service, registry, config: Config, metrics_port: int) -> None:
+    """Run ``service`` (a ``nursery.start`` task) until SIGTERM or SIGINT; its metrics on
+    ``metrics_port`` (0: not served)."""
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=config.server.host, registry=registry)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
