@@ -32,13 +32,15 @@ from stack import SECRET, cpu_seconds, stack
 from trio_asyncio import aio_as_trio
 
 import asyncpg
-from protocol.cursors import Cursor
+from protocol.cursors import Cursor, shard_of
 from rtserver.auth import mint_token
+from rtserver.bus.redis import stream_key
 from rtserver.client import open_client
 from rtserver.outbox import migrate
 from tests.postgres import PostgresServer
 
 ROOM = "probe:relay"
+STREAM = stream_key(shard_of("t1", 16))  # every row is tenant t1's
 
 
 def start_relay(folder: str, dsn: str, redis_url: str) -> subprocess.Popen:
@@ -63,10 +65,10 @@ async def backlog(dsn: str, redis_url: str, folder: str, rows: int) -> None:
     plain = redis.Redis.from_url(redis_url)
     relay = start_relay(folder, dsn, redis_url)
     try:
-        while not plain.xlen("rt:{7}:events"):  # the process starts (not measured)
+        while not plain.xlen(STREAM):  # the process starts (not measured)
             await trio.sleep(0.001)
         started, cpu = time.perf_counter(), cpu_seconds(relay.pid)
-        while plain.xlen("rt:{7}:events") < rows:
+        while plain.xlen(STREAM) < rows:
             await trio.sleep(0.01)
         seconds, cpu = time.perf_counter() - started, cpu_seconds(relay.pid) - cpu
         print(f"backlog: {rows:,} rows relayed in {seconds:.2f} s = {rows / seconds:,.0f} rows/s "
