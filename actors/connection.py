@@ -8,8 +8,8 @@ The transports are actors of their own, each file opening with its contract:
   token's ``exp`` and the transport's idle timeout);
 * the rooms it is in, joined with resumption from a cursor and with snapshots
   (``_join``), delivering to an outbound ``out`` whose ``push`` never blocks;
-* presence (a hub connection of a user with presence groups is tracked while it lives)
-  and, for the HTTP transports, the session's *command room*: ``POST /{ns}/commands``
+* presence (a hub connection of a user with presence groups is tracked while it lives),
+  liveness (with push on, every connection counts its user as connected) and, for the HTTP transports, the session's *command room*: ``POST /{ns}/commands``
   on any node forwards presence commands to ``session:{id}`` (``rtserver.commands``),
   and the stream or poll serving that session applies them here;
 * the run skeleton: ``_start`` (join, answer), ``_serve`` (the transport's own loop),
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import structlog
 import trio
 
+from actors.liveness import Liveness
 from actors.presence import Presence
 from actors.registry import Registry
 from actors.room import Promote, Room
@@ -131,6 +132,8 @@ class ConnectionServices:
     presence: Presence
     typing: Typing
     schedules: ScheduleStore
+    #: With push on: who is connected (push goes to users who are not).
+    liveness: Liveness | None = None
 
 
 class Connection:
@@ -143,7 +146,7 @@ class Connection:
     session_spans_requests = False
     __slots__ = (
         "id", "session", "claims", "ns", "out", "_sock", "_s", "_wire", "_since", "_rooms", "_scope",
-        "_disconnect", "_peer_closed", "_expires_at", "_idle_s", "_present", "_typed", "_joining",
+        "_disconnect", "_peer_closed", "_expires_at", "_idle_s", "_present", "_typed", "_joining", "_live",
     )
     _next_id = 0
 
@@ -178,6 +181,7 @@ class Connection:
         self._peer_closed = False
         self._present = False  # tracked by the presence actor
         self._typed = False  # has typed: the typing actor is told when it closes
+        self._live = False  # counted by the liveness actor
         self.out = None  # the transport's outbound queue: ``push(bytes)`` never blocks
 
     # -- control from outside ------------------------------------------------------------
@@ -248,8 +252,10 @@ class Connection:
             for room in self._rooms.values():
                 room.remove(self.session)
             self._rooms.clear()
-            if self._present or self._typed:
+            if self._present or self._typed or self._live:
                 with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                    if self._live:
+                        await self._s.liveness.closed(self.claims.tenant, self.claims.user)
                     if self._present:
                         await self._s.presence.disconnected(self.presence_id)
                     if self._typed:
@@ -297,6 +303,9 @@ class Connection:
             self._present = True
             await self._s.presence.connected(self.presence_id, self.claims.tenant, self.claims.user,
                                              self.claims.presence_groups, self._joining.presence)
+        if self._s.liveness is not None:
+            self._live = True
+            await self._s.liveness.opened(self.claims.tenant, self.claims.user)
 
     @property
     def _shard(self) -> int:

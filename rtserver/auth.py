@@ -191,6 +191,15 @@ def auto_rooms(claims: Claims, ns: Namespace) -> list[str]:
     return rooms
 
 
+#: The rooms of one person: what a device of theirs is pushed for.
+PERSONAL_KINDS = frozenset({RoomKind.USER, RoomKind.PATIENT, RoomKind.PROFESSIONAL})
+
+
+def personal_rooms(claims: Claims, ns: Namespace) -> list[str]:
+    """The token's own rooms that belong to its user alone (``user:`` first)."""
+    return [room for room in auto_rooms(claims, ns) if parse_room(room)[0] in PERSONAL_KINDS]
+
+
 _STAFF_ONLY = frozenset(
     {RoomKind.TENANT, RoomKind.SPECIALITY, RoomKind.SCHEDULE, RoomKind.PROFESSIONAL, RoomKind.PRESENCE}
 )

@@ -1,5 +1,5 @@
 """``rtserver``: serve, mint development tokens, publish events, run the demo, relay the outbox,
-deliver webhooks."""
+deliver webhooks, push to phones."""
 
 from __future__ import annotations
 
@@ -178,6 +178,31 @@ def cmd_webhooks(args: argparse.Namespace) -> None:
     trio.run(run)
 
 
+def cmd_push(args: argparse.Namespace) -> None:
+    """``push``: push to the phones of users with no live connection until SIGTERM/SIGINT."""
+    import trio_asyncio
+
+    from rtserver.bus.redis import RedisBus
+    from rtserver.logs import configure_logging
+    from rtserver.push import Dispatcher
+
+    config = _config(args)
+    configure_logging(config.log.level)
+    if not config.bus.redis_url:
+        raise SystemExit("rtserver push: set bus.redis_url (or --redis-url)")
+    bus = RedisBus(config.bus, config.bus.redis_url)
+    try:
+        dispatcher = Dispatcher(config.push, bus)
+    except ValueError as exc:
+        raise SystemExit(f"rtserver push: {exc}") from None
+
+    async def run() -> None:
+        async with trio_asyncio.open_loop(), bus.commands():
+            await _run_until_signalled(dispatcher.run, dispatcher.metrics.registry, config, args.metrics_port)
+
+    trio.run(run)
+
+
 async def _run_until_signalled(service, registry, config: Config, metrics_port: int) -> None:
     """Run ``service`` (a ``nursery.start`` task) until SIGTERM or SIGINT; its metrics on
     ``metrics_port`` (0: not served)."""
@@ -289,22 +314,27 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--url", help="feed this running server instead of starting one")
     demo.set_defaults(func=cmd_demo)
 
-    relay = sub.add_parser("relay", parents=[common],
+    #: The processes beside the nodes: their Redis and their metrics.
+    service = argparse.ArgumentParser(add_help=False, parents=[common])
+    service.add_argument("--redis-url", default=os.environ.get("RTSERVER_REDIS_URL"), help="env RTSERVER_REDIS_URL")
+    service.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
+
+    relay = sub.add_parser("relay", parents=[service],
                            help="move PostgreSQL outbox rows into the shard streams (relay migrate: create the schema)")
     relay.add_argument("action", nargs="?", choices=["run", "migrate"], default="run")
     relay.add_argument("--postgres-dsn", default=os.environ.get("RTSERVER_POSTGRES_DSN"),
                        help="the backbone's database (env RTSERVER_POSTGRES_DSN)")
-    relay.add_argument("--redis-url", default=os.environ.get("RTSERVER_REDIS_URL"), help="env RTSERVER_REDIS_URL")
-    relay.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
     relay.set_defaults(func=cmd_relay)
 
-    webhooks = sub.add_parser("webhooks", parents=[common],
+    webhooks = sub.add_parser("webhooks", parents=[service],
                               help="deliver events to partner URLs, signed (webhooks replay: retry the dead letters)")
     webhooks.add_argument("action", nargs="?", choices=["run", "replay"], default="run")
     webhooks.add_argument("--subscription", help="replay only this subscription's dead letters")
-    webhooks.add_argument("--redis-url", default=os.environ.get("RTSERVER_REDIS_URL"), help="env RTSERVER_REDIS_URL")
-    webhooks.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
     webhooks.set_defaults(func=cmd_webhooks)
+
+    push = sub.add_parser("push", parents=[service],
+                          help="notify the phones of users with no live connection (FCM, APNs)")
+    push.set_defaults(func=cmd_push)
 
     args = parser.parse_args(argv)
     try:

@@ -244,6 +244,84 @@ class WebhooksConfig(_Section):
             raise ValueError("webhook subscription names must be unique")
 
 
+class FcmConfig(_Section):
+    """Firebase Cloud Messaging, HTTP v1 API (Android and web apps)."""
+
+    #: The service account's JSON key file (Firebase console: Project settings, Service
+    #: accounts); empty leaves FCM off.
+    service_account_file: str = ""
+    #: Base URL of the HTTP v1 API (``{endpoint}/v1/projects/{project}/messages:send``).
+    endpoint: str = "https://fcm.googleapis.com"
+    #: OAuth 2.0 token endpoint; empty: the ``token_uri`` of the service account file.
+    token_uri: str = ""
+    #: PEM bundle of the CAs trusted for both (a private gateway, a test stand-in); empty:
+    #: the system's.
+    ca_file: str = ""
+
+
+class ApnsConfig(_Section):
+    """Apple Push Notification service, HTTP/2 provider API with token authentication."""
+
+    #: The ``.p8`` signing key (Apple Developer: Keys); empty leaves APNs off.
+    key_file: str = ""
+    #: The key's id (``kid``) and the team id (``iss``) of the provider tokens.
+    key_id: str = ""
+    team_id: str = ""
+    #: The app's bundle id (``apns-topic``).
+    topic: str = ""
+    #: ``https://api.push.apple.com``; development builds: ``https://api.sandbox.push.apple.com``.
+    endpoint: str = "https://api.push.apple.com"
+    #: PEM bundle of the CAs trusted (a test stand-in); empty: the system's.
+    ca_file: str = ""
+
+    def __post_init__(self) -> None:
+        if self.key_file and not (self.key_id and self.team_id and self.topic):
+            raise ValueError("push.apns: key_file needs key_id, team_id and topic")
+
+
+class PushConfig(_Section):
+    """Mobile push (``rtserver push``, and the nodes' device endpoint): a discreet notice,
+    ids only, for users with no live connection. Needs the Redis bus."""
+
+    enabled: bool = False
+    #: Event types pushed (``fnmatch`` patterns), when they go to a personal room (``user:``,
+    #: ``patient:``, ``professional:``) whose owner registered a device.
+    events: list[str] = msgspec.field(default_factory=lambda: [
+        "appointment.*", "forwarding.*", "critical_alert", "conversation_update", "thread:message"])
+    #: The notice's visible text: the same for every event (no detail leaves the platform).
+    title: str = "New activity"
+    body: str = "Open the app to see what changed."
+    #: After a push to a user, later events within this many seconds push nothing more
+    #: (the app syncs everything from its cursor when opened); 0 pushes every event.
+    quiet_s: float = 60.0
+    #: A registration is forgotten after this long without being renewed (apps register
+    #: at each start), seconds.
+    device_ttl_s: int = 60 * 86_400
+    #: Devices kept per user; registering one more forgets the least recently registered.
+    max_devices_per_user: int = 10
+    #: A user counts as connected until this many seconds after their last connection
+    #: closed (a poll's next request, a reload).
+    live_grace_s: float = 5.0
+    #: Seconds between a node's renewals of its connected users (a crashed node's users
+    #: count as connected for three times this).
+    live_renew_s: float = 10.0
+    #: Seconds one request to a provider may take.
+    timeout_s: float = 10.0
+    #: Attempts per device on a timeout, a connection error, 429 or 5xx; backoff with full
+    #: jitter from ``backoff_initial_s``, doubling.
+    max_attempts: int = 3
+    backoff_initial_s: float = 1.0
+    #: Requests in flight per provider at most.
+    max_concurrency: int = 32
+    #: Seconds an entry may stay pending with a dispatcher that stopped before another
+    #: claims it; entries read per shard per poll; seconds between polls when idle.
+    claim_idle_s: float = 60.0
+    batch: int = 100
+    poll_s: float = 0.1
+    fcm: FcmConfig = FcmConfig()
+    apns: ApnsConfig = ApnsConfig()
+
+
 class LogConfig(_Section):
     level: str = "info"
 
@@ -259,9 +337,15 @@ class Config(_Section):
     schedules: SchedulesConfig = SchedulesConfig()
     outbox: OutboxConfig = OutboxConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    push: PushConfig = PushConfig()
     log: LogConfig = LogConfig()
     #: Catalog allow-list overrides: event type -> list of allowed payload fields.
     catalog_fields: dict[str, list[str]] = {}
+
+    def __post_init__(self) -> None:
+        if self.push.enabled and not self.bus.redis_url:
+            raise ValueError("push.enabled needs the Redis bus (bus.redis_url): devices and "
+                             "connected users are kept there for the push dispatcher")
 
 
 class ConfigError(ValueError):

@@ -4,8 +4,9 @@
 listener itself with h11 (``post_handlers``), and requests that reach hypercorn anyway
 (chunked bodies, ``Expect``) get the same answer from a plain ASGI handler, without
 Quart's per-request machinery. Everything else is a quart-trio app: ``GET /{ns}/events``,
-``GET /{ns}/presence``, ``/healthz``, ``/readyz``, ``/metrics``, and the browser client
-and the two pages (``/rtclient.js``, ``/console/``, ``/wall/``).
+``GET /{ns}/presence``, ``POST /{ns}/push/devices`` and ``DELETE /{ns}/push/devices/<token>``
+(with push on), ``/healthz``, ``/readyz``, ``/metrics``, and the browser client and the two
+pages (``/rtclient.js``, ``/console/``, ``/wall/``).
 
 Hypercorn answers each connection handed to it with ``Connection: close``: the listener
 hands a connection over for good, so a browser's next request on it (a poll, a stream)
@@ -36,7 +37,8 @@ from protocol.cursors import Cursor
 from protocol.envelope import decode_publish
 from protocol.errors import CloseCode, ReplyCode, ReplyError
 from protocol.frames import JSON, Emit, Error, error_frame
-from rtserver.auth import AuthError, Claims, admit, authorize_room, bearer_token
+from protocol.push import Registration
+from rtserver.auth import AuthError, Claims, admit, authorize_room, bearer_token, personal_rooms
 from rtserver.commands import decode_commands, run_command
 
 if TYPE_CHECKING:
@@ -68,6 +70,10 @@ def _error(status: int, code: int | str, message: str) -> Response:
 
 
 class _UnknownNamespace(Exception):
+    pass
+
+
+class _PushOff(Exception):
     pass
 
 
@@ -151,6 +157,37 @@ def create_app(node: Node) -> QuartTrio:
                b",".join(JSON.encode(evt) for evt in page.events)),
             content_type="application/json",
         )
+
+    def device_store():
+        if node.devices is None:
+            raise _PushOff
+        return node.devices
+
+    @app.errorhandler(_PushOff)
+    async def push_off(_exc: _PushOff):
+        return _error(404, 404, "push notifications are not enabled on this server ([push] enabled)")
+
+    @app.post("/<ns>/push/devices")
+    async def register_device(ns: str):
+        """Register (or renew: apps do at each start) the caller's device token."""
+        claims, namespace = admitted(ns)
+        devices = device_store()
+        try:
+            registration = msgspec.json.decode(await request.get_data(), type=Registration)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ReplyError(ReplyCode.BAD_PAYLOAD, f"invalid device registration: {exc}") from None
+        forgotten = await devices.register(claims.tenant, claims.user, personal_rooms(claims, namespace),
+                                           registration)
+        return _answer({"platform": registration.platform, "expires_in_s": node.config.push.device_ttl_s,
+                        "forgotten": len(forgotten)}, 201)
+
+    @app.delete("/<ns>/push/devices/<token>")
+    async def unregister_device(ns: str, token: str):
+        """Forget the caller's device (sign-out); 404 if it is not the caller's."""
+        claims, namespace = admitted(ns)
+        if not await device_store().unregister(claims.tenant, claims.user, personal_rooms(claims, namespace), token):
+            return _error(404, 404, "no such device of this user")
+        return Response(b"", status=204)
 
     @app.get("/rtclient.js")
     @app.get("/rtclient.d.ts")

@@ -1,8 +1,8 @@
 """A node: one rtserver process, with its bus, actors, listener and HTTP app.
 
 ``Node.run`` starts, in order, the bus, the writer, the registry (live feed -> rooms), the
-presence, typing and schedule projector actors, the HTTP frontend and the listener, then
-reports the bound port.
+presence, typing and schedule projector actors (and with push on, the liveness actor), the
+HTTP frontend and the listener, then reports the bound port.
 ``Node.drain`` is the SIGTERM path: stop accepting, mark not ready, close clients with the
 draining code in paced batches and wait for them, all within ``server.drain_deadline_s``.
 """
@@ -16,6 +16,7 @@ import structlog
 import trio
 
 from actors.connection import Connection, ConnectionServices
+from actors.liveness import Liveness
 from actors.presence import Presence
 from actors.schedules import ScheduleProjector
 from actors.typing import Typing
@@ -37,6 +38,7 @@ from rtserver.listener import Listener
 from rtserver.metrics import Metrics
 from rtserver.presence import MemoryPresence
 from rtserver.presence.redis import RedisPresence
+from rtserver.push.store import DeviceStore, LiveUsers
 from rtserver.schedules import MemorySchedules
 from rtserver.schedules.redis import RedisSchedules
 
@@ -75,13 +77,23 @@ class Node:
         self.typing = Typing(self.bus, config.typing)
         self.schedules = ScheduleProjector(schedule_store)
         self.metrics.schedule_projected.set_function(lambda: self.schedules.projected)
+        #: With push on: the devices registered through ``/{ns}/push/devices``, and who is
+        #: connected (``rtserver push`` pushes to the others).
+        self.devices: DeviceStore | None = None
+        self.liveness: Liveness | None = None
+        if config.push.enabled:
+            if not isinstance(self.bus, RedisBus):
+                raise ValueError("push.enabled needs the Redis bus")
+            push = config.push
+            self.devices = DeviceStore(self.bus, ttl_s=push.device_ttl_s, max_per_user=push.max_devices_per_user)
+            self.liveness = Liveness(LiveUsers(self.bus), push, holder=holder)
         self.connections: set[Connection] = set()
         self.draining = False
         self.http = HttpFrontend(create_asgi(self, create_app(self)))
         self.services = services = ConnectionServices(
             config=config, bus=self.bus, registry=self.registry, writer=self.writer,
             metrics=self.metrics, catalog=self.catalog, connections=self.connections,
-            presence=self.presence, typing=self.typing, schedules=schedule_store,
+            presence=self.presence, typing=self.typing, schedules=schedule_store, liveness=self.liveness,
         )
         self.listener = Listener(
             config.server, services, self.verifier, self.http.serve, post_handlers(self)
@@ -117,6 +129,8 @@ class Node:
             await nursery.start(self.presence.run)
             await nursery.start(self.typing.run)
             await nursery.start(self.schedules.run)
+            if self.liveness is not None:
+                await nursery.start(self.liveness.run)
             await nursery.start(self.http.run)
             self.port = await nursery.start(self.listener.run)
             log.info("listening", host=self.config.server.host, port=self.port)

@@ -36,3 +36,13 @@ def test_wrong_types_are_errors(tmp_path):
 def test_the_shipped_development_config_loads():
     config = load_config("config/rtserver.toml", environ={})
     assert config.auth.hs256_secret and config.server.port == 8080
+
+
+def test_push_is_off_by_default_and_its_sections_are_checked():
+    assert load_config(environ={}).push.enabled is False
+    with pytest.raises(ConfigError, match="needs the Redis bus"):
+        load_config(environ={}, overrides={"push": {"enabled": True}})
+    with pytest.raises(ConfigError, match="key_id, team_id and topic"):
+        load_config(environ={}, overrides={"push": {"apns": {"key_file": "AuthKey.p8"}}})
+    with pytest.raises(ConfigError, match="sevice_account_file"):
+        load_config(environ={}, overrides={"push": {"fcm": {"sevice_account_file": "sa.json"}}})

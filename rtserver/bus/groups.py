@@ -5,11 +5,14 @@ Used by the processes that must handle every durable event once for the whole cl
 (no ``BLOCK``: it works on a Redis Cluster, where one call cannot name keys of two slots)
 and poll when idle. Entries another consumer left pending for longer than
 ``claim_idle_s`` (it crashed) are claimed with ``XAUTOCLAIM``; a consumer that is still
-working on entries keeps them with ``touch``.
+working on entries keeps them with ``touch``. ``GroupWorker`` handles the entries of a
+group each in a task of its own (the webhook and push dispatchers).
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import redis.exceptions
@@ -50,7 +53,7 @@ class ShardGroup:
         self.group = group
         self.consumer = consumer
         self._batch = batch
-        self._claim_idle_s = claim_idle_s
+        self.claim_idle_s = claim_idle_s
         self._poll_s = poll_s
         self._start = start
         self._grouped: set[int] = set()  # shards whose group this consumer made sure exists
@@ -97,10 +100,10 @@ class ShardGroup:
         return batches
 
     async def _claim(self) -> list[Batch]:
-        self._claim_at = trio.current_time() + self._claim_idle_s
+        self._claim_at = trio.current_time() + self.claim_idle_s
         pipe = self._bus.client.pipeline(transaction=False)
         for shard in range(self._bus.shards):
-            pipe.xautoclaim(stream_key(shard), self.group, self.consumer, int(self._claim_idle_s * 1000),
+            pipe.xautoclaim(stream_key(shard), self.group, self.consumer, int(self.claim_idle_s * 1000),
                             count=self._batch)
         batches = []
         for shard, answer in enumerate(_raised(await self._bus.execute(pipe))):
@@ -130,3 +133,60 @@ class ShardGroup:
         if entry_ids:
             await self._bus.call(self._bus.client.xclaim, stream_key(shard), self.group, self.consumer, 0,
                                  entry_ids, justid=True)
+
+
+def backoff_s(attempt: int, initial_s: float, max_s: float) -> float:
+    """The pause before attempt number ``attempt`` (2 or more): exponential from
+    ``initial_s``, capped at ``max_s``, with full jitter."""
+    return random.uniform(0, min(max_s, initial_s * 2 ** (attempt - 2)))
+
+
+class GroupWorker:
+    """Handles each selected entry of ``group`` in a task of its own.
+
+    ``select`` picks the entries to handle; the others are acknowledged at once. An entry
+    is acknowledged when ``handle`` returns true; one it returns false for stays pending
+    and is claimed again after the group's ``claim_idle_s`` (a retry later). While an
+    entry is being handled it is kept claimed (``touch``), so no other consumer takes it.
+    At most ``in_flight`` entries are handled at a time; reading waits for a free one.
+    """
+
+    def __init__(self, group: ShardGroup, *, in_flight: int, select: Callable[[StoredEvent], bool],
+                 handle: Callable[[StoredEvent], Awaitable[bool]]) -> None:
+        self._group = group
+        self._select = select
+        self._handle = handle
+        self._in_flight = trio.Semaphore(in_flight)
+        #: (shard, entry id) of the entries being handled (kept claimed).
+        self._handling: set[tuple[int, str]] = set()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keep_claimed)
+            task_status.started()
+            while True:
+                for batch in await self._group.read():
+                    selected = {str(event.offset): event for event in batch.events if self._select(event)}
+                    await self._group.ack(batch.shard, [i for i in batch.entry_ids if i not in selected])
+                    for entry_id, event in selected.items():
+                        await self._in_flight.acquire()
+                        self._handling.add((batch.shard, entry_id))
+                        nursery.start_soon(self._handle_entry, batch.shard, entry_id, event)
+
+    async def _handle_entry(self, shard: int, entry_id: str, event: StoredEvent) -> None:
+        try:
+            if await self._handle(event):
+                await self._group.ack(shard, [entry_id])
+        finally:
+            self._handling.discard((shard, entry_id))
+            self._in_flight.release()
+
+    async def _keep_claimed(self) -> None:
+        """Reset the idle time of the entries being handled, so no other consumer claims them."""
+        while True:
+            await trio.sleep(self._group.claim_idle_s / 3)
+            by_shard: dict[int, list[str]] = {}
+            for shard, entry_id in list(self._handling):
+                by_shard.setdefault(shard, []).append(entry_id)
+            for shard, entry_ids in by_shard.items():
+                await self._group.touch(shard, entry_ids)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import random
 import secrets
 import socket
 import time
@@ -36,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from protocol.envelope import StoredEvent
 from protocol.webhooks import delivery_body, signed_headers
-from rtserver.bus.groups import ShardGroup
+from rtserver.bus.groups import GroupWorker, ShardGroup, backoff_s
 from rtserver.bus.redis import RedisBus
 from rtserver.config import WebhooksConfig, WebhookSubscription
 
@@ -114,63 +113,38 @@ class Destination:
         self._group = ShardGroup(bus, group_name(subscription), consumer, batch=config.batch,
                                  claim_idle_s=config.claim_idle_s, poll_s=config.poll_s, start="$")
         self._slots = trio.CapacityLimiter(subscription.max_concurrency)
-        self._in_flight = trio.Semaphore(subscription.max_concurrency * IN_FLIGHT_PER_SLOT)
-        #: (shard, entry id) of the entries being delivered (kept claimed).
-        self._pending: set[tuple[int, str]] = set()
+        self._http: httpx.AsyncClient | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         timeout = httpx.Timeout(self._config.timeout_s)
         limits = httpx.Limits(max_connections=self.subscription.max_concurrency)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits) as http, trio.open_nursery() as nursery:
-            nursery.start_soon(self._keep_claimed)
-            task_status.started()
-            while True:
-                for batch in await self._group.read():
-                    delivering = {str(event.offset): event for event in batch.events
-                                  if matches(self.subscription, event)}
-                    await self._group.ack(batch.shard, [i for i in batch.entry_ids if i not in delivering])
-                    for entry_id, event in delivering.items():
-                        await self._in_flight.acquire()
-                        self._pending.add((batch.shard, entry_id))
-                        nursery.start_soon(self._deliver, http, batch.shard, entry_id, event)
+        worker = GroupWorker(self._group, in_flight=self.subscription.max_concurrency * IN_FLIGHT_PER_SLOT,
+                             select=lambda event: matches(self.subscription, event), handle=self._deliver)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as self._http:
+            await worker.run(task_status=task_status)
 
-    async def _deliver(self, http: httpx.AsyncClient, shard: int, entry_id: str, event: StoredEvent) -> None:
+    async def _deliver(self, event: StoredEvent) -> bool:
+        """Deliver ``event`` with its retries, or dead-letter it: either way it is done."""
         name = self.subscription.name
         body = delivery_body(event)
-        try:
-            for number in range(1, self._config.max_attempts + 1):
-                if number > 1:
-                    self._metrics.retries.labels(name).inc()
-                    ceiling = min(self._config.backoff_max_s, self._config.backoff_initial_s * 2 ** (number - 2))
-                    await trio.sleep(random.uniform(0, ceiling))
-                async with self._slots:
-                    outcome = await attempt(http, self.subscription, event.id, body, self._config.timeout_s)
-                if outcome.delivered:
-                    self._metrics.deliveries.labels(name).inc()
-                    self._metrics.latency.labels(name).observe(max(0.0, time.time() - event.ts / 1000))
-                    break
-                self._metrics.failures.labels(name, outcome.reason).inc()
-                if not outcome.retry:
-                    break
-            if not outcome.delivered:
-                await dead_letter(self._bus, name, event.id, body, number, outcome.reason)
-                self._metrics.dead_letters.labels(name).inc()
-                log.warning("webhook_dead_lettered", subscription=name, event_id=event.id, attempts=number,
-                            reason=outcome.reason)
-            await self._group.ack(shard, [entry_id])
-        finally:
-            self._pending.discard((shard, entry_id))
-            self._in_flight.release()
-
-    async def _keep_claimed(self) -> None:
-        """Reset the idle time of the entries being delivered, so no other dispatcher claims them."""
-        while True:
-            await trio.sleep(self._config.claim_idle_s / 3)
-            by_shard: dict[int, list[str]] = {}
-            for shard, entry_id in list(self._pending):
-                by_shard.setdefault(shard, []).append(entry_id)
-            for shard, entry_ids in by_shard.items():
-                await self._group.touch(shard, entry_ids)
+        for number in range(1, self._config.max_attempts + 1):
+            if number > 1:
+                self._metrics.retries.labels(name).inc()
+                await trio.sleep(backoff_s(number, self._config.backoff_initial_s, self._config.backoff_max_s))
+            async with self._slots:
+                outcome = await attempt(self._http, self.subscription, event.id, body, self._config.timeout_s)
+            if outcome.delivered:
+                self._metrics.deliveries.labels(name).inc()
+                self._metrics.latency.labels(name).observe(max(0.0, time.time() - event.ts / 1000))
+                return True
+            self._metrics.failures.labels(name, outcome.reason).inc()
+            if not outcome.retry:
+                break
+        await dead_letter(self._bus, name, event.id, body, number, outcome.reason)
+        self._metrics.dead_letters.labels(name).inc()
+        log.warning("webhook_dead_lettered", subscription=name, event_id=event.id, attempts=number,
+                    reason=outcome.reason)
+        return True
 
 
 async def dead_letter(bus: RedisBus, subscription: str, event_id: str, body: bytes, attempts: int,

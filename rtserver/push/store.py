@@ -1,0 +1,173 @@
+"""What the nodes and the push dispatcher share in Redis: registered devices, connected
+users, and each user's quiet period.
+
+Keys, under the tenant's shard hash tag (one slot per tenant, so a Redis Cluster works):
+
+* ``rt:{<s>}:push:device:<tenant>/<token>`` — the device's registration (``protocol.push.Device``,
+  JSON), expiring ``push.device_ttl_s`` after it was made: the truth about a token.
+* ``rt:{<s>}:push:room:<tenant>/<room>`` — hash token -> the same JSON, for each personal room
+  the registration named: the index the dispatcher reads. An entry whose device key no
+  longer holds the same registration (it expired, was dropped, or the token moved to
+  another user) is stale and removed when found.
+* ``rt:{<s>}:push:live:<tenant>/<user>`` — sorted set node -> end of its lease (ms): the
+  user has a connection on that node until then.
+* ``rt:{<s>}:push:quiet:<tenant>/<user>`` — set for ``push.quiet_s`` after a push to the user.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from protocol.cursors import shard_of
+from protocol.push import Device, Registration
+from rtserver.bus.redis import RedisBus
+
+# KEYS: the device key, then the registration's room keys (the first: the user's own room).
+# ARGV: token, registration JSON, TTL ms, devices kept per user.
+# Returns the tokens forgotten to keep the user's devices within the limit (oldest first).
+_REGISTER = """
+local token, record, ttl, kept = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+redis.call('SET', KEYS[1], record, 'PX', ttl)
+for i = 2, #KEYS do
+  redis.call('HSET', KEYS[i], token, record)
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
+local over = redis.call('HLEN', KEYS[2]) - kept
+if over <= 0 then return {} end
+local others = {}
+local fields = redis.call('HGETALL', KEYS[2])
+for i = 1, #fields, 2 do
+  if fields[i] ~= token then
+    table.insert(others, {tonumber(cjson.decode(fields[i + 1]).at) or 0, fields[i]})
+  end
+end
+table.sort(others, function(a, b) return a[1] < b[1] end)
+local forgotten = {}
+for i = 1, math.min(over, #others) do
+  for k = 2, #KEYS do redis.call('HDEL', KEYS[k], others[i][2]) end
+  table.insert(forgotten, others[i][2])
+end
+return forgotten
+"""
+
+# KEYS: the device key, then the caller's room keys. ARGV: token, the caller's user id.
+# The registration is removed if it is the caller's; the caller's index entries always.
+_UNREGISTER = """
+local record = redis.call('GET', KEYS[1])
+local removed = 0
+if record and cjson.decode(record).user == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  removed = 1
+end
+for i = 2, #KEYS do redis.call('HDEL', KEYS[i], ARGV[1]) end
+return removed
+"""
+
+_device = msgspec.json.Decoder(Device)
+
+
+class DeviceStore:
+    def __init__(self, bus: RedisBus, *, ttl_s: int, max_per_user: int) -> None:
+        self._bus = bus
+        self._ttl_ms = ttl_s * 1000
+        self._max_per_user = max_per_user
+
+    def _prefix(self, tenant: str) -> str:
+        return f"rt:{{{shard_of(tenant, self._bus.shards)}}}:push"
+
+    def _device_key(self, tenant: str, token: str) -> str:
+        return f"{self._prefix(tenant)}:device:{tenant}/{token}"
+
+    def _room_key(self, tenant: str, room: str) -> str:
+        return f"{self._prefix(tenant)}:room:{tenant}/{room}"
+
+    async def register(self, tenant: str, user: str, rooms: list[str], registration: Registration) -> list[str]:
+        """Register (or renew) a device of ``user`` for ``rooms`` (``user:<user>`` first); the
+        tokens of the user's devices forgotten to stay within the limit."""
+        device = Device(registration.platform, user, rooms, int(time.time() * 1000))
+        keys = [self._device_key(tenant, registration.token), *(self._room_key(tenant, r) for r in rooms)]
+        [forgotten] = await self._bus.scripts(_REGISTER, [(keys, [
+            registration.token, msgspec.json.encode(device), self._ttl_ms, self._max_per_user])])
+        return [t.decode() for t in forgotten]
+
+    async def unregister(self, tenant: str, user: str, rooms: list[str], token: str) -> bool:
+        """Forget ``token`` if it is ``user``'s device; whether it was."""
+        keys = [self._device_key(tenant, token), *(self._room_key(tenant, r) for r in rooms)]
+        [removed] = await self._bus.scripts(_UNREGISTER, [(keys, [token, user])])
+        return bool(removed)
+
+    async def devices(self, tenant: str, rooms: list[str]) -> dict[str, Device]:
+        """The devices registered for any of ``rooms``, by token; stale index entries found
+        on the way are removed."""
+        client = self._bus.client
+        pipe = client.pipeline(transaction=False)
+        for room in rooms:
+            pipe.hgetall(self._room_key(tenant, room))
+        indexed = [(room, token.decode(), record)
+                   for room, entries in zip(rooms, await self._bus.execute(pipe))
+                   for token, record in entries.items()]
+        if not indexed:
+            return {}
+        pipe = client.pipeline(transaction=False)
+        for _room, token, _record in indexed:
+            pipe.get(self._device_key(tenant, token))
+        found: dict[str, Device] = {}
+        stale = client.pipeline(transaction=False)
+        for (room, token, record), current in zip(indexed, await self._bus.execute(pipe)):
+            if current == record:
+                found[token] = _device.decode(record)
+            else:
+                stale.hdel(self._room_key(tenant, room), token)
+        if len(stale):
+            await self._bus.execute(stale)
+        return found
+
+    async def drop(self, tenant: str, token: str, device: Device) -> None:
+        """Forget a device a provider called invalid."""
+        pipe = self._bus.client.pipeline(transaction=False)
+        pipe.delete(self._device_key(tenant, token))
+        for room in device.rooms:
+            pipe.hdel(self._room_key(tenant, room), token)
+        await self._bus.execute(pipe)
+
+    async def quiet(self, tenant: str, user: str, quiet_s: float) -> bool:
+        """Start ``user``'s quiet period unless one is running; whether it started (push)."""
+        if quiet_s <= 0:
+            return True
+        key = f"{self._prefix(tenant)}:quiet:{tenant}/{user}"
+        return bool(await self._bus.call(self._bus.client.set, key, b"1", px=int(quiet_s * 1000), nx=True))
+
+
+class LiveUsers:
+    """Which users have a connection on some node: each node (``holder``) holds a lease
+    per user it serves."""
+
+    def __init__(self, bus: RedisBus) -> None:
+        self._bus = bus
+
+    def _key(self, tenant: str, user: str) -> str:
+        return f"rt:{{{shard_of(tenant, self._bus.shards)}}}:push:live:{tenant}/{user}"
+
+    async def hold(self, holder: str, connected: list[tuple[str, str]], gone: list[tuple[str, str]], *,
+                   lease_s: float, grace_s: float) -> None:
+        """Hold the ``connected`` (tenant, user) pairs for ``lease_s``; let the ``gone`` ones
+        go after ``grace_s``."""
+        now = time.time()
+        pipe = self._bus.client.pipeline(transaction=False)
+        for pairs, until in ((connected, now + lease_s), (gone, now + grace_s)):
+            for tenant, user in pairs:
+                key = self._key(tenant, user)
+                pipe.zadd(key, {holder: int(until * 1000)})
+                pipe.pexpire(key, int((lease_s + grace_s) * 1000))
+        if len(pipe):
+            await self._bus.execute(pipe)
+
+    async def connected(self, tenant: str, users: list[str]) -> set[str]:
+        """Those of ``users`` some node holds now."""
+        now = int(time.time() * 1000)
+        pipe = self._bus.client.pipeline(transaction=False)
+        for user in users:
+            pipe.zcount(self._key(tenant, user), now, "+inf")
+        return {user for user, count in zip(users, await self._bus.execute(pipe)) if count}

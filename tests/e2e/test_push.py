@@ -1,0 +1,261 @@
+"""Mobile push end to end: devices registered through a real node on Redis, the push
+dispatcher, and local stand-ins for FCM and APNs (TLS, HTTP/2 for APNs) that check each
+request's shape and credentials as the providers do."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import trio
+
+from protocol.cursors import shard_of
+from rtserver.bus.redis import RedisBus, stream_key
+from rtserver.client import open_client
+from rtserver.config import ConfigError
+from rtserver.node import Node
+from rtserver.push import GROUP, Dispatcher
+from rtserver.push.store import LiveUsers
+from tests.conftest import flush_redis, plain_redis
+from tests.e2e.conftest import Server, server_config
+from tests.e2e.push_providers import ApnsStandIn, Credentials, FcmStandIn
+
+FCM_TOKEN = "fcm-device-0123456789:APA91b-abcdefghij"
+APNS_TOKEN = "a1" * 32
+APPOINTMENT = {"appointmentId": "a1", "scheduleId": "s1", "slotId": "sl1", "patientTaxId": "p-111",
+               "professionalTaxId": "pr-222", "status": "booked"}
+
+
+@dataclass
+class Rig:
+    server: Server
+    fcm: FcmStandIn
+    apns: ApnsStandIn
+    dispatcher: Dispatcher
+    redis_url: str
+
+    def patient_token(self, user: str = "pat-1", patient: str = "p-111") -> str:
+        return self.server.token(user, roles=("patient",), patientTaxId=patient)
+
+    def professional_token(self, user: str = "doc-1", professional: str = "pr-222") -> str:
+        return self.server.token(user, roles=("professional",), professionalTaxId=professional)
+
+    async def register(self, ns: str, token: str, platform: str, device: str) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.server.http) as http:
+            return await http.post(f"/{ns}/push/devices", json={"platform": platform, "token": device},
+                                   headers={"authorization": f"Bearer {token}"})
+
+    async def appointment(self, rooms=("patient:p-111", "professional:pr-222", "tenant:t1"),
+                          event: str = "appointment.created", data: dict | None = None) -> str:
+        answer = await self.server.publish({"event": event, "tenant": "t1", "rooms": list(rooms),
+                                            "data": data or APPOINTMENT})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["id"]
+
+    def settled(self) -> bool:
+        """Whether the dispatcher read every entry of the tenant's stream and acknowledged each."""
+        redis, stream = plain_redis(self.redis_url), stream_key(shard_of("t1", 16))
+        groups = [g for g in redis.xinfo_groups(stream) if g["name"] == GROUP.encode()]
+        return bool(groups) and not groups[0]["pending"] and (
+            groups[0]["last-delivered-id"] == redis.xinfo_stream(stream)["last-generated-id"])
+
+    def violations(self) -> list[str]:
+        return self.fcm.violations + self.apns.violations
+
+
+async def wait_until(predicate, timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+async def start_rig(nursery, tmp_path, redis_url: str, **push) -> Rig:
+    flush_redis(redis_url)
+    credentials = Credentials(tmp_path)
+    fcm, apns = FcmStandIn(credentials), ApnsStandIn(credentials)
+    await nursery.start(fcm.serve)
+    await nursery.start(apns.serve)
+    config = server_config(bus={"redis_url": redis_url}, push={
+        "enabled": True, "quiet_s": 0, "live_grace_s": 0.2, "live_renew_s": 1, "timeout_s": 5,
+        "backoff_initial_s": 0.05, "poll_s": 0.02, "max_devices_per_user": 2,
+        "fcm": {"service_account_file": fcm.service_account_file(), "endpoint": fcm.url,
+                "ca_file": credentials.ca_file},
+        "apns": {"key_file": credentials.apns_key_file, "key_id": apns.key_id, "team_id": apns.team_id,
+                 "topic": apns.topic, "endpoint": apns.url, "ca_file": credentials.ca_file},
+        **push})
+    node = Node(config)
+    server = Server(node, await nursery.start(node.run))
+    bus = RedisBus(config.bus, redis_url)
+    dispatcher = Dispatcher(config.push, bus)
+
+    async def run_dispatcher(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with bus.commands():
+            await dispatcher.run(task_status=task_status)
+
+    await nursery.start(run_dispatcher)
+    rig = Rig(server, fcm, apns, dispatcher, redis_url)
+    await rig.appointment(rooms=("tenant:t1",))  # the groups exist (created at $) once this is read
+    await wait_until(rig.settled)
+    return rig
+
+
+@pytest.fixture
+async def rig(nursery, aio_loop, tmp_path, redis_url) -> Rig:
+    return await start_rig(nursery, tmp_path, redis_url)
+
+
+async def test_devices_register_through_an_authenticated_endpoint(rig):
+    async with httpx.AsyncClient(base_url=rig.server.http) as http:
+        anonymous = await http.post("/portal/push/devices", json={"platform": "fcm", "token": FCM_TOKEN})
+        assert anonymous.status_code == 401
+    for body, fault in (({"platform": "sms", "token": FCM_TOKEN}, "platform"),
+                        ({"platform": "apns", "token": "not-hex"}, "hexadecimal"),
+                        ({"platform": "fcm", "token": "short"}, "FCM registration token")):
+        async with httpx.AsyncClient(base_url=rig.server.http) as http:
+            refused = await http.post("/portal/push/devices", json=body,
+                                      headers={"authorization": f"Bearer {rig.patient_token()}"})
+        assert refused.status_code == 422 and fault in refused.json()["message"]
+    staff_in_portal = await rig.register("portal", rig.professional_token(), "fcm", FCM_TOKEN)
+    assert staff_in_portal.status_code == 403
+
+    registered = await rig.register("portal", rig.patient_token(), "fcm", FCM_TOKEN)
+    assert registered.status_code == 201 and registered.json()["forgotten"] == 0
+    devices = rig.server.node.devices
+    [(token, device)] = (await devices.devices("t1", ["patient:p-111"])).items()
+    assert token == FCM_TOKEN and device.user == "pat-1" and device.rooms == ["user:pat-1", "patient:p-111"]
+
+    async def unregister(user: str) -> int:
+        async with httpx.AsyncClient(base_url=rig.server.http) as http:
+            answer = await http.delete(f"/portal/push/devices/{FCM_TOKEN}",
+                                       headers={"authorization": f"Bearer {rig.patient_token(user, 'p-999')}"})
+        return answer.status_code
+
+    assert await unregister("someone-else") == 404
+    assert await devices.devices("t1", ["patient:p-111"])  # still there
+    assert await unregister("pat-1") == 204
+    assert await devices.devices("t1", ["patient:p-111", "user:pat-1"]) == {}
+
+    # Two devices per user at most (the rig's limit): a third forgets the oldest.
+    for n in range(3):
+        answer = await rig.register("hub", rig.professional_token(), "apns", f"{n:02x}" * 32)
+        assert answer.json()["forgotten"] == (1 if n == 2 else 0)
+    assert sorted(await devices.devices("t1", ["professional:pr-222"])) == ["01" * 32, "02" * 32]
+
+
+async def test_users_with_no_live_connection_get_a_discreet_notice_on_each_platform(rig):
+    assert (await rig.register("portal", rig.patient_token(), "fcm", FCM_TOKEN)).status_code == 201
+    assert (await rig.register("hub", rig.professional_token(), "apns", APNS_TOKEN)).status_code == 201
+    await rig.appointment(rooms=("tenant:t1",))  # no personal room: nobody's phone
+    await rig.appointment(rooms=("user:pat-1",), event="admin.job.progress",
+                          data={"jobId": "j1", "percent": 10})  # not a pushed type
+    event_id = await rig.appointment()
+    await wait_until(lambda: rig.fcm.messages and rig.apns.notices)
+    await wait_until(rig.settled)
+    assert rig.violations() == []
+    [message] = rig.fcm.messages
+    assert message["token"] == FCM_TOKEN
+    assert message["data"] == {"event": "appointment.created", "id": event_id, "tenant": "t1"}
+    assert message["notification"] == {"title": "New activity", "body": "Open the app to see what changed."}
+    [(device, headers, payload)] = rig.apns.notices
+    assert device == APNS_TOKEN and headers["apns-topic"] == rig.apns.topic and headers["apns-priority"] == "10"
+    assert payload == {"aps": {"alert": {"title": "New activity", "body": "Open the app to see what changed."}},
+                       "event": "appointment.created", "id": event_id, "tenant": "t1"}
+    for request in rig.fcm.requests + rig.apns.requests:  # nothing of the event's payload left
+        assert not any(value.encode() in request.body for value in ("p-111", "pr-222", "booked", "sl1"))
+    assert {r.http_version for r in rig.apns.requests} == {"2"}
+    metrics = rig.dispatcher.metrics
+    assert metrics.sent.labels("fcm")._value.get() == 1 and metrics.sent.labels("apns")._value.get() == 1
+
+
+async def test_a_connected_user_gets_no_push_until_their_connection_is_gone(rig):
+    await rig.register("portal", rig.patient_token(), "fcm", FCM_TOKEN)
+    live = LiveUsers(rig.server.node.bus)
+    async with open_client(rig.server.ws("portal"), rig.patient_token()) as client:
+        await wait_until_async(lambda: live.connected("t1", ["pat-1"]), {"pat-1"})
+        event_id = await rig.appointment()
+        with trio.fail_after(10):
+            assert (await client.next_event())["id"] == event_id
+        await wait_until(rig.settled)
+        assert rig.fcm.messages == []
+        assert rig.dispatcher.metrics.skipped.labels("connected")._value.get() == 1
+    await wait_until_async(lambda: live.connected("t1", ["pat-1"]), set())  # after the grace period
+    later = await rig.appointment()
+    await wait_until(lambda: rig.fcm.messages)
+    assert [m["data"]["id"] for m in rig.fcm.messages] == [later]
+    assert rig.violations() == []
+
+
+async def wait_until_async(read, wanted, timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while await read() != wanted:
+            await trio.sleep(0.02)
+
+
+async def test_devices_a_provider_calls_invalid_are_forgotten(rig):
+    gone, malformed, fine = FCM_TOKEN + "-gone", FCM_TOKEN + "-malformed", FCM_TOKEN
+    rig.fcm.unregistered.add(gone)
+    rig.fcm.malformed.add(malformed)
+    rig.apns.unregistered.add(APNS_TOKEN)
+    for user, token in (("pat-1", gone), ("pat-2", malformed), ("pat-3", fine)):
+        await rig.register("portal", rig.patient_token(user), "fcm", token)
+    await rig.register("hub", rig.professional_token(), "apns", APNS_TOKEN)
+    rooms = ("user:pat-1", "user:pat-2", "user:pat-3", "professional:pr-222")
+    await rig.appointment(rooms=rooms)
+    devices = rig.server.node.devices
+    await wait_until(rig.settled)
+    assert sorted(await devices.devices("t1", list(rooms))) == [fine]
+    metrics = rig.dispatcher.metrics
+    assert metrics.forgotten.labels("fcm")._value.get() == 2 and metrics.forgotten.labels("apns")._value.get() == 1
+    requests = len(rig.fcm.requests), len(rig.apns.requests)
+    await rig.appointment(rooms=rooms)
+    await wait_until(lambda: len(rig.fcm.messages) == 2)
+    await wait_until(rig.settled)
+    assert (len(rig.fcm.requests), len(rig.apns.requests)) == (requests[0] + 1, requests[1])  # only the valid one
+    assert rig.violations() == []
+
+
+async def test_provider_failures_are_retried_and_expired_credentials_renewed(rig):
+    await rig.register("portal", rig.patient_token(), "fcm", FCM_TOKEN)
+    await rig.register("hub", rig.professional_token(), "apns", APNS_TOKEN)
+    await rig.appointment()
+    await wait_until(lambda: rig.fcm.messages and rig.apns.notices)
+    assert rig.fcm.token_requests == 1  # the access token is reused until it expires
+    rig.fcm.revoke()  # the next send gets 401: a new access token, then the send again
+    rig.fcm.script = [503, 500]  # then two failures before it goes through
+    rig.apns.expire_next = 1  # one ExpiredProviderToken: a new provider token, then the send again
+    await rig.appointment()
+    await wait_until(lambda: len(rig.fcm.messages) == 2 and len(rig.apns.notices) == 2)
+    assert rig.fcm.token_requests == 2
+    failures = rig.dispatcher.metrics.failures
+    assert failures.labels("fcm", "UNAVAILABLE")._value.get() == 2
+    assert len(rig.apns.requests) == 3 and rig.violations() == []
+
+
+async def test_after_a_push_a_user_is_quiet_for_a_while(nursery, aio_loop, tmp_path, redis_url):
+    rig = await start_rig(nursery, tmp_path, redis_url, quiet_s=30)
+    await rig.register("portal", rig.patient_token(), "fcm", FCM_TOKEN)
+    ids = [await rig.appointment() for _ in range(3)]
+    await wait_until(lambda: rig.fcm.messages)
+    await wait_until(rig.settled)
+    [message] = rig.fcm.messages  # whichever event came first to the concurrent handlers
+    assert message["data"]["id"] in ids
+    assert rig.dispatcher.metrics.skipped.labels("quiet")._value.get() == 2
+
+
+async def test_push_is_off_by_default(nursery, aio_loop, redis_url, tmp_path):
+    node = Node(server_config(bus={"redis_url": redis_url}))
+    server = Server(node, await nursery.start(node.run))
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        answer = await http.post("/hub/push/devices", json={"platform": "apns", "token": APNS_TOKEN},
+                                 headers={"authorization": f"Bearer {server.token()}"})
+    assert answer.status_code == 404 and "not enabled" in answer.json()["message"]
+    with pytest.raises(ConfigError, match="needs the Redis bus"):
+        server_config(push={"enabled": True})
+    config = tmp_path / "push.toml"
+    config.write_text(f'[bus]\nredis_url = "{redis_url}"\n[push]\nenabled = true\n')
+    refused = subprocess.run([sys.executable, "-m", "rtserver", "push", "--config", str(config)],
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0 and "no push provider configured" in refused.stderr
