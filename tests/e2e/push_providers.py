@@ -128,6 +128,8 @@ class StandIn:
         body, more = b"", True
         while more:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client gave up (its timeout) before sending the whole request
             body += message.get("body", b"")
             more = message.get("more_body", False)
         request = Request(scope["method"], scope["path"], scope["http_version"],

@@ -140,11 +140,10 @@ async def test_after_the_last_attempt_it_is_dead_lettered_and_replay_delivers_it
     dispatcher = await start_dispatcher(nursery, config)
     event_id = backbone.append(appointmentId="a1")
     refused = backbone.append(appointmentId="a2")
-    await wait_until(lambda: len(backbone.dead_letters()) == 2)
+    await wait_until(lambda: len(backbone.dead_letters()) == 2 and backbone.pending() == 0)  # then acknowledged
     dead = {d["event_id"]: d for d in backbone.dead_letters()}
     assert dead[refused]["attempts"] == "1" and dead[refused]["reason"] == "400"
     assert dead[event_id]["attempts"] == "4" and dead[event_id]["reason"] == "503"
-    assert backbone.pending() == 0
     assert dispatcher.metrics.dead_letters.labels("partner")._value.get() == 2
     receiver.answer_for = None
     bus = RedisBus(config.bus, redis_url)
@@ -172,7 +171,8 @@ async def test_a_crashed_dispatchers_pending_entries_are_claimed_and_delivered_b
     assert backbone.pending() == 3
     survivor = await start_dispatcher(nursery, config)
     await wait_until(lambda: backbone.pending() == 0)
-    assert [r.headers["webhook-id"] for r in receiver.requests[3:]] == ids
+    # each once (concurrent deliveries arrive in any order)
+    assert sorted(r.headers["webhook-id"] for r in receiver.requests[3:]) == sorted(ids)
     assert survivor.metrics.deliveries.labels("partner")._value.get() == 3
 
 
