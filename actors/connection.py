@@ -9,9 +9,10 @@ The transports are actors of their own, each file opening with its contract:
 * the rooms it is in, joined with resumption from a cursor and with snapshots
   (``_join``), delivering to an outbound ``out`` whose ``push`` never blocks;
 * presence (a hub connection of a user with presence groups is tracked while it lives),
-  liveness (with push on, every connection counts its user as connected) and, for the HTTP transports, the session's *command room*: ``POST /{ns}/commands``
-  on any node forwards presence commands to ``session:{id}`` (``rtserver.commands``),
-  and the stream or poll serving that session applies them here;
+  liveness (with push on, every connection counts its user as connected) and, for the
+  HTTP transports, the session's *command room*: ``POST /{ns}/commands`` on any node
+  forwards presence commands to ``session:{id}`` (``rtserver.commands``), and the stream
+  or poll serving that session applies them here;
 * the run skeleton: ``_start`` (join, answer), ``_serve`` (the transport's own loop),
   and in ``finally`` leaving the rooms, presence and typing, then ``_finish`` (the
   transport's close: a close frame, an SSE ``close`` event, a poll answer).

@@ -30,12 +30,10 @@ import trio
 
 from protocol.errors import ReplyError
 from protocol.schedules import updates
+from rtserver.bus import RETRY_MAX_S, RETRY_MIN_S
 from rtserver.schedules import ScheduleStore
 
 log = structlog.get_logger("rtserver.schedules")
-#: Backoff bounds while the store is unreachable, seconds.
-RETRY_MIN_S = 0.1
-RETRY_MAX_S = 5.0
 
 
 class ScheduleProjector:

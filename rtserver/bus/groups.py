@@ -20,6 +20,8 @@ import structlog
 import trio
 
 from protocol.envelope import StoredEvent
+from protocol.errors import ReplyError
+from rtserver.bus import RETRY_MAX_S, RETRY_MIN_S
 from rtserver.bus.redis import RedisBus, stream_key
 
 log = structlog.get_logger("rtserver.bus.groups")
@@ -149,6 +151,8 @@ class GroupWorker:
     and is claimed again after the group's ``claim_idle_s`` (a retry later). While an
     entry is being handled it is kept claimed (``touch``), so no other consumer takes it.
     At most ``in_flight`` entries are handled at a time; reading waits for a free one.
+    Redis unreachable: reading pauses (backoff up to ``RETRY_MAX_S``) and resumes; an
+    acknowledgement lost with it leaves its entry to be claimed and handled again.
     """
 
     def __init__(self, group: ShardGroup, *, in_flight: int, select: Callable[[StoredEvent], bool],
@@ -164,19 +168,33 @@ class GroupWorker:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keep_claimed)
             task_status.started()
+            backoff = RETRY_MIN_S
             while True:
-                for batch in await self._group.read():
-                    selected = {str(event.offset): event for event in batch.events if self._select(event)}
-                    await self._group.ack(batch.shard, [i for i in batch.entry_ids if i not in selected])
-                    for entry_id, event in selected.items():
-                        await self._in_flight.acquire()
-                        self._handling.add((batch.shard, entry_id))
-                        nursery.start_soon(self._handle_entry, batch.shard, entry_id, event)
+                try:
+                    batches = await self._group.read()
+                    for batch in batches:
+                        selected = {str(event.offset): event for event in batch.events if self._select(event)}
+                        await self._group.ack(batch.shard, [i for i in batch.entry_ids if i not in selected])
+                        for entry_id, event in selected.items():
+                            await self._in_flight.acquire()
+                            self._handling.add((batch.shard, entry_id))
+                            nursery.start_soon(self._handle_entry, batch.shard, entry_id, event)
+                    backoff = RETRY_MIN_S
+                except ReplyError as exc:
+                    if not exc.temporary:
+                        raise
+                    log.warning("group_paused", group=self._group.group, error=exc.message, retry_in_s=backoff)
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, RETRY_MAX_S)
 
     async def _handle_entry(self, shard: int, entry_id: str, event: StoredEvent) -> None:
         try:
             if await self._handle(event):
                 await self._group.ack(shard, [entry_id])
+        except ReplyError as exc:
+            if not exc.temporary:
+                raise
+            log.warning("group_ack_failed", group=self._group.group, entry=entry_id, error=exc.message)
         finally:
             self._handling.discard((shard, entry_id))
             self._in_flight.release()
@@ -188,5 +206,10 @@ class GroupWorker:
             by_shard: dict[int, list[str]] = {}
             for shard, entry_id in list(self._handling):
                 by_shard.setdefault(shard, []).append(entry_id)
-            for shard, entry_ids in by_shard.items():
-                await self._group.touch(shard, entry_ids)
+            try:
+                for shard, entry_ids in by_shard.items():
+                    await self._group.touch(shard, entry_ids)
+            except ReplyError as exc:
+                if not exc.temporary:
+                    raise
+                log.warning("group_touch_failed", group=self._group.group, error=exc.message)

@@ -39,7 +39,7 @@ from rtserver.auth import PERSONAL_KINDS
 from rtserver.bus.groups import GroupWorker, ShardGroup, backoff_s
 from rtserver.bus.redis import RedisBus
 from rtserver.config import PushConfig
-from rtserver.push.providers import Provider, configured_providers
+from rtserver.push.providers import configured_providers
 from rtserver.push.store import DeviceStore, LiveUsers
 from rtserver.webhooks import consumer_name
 
@@ -79,16 +79,15 @@ def personal_rooms_of(event: StoredEvent) -> list[str]:
 class Dispatcher:
     """Pushes for one Redis (see the module's contract)."""
 
-    def __init__(self, config: PushConfig, bus: RedisBus, *, providers: dict[Platform, Provider] | None = None,
-                 metrics: PushMetrics | None = None) -> None:
+    def __init__(self, config: PushConfig, bus: RedisBus) -> None:
         if not config.enabled:
             raise ValueError("push is not enabled ([push] enabled = true)")
-        self._providers = configured_providers(config) if providers is None else providers
+        self._providers = configured_providers(config)
         if not self._providers:
             raise ValueError("no push provider configured ([push.fcm] service_account_file, [push.apns] key_file)")
         self._config = config
         self._bus = bus
-        self.metrics = metrics or PushMetrics()
+        self.metrics = PushMetrics()
         self.devices = DeviceStore(bus, ttl_s=config.device_ttl_s, max_per_user=config.max_devices_per_user)
         self._live = LiveUsers(bus)
         self._group = ShardGroup(bus, GROUP, consumer_name(), batch=config.batch, claim_idle_s=config.claim_idle_s,
@@ -102,13 +101,12 @@ class Dispatcher:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         worker = GroupWorker(self._group, in_flight=IN_FLIGHT, select=self._wanted, handle=self._push)
-        clients = {platform: provider.client() for platform, provider in self._providers.items()}
+        self._http = {platform: provider.client() for platform, provider in self._providers.items()}
         try:
-            self._http = clients
             await worker.run(task_status=task_status)
         finally:
             with trio.CancelScope(shield=True):
-                for client in clients.values():
+                for client in self._http.values():
                     await client.aclose()
 
     async def _push(self, event: StoredEvent) -> bool:

@@ -16,7 +16,7 @@ from protocol.webhooks import verify
 from rtserver.bus.redis import RedisBus, stream_key
 from rtserver.config import load_config
 from rtserver.webhooks import DEAD_LETTERS, Dispatcher, group_name, replay
-from tests.conftest import flush_redis, plain_redis
+from tests.conftest import flush_redis, free_port, plain_redis, start_redis
 from tests.e2e.webhook_receiver import Receiver
 
 SECRET = "partner-secret-0123456789"
@@ -184,6 +184,27 @@ async def test_a_slow_endpoint_gets_at_most_its_concurrency_and_everything_arriv
     await wait_until(lambda: backbone.pending() == 0 and len(receiver.requests) == 20)
     assert receiver.max_in_flight == 3
     assert sorted(r.headers["webhook-id"] for r in receiver.requests) == sorted(ids)
+
+
+async def test_a_redis_outage_pauses_the_dispatcher_and_it_goes_on_after(nursery, aio_loop, tmp_path, receiver):
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    redis_proc = start_redis(port, tmp_path, aof=True)  # the group and the entries survive the restart
+    try:
+        backbone = Backbone(url)
+        await start_dispatcher(nursery, webhooks_config(url, receiver))
+        before = backbone.append(appointmentId="a1")
+        await wait_until(lambda: len(receiver.requests) == 1)
+        redis_proc.kill()
+        redis_proc.wait()
+        await trio.sleep(1.5)  # the dispatcher's reads fail meanwhile
+        redis_proc = start_redis(port, tmp_path, aof=True)
+        after = Backbone(url).append(appointmentId="a2")
+        await wait_until(lambda: len(receiver.requests) >= 2, timeout=20)
+        assert [r.headers["webhook-id"] for r in receiver.requests] == [before, after]
+    finally:
+        redis_proc.kill()
+        redis_proc.wait()
 
 
 def test_the_cli_refuses_a_configuration_without_subscriptions(tmp_path, redis_url):
