@@ -74,7 +74,8 @@ async def test_a_stream_refused_says_why_before_anything_starts(server):
 async def test_token_expiry_and_draining_arrive_as_close_events(nursery):
     node = Node(server_config(connection=FAST))
     server = Server(node, await nursery.start(node.run))
-    async with open_sse(server.http, server.token(ttl_s=1)) as sse:
+    # exp is whole seconds: 2 s ahead leaves at least 1 s, so hello comes before the expiry
+    async with open_sse(server.http, server.token(ttl_s=2)) as sse:
         await sse.next()
         with trio.fail_after(5):
             close = await sse.next()
