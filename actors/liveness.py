@@ -40,12 +40,17 @@ User = tuple[str, str]  # (tenant, user)
 
 class Liveness:
     def __init__(self, users: LiveUsers, config: PushConfig, *, holder: str, mailbox: int = 4096) -> None:
+        """``users``: where the leases are kept; ``holder``: this node's name there."""
         self._users = users
         self._holder = holder
         self._renew_s = config.live_renew_s
         self._grace_s = config.live_grace_s
         self._send, self._receive = trio.open_memory_channel[tuple[User, int]](mailbox)
         self._open: Counter[User] = Counter()
+
+    @property
+    def connected_users(self) -> int:
+        return len(self._open)
 
     async def opened(self, tenant: str, user: str) -> None:
         await self._send.send(((tenant, user), 1))

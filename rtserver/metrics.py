@@ -94,6 +94,10 @@ class Metrics:
             "rt_schedule_projected_events", "Events this node projected into schedule records since start",
             registry=r,
         )
+        self.connected_users = Gauge(
+            "rt_connected_users", "Users with a connection on this node (held in Redis for push; push on only)",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -87,6 +87,7 @@ class Node:
             push = config.push
             self.devices = DeviceStore(self.bus, ttl_s=push.device_ttl_s, max_per_user=push.max_devices_per_user)
             self.liveness = Liveness(LiveUsers(self.bus), push, holder=holder)
+            self.metrics.connected_users.set_function(lambda: self.liveness.connected_users)
         self.connections: set[Connection] = set()
         self.draining = False
         self.http = HttpFrontend(create_asgi(self, create_app(self)))

@@ -21,6 +21,7 @@ from rtserver.push import GROUP, Dispatcher
 from rtserver.push.store import LiveUsers
 from tests.conftest import flush_redis, plain_redis
 from tests.e2e.conftest import Server, server_config
+from tests.e2e.http_clients import open_sse, poll
 from tests.e2e.push_providers import ApnsStandIn, Credentials, FcmStandIn
 
 FCM_TOKEN = "fcm-device-0123456789:APA91b-abcdefghij"
@@ -175,6 +176,7 @@ async def test_a_connected_user_gets_no_push_until_their_connection_is_gone(rig)
     live = LiveUsers(rig.server.node.bus)
     async with open_client(rig.server.ws("portal"), rig.patient_token()) as client:
         await wait_until_async(lambda: live.connected("t1", ["pat-1"]), {"pat-1"})
+        assert b"\nrt_connected_users 1.0" in rig.server.node.metrics.render()
         event_id = await rig.appointment()
         with trio.fail_after(10):
             assert (await client.next_event())["id"] == event_id
@@ -186,6 +188,40 @@ async def test_a_connected_user_gets_no_push_until_their_connection_is_gone(rig)
     await wait_until(lambda: rig.fcm.messages)
     assert [m["data"]["id"] for m in rig.fcm.messages] == [later]
     assert rig.violations() == []
+
+
+async def test_every_transport_on_any_node_counts_as_connected(nursery, aio_loop, tmp_path, redis_url):
+    rig = await start_rig(nursery, tmp_path, redis_url, live_grace_s=3)
+    other = Node(rig.server.node.config)  # a second node on the same Redis
+    other_server = Server(other, await nursery.start(other.run))
+    await rig.register("portal", rig.patient_token(), "fcm", FCM_TOKEN)
+    live = LiveUsers(rig.server.node.bus)
+    async with open_sse(other_server.http, rig.patient_token(), ns="portal") as sse:
+        await sse.next()  # hello
+        await wait_until_async(lambda: live.connected("t1", ["pat-1"]), {"pat-1"})
+        streamed = await rig.appointment()
+        with trio.fail_after(10):
+            assert (await sse.next_event()).data["id"] == streamed
+        await wait_until(rig.settled)
+    await wait_until_async(lambda: live.connected("t1", ["pat-1"]), set(), timeout=15)
+    async with httpx.AsyncClient(base_url=other_server.http, timeout=30) as http:
+        answers = []
+
+        async def one_poll() -> None:
+            answers.append(await poll(http, rig.patient_token(), ns="portal"))
+
+        nursery.start_soon(one_poll)  # waits for the next event
+        await wait_until_async(lambda: live.connected("t1", ["pat-1"]), {"pat-1"})
+        polled = await rig.appointment()
+        await wait_until(lambda: answers)
+        assert [e["id"] for e in answers[0].json()["events"]] == [polled]
+        await wait_until(rig.settled)  # handled within the grace after the poll's answer: its next poll is near
+    assert rig.fcm.messages == []
+    assert rig.dispatcher.metrics.skipped.labels("connected")._value.get() == 2
+    await wait_until_async(lambda: live.connected("t1", ["pat-1"]), set(), timeout=15)  # it never came back
+    pushed = await rig.appointment()
+    await wait_until(lambda: rig.fcm.messages)
+    assert [m["data"]["id"] for m in rig.fcm.messages] == [pushed] and rig.violations() == []
 
 
 async def wait_until_async(read, wanted, timeout: float = 10) -> None:
