@@ -66,6 +66,8 @@ return removed
 """
 
 _device = msgspec.json.Decoder(Device)
+#: Users whose leases one pipeline writes (a node's renewal of many users is several).
+HOLD_BATCH = 5000
 
 
 class DeviceStore:
@@ -155,13 +157,13 @@ class LiveUsers:
         """Hold the ``connected`` (tenant, user) pairs for ``lease_s``; let the ``gone`` ones
         go after ``grace_s``."""
         now = time.time()
-        pipe = self._bus.client.pipeline(transaction=False)
-        for pairs, until in ((connected, now + lease_s), (gone, now + grace_s)):
-            for tenant, user in pairs:
+        leases = [(pair, now + lease_s) for pair in connected] + [(pair, now + grace_s) for pair in gone]
+        for start in range(0, len(leases), HOLD_BATCH):
+            pipe = self._bus.client.pipeline(transaction=False)
+            for (tenant, user), until in leases[start:start + HOLD_BATCH]:
                 key = self._key(tenant, user)
                 pipe.zadd(key, {holder: int(until * 1000)})
                 pipe.pexpire(key, int((lease_s + grace_s) * 1000))
-        if len(pipe):
             await self._bus.execute(pipe)
 
     async def connected(self, tenant: str, users: list[str]) -> set[str]:
