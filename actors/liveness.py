@@ -36,16 +36,18 @@ from rtserver.push.store import LiveUsers
 log = structlog.get_logger("rtserver.liveness")
 
 User = tuple[str, str]  # (tenant, user)
+#: Mailbox capacity (opens and closes waiting to be counted).
+MAILBOX = 4096
 
 
 class Liveness:
-    def __init__(self, users: LiveUsers, config: PushConfig, *, holder: str, mailbox: int = 4096) -> None:
+    def __init__(self, users: LiveUsers, config: PushConfig, *, holder: str) -> None:
         """``users``: where the leases are kept; ``holder``: this node's name there."""
         self._users = users
         self._holder = holder
         self._renew_s = config.live_renew_s
         self._grace_s = config.live_grace_s
-        self._send, self._receive = trio.open_memory_channel[tuple[User, int]](mailbox)
+        self._send, self._receive = trio.open_memory_channel[tuple[User, int]](MAILBOX)
         self._open: Counter[User] = Counter()
 
     @property

@@ -154,17 +154,11 @@ def cmd_webhooks(args: argparse.Namespace) -> None:
     each dead letter."""
     import trio_asyncio
 
-    from rtserver.bus.redis import RedisBus
-    from rtserver.logs import configure_logging
     from rtserver.webhooks import Dispatcher, replay
 
-    config = _config(args)
-    configure_logging(config.log.level)
-    if not config.bus.redis_url:
-        raise SystemExit("rtserver webhooks: set bus.redis_url (or --redis-url)")
+    config, bus = _on_redis(args, "webhooks")
     if not config.webhooks.subscriptions:
         raise SystemExit("rtserver webhooks: no [[webhooks.subscriptions]] configured")
-    bus = RedisBus(config.bus, config.bus.redis_url)
 
     async def run() -> None:
         async with trio_asyncio.open_loop(), bus.commands():
@@ -182,15 +176,9 @@ def cmd_push(args: argparse.Namespace) -> None:
     """``push``: push to the phones of users with no live connection until SIGTERM/SIGINT."""
     import trio_asyncio
 
-    from rtserver.bus.redis import RedisBus
-    from rtserver.logs import configure_logging
     from rtserver.push import Dispatcher
 
-    config = _config(args)
-    configure_logging(config.log.level)
-    if not config.bus.redis_url:
-        raise SystemExit("rtserver push: set bus.redis_url (or --redis-url)")
-    bus = RedisBus(config.bus, config.bus.redis_url)
+    config, bus = _on_redis(args, "push")
     try:
         dispatcher = Dispatcher(config.push, bus)
     except ValueError as exc:
@@ -201,6 +189,18 @@ def cmd_push(args: argparse.Namespace) -> None:
             await _run_until_signalled(dispatcher.run, dispatcher.metrics.registry, config, args.metrics_port)
 
     trio.run(run)
+
+
+def _on_redis(args: argparse.Namespace, command: str):
+    """The configuration (logging set up) and the Redis bus of a process beside the nodes."""
+    from rtserver.bus.redis import RedisBus
+    from rtserver.logs import configure_logging
+
+    config = _config(args)
+    configure_logging(config.log.level)
+    if not config.bus.redis_url:
+        raise SystemExit(f"rtserver {command}: set bus.redis_url (or --redis-url)")
+    return config, RedisBus(config.bus, config.bus.redis_url)
 
 
 async def _run_until_signalled(service, registry, config: Config, metrics_port: int) -> None:

@@ -81,9 +81,7 @@ class Node:
         #: connected (``rtserver push`` pushes to the others).
         self.devices: DeviceStore | None = None
         self.liveness: Liveness | None = None
-        if config.push.enabled:
-            if not isinstance(self.bus, RedisBus):
-                raise ValueError("push.enabled needs the Redis bus")
+        if config.push.enabled:  # the configuration ensures the Redis bus
             push = config.push
             self.devices = DeviceStore(self.bus, ttl_s=push.device_ttl_s, max_per_user=push.max_devices_per_user)
             self.liveness = Liveness(LiveUsers(self.bus), push, holder=holder)

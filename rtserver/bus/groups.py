@@ -11,7 +11,10 @@ group each in a task of its own (the webhook and push dispatchers).
 
 from __future__ import annotations
 
+import os
 import random
+import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -135,6 +138,11 @@ class ShardGroup:
         if entry_ids:
             await self._bus.call(self._bus.client.xclaim, stream_key(shard), self.group, self.consumer, 0,
                                  entry_ids, justid=True)
+
+
+def consumer_name() -> str:
+    """A name of this process for a consumer group: ``<host>-<pid>-<random>``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def backoff_s(attempt: int, initial_s: float, max_s: float) -> float:

@@ -36,12 +36,11 @@ from protocol.envelope import StoredEvent
 from protocol.errors import ReplyError
 from protocol.push import Device, Notice, Platform, Verdict
 from rtserver.auth import PERSONAL_KINDS
-from rtserver.bus.groups import GroupWorker, ShardGroup, backoff_s
+from rtserver.bus.groups import GroupWorker, ShardGroup, backoff_s, consumer_name
 from rtserver.bus.redis import RedisBus
 from rtserver.config import PushConfig
 from rtserver.push.providers import configured_providers
 from rtserver.push.store import DeviceStore, LiveUsers
-from rtserver.webhooks import consumer_name
 
 log = structlog.get_logger("rtserver.push")
 

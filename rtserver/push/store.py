@@ -66,6 +66,12 @@ return removed
 """
 
 _device = msgspec.json.Decoder(Device)
+
+
+def _key(bus: RedisBus, kind: str, tenant: str, name: str) -> str:
+    """``rt:{<tenant's shard>}:push:<kind>:<tenant>/<name>`` (see the module docstring)."""
+    return f"rt:{{{shard_of(tenant, bus.shards)}}}:push:{kind}:{tenant}/{name}"
+
 #: Users whose leases one pipeline writes (a node's renewal of many users is several).
 HOLD_BATCH = 5000
 
@@ -76,14 +82,11 @@ class DeviceStore:
         self._ttl_ms = ttl_s * 1000
         self._max_per_user = max_per_user
 
-    def _prefix(self, tenant: str) -> str:
-        return f"rt:{{{shard_of(tenant, self._bus.shards)}}}:push"
-
     def _device_key(self, tenant: str, token: str) -> str:
-        return f"{self._prefix(tenant)}:device:{tenant}/{token}"
+        return _key(self._bus, "device", tenant, token)
 
     def _room_key(self, tenant: str, room: str) -> str:
-        return f"{self._prefix(tenant)}:room:{tenant}/{room}"
+        return _key(self._bus, "room", tenant, room)
 
     async def register(self, tenant: str, user: str, rooms: list[str], registration: Registration) -> list[str]:
         """Register (or renew) a device of ``user`` for ``rooms`` (``user:<user>`` first); the
@@ -138,8 +141,8 @@ class DeviceStore:
         """Start ``user``'s quiet period unless one is running; whether it started (push)."""
         if quiet_s <= 0:
             return True
-        key = f"{self._prefix(tenant)}:quiet:{tenant}/{user}"
-        return bool(await self._bus.call(self._bus.client.set, key, b"1", px=int(quiet_s * 1000), nx=True))
+        return bool(await self._bus.call(self._bus.client.set, _key(self._bus, "quiet", tenant, user), b"1",
+                                         px=int(quiet_s * 1000), nx=True))
 
 
 class LiveUsers:
@@ -148,9 +151,6 @@ class LiveUsers:
 
     def __init__(self, bus: RedisBus) -> None:
         self._bus = bus
-
-    def _key(self, tenant: str, user: str) -> str:
-        return f"rt:{{{shard_of(tenant, self._bus.shards)}}}:push:live:{tenant}/{user}"
 
     async def hold(self, holder: str, connected: list[tuple[str, str]], gone: list[tuple[str, str]], *,
                    lease_s: float, grace_s: float) -> None:
@@ -161,7 +161,7 @@ class LiveUsers:
         for start in range(0, len(leases), HOLD_BATCH):
             pipe = self._bus.client.pipeline(transaction=False)
             for (tenant, user), until in leases[start:start + HOLD_BATCH]:
-                key = self._key(tenant, user)
+                key = _key(self._bus, "live", tenant, user)
                 pipe.zadd(key, {holder: int(until * 1000)})
                 pipe.pexpire(key, int((lease_s + grace_s) * 1000))
             await self._bus.execute(pipe)
@@ -171,5 +171,5 @@ class LiveUsers:
         now = int(time.time() * 1000)
         pipe = self._bus.client.pipeline(transaction=False)
         for user in users:
-            pipe.zcount(self._key(tenant, user), now, "+inf")
+            pipe.zcount(_key(self._bus, "live", tenant, user), now, "+inf")
         return {user for user, count in zip(users, await self._bus.execute(pipe)) if count}

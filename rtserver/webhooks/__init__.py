@@ -22,9 +22,6 @@ Contract (one ``Destination`` task per configured subscription)
 from __future__ import annotations
 
 import fnmatch
-import os
-import secrets
-import socket
 import time
 from dataclasses import dataclass
 
@@ -35,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from protocol.envelope import StoredEvent
 from protocol.webhooks import delivery_body, signed_headers
-from rtserver.bus.groups import GroupWorker, ShardGroup, backoff_s
+from rtserver.bus.groups import GroupWorker, ShardGroup, backoff_s, consumer_name
 from rtserver.bus.redis import RedisBus
 from rtserver.config import WebhooksConfig, WebhookSubscription
 
@@ -153,10 +150,6 @@ async def dead_letter(bus: RedisBus, subscription: str, event_id: str, body: byt
                    {"subscription": subscription, "event_id": event_id, "body": body, "attempts": attempts,
                     "reason": reason, "at": int(time.time() * 1000)},
                    maxlen=DEAD_LETTERS_KEPT, approximate=True)
-
-
-def consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class Dispatcher:

@@ -58,6 +58,13 @@ class Server:
             return client.cursor
 
 
+async def wait_until(predicate, timeout: float = 10) -> None:
+    """Poll ``predicate`` (every 20 ms) until it holds; fails after ``timeout`` seconds."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
 def server_config(**sections):
     base = {"auth": {"hs256_secret": SECRET}, "server": {"port": 0, "allowed_origins": ["http://good.example"]}}
     for section, values in sections.items():

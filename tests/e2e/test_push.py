@@ -20,7 +20,7 @@ from rtserver.node import Node
 from rtserver.push import GROUP, Dispatcher
 from rtserver.push.store import LiveUsers
 from tests.conftest import flush_redis, plain_redis
-from tests.e2e.conftest import Server, server_config
+from tests.e2e.conftest import Server, server_config, wait_until
 from tests.e2e.http_clients import open_sse, poll
 from tests.e2e.push_providers import ApnsStandIn, Credentials, FcmStandIn
 
@@ -67,9 +67,10 @@ class Rig:
         return self.fcm.violations + self.apns.violations
 
 
-async def wait_until(predicate, timeout: float = 10) -> None:
+async def wait_until_async(read, wanted, timeout: float = 10) -> None:
+    """Poll the coroutine function ``read`` until it returns ``wanted``."""
     with trio.fail_after(timeout):
-        while not predicate():
+        while await read() != wanted:
             await trio.sleep(0.02)
 
 
@@ -222,12 +223,6 @@ async def test_every_transport_on_any_node_counts_as_connected(nursery, aio_loop
     pushed = await rig.appointment()
     await wait_until(lambda: rig.fcm.messages)
     assert [m["data"]["id"] for m in rig.fcm.messages] == [pushed] and rig.violations() == []
-
-
-async def wait_until_async(read, wanted, timeout: float = 10) -> None:
-    with trio.fail_after(timeout):
-        while await read() != wanted:
-            await trio.sleep(0.02)
 
 
 async def test_devices_a_provider_calls_invalid_are_forgotten(rig):

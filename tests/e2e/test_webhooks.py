@@ -17,6 +17,7 @@ from rtserver.bus.redis import RedisBus, stream_key
 from rtserver.config import load_config
 from rtserver.webhooks import DEAD_LETTERS, Dispatcher, group_name, replay
 from tests.conftest import flush_redis, free_port, plain_redis, start_redis
+from tests.e2e.conftest import wait_until
 from tests.e2e.webhook_receiver import Receiver
 
 SECRET = "partner-secret-0123456789"
@@ -89,12 +90,6 @@ async def start_dispatcher(nursery, config, scope: trio.CancelScope | None = Non
     wanted = group_name(config.webhooks.subscriptions[0]).encode()
     await wait_until(lambda: plain.exists(stream) and any(g["name"] == wanted for g in plain.xinfo_groups(stream)))
     return dispatcher
-
-
-async def wait_until(predicate, timeout: float = 10) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
 
 
 async def test_matching_events_are_posted_signed_and_the_others_not(nursery, aio_loop, redis_url, receiver,
