@@ -17,8 +17,10 @@ The transports are actors of their own, each file opening with its contract:
   and in ``finally`` leaving the rooms, presence and typing, then ``_finish`` (the
   transport's close: a close frame, an SSE ``close`` event, a poll answer).
 
-Failure: an unexpected exception is logged and ends this connection with 1011, never the
-node; a ``ReplyError`` of the start (the bus is unreachable) ends it with 1013.
+Failure: an unexpected exception is logged with a correlation id, counted
+(``rt_internal_errors_total{where=<transport>}``) and ends this connection with 1011,
+never the node; a temporary ``ReplyError`` of the start (Redis unreachable, or refusing
+with an error reply) ends it with 1013.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from protocol.presence import PresenceState
 from protocol.rooms import RoomKind, parse_room, room_key
 from protocol.wires import FRAMES, Wire
 from rtserver.auth import Claims, auto_rooms
+from rtserver.boundary import contained
 from rtserver.bus import Bus, RoomHistory, read_rooms
 from rtserver.config import Config
 from rtserver.metrics import Metrics
@@ -235,15 +238,16 @@ class Connection:
                     self._expires_at = trio.current_time() + max(0.0, self.claims.exp - time.time())
                 self._push_deadline()
                 task_status.started()
-                try:
-                    await self._start()
-                    await self._serve()
-                except ReplyError as err:  # only the start's bus calls can raise one here
-                    self._log("start_failed", error=err.message)
-                    self._disconnect = CloseCode.TRY_AGAIN_LATER if err.temporary else CloseCode.INTERNAL_ERROR
-                except Exception:
-                    # A bug ends this connection, not the node.
-                    log.exception("connection_failed", session=self.session)
+                with contained(metrics, self.transport, session=self.session) as failure:  # a bug ends this connection alone
+                    try:
+                        await self._start()
+                        await self._serve()
+                    except ReplyError as err:
+                        if not err.temporary:
+                            raise  # a refusal nobody answered: a bug
+                        self._log("start_failed", error=err.message)  # the bus, at the start
+                        self._disconnect = CloseCode.TRY_AGAIN_LATER
+                if failure.id is not None:
                     self._disconnect = CloseCode.INTERNAL_ERROR
             if self._disconnect is None and self._scope.cancelled_caught:
                 expired = trio.current_time() >= self._expires_at

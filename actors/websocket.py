@@ -97,7 +97,7 @@ class WebSocketConnection(Connection):
                          idle_s=cfg.idle_timeout_s, joining=joining)
         self._ws = ws
         self._bucket = TokenBucket(cfg.inbound_rate, cfg.inbound_burst)
-        self._partial: list[bytes | str] | None = None  # a message arriving in fragments
+        self._partial: list[bytes] | None = None  # a message arriving in fragments
         self._partial_size = 0
         self.out = OutboundQueue(sock, services.writer, max_frames=cfg.outbound_max_frames,
                                  max_bytes=cfg.outbound_max_bytes, owner=self)
@@ -141,18 +141,19 @@ class WebSocketConnection(Connection):
     async def _on_ws_event(self, event: ws_events.Event) -> bool:
         """Handle one wsproto event; True when the connection must end."""
         if isinstance(event, ws_events.Message):
-            self._partial_size += len(event.data)
+            # Counted in bytes as sent (a text message's UTF-8), whatever the fragmentation.
+            data = event.data.encode() if isinstance(event.data, str) else event.data
+            self._partial_size += len(data)
             if self._partial_size > self._s.config.server.max_inbound_message_bytes:
                 self._disconnect = CloseCode.MESSAGE_TOO_BIG
                 return True
             if not event.message_finished:
-                self._partial = (self._partial or []) + [event.data]
+                self._partial = (self._partial or []) + [data]
                 return False
-            data = event.data
             if self._partial is not None:
-                data = type(data)().join([*self._partial, data])  # type: ignore[arg-type]
+                data = b"".join([*self._partial, data])
             self._partial, self._partial_size = None, 0
-            await self._on_message(data.encode() if isinstance(data, str) else data)
+            await self._on_message(data)
             return self._disconnect is not None
         if isinstance(event, ws_events.Ping):
             self.out.push(self._ws.send(event.response()))
@@ -178,7 +179,7 @@ class WebSocketConnection(Connection):
             metrics.messages_in.labels("invalid").inc()
             self._send_error(err, None)
             return
-        metrics.messages_in.labels(frame.event if isinstance(frame, Emit) else type(frame).__name__.lower()).inc()
+        metrics.count_inbound(frame, self._s.catalog)
         try:
             if isinstance(frame, Sub):
                 await self._on_sub(frame)

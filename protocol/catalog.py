@@ -1,6 +1,7 @@
 """The event catalog (SPEC §3): every event type, declared once.
 
-Each type states its payload schema as a field allow-list, its delivery class (durable
+Each type states its payload schema as a field allow-list (each field typed, see
+``FIELD_TYPES``), its delivery class (durable
 events enter the stream and carry cursors; ephemeral ones never do), its coalescing rule,
 the room kinds it may be routed to, and who may send it (the backbone, or clients of which
 namespaces). ``Catalog.validate_publish`` is the ingest check: an event that breaks it is
@@ -10,8 +11,12 @@ refused (HTTP) or dead-lettered (stream), never forwarded.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
+
+import msgspec
 
 from protocol.errors import ReplyCode, ReplyError
 from protocol.rooms import RoomKind, is_identifier, parse_room
@@ -144,6 +149,47 @@ DEFAULT_EVENTS: tuple[EventType, ...] = (
     _client("mark_alert_read", "alertId patientId", _STAFF, required="alertId"),
 )
 
+# -- payload field types -------------------------------------------------------------
+#: An id: a string or an integer, as backbones write them.
+_ID = str | int
+#: A point in time: ISO 8601 text or a number (epoch seconds or milliseconds).
+_TIME = str | int | float
+_NUMBER = int | float
+#: The type of each payload field, by name: a name means one thing in every event type.
+#: Every field may also be ``null``. A field an allow-list override adds is untyped.
+FIELD_TYPES: dict[str, Any] = {
+    **dict.fromkeys(
+        "scheduleId slotId appointmentId patientTaxId professionalTaxId specialityId forwardingId "
+        "fromSpecialityId toSpecialityId jobId id patientId conversationId messageId queueId itemId "
+        "threadId userId attendantId senderId takenBy alertId".split(), _ID),
+    **dict.fromkeys(
+        "status previousStatus reasonCode kind state category type severity symptomCode sender "
+        "senderRole text group endedBy date p".split(), str),
+    **dict.fromkeys(
+        "start end from to changedAt createdAt timestamp sentAt acceptedAt endedAt waitingSince "
+        "since".split(), _TIME),
+    **dict.fromkeys("count version done total percent position size score oldPriority newPriority "
+                    "connections t s".split(), _NUMBER),
+    "priority": str | _NUMBER,  # a level name or a score
+    **dict.fromkeys("isAudio typing".split(), bool),
+    #: A day's slots: objects (``slotId``, ``start``, ``status``...) or start times.
+    "slots": list[dict[str, Any] | str],
+    "attachments": list[dict[str, Any] | str],
+    # Made by rtserver itself (snapshots, digests): never published.
+    "users": list[dict[str, Any]],
+    "changes": list[dict[str, Any]],
+    "days": dict[str, Any],
+    "appointments": dict[str, Any],
+}
+
+
+@functools.cache
+def _payload_type(fields: frozenset[str]) -> type[msgspec.Struct]:
+    """A struct that accepts a payload of these fields, each of its type or null."""
+    return msgspec.defstruct(
+        "Payload", [(name, FIELD_TYPES.get(name, Any) | None, None) for name in sorted(fields)])
+
+
 #: Most rooms one published event may name, checked at ingest.
 MAX_ROOMS_PER_EVENT = 32
 
@@ -178,6 +224,8 @@ class Catalog:
             raise ReplyError(ReplyCode.UNKNOWN_EVENT, f"unknown event type {name!r}") from None
 
     def check_fields(self, etype: EventType, data: Mapping[str, object]) -> None:
+        """Raise ``ReplyError(BAD_PAYLOAD)`` unless ``data`` has the required fields, no
+        other field than the allow-list's, and each of its type (``FIELD_TYPES``)."""
         missing = sorted(k for k in etype.required if not data.get(k))
         if missing:
             raise ReplyError(ReplyCode.BAD_PAYLOAD, f"{etype.name!r} needs the fields {missing}")
@@ -188,6 +236,10 @@ class Catalog:
                 f"fields {extra} are not allowed in {etype.name!r} "
                 f"(allowed: {sorted(etype.fields)})",
             )
+        try:
+            msgspec.convert(data, _payload_type(etype.fields))
+        except msgspec.ValidationError as exc:
+            raise ReplyError(ReplyCode.BAD_PAYLOAD, f"invalid payload of {etype.name!r}: {exc}") from None
 
     def check_emit(self, ns: Namespace, event: str, data: Mapping[str, object], room: str | None,
                    room_allowed: Callable[[str], None]) -> EventType:

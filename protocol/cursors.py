@@ -14,7 +14,9 @@ from typing import NamedTuple
 
 from protocol.errors import ReplyCode, ReplyError
 
-_CURSOR = re.compile(r"^(\d{1,5})\.([A-Za-z0-9]{1,32})\.(\d{1,20})-(\d{1,20})$")
+_CURSOR = re.compile(r"(\d{1,5})\.([A-Za-z0-9]{1,32})\.(\d{1,20})-(\d{1,20})")
+#: Largest part of a stream offset (Redis Streams ids are two unsigned 64-bit integers).
+MAX_OFFSET_PART = 2**64 - 1
 
 
 class Offset(NamedTuple):
@@ -42,11 +44,15 @@ class Cursor(NamedTuple):
 
     @classmethod
     def parse(cls, text: str) -> Cursor:
-        """Parse a client-supplied cursor; raises ``ReplyError(BAD_FRAME)`` when malformed."""
-        m = _CURSOR.match(text)
+        """Parse a client-supplied cursor; raises ``ReplyError(BAD_FRAME)`` when malformed or
+        when an offset part is beyond 64 bits (no stream can hold it)."""
+        m = _CURSOR.fullmatch(text)
         if not m:
             raise ReplyError(ReplyCode.BAD_FRAME, f"malformed cursor {text[:64]!r}")
-        return cls(int(m[1]), m[2], Offset(int(m[3]), int(m[4])))
+        ms, seq = int(m[3]), int(m[4])
+        if ms > MAX_OFFSET_PART or seq > MAX_OFFSET_PART:
+            raise ReplyError(ReplyCode.BAD_FRAME, f"cursor {text[:64]!r} is out of range")
+        return cls(int(m[1]), m[2], Offset(ms, seq))
 
 
 def shard_of(tenant: str, shards: int) -> int:

@@ -13,7 +13,7 @@ import msgspec
 
 from protocol.cursors import Offset
 from protocol.frames import Evt
-
+from protocol.limits import decode_bounded
 
 #: Longest event ``id`` a publisher may give (it names a Redis key for idempotency).
 MAX_EVENT_ID = 200
@@ -69,5 +69,6 @@ _publish_decoder = msgspec.json.Decoder(Envelope)
 
 
 def decode_publish(body: bytes) -> Envelope:
-    """Decode a publish body; raises ``msgspec.ValidationError``/``DecodeError`` with the reason."""
-    return _publish_decoder.decode(body)
+    """Decode a publish body; raises ``msgspec.ValidationError``/``DecodeError`` with the
+    reason, ``ReplyError(BAD_FRAME)`` when nested too deeply."""
+    return decode_bounded(_publish_decoder.decode, body)

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from protocol.errors import ReplyCode, ReplyError
+from protocol.limits import decode_bounded
 
 
 class _Frame(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, omit_defaults=True):
@@ -106,9 +107,10 @@ class Codec:
         return self._encode(frame)
 
     def decode(self, data: bytes) -> ClientFrame:
-        """Decode one client frame; raises ``ReplyError(BAD_FRAME)`` with the reason."""
+        """Decode one client frame; raises ``ReplyError(BAD_FRAME)`` with the reason
+        (nested deeper than ``protocol.limits.MAX_DEPTH`` included)."""
         try:
-            return self._decode(data)
+            return decode_bounded(self._decode, data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ReplyError(ReplyCode.BAD_FRAME, str(exc)) from None
 

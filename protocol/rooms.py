@@ -12,8 +12,14 @@ import re
 
 from protocol.errors import ReplyCode, ReplyError
 
-#: Tenants, room ids and user ids: printable, URL-safe, bounded.
-_IDENT = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+#: Longest tenant, room id or user id, characters.
+MAX_ID_LENGTH = 128
+#: Tenants and session ids: letters, digits and ``_ . @ -``.
+_IDENT = re.compile(r"[A-Za-z0-9_.@-]{1,%d}" % MAX_ID_LENGTH)
+#: Room ids (user ids among them, as ``user:{sub}``): also ``+ | : = ~``, which the
+#: subjects of common identity providers hold (``auth0|5f7c…``, ``ana+test@example.org``).
+#: Never a separator of lists (``,``) or keys (``/``), a space or a control character.
+_ROOM_ID = re.compile(r"[A-Za-z0-9_.@+|:=~-]{1,%d}" % MAX_ID_LENGTH)
 
 
 class RoomKind(enum.StrEnum):
@@ -32,14 +38,19 @@ class RoomKind(enum.StrEnum):
 
 
 def is_identifier(value: str) -> bool:
-    """Whether ``value`` may be a tenant, a room id or a user id."""
-    return bool(_IDENT.match(value))
+    """Whether ``value`` may be a tenant or a session id."""
+    return _IDENT.fullmatch(value) is not None
+
+
+def is_room_id(value: str) -> bool:
+    """Whether ``value`` may be the id of a room (a user id, a patient id, a group...)."""
+    return _ROOM_ID.fullmatch(value) is not None
 
 
 def parse_room(name: str) -> tuple[RoomKind, str]:
     """Split ``kind:id``; raises ``ReplyError(BAD_ROOM)`` on anything else."""
     kind, sep, ident = name.partition(":")
-    if not sep or not is_identifier(ident):
+    if not sep or not is_room_id(ident):
         raise ReplyError(ReplyCode.BAD_ROOM, f"room {name!r} is not 'kind:id'")
     try:
         return RoomKind(kind), ident

@@ -2,7 +2,9 @@
 
 Keys: an HS256 secret, a PEM public key (RS256/ES256) and/or a JWKS file. The algorithm
 is taken from the token header only if configuration accepts it *and* a key of that
-family exists, so ``alg: none``, unknown algorithms and HS/RS key confusion are refused.
+family exists, so ``alg: none``, unknown algorithms, HS/RS key confusion and an ES256
+token naming an RSA key (or the reverse) are refused. Claims are checked against their
+documented formats before anything uses them (ids become room names and Redis keys).
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from protocol.catalog import Namespace
 from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
-from protocol.rooms import RoomKind, parse_room
+from protocol.rooms import MAX_ID_LENGTH, RoomKind, is_identifier, is_room_id, parse_room
 from rtserver.config import AuthConfig
+
+log = structlog.get_logger("rtserver.auth")
 
 STAFF_ROLES = frozenset({"attendant", "nurse", "admin", "professional", "staff", "doctor"})
 PATIENT_ROLE = "patient"
@@ -39,6 +46,54 @@ class AuthError(Exception):
         self.disconnect = disconnect
         self.message = message
         self.status = status
+
+
+def _refused_claim(name: str, what: str) -> AuthError:
+    """A claim that breaks its documented format: 4403 / 403 naming it."""
+    return AuthError(CloseCode.FORBIDDEN, f"claim {name!r} {what}", 403)
+
+
+#: Most items a list claim (roles, specialities, threads, presence groups) may hold.
+MAX_CLAIM_ITEMS = 256
+#: Longest role name, characters.
+MAX_ROLE_LENGTH = 64
+
+
+class _Payload:
+    """Reads typed claims out of a verified payload, refusing any that breaks its format."""
+
+    __slots__ = ("_payload",)
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self._payload = payload
+
+    def room_id(self, name: str) -> str | None:
+        """An optional claim that names a room (``user:{sub}``, ``patient:{patientTaxId}``…)."""
+        value = self._payload.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not is_room_id(value):
+            raise _refused_claim(name, f"must be 1-{MAX_ID_LENGTH} letters, digits or _ . @ + | : = ~ -")
+        return value
+
+    def room_ids(self, name: str) -> tuple[str, ...]:
+        """A list claim whose items name rooms."""
+        values = self.strings(name)
+        for value in values:
+            if not is_room_id(value):
+                raise _refused_claim(name, f"holds {value[:40]!r}: ids are 1-{MAX_ID_LENGTH} letters, digits "
+                                           "or _ . @ + | : = ~ -")
+        return values
+
+    def strings(self, name: str, max_length: int = MAX_ID_LENGTH) -> tuple[str, ...]:
+        value = self._payload.get(name)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) and 0 < len(v) <= max_length for v in value):
+            raise _refused_claim(name, f"must be a list of strings of 1-{max_length} characters")
+        if len(value) > MAX_CLAIM_ITEMS:
+            raise _refused_claim(name, f"holds more than {MAX_CLAIM_ITEMS} items")
+        return tuple(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,36 +124,54 @@ class Claims:
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Claims:
-        def strings(name: str) -> tuple[str, ...]:
-            value = payload.get(name) or []
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise AuthError(CloseCode.UNAUTHENTICATED, f"claim {name!r} must be a list of strings")
-            return tuple(value)
-
-        user, tenant = payload.get("sub"), payload.get("healthUnitTaxId")
-        roles = frozenset(strings("roles"))
-        if not isinstance(user, str) or not user:
+        """The claims of a verified payload: ``AuthError`` 4401 when ``sub`` (or, but for
+        services, ``healthUnitTaxId``) is missing, 4403 naming the claim when one breaks its
+        format (docs/protocol.md, Token claims)."""
+        claims = _Payload(payload)
+        if not payload.get("sub"):
             raise AuthError(CloseCode.UNAUTHENTICATED, "token has no 'sub'")
-        if SERVICE_ROLE not in roles and (not isinstance(tenant, str) or not tenant):
-            raise AuthError(CloseCode.UNAUTHENTICATED, "token has no 'healthUnitTaxId'")
-        groups = strings("presenceGroups")
+        user = claims.room_id("sub")
+        roles = frozenset(claims.strings("roles", MAX_ROLE_LENGTH))
+        tenant = payload.get("healthUnitTaxId")
+        if tenant is None or tenant == "":
+            if SERVICE_ROLE not in roles:
+                raise AuthError(CloseCode.UNAUTHENTICATED, "token has no 'healthUnitTaxId'")
+            tenant = ""
+        elif not isinstance(tenant, str) or not is_identifier(tenant):
+            raise _refused_claim("healthUnitTaxId", f"must be 1-{MAX_ID_LENGTH} letters, digits or _ . @ -")
+        groups = claims.room_ids("presenceGroups")
         if not groups and roles & STAFF_ROLES:
             groups = DEFAULT_PRESENCE_GROUPS
         return cls(
             user=user,
-            tenant=tenant or "",
+            tenant=tenant,
             roles=roles,
             exp=payload.get("exp"),
-            professional=payload.get("professionalTaxId"),
-            specialities=strings("specialityIds"),
-            patient=payload.get("patientTaxId"),
-            threads=frozenset(strings("threadIds")),
+            professional=claims.room_id("professionalTaxId"),
+            specialities=claims.room_ids("specialityIds"),
+            patient=claims.room_id("patientTaxId"),
+            threads=frozenset(claims.room_ids("threadIds")),
             presence_groups=groups,
         )
 
 
+def _algorithm_of(key: Any) -> str | None:
+    """The JWS algorithm a public key verifies, by its type (ES256: a P-256 key only)."""
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ES256"
+    return None
+
+
 class TokenVerifier:
-    """Checks tokens against the configured keys. Construction reads key files once."""
+    """Checks tokens against the configured keys. Construction reads key files once.
+
+    A token is verified only with a key of its header's algorithm: the HS256 secret for
+    HS256, a JWKS key (by ``kid``) whose own algorithm is the token's, or the public key
+    when it is of the token's algorithm's family. Anything else, and any failure of the
+    verification itself, is a 4401 with the reason; nothing a token holds raises further.
+    """
 
     def __init__(self, config: AuthConfig) -> None:
         self._config = config
@@ -106,26 +179,34 @@ class TokenVerifier:
         self._public_key: Any = None
         self._jwks: jwt.PyJWKSet | None = None
         if config.public_key_file:
-            self._public_key = Path(config.public_key_file).read_bytes()
+            self._public_key = serialization.load_pem_public_key(Path(config.public_key_file).read_bytes())
+            if _algorithm_of(self._public_key) is None:
+                raise ValueError("auth.public_key_file: an RSA or a P-256 (ES256) public key is needed")
         if config.jwks_file:
             self._jwks = jwt.PyJWKSet.from_dict(json.loads(Path(config.jwks_file).read_text()))
         if not (config.hs256_secret or self._public_key or self._jwks):
             raise ValueError("auth: configure hs256_secret, public_key_file or jwks_file")
 
     def _key_for(self, header: dict[str, Any]) -> Any:
-        alg = header.get("alg")
-        if alg not in self._config.algorithms or alg not in _HMAC | _ASYMMETRIC:
-            raise AuthError(CloseCode.UNAUTHENTICATED, f"algorithm {alg!r} is not accepted")
+        alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(alg, str) or alg not in self._config.algorithms or alg not in _HMAC | _ASYMMETRIC:
+            raise AuthError(CloseCode.UNAUTHENTICATED, f"algorithm {str(alg)[:20]!r} is not accepted")
+        if kid is not None and not isinstance(kid, str):
+            raise AuthError(CloseCode.UNAUTHENTICATED, "malformed token header: 'kid' is not a string")
         if alg in _HMAC:
             if not self._config.hs256_secret:
                 raise AuthError(CloseCode.UNAUTHENTICATED, "HS256 tokens are not accepted")
             return self._config.hs256_secret
-        if self._jwks is not None and header.get("kid"):
-            try:
-                return self._jwks[header["kid"]].key
-            except KeyError:
-                raise AuthError(CloseCode.UNAUTHENTICATED, "unknown key id") from None
+        if self._jwks is not None and kid:
+            jwk = next((k for k in self._jwks.keys if k.key_id == kid), None)
+            if jwk is None:
+                raise AuthError(CloseCode.UNAUTHENTICATED, "unknown key id")
+            if jwk.algorithm_name != alg:
+                raise AuthError(CloseCode.UNAUTHENTICATED, f"key {kid[:40]!r} is not a key for {alg} tokens")
+            return jwk.key
         if self._public_key is not None:
+            if _algorithm_of(self._public_key) != alg:
+                raise AuthError(CloseCode.UNAUTHENTICATED, f"the configured public key is not a key for {alg} tokens")
             return self._public_key
         raise AuthError(CloseCode.UNAUTHENTICATED, f"no key for {alg} tokens")
 
@@ -157,10 +238,15 @@ class TokenVerifier:
                 audience=self._config.audience or None,
                 options={"require": ["exp", "sub"], "verify_aud": bool(self._config.audience)},
             )
+        except AuthError:
+            raise
         except jwt.ExpiredSignatureError:
             raise AuthError(CloseCode.TOKEN_EXPIRED, "token expired") from None
         except jwt.PyJWTError as exc:
             raise AuthError(CloseCode.UNAUTHENTICATED, f"invalid token: {exc}") from None
+        except Exception as exc:  # a token no check foresaw: refused, never raised further
+            log.info("token_unverifiable", error=f"{type(exc).__name__}: {exc}"[:200])
+            raise AuthError(CloseCode.UNAUTHENTICATED, "invalid token") from None
         return Claims.from_payload(payload)
 
 

@@ -134,7 +134,7 @@ def cmd_relay(args: argparse.Namespace) -> None:
                 print(f"outbox schema ready ({config.bus.shards} shards)", file=sys.stderr)
                 return None
             try:
-                relay = Relay(config.outbox, config.bus, config.bus.redis_url)
+                relay = Relay(config)
             except ValueError as exc:
                 return str(exc)
             refused: list[str] = []
@@ -200,7 +200,7 @@ def _on_redis(args: argparse.Namespace, command: str):
     configure_logging(config.log.level)
     if not config.bus.redis_url:
         raise SystemExit(f"rtserver {command}: set bus.redis_url (or --redis-url)")
-    return config, RedisBus(config.bus, config.bus.redis_url)
+    return config, RedisBus.for_config(config)
 
 
 async def _run_until_signalled(service, registry, config: Config, metrics_port: int) -> None:

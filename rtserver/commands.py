@@ -25,6 +25,7 @@ from protocol.catalog import Namespace
 from protocol.envelope import Envelope
 from protocol.errors import ReplyCode, ReplyError
 from protocol.frames import JSON, Ack, ClientFrame, Emit, Ping, Pong, ServerFrame, error_frame
+from protocol.limits import decode_bounded
 from protocol.rooms import is_identifier
 from rtserver.auth import Claims, authorize_room
 
@@ -39,7 +40,7 @@ def decode_commands(body: bytes) -> tuple[list[ClientFrame], bool]:
     if body.lstrip()[:1] != b"[":
         return [JSON.decode(body)], False
     try:
-        frames = _decode_many(body)
+        frames = decode_bounded(_decode_many, body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ReplyError(ReplyCode.BAD_FRAME, str(exc)) from None
     if len(frames) > MAX_COMMANDS:

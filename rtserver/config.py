@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 
+from protocol.catalog import Catalog
+
 ENV_PREFIX = "RTSERVER_"
 
 
@@ -343,9 +345,15 @@ class Config(_Section):
     catalog_fields: dict[str, list[str]] = {}
 
     def __post_init__(self) -> None:
+        self.catalog()  # an override naming an unknown event type is an error here
         if self.push.enabled and not self.bus.redis_url:
             raise ValueError("push.enabled needs the Redis bus (bus.redis_url): devices and "
                              "connected users are kept there for the push dispatcher")
+
+
+    def catalog(self) -> Catalog:
+        """The event catalog, with this configuration's allow-list overrides."""
+        return Catalog.default().with_fields(self.catalog_fields)
 
 
 class ConfigError(ValueError):

@@ -1,9 +1,7 @@
 """The HTTP side, served by hypercorn's connection handler.
 
 ``POST /v1/publish`` (the ingest hot path) and ``POST /{ns}/commands`` are answered by the
-listener itself with h11 (``post_handlers``), and requests that reach hypercorn anyway
-(chunked bodies, ``Expect``) get the same answer from a plain ASGI handler, without
-Quart's per-request machinery. Everything else is a quart-trio app: ``GET /{ns}/events``,
+listener itself with h11 (``post_handlers``). Everything else is a quart-trio app: ``GET /{ns}/events``,
 ``GET /{ns}/presence``, ``POST /{ns}/push/devices`` and ``DELETE /{ns}/push/devices/<token>``
 (with push on), ``/healthz``, ``/readyz``, ``/metrics``, and the browser client and the two
 pages (``/rtclient.js``, ``/console/``, ``/wall/``).
@@ -11,6 +9,11 @@ pages (``/rtclient.js``, ``/console/``, ``/wall/``).
 Hypercorn answers each connection handed to it with ``Connection: close``: the listener
 hands a connection over for good, so a browser's next request on it (a poll, a stream)
 would otherwise never come back to the listener's fast paths.
+
+Every answer that is not a success is JSON, ``{"error": <code>, "message": "..."}``: the
+documented refusals (``STATUS_OF_REPLY``), Quart's own (404, 405, 408 for a body that did
+not arrive within ``server.handshake_timeout_s``, 413), and 500 with the correlation id
+(``"id"``) of a logged, counted failure (``rtserver.boundary``).
 """
 
 from __future__ import annotations
@@ -31,14 +34,17 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 from quart import Response, redirect, request, send_from_directory
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
 from protocol.catalog import Namespace
 from protocol.cursors import Cursor
 from protocol.envelope import decode_publish
 from protocol.errors import CloseCode, ReplyCode, ReplyError
-from protocol.frames import JSON, Emit, Error, error_frame
+from protocol.frames import JSON, Error, error_frame
+from protocol.limits import decode_bounded
 from protocol.push import Registration
 from rtserver.auth import AuthError, Claims, admit, authorize_room, bearer_token, personal_rooms
+from rtserver.boundary import correlation_id, internal_error_body
 from rtserver.commands import decode_commands, run_command
 
 if TYPE_CHECKING:
@@ -61,12 +67,17 @@ STATUS_OF_REPLY = {
 _json = msgspec.json.Encoder()
 
 
+def error_body(code: int, message: str) -> bytes:
+    """The JSON body of every refusal: ``{"error": code, "message": message}``."""
+    return _json.encode({"error": code, "message": message})
+
+
 def _answer(body: object, status: int = 200) -> Response:
     return Response(_json.encode(body), status=status, content_type="application/json")
 
 
-def _error(status: int, code: int | str, message: str) -> Response:
-    return _answer({"error": code, "message": message}, status)
+def _error(status: int, code: int, message: str) -> Response:
+    return Response(error_body(code, message), status=status, content_type="application/json")
 
 
 class _UnknownNamespace(Exception):
@@ -80,7 +91,7 @@ class _PushOff(Exception):
 def create_app(node: Node) -> QuartTrio:
     app = QuartTrio("rtserver")
     app.config["RESPONSE_TIMEOUT"] = None
-    app.config["BODY_TIMEOUT"] = 30
+    app.config["BODY_TIMEOUT"] = node.config.server.handshake_timeout_s
     app.config["MAX_CONTENT_LENGTH"] = MAX_POST_BYTES
 
     def claims_of_request() -> Claims:
@@ -102,6 +113,19 @@ def create_app(node: Node) -> QuartTrio:
     @app.errorhandler(ReplyError)
     async def reply_error(exc: ReplyError):
         return _error(STATUS_OF_REPLY.get(exc.code, 400), int(exc.code), exc.message)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException):
+        return _error(exc.code or 500, exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    async def internal_error(exc: Exception):
+        """The boundary of every route: logged with a correlation id, counted, a 500."""
+        failure_id = correlation_id()
+        where = f"http:{request.endpoint or 'unrouted'}"
+        log.error("internal_error", where=where, correlation_id=failure_id, path=request.path, exc_info=exc)
+        node.metrics.internal_errors.labels(where).inc()
+        return Response(internal_error_body(failure_id), status=500, content_type="application/json")
 
     @app.get("/healthz")
     async def healthz():
@@ -147,7 +171,7 @@ def create_app(node: Node) -> QuartTrio:
         if not since_text:
             raise ReplyError(ReplyCode.BAD_FRAME, "?since=<cursor> is required")
         since = Cursor.parse(since_text)
-        limit = min(int(request.args.get("limit", node.config.bus.max_history)), node.config.bus.max_history)
+        limit = _int_param("limit", 1, node.config.bus.max_history)
         page = await node.catch_up(claims.tenant, names, since, limit)
         if not page.recovered:
             return _answer({"recovered": False, "cursor": page.cursor.encode(), "events": []}, 410)
@@ -173,7 +197,7 @@ def create_app(node: Node) -> QuartTrio:
         claims, namespace = admitted(ns)
         devices = device_store()
         try:
-            registration = msgspec.json.decode(await request.get_data(), type=Registration)
+            registration = decode_bounded(_decode_registration, await request.get_data())
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ReplyError(ReplyCode.BAD_PAYLOAD, f"invalid device registration: {exc}") from None
         forgotten = await devices.register(claims.tenant, claims.user, personal_rooms(claims, namespace),
@@ -210,6 +234,19 @@ def create_app(node: Node) -> QuartTrio:
 
     return app
 
+
+def _int_param(name: str, lowest: int, highest: int) -> int:
+    """The integer query parameter ``name`` (``highest`` when absent); ``ReplyError``
+    (400) naming it when it is not an integer from ``lowest`` to ``highest``."""
+    text = request.args.get(name)
+    if text is None:
+        return highest
+    if not (text.isascii() and text.isdigit() and len(text) <= 12 and lowest <= int(text) <= highest):
+        raise ReplyError(ReplyCode.BAD_FRAME, f"?{name}= must be an integer from {lowest} to {highest}")
+    return int(text)
+
+
+_decode_registration = msgspec.json.Decoder(Registration).decode
 
 #: The browser client and the pages (plain files, no build step).
 WEB_DIR = Path(__file__).parent / "web"
@@ -250,13 +287,13 @@ async def commands_answer(
         frames, many = decode_commands(body)
     except AuthError as exc:
         node.metrics.auth_failures.labels(exc.disconnect.reason).inc()
-        return exc.status, _json.encode({"error": exc.disconnect.code, "message": exc.message})
+        return exc.status, error_body(exc.disconnect.code, exc.message)
     except ReplyError as exc:
         return 400, JSON.encode(error_frame(exc, None))
     session = query.get("session") or headers.get("x-rt-session")
     replies = []
     for frame in frames:
-        node.metrics.messages_in.labels(frame.event if isinstance(frame, Emit) else type(frame).__name__.lower()).inc()
+        node.metrics.count_inbound(frame, node.catalog)
         replies.append(await run_command(node.services, claims, ns, session, frame))
     if many:
         return 200, b"[%s]" % b",".join(JSON.encode(reply) for reply in replies)
@@ -291,38 +328,17 @@ async def publish_answer(node: Node, headers: dict[str, str], body: bytes) -> tu
         return STATUS_OF_REPLY.get(exc.code, 400), {"error": int(exc.code), "message": exc.message}
 
 
-def create_asgi(node: Node, app: QuartTrio):
-    """The ASGI entry: the fast POST paths handled directly, the rest by ``app``; every
-    response closes its connection (see the module docstring)."""
-    handlers = post_handlers(node)
+def create_asgi(app: QuartTrio):
+    """The ASGI entry of ``app``: every response closes its connection (see the module
+    docstring)."""
 
     async def asgi(scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-
         async def send_closing(message) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
             await send(message)
 
-        handler = handlers.get(scope["path"]) if scope["method"] == "POST" else None
-        if handler is None:
-            await app(scope, receive, send_closing)
-            return
-        body, more = b"", True
-        while more and len(body) <= MAX_POST_BYTES:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        if len(body) > MAX_POST_BYTES:
-            status, payload = 413, _json.encode({"error": 413, "message": f"body over {MAX_POST_BYTES} bytes"})
-        else:
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            status, payload = await handler(scope["query_string"].decode("latin-1"), headers, body)
-        await send_closing({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]})
-        await send({"type": "http.response.body", "body": payload})
+        await app(scope, receive, send_closing if scope["type"] == "http" else send)
 
     return asgi
 

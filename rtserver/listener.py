@@ -10,14 +10,24 @@ and time):
   on the socket (its frames go through the same writer as WebSocket frames);
   ``GET /{ns}/poll`` becomes a ``PollRequest``, answered here with h11, and the
   connection stays here for the next request;
-* ``POST /v1/publish`` and ``POST /{ns}/commands`` with a Content-Length body are framed
-  by h11 and answered here (``rtserver.http.post_handlers``), and
-  the connection stays here for the next request (keep-alive). Measured: hypercorn
-  spends ~650 µs of CPU per request on this machine, h11 alone a small fraction, and
-  ingest is the path every event takes (bench/RESULTS.md);
+* ``POST /v1/publish`` and ``POST /{ns}/commands`` are framed by h11 (a Content-Length
+  or a chunked body, ``Expect: 100-continue`` answered) and answered here
+  (``rtserver.http.post_handlers``), and the connection stays here for the next request
+  (keep-alive). Measured: hypercorn spends ~650 µs of CPU per request on this machine,
+  h11 alone a small fraction, and ingest is the path every event takes (bench/RESULTS.md);
 * anything else is handed, from that request's first byte on and with the rest of the
-  connection, to hypercorn's own connection handler serving the quart-trio app, so
-  every other HTTP feature (chunking, ``Expect``, errors, the routes) is hypercorn's.
+  connection, to hypercorn's own connection handler serving the quart-trio app.
+
+Bounds, before anything is parsed: a request head of ``server.max_request_head_bytes``
+(431 over it), read within ``server.handshake_timeout_s`` (then ``keep_alive_s`` between
+requests); a body declared over ``MAX_POST_BYTES`` is answered 413 at once, unread; a
+fast POST's body must arrive whole within ``handshake_timeout_s`` (408) and stay within
+``MAX_POST_BYTES`` however it is chunked (413). A WebSocket path answers only a
+well-formed upgrade (``protocol.upgrade``: 400 or 426 otherwise).
+
+Each request, and each connection actor started here, runs inside an error boundary
+(``rtserver.boundary``): an unexpected exception is logged, counted and answered (HTTP 500
+JSON with a correlation id, close 1011) and ends that request or connection alone.
 """
 
 from __future__ import annotations
@@ -29,14 +39,14 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
-import msgspec
 import structlog
 import trio
 import wsproto.handshake
+import wsproto.utilities
 from wsproto import ConnectionType
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 
-from actors.connection import ConnectionServices, Joining
+from actors.connection import Connection, ConnectionServices, Joining
 from actors.poll import PollRequest
 from actors.sse import SseStream
 from actors.websocket import WebSocketConnection
@@ -45,11 +55,13 @@ from protocol.cursors import Cursor
 from protocol.errors import CloseCode, ReplyCode, ReplyError
 from protocol.presence import PresenceState
 from protocol.rooms import is_identifier
+from protocol.upgrade import UpgradeRefused, check_upgrade
 from protocol.wires import WS_JSON, WS_WIRES
 from protocol.wsframes import close_frame
 from rtserver.auth import AuthError, Claims, TokenVerifier, admit, authorize_room, bearer_token
+from rtserver.boundary import contained, internal_error_body
 from rtserver.config import ServerConfig
-from rtserver.http import MAX_POST_BYTES, STATUS_OF_REPLY, PostHandler
+from rtserver.http import MAX_POST_BYTES, STATUS_OF_REPLY, PostHandler, error_body
 from rtserver.sockets import half_close_and_wait_eof
 
 log = structlog.get_logger("rtserver.listener")
@@ -61,7 +73,11 @@ POLL_PATHS = {f"/{ns.value}/poll": ns for ns in Namespace}
 MAX_SESSION_ID = 64
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 HEAD_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-_json = msgspec.json.Encoder()
+#: Why a fast POST's body was refused, by status.
+_BODY_REFUSALS = {400: "malformed request body framing", 408: "the request body did not arrive in time",
+                  413: f"body over {MAX_POST_BYTES} bytes"}
+#: The boundary of each fast POST path, by path.
+_POST_WHERE = {"/v1/publish": "publish"}
 
 
 class ReplayStream(trio.abc.HalfCloseableStream):
@@ -151,6 +167,14 @@ class Listener:
                 nursery.start_soon(self._handle, client)
 
     async def _handle(self, sock: socket.socket) -> None:
+        """Serve one accepted connection (see the module docstring); whatever fails in it
+        ends it alone."""
+        with contained(self._services.metrics, "request") as failure:
+            await self._serve(sock)
+        if failure.id is not None:
+            sock.close()
+
+    async def _serve(self, sock: socket.socket) -> None:
         """Serve requests at their boundaries: posts and polls here, upgrades and streams as connections,
         anything else (with the rest of the connection) by hypercorn."""
         sock.setblocking(False)
@@ -175,11 +199,17 @@ class Listener:
                 await _linger_close(sock)
                 return
             path = urlsplit(request.target.decode("latin-1")).path
-            if path in WS_PATHS and _is_upgrade(request):
-                await self._websocket(sock, bytes(pending), WS_PATHS[path])
+            if path in WS_PATHS:
+                await self._websocket(sock, parser, request, bytes(pending), WS_PATHS[path])
                 return
-            length = _plain_body_length(request)
-            if request.method == b"GET" and not length and (path in SSE_PATHS or path in POLL_PATHS):
+            length = _declared_length(request)
+            if length > MAX_POST_BYTES:  # refused unread, whatever the path
+                await self._respond(sock, parser, 413, error_body(413, _BODY_REFUSALS[413]),
+                                    [(b"connection", b"close")])
+                await _linger_close(sock)
+                return
+            bodiless = not length and not _is_chunked(request)
+            if request.method == b"GET" and bodiless and (path in SSE_PATHS or path in POLL_PATHS):
                 del pending[:head_end]
                 if path in SSE_PATHS:
                     await self._sse(sock, parser, request, SSE_PATHS[path])
@@ -190,10 +220,12 @@ class Listener:
                 timeout = self._config.keep_alive_s
                 continue
             handler = self._post_handlers.get(path) if request.method == b"POST" else None
-            if handler is None or length is None or length > MAX_POST_BYTES:
-                await self._serve_http(ReplayStream(sock, bytes(pending)))
+            if handler is None:
+                with contained(self._services.metrics, "http"):
+                    await self._serve_http(ReplayStream(sock, bytes(pending)))
                 return
-            if not await self._post(sock, parser, request, pending, head_end, length, handler):
+            del pending[:head_end]
+            if not await self._post(sock, parser, request, pending, handler, _POST_WHERE.get(path, "commands")):
                 sock.close()
                 return
             timeout = self._config.keep_alive_s
@@ -209,25 +241,52 @@ class Listener:
                 return None
         return end + 4
 
-    async def _post(
-        self, sock: socket.socket, parser: h11.Connection, request: h11.Request,
-        pending: bytearray, head_end: int, length: int, handler: PostHandler,
-    ) -> bool:
-        """Serve one fast POST (h11 frames it); False when the connection must close."""
-        body_end = head_end + length
-        with trio.move_on_after(self._config.handshake_timeout_s):
-            while len(pending) < body_end:
-                if not await _receive_into(sock, pending):
-                    return False
-        if len(pending) < body_end:
+    async def _post(self, sock: socket.socket, parser: h11.Connection, request: h11.Request,
+                    pending: bytearray, handler: PostHandler, where: str) -> bool:
+        """Serve one fast POST (``pending``: what followed its head); False when the
+        connection must close."""
+        body = await self._read_body(sock, parser, pending)
+        if isinstance(body, int):  # refused: answered, then the connection closes
+            if body:
+                await self._respond(sock, parser, body, error_body(body, _BODY_REFUSALS[body]),
+                                    [(b"connection", b"close")])
             return False
-        parser.receive_data(bytes(pending[head_end:body_end]))
-        del pending[:body_end]
-        body = bytearray()
-        while type(event := parser.next_event()) is not h11.EndOfMessage:
-            body += event.data
         query = urlsplit(request.target.decode("latin-1")).query
-        return await self._respond(sock, parser, *await handler(query, _headers(request), bytes(body)))
+        with contained(self._services.metrics, where, path=request.target.decode("latin-1")[:100]) as failure:
+            status, answer = await handler(query, _headers(request), body)
+        if failure.id is not None:
+            await self._respond(sock, parser, 500, internal_error_body(failure.id), [(b"connection", b"close")])
+            return False
+        return await self._respond(sock, parser, status, answer)
+
+    async def _read_body(self, sock: socket.socket, parser: h11.Connection, pending: bytearray) -> bytes | int:
+        """The body of the request ``parser`` has the head of, framed by h11 (Content-Length
+        or chunked; ``100 Continue`` sent when the client waits for it), with ``pending``
+        fed to it and left holding what follows the body. Bounded: the status to refuse it
+        with when it breaks its framing (400), exceeds ``MAX_POST_BYTES`` (413) or does not
+        arrive whole within ``handshake_timeout_s`` (408); 0 when the client went away."""
+        body = bytearray()
+        with trio.move_on_after(self._config.handshake_timeout_s):
+            while True:
+                try:
+                    event = parser.next_event()
+                except h11.RemoteProtocolError:
+                    return 400
+                if event is h11.NEED_DATA:
+                    if parser.they_are_waiting_for_100_continue:
+                        _send_quietly(sock, parser.send(h11.InformationalResponse(status_code=100, headers=[])))
+                    if not pending and not await _receive_into(sock, pending):
+                        return 0
+                    parser.receive_data(bytes(pending))
+                    pending.clear()
+                elif type(event) is h11.Data:
+                    body += event.data
+                    if len(body) > MAX_POST_BYTES:
+                        return 413
+                elif type(event) is h11.EndOfMessage:
+                    pending[:0] = parser.trailing_data[0]
+                    return bytes(body)
+        return 408
 
     async def _respond(self, sock: socket.socket, parser: h11.Connection, status: int, body: bytes,
                        extra_headers: list[tuple[bytes, bytes]] = ()) -> bool:
@@ -281,8 +340,8 @@ class Listener:
         if isinstance(exc, AuthError):
             self._services.metrics.auth_failures.labels(exc.disconnect.reason).inc()
             log.info("request_refused", code=exc.disconnect.code, reason=exc.message, ns=ns.value)
-            return exc.status, _json.encode({"error": exc.disconnect.code, "message": exc.message})
-        return STATUS_OF_REPLY.get(exc.code, 400), _json.encode({"error": int(exc.code), "message": exc.message})
+            return exc.status, error_body(exc.disconnect.code, exc.message)
+        return STATUS_OF_REPLY.get(exc.code, 400), error_body(int(exc.code), exc.message)
 
     async def _sse(self, sock: socket.socket, parser: h11.Connection, request: h11.Request, ns: Namespace) -> None:
         try:
@@ -293,7 +352,7 @@ class Listener:
             return
         stream = SseStream(sock, services=self._services, claims=claims, ns=ns, session=session,
                            since=since, joining=joining)
-        self._nursery.start_soon(stream.run)
+        self._nursery.start_soon(self._run_connection, stream)
 
     async def _poll(self, sock: socket.socket, parser: h11.Connection, request: h11.Request, ns: Namespace) -> bool:
         """Serve one long-poll request; False when the connection must close."""
@@ -303,29 +362,57 @@ class Listener:
             return await self._respond(sock, parser, *self._refuse(exc, ns))
         poll = PollRequest(sock, services=self._services, claims=claims, ns=ns, session=session,
                            since=since, joining=joining)
-        await poll.run()
+        with contained(self._services.metrics, "poll", session=session) as failure:
+            await poll.run()
+        if failure.id is not None:
+            await self._respond(sock, parser, 500, internal_error_body(failure.id), [(b"connection", b"close")])
+            return False
         if poll.answer is None:
             return False
         return await self._respond(sock, parser, 200, poll.answer, [(b"cache-control", b"no-store")])
 
+    async def _run_connection(self, connection: Connection) -> None:
+        """Run a connection actor inside its boundary: the actor answers its own failures
+        (close 1011); what escapes it still ends it alone."""
+        with contained(self._services.metrics, connection.transport, session=connection.session):
+            await connection.run()
+
     # -- WebSocket -------------------------------------------------------------------------
-    async def _websocket(self, sock: socket.socket, received: bytes, ns: Namespace) -> None:
-        connection = self._accept_websocket(sock, received, ns)
-        if isinstance(connection, WebSocketConnection):
+    async def _websocket(self, sock: socket.socket, parser: h11.Connection, request: h11.Request,
+                         received: bytes, ns: Namespace) -> None:
+        try:
+            check_upgrade(request.method, request.http_version, request.headers)
+        except UpgradeRefused as refused:
+            await self._respond(sock, parser, refused.status, error_body(refused.status, refused.message),
+                                [*refused.headers, (b"connection", b"close")])
+            await _linger_close(sock)
+            return
+        with contained(self._services.metrics, "handshake") as failure:
+            connection = self._accept_websocket(sock, received, ns)
+        if failure.id is not None:  # nothing was sent yet: every answer is sent at the end
+            await self._respond(sock, parser, 500, internal_error_body(failure.id), [(b"connection", b"close")])
+            await _linger_close(sock)
+        elif isinstance(connection, WebSocketConnection):
             # The connection runs as a task of its own: nothing of the handshake (this
             # frame, the request, the parsers) stays referenced while it lives.
-            self._nursery.start_soon(connection.run)
+            self._nursery.start_soon(self._run_connection, connection)
         elif connection is not None:
             await _linger_close(sock)
 
     def _accept_websocket(
         self, sock: socket.socket, received: bytes, ns: Namespace,
     ) -> WebSocketConnection | AuthError | None:
-        """Answer the upgrade: a ``WebSocketConnection`` to run, an ``AuthError`` already sent as a
-        close frame (the caller lingers, then closes), or None when refused and closed."""
+        """Answer the (well-formed) upgrade: a ``WebSocketConnection`` to run, an ``AuthError``
+        already sent as a close frame (the caller lingers, then closes), or None when
+        refused and closed."""
         head_end = received.find(b"\r\n\r\n") + 4
         handshake = wsproto.handshake.H11Handshake(ConnectionType.SERVER)
-        handshake.receive_data(received[:head_end])
+        try:
+            handshake.receive_data(received[:head_end])
+        except wsproto.utilities.RemoteProtocolError:
+            _send_quietly(sock, BAD_REQUEST)
+            sock.close()
+            return None
         request = next((e for e in handshake.events() if isinstance(e, Request)), None)
         if request is None:
             _send_quietly(sock, BAD_REQUEST)
@@ -380,7 +467,7 @@ class Listener:
         return not allowed and urlsplit(origin).netloc == host
 
     def _reject(self, sock: socket.socket, handshake, status: int, message: str) -> None:
-        body = ('{"error":%d,"message":"%s"}' % (status, message.replace('"', "'"))).encode()
+        body = error_body(status, message)
         data = handshake.send(RejectConnection(
             status_code=status,
             headers=[(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
@@ -392,25 +479,18 @@ class Listener:
         sock.close()
 
 
-def _plain_body_length(request: h11.Request) -> int | None:
-    """The Content-Length of a request whose body needs no more than that to frame it
-    (no chunking, no ``Expect: 100-continue``); None otherwise."""
-    length = None
-    for name, value in request.headers:
-        if name == b"content-length":
-            length = int(value)
-        elif name in (b"transfer-encoding", b"expect"):
-            return None
-    return length
+def _declared_length(request: h11.Request) -> int:
+    """The request's Content-Length (h11 has checked it is one well-formed number); 0 if none."""
+    return next((int(value) for name, value in request.headers if name == b"content-length"), 0)
+
+
+def _is_chunked(request: h11.Request) -> bool:
+    return any(name == b"transfer-encoding" for name, _ in request.headers)
 
 
 def _headers(request: h11.Request) -> dict[str, str]:
     """The request's headers by lower-case name (h11 lower-cases them)."""
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers}
-
-
-def _is_upgrade(request: h11.Request) -> bool:
-    return any(k == b"upgrade" and v.lower() == b"websocket" for k, v in request.headers)
 
 
 async def _receive_into(sock: socket.socket, pending: bytearray) -> bool:

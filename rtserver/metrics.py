@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from protocol.frames import ClientFrame, Emit
+
+if TYPE_CHECKING:
+    from protocol.catalog import Catalog
+    from rtserver.bus.redis import RedisBus
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -14,7 +25,8 @@ class Metrics:
             "rt_connections", "Open client connections", ["ns", "transport"], registry=r
         )
         self.messages_in = Counter(
-            "rt_messages_in_total", "Client frames received: by op, or by event name for emits",
+            "rt_messages_in_total", "Client frames received: by op, or by event name for emits of a client "
+            "event type of the catalog ('unknown' for any other name, 'invalid' for undecodable frames)",
             ["kind"], registry=r
         )
         self.messages_out = Counter(
@@ -56,11 +68,10 @@ class Metrics:
             "rt_dead_letters_total", "Stream entries never forwarded (dead-lettered), by reason code",
             ["code"], registry=r,
         )
-        self.bus_reconnects = Gauge(
-            "rt_bus_reconnects", "Times the bus connection (Redis) was lost since start", registry=r
-        )
-        self.bus_errors = Gauge(
-            "rt_bus_errors", "Bus calls that failed (Redis unreachable) since start", registry=r
+        self.internal_errors = Counter(
+            "rt_internal_errors_total",
+            "Unexpected exceptions contained in one request, connection or stream (logged with its "
+            "correlation id), by where they happened", ["where"], registry=r,
         )
         self.stream_lag_entries = Gauge(
             "rt_stream_lag_entries", "Entries this node's reader is behind, per shard",
@@ -99,5 +110,40 @@ class Metrics:
             registry=r,
         )
 
+    def count_inbound(self, frame: ClientFrame, catalog: Catalog) -> None:
+        """Count one client frame under a label that never comes from client input."""
+        if not isinstance(frame, Emit):
+            kind = type(frame).__name__.lower()
+        else:
+            known = catalog.types.get(frame.event)
+            kind = frame.event if known is not None and known.emitters else "unknown"
+        self.messages_in.labels(kind).inc()
+
+    def watch_bus(self, bus: RedisBus) -> None:
+        """Export ``bus``'s failures and reconnects (see ``watch_bus``)."""
+        watch_bus(self.registry, bus)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _BusFailures(Collector):
+    """``rt_bus_errors_total{kind}`` and ``rt_bus_reconnects`` of one Redis bus."""
+
+    def __init__(self, bus: RedisBus) -> None:
+        self._bus = bus
+
+    def collect(self) -> Iterator:
+        errors = CounterMetricFamily(
+            "rt_bus_errors", "Redis calls that failed, by kind: unreachable (down, connection lost) or "
+            "refused (an error reply: out of memory, read-only replica, script error...)", labels=["kind"])
+        for kind, count in self._bus.errors.items():
+            errors.add_metric([kind], count)
+        yield errors
+        yield GaugeMetricFamily("rt_bus_reconnects", "Times the connection to Redis was lost since start",
+                                value=self._bus.reconnects)
+
+
+def watch_bus(registry: CollectorRegistry, bus: RedisBus) -> None:
+    """Export the failures of ``bus`` on ``registry`` (a node's, a dispatcher's, the relay's)."""
+    registry.register(_BusFailures(bus))

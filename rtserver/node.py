@@ -18,13 +18,12 @@ import trio
 from actors.connection import Connection, ConnectionServices
 from actors.liveness import Liveness
 from actors.presence import Presence
+from actors.registry import Registry
 from actors.schedules import ScheduleProjector
 from actors.typing import Typing
-from actors.registry import Registry
 from actors.writer import Writer
-from protocol.catalog import Catalog
 from protocol.cursors import Cursor
-from protocol.envelope import Envelope, StoredEvent
+from protocol.envelope import Envelope
 from protocol.errors import CloseCode
 from protocol.frames import Evt
 from protocol.rooms import parse_room
@@ -57,7 +56,7 @@ class Node:
     def __init__(self, config: Config, *, bus: Bus | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.catalog = Catalog.default().with_fields(config.catalog_fields)
+        self.catalog = config.catalog()
         self.verifier = TokenVerifier(config.auth)
         self.bus: Bus = bus or self._make_bus()
         self.writer = Writer(
@@ -88,7 +87,7 @@ class Node:
             self.metrics.connected_users.set_function(lambda: self.liveness.connected_users)
         self.connections: set[Connection] = set()
         self.draining = False
-        self.http = HttpFrontend(create_asgi(self, create_app(self)))
+        self.http = HttpFrontend(create_asgi(create_app(self)))
         self.services = services = ConnectionServices(
             config=config, bus=self.bus, registry=self.registry, writer=self.writer,
             metrics=self.metrics, catalog=self.catalog, connections=self.connections,
@@ -105,16 +104,8 @@ class Node:
         if not self.config.bus.redis_url:
             return MemoryBus(self.config.bus)
 
-        def validate(event: StoredEvent) -> None:
-            env = event.envelope
-            self.catalog.validate_publish(env.event, env.tenant, env.rooms, env.data)
-
-        bus = RedisBus(
-            self.config.bus, self.config.bus.redis_url, validate=validate,
-            on_dead_letter=lambda code: self.metrics.dead_letters.labels(code).inc(),
-        )
-        self.metrics.bus_reconnects.set_function(lambda: bus.reconnects)
-        self.metrics.bus_errors.set_function(lambda: bus.errors)
+        bus = RedisBus.for_config(self.config, on_dead_letter=lambda code: self.metrics.dead_letters.labels(code).inc())
+        self.metrics.watch_bus(bus)
         for shard in range(bus.shards):
             self.metrics.stream_lag_entries.labels(str(shard)).set_function(lambda s=shard: bus.lag[s][0])
             self.metrics.stream_lag_seconds.labels(str(shard)).set_function(lambda s=shard: bus.lag[s][1])

@@ -18,7 +18,6 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import redis.exceptions
 import structlog
 import trio
 
@@ -41,11 +40,19 @@ class Batch:
     entry_ids: list[str] = field(default_factory=list)
 
 
+class _GroupLost(Exception):
+    """A stream was lost with its group (``NOGROUP``): the groups are made again."""
+
+
+def _is_group_lost(error: Exception) -> bool:
+    return "NOGROUP" in str(error)
+
+
 def _raised(answers: list) -> list:
-    """The answers; the first error left in place (a lost stream and its group) raised."""
-    for answer in answers:
-        if isinstance(answer, Exception):
-            raise answer
+    """The answers of a pipeline that kept ``NOGROUP`` answers in place; ``_GroupLost``
+    when there is one."""
+    if any(isinstance(answer, Exception) for answer in answers):
+        raise _GroupLost
     return answers
 
 
@@ -71,10 +78,8 @@ class ShardGroup:
         pipe = self._bus.client.pipeline(transaction=False)
         for shard in missing:
             pipe.xgroup_create(stream_key(shard), self.group, id=self._start, mkstream=True)
-        for shard, answer in zip(missing, await self._bus.call(pipe.execute, raise_on_error=False)):
-            if isinstance(answer, Exception) and "BUSYGROUP" not in str(answer):
-                raise answer
-            self._grouped.add(shard)
+        await self._bus.execute(pipe, keep=lambda error: "BUSYGROUP" in str(error))  # made already
+        self._grouped.update(missing)
 
     async def read(self) -> list[Batch]:
         """New entries of every shard for this consumer (and, every ``claim_idle_s``, the
@@ -84,9 +89,7 @@ class ShardGroup:
                 await self._ensure_groups()
                 batches = await self._claim() if trio.current_time() >= self._claim_at else []
                 batches += await self._read_new()
-            except redis.exceptions.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
+            except _GroupLost:
                 self._grouped.clear()  # a stream was lost with its group: make them again
                 continue
             if batches:
@@ -98,7 +101,7 @@ class ShardGroup:
         for shard in range(self._bus.shards):
             pipe.xreadgroup(self.group, self.consumer, {stream_key(shard): ">"}, count=self._batch)
         batches = []
-        for shard, answer in enumerate(_raised(await self._bus.execute(pipe))):
+        for shard, answer in enumerate(_raised(await self._bus.execute(pipe, keep=_is_group_lost))):
             for _key, entries in answer or ():
                 if entries:
                     batches.append(self._parsed(shard, entries))
@@ -111,7 +114,7 @@ class ShardGroup:
             pipe.xautoclaim(stream_key(shard), self.group, self.consumer, int(self.claim_idle_s * 1000),
                             count=self._batch)
         batches = []
-        for shard, answer in enumerate(_raised(await self._bus.execute(pipe))):
+        for shard, answer in enumerate(_raised(await self._bus.execute(pipe, keep=_is_group_lost))):
             claimed, deleted = answer[1], answer[2] if len(answer) > 2 else []
             if claimed or deleted:  # deleted: trimmed before anyone handled them, to settle
                 batch = self._parsed(shard, claimed)

@@ -29,6 +29,18 @@ redis-py is an asyncio library: every call crosses into asyncio through trio-asy
 (FINDINGS), so the node must run inside ``trio_asyncio.open_loop()``. Calls are bounded by
 Trio cancel scopes (``socket_timeout=None``); the blocking ``XREAD`` has a dedicated
 connection and a server-side BLOCK shorter than any Trio deadline around it.
+
+Every failure of a call is a temporary ``BusUnavailable`` for whoever made it (503 over
+HTTP, a ``temporary`` error frame, close 1013 at a connection's start), counted by kind
+(``errors``): ``unreachable`` (down, a lost connection, cluster slots moving) or
+``refused`` (an error reply: out of memory at ``maxmemory``, ``READONLY`` from a replica
+after a failover, ``NOSCRIPT``, ``WRONGTYPE``, a script's error). The few replies a caller
+expects (a stream or group not made yet) are judged by that caller (``reply``).
+
+Every entry read from a stream is checked against the event catalog before anyone is
+handed it (``parse_entry``): the nodes, the schedule projector and the webhook and push
+dispatchers all open the bus with the same catalog (``RedisBus.for_config``), so an
+entry one of them refuses (and the nodes dead-letter) is forwarded by none.
 """
 
 from __future__ import annotations
@@ -48,11 +60,13 @@ import structlog
 import trio
 from trio_asyncio import aio_as_trio
 
+from protocol.catalog import Catalog
 from protocol.cursors import Cursor, Offset, shard_of
 from protocol.envelope import Envelope, Inbound, StoredEvent
 from protocol.errors import ReplyCode, ReplyError
+from protocol.limits import decode_bounded
 from rtserver.bus import AppendResult, History, broadcast, live_feed
-from rtserver.config import BusConfig
+from rtserver.config import BusConfig, Config
 
 #: Server-side BLOCK of the live reader's XREAD, ms.
 READ_BLOCK_MS = 1000
@@ -80,6 +94,8 @@ _json = msgspec.json.Encoder()
 _decode_rooms = msgspec.json.Decoder(list[str]).decode
 _decode_data = msgspec.json.Decoder(dict).decode
 _decode_ephemeral = msgspec.json.Decoder(StoredEvent).decode
+#: The kinds of failed calls counted in ``RedisBus.errors``.
+UNREACHABLE, REFUSED = "unreachable", "refused"
 
 
 def stream_key(shard: int) -> str:
@@ -134,8 +150,8 @@ def _offset(entry_id: bytes | str) -> Offset:
     return Offset.parse(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
 
 
-#: Failures that mean "Redis cannot serve now" (down, unreachable, cluster slots moving
-#: or uncovered): the bus reconnects; anything else is a bug.
+#: Failures that mean "Redis cannot be reached now" (down, unreachable, cluster slots
+#: moving or uncovered): the bus reconnects.
 _UNREACHABLE = (
     redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
     redis.exceptions.ClusterError, redis.exceptions.RedisClusterException,
@@ -144,7 +160,8 @@ _UNREACHABLE = (
 
 
 class BusUnavailable(ReplyError):
-    """Redis cannot be reached: a temporary error for whoever called (503 over HTTP)."""
+    """Redis cannot serve the call now (unreachable, or it answered an error reply): a
+    temporary error for whoever called (503 over HTTP)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(ReplyCode.UNAVAILABLE, message)
@@ -178,6 +195,15 @@ def _is_missing_stream(error: Exception) -> bool:
     return isinstance(error, redis.exceptions.ResponseError) and "no such key" in str(error).lower()
 
 
+def _is_unknown_script(error: Exception) -> bool:
+    return isinstance(error, redis.exceptions.NoScriptError)
+
+
+def _is_repeated_dead_letter(error: Exception) -> bool:
+    """The refusal of a dead letter whose id another node's dead letter already took."""
+    return "equal or smaller than the target stream top item" in str(error)
+
+
 def _info(xinfo: dict | redis.exceptions.ResponseError) -> dict | None:
     """What the bus needs of an ``XINFO STREAM`` answer; None for no stream (the answer
     was the error "no such key")."""
@@ -205,29 +231,35 @@ class RedisBus:
         self,
         config: BusConfig,
         url: str,
+        catalog: Catalog,
         *,
-        validate: Callable[[StoredEvent], None] | None = None,
         on_dead_letter: Callable[[str], None] | None = None,
     ) -> None:
-        """``validate`` raises for an entry that must not be forwarded (the catalog);
-        ``on_dead_letter(code)`` counts what went to the dead-letter stream."""
+        """Entries that break ``catalog`` are never handed on (the live readers put them
+        in the dead-letter stream); ``on_dead_letter(code)`` counts what went there."""
         self.shards = config.shards
         self._config = config
         self._url = url
-        self._validate = validate
+        self._catalog = catalog
         self._on_dead_letter = on_dead_letter
         self._redis: redis.asyncio.Redis | None = None
         self._epochs: dict[int, str] = {}
         self._subscribers: list[trio.MemorySendChannel[StoredEvent]] = []
         self._ready = False
         self._append_once = None
-        #: Times the connection to Redis was lost, and failed calls (for metrics).
+        #: Times the connection to Redis was lost, and failed calls by kind (for metrics).
         self.reconnects = 0
-        self.errors = 0
+        self.errors = collections.Counter({UNREACHABLE: 0, REFUSED: 0})
         #: Per shard: (entries, seconds) this node's reader is behind the stream's end.
         self.lag: dict[int, tuple[int, float]] = {s: (0, 0.0) for s in range(config.shards)}
         #: Per shard: the stream's ``entries-added`` count at this reader's position.
         self._consumed: dict[int, int] = {}
+
+    @classmethod
+    def for_config(cls, config: Config, *, on_dead_letter: Callable[[str], None] | None = None) -> RedisBus:
+        """The bus of ``config.bus.redis_url``, checking entries against the configured
+        catalog: how every process that reads the streams opens them."""
+        return cls(config.bus, config.bus.redis_url, config.catalog(), on_dead_letter=on_dead_letter)
 
     def ready(self) -> bool:
         """Connected, and no shard's reader more than ``READY_LAG_ENTRIES`` behind."""
@@ -363,27 +395,46 @@ class RedisBus:
         return self._redis
 
     async def call(self, method, *args, **kwargs):
-        """One redis-py call from Trio; connection failures become ``BusUnavailable``."""
+        """One redis-py call from Trio; its answer, or ``BusUnavailable`` for any failure."""
+        answer = await self.reply(method, *args, **kwargs)
+        if isinstance(answer, redis.exceptions.ResponseError):
+            raise self.refused(answer)
+        return answer
+
+    async def reply(self, method, *args, **kwargs):
+        """``call``, but an error reply is returned (and not counted) for the caller to
+        judge; one it did not expect is raised as ``refused(error)``."""
         try:
             return await aio_as_trio(method)(*args, **kwargs)
         except _UNREACHABLE as exc:
             raise self._lost(exc) from None
+        except redis.exceptions.ResponseError as exc:
+            return exc
+        except redis.exceptions.RedisError as exc:  # an answer redis-py could not read
+            raise self.refused(exc) from None
 
     def _lost(self, error: Exception) -> BusUnavailable:
         """Count a failure to reach Redis; the error to raise for it."""
         self._ready = False
-        self.errors += 1
+        self.errors[UNREACHABLE] += 1
         return BusUnavailable(f"redis: {error}")
 
-    async def execute(self, pipe) -> list:
-        """A pipeline's answers; an answer "no such key" stays in place as the error (the
-        stream does not exist yet), any other error is raised as ``_call`` does."""
+    def refused(self, error: Exception) -> BusUnavailable:
+        """Count an error reply nobody expected (out of memory, read-only, a script's
+        error...); the temporary error to raise for it."""
+        self.errors[REFUSED] += 1
+        log.warning("bus_refused", error=str(error)[:300])
+        return BusUnavailable(f"redis refused: {error}")
+
+    async def execute(self, pipe, keep: Callable[[Exception], bool] = _is_missing_stream) -> list:
+        """A pipeline's answers; an error answer ``keep`` accepts (by default "no such key":
+        a stream not made yet) stays in place, any other is raised as ``call`` does."""
         answers = await self.call(pipe.execute, raise_on_error=False)
         for answer in answers:
             if isinstance(answer, _UNREACHABLE):
                 raise self._lost(answer)
-            if isinstance(answer, Exception) and not _is_missing_stream(answer):
-                raise answer
+            if isinstance(answer, Exception) and not keep(answer):
+                raise self.refused(answer)
         return answers
 
     async def scripts(self, script: str, calls: list[tuple[list[str], list]]) -> list:
@@ -391,20 +442,26 @@ class RedisBus:
 
         EVALSHA through ``execute_command`` (redis-py's cluster pipeline refuses its
         ``evalsha`` method but routes the command by its keys); a Redis that does not know
-        the script yet (new or restarted) gets it loaded once (``SCRIPT LOAD``)."""
+        the script yet (new or restarted) gets it loaded once (``SCRIPT LOAD``), and the
+        calls it refused are run again. Any other error reply is raised as ``call`` does."""
         if not calls:
             return []
         sha, client = hashlib.sha1(script.encode()).hexdigest(), self.client
-        for attempt in range(2):
+
+        def evalsha(some: list[tuple[list[str], list]]):
             pipe = client.pipeline(transaction=False)
-            for keys, args in calls:
+            for keys, args in some:
                 pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-            try:
-                return await self.execute(pipe)
-            except redis.exceptions.NoScriptError:
-                if attempt:
-                    raise
-                await self.call(client.script_load, script)
+            return pipe
+
+        answers = await self.execute(evalsha(calls), keep=_is_unknown_script)
+        unknown = [i for i, answer in enumerate(answers) if _is_unknown_script(answer)]
+        if unknown:  # run again only those: the others were carried out
+            await self.call(client.script_load, script)
+            again = await self.execute(evalsha([calls[i] for i in unknown]), keep=lambda answer: False)
+            for i, answer in zip(unknown, again):
+                answers[i] = answer
+        return answers
 
     async def epoch(self, shard: int) -> str:
         """The shard's epoch as last seen (read, or drawn, when not known yet)."""
@@ -428,8 +485,8 @@ class RedisBus:
         envelope = Envelope(
             event=fields[b"event"].decode(),
             tenant=fields[b"tenant"].decode(),
-            rooms=_decode_rooms(fields[b"rooms"]),
-            data=_decode_data(fields.get(b"data", b"{}")),
+            rooms=decode_bounded(_decode_rooms, fields[b"rooms"]),
+            data=decode_bounded(_decode_data, fields.get(b"data", b"{}")),
             id=fields[b"id"].decode() if b"id" in fields else None,
             ts=int(raw_ts) if raw_ts else None,
             traceparent=fields[b"traceparent"].decode() if b"traceparent" in fields else None,
@@ -517,12 +574,10 @@ class RedisBus:
         return window
 
     async def _stream_info(self, shard: int) -> dict | None:
-        try:
-            return _info(await self.call(self._redis.xinfo_stream, stream_key(shard)))
-        except redis.exceptions.ResponseError as exc:
-            if _is_missing_stream(exc):
-                return None
-            raise
+        answer = await self.reply(self._redis.xinfo_stream, stream_key(shard))
+        if isinstance(answer, redis.exceptions.ResponseError) and not _is_missing_stream(answer):
+            raise self.refused(answer)
+        return _info(answer)
 
     async def head(self, shard: int) -> Cursor:
         info = await self._stream_info(shard)
@@ -559,12 +614,12 @@ class RedisBus:
         """The entry as an event, or (reason code, reason) when it must not be forwarded."""
         try:
             event = self._stored(shard, entry_id, fields)
-            if self._validate is not None:
-                self._validate(event)
+            env = event.envelope
+            self._catalog.validate_publish(env.event, env.tenant, env.rooms, env.data)
             return event
         except ReplyError as exc:
             return exc.code.name.lower(), exc.message
-        except (KeyError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (KeyError, ValueError, TypeError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             return "malformed", f"malformed entry: {type(exc).__name__}: {exc}"
 
     async def _checked(self, shard: int, entry_id: bytes, fields: dict[bytes, bytes]) -> StoredEvent | None:
@@ -578,13 +633,15 @@ class RedisBus:
         if isinstance(parsed, StoredEvent):
             return parsed
         code, reason = parsed
-        try:
-            await self.call(
-                self._redis.xadd, dead_letter_key(shard),
-                {b"reason": reason.encode(), b"code": code.encode(), b"entry": entry_id, **fields},
-                id=entry_id, maxlen=DEAD_LETTERS_KEPT, approximate=True)
-        except redis.exceptions.ResponseError:
-            return None  # another node dead-lettered it first
+        answer = await self.reply(
+            self._redis.xadd, dead_letter_key(shard),
+            {b"reason": reason.encode(), b"code": code.encode(), b"entry": entry_id, **fields},
+            id=entry_id, maxlen=DEAD_LETTERS_KEPT, approximate=True)
+        if isinstance(answer, redis.exceptions.ResponseError):
+            if not _is_repeated_dead_letter(answer):  # not recorded (out of memory...): still never forwarded
+                self.refused(answer)
+                log.warning("dead_letter_not_recorded", shard=shard, entry=entry_id.decode(), code=code)
+            return None
         if self._on_dead_letter is not None:
             self._on_dead_letter(code)
         return None
@@ -605,4 +662,10 @@ class RedisBus:
         while True:
             message = await self.call(pubsub.get_message, ignore_subscribe_messages=True, timeout=1.0)
             if message is not None and message["type"] == "message":
-                await broadcast(self._subscribers, _decode_ephemeral(message["data"]))
+                try:
+                    event = decode_bounded(_decode_ephemeral, message["data"])
+                except (ReplyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    # Only nodes publish there; anything else is dropped, never forwarded.
+                    log.warning("ephemeral_malformed", error=str(exc)[:200])
+                    continue
+                await broadcast(self._subscribers, event)

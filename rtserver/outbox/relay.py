@@ -37,7 +37,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from trio_asyncio import aio_as_trio
 
 from rtserver.bus.redis import BusUnavailable, RedisBus, stream_key
-from rtserver.config import BusConfig, OutboxConfig
+from rtserver.config import Config
+from rtserver.metrics import watch_bus
 from rtserver.outbox import CHANNEL, LEADER_LOCK, check_schema
 
 log = structlog.get_logger("rtserver.relay")
@@ -123,16 +124,16 @@ class Shard(msgspec.Struct):
 
 
 class Relay:
-    def __init__(self, config: OutboxConfig, bus: BusConfig, redis_url: str,
-                 metrics: RelayMetrics | None = None) -> None:
-        if not config.postgres_dsn:
+    def __init__(self, config: Config, metrics: RelayMetrics | None = None) -> None:
+        if not config.outbox.postgres_dsn:
             raise ValueError("the relay needs outbox.postgres_dsn")
-        if not redis_url:
+        if not config.bus.redis_url:
             raise ValueError("the relay needs bus.redis_url (it appends to the Redis shard streams)")
-        self._config = config
-        self._bus_config = bus
-        self._redis = RedisBus(bus, redis_url)
+        self._config = config.outbox
+        self._bus_config = config.bus
+        self._redis = RedisBus.for_config(config)
         self.metrics = metrics or RelayMetrics()
+        watch_bus(self.metrics.registry, self._redis)
         self._wake = trio.Event()
         self._notified_shards: set[int] = set()
         self.outbox_id = ""

@@ -39,6 +39,7 @@ from rtserver.auth import PERSONAL_KINDS
 from rtserver.bus.groups import GroupWorker, ShardGroup, backoff_s, consumer_name
 from rtserver.bus.redis import RedisBus
 from rtserver.config import PushConfig
+from rtserver.metrics import watch_bus
 from rtserver.push.providers import configured_providers
 from rtserver.push.store import DeviceStore, LiveUsers
 
@@ -87,6 +88,7 @@ class Dispatcher:
         self._config = config
         self._bus = bus
         self.metrics = PushMetrics()
+        watch_bus(self.metrics.registry, bus)
         self.devices = DeviceStore(bus, ttl_s=config.device_ttl_s, max_per_user=config.max_devices_per_user)
         self._live = LiveUsers(bus)
         self._group = ShardGroup(bus, GROUP, consumer_name(), batch=config.batch, claim_idle_s=config.claim_idle_s,

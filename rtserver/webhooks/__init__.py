@@ -35,6 +35,7 @@ from protocol.webhooks import delivery_body, signed_headers
 from rtserver.bus.groups import GroupWorker, ShardGroup, backoff_s, consumer_name
 from rtserver.bus.redis import RedisBus
 from rtserver.config import WebhooksConfig, WebhookSubscription
+from rtserver.metrics import watch_bus
 
 log = structlog.get_logger("rtserver.webhooks")
 
@@ -159,6 +160,7 @@ class Dispatcher:
         if not config.subscriptions:
             raise ValueError("no webhook subscriptions configured ([[webhooks.subscriptions]])")
         self.metrics = metrics or WebhookMetrics()
+        watch_bus(self.metrics.registry, bus)
         consumer = consumer_name()
         self.destinations = [Destination(bus, config, s, self.metrics, consumer) for s in config.subscriptions]
 

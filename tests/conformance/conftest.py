@@ -7,6 +7,7 @@ import pytest
 import redis
 import trio
 
+from protocol.catalog import Catalog
 from rtserver.bus.memory import MemoryBus
 from rtserver.bus.redis import RedisBus
 from rtserver.config import BusConfig, SchedulesConfig
@@ -28,12 +29,13 @@ class BusEnv:
         self._nursery = nursery
         self.redis_url = redis_url
 
-    async def bus(self, validate=None, on_dead_letter=None, **config):
+    async def bus(self, on_dead_letter=None, **config):
+        """A started bus; Redis buses check entries against the default catalog."""
         cfg = BusConfig(shards=SHARDS, **config)
         if self.redis_url is None:
             bus = MemoryBus(cfg)
         else:
-            bus = RedisBus(cfg, self.redis_url, validate=validate, on_dead_letter=on_dead_letter)
+            bus = RedisBus(cfg, self.redis_url, Catalog.default(), on_dead_letter=on_dead_letter)
         await self._nursery.start(bus.run)
         return bus
 

@@ -77,6 +77,7 @@ async def test_metrics_show_the_bus_and_readiness_follows_it(cluster):
     async with httpx.AsyncClient(base_url=a.http) as http:
         assert (await http.get("/readyz")).json() == {"ready": True, "bus": True, "draining": False}
         metrics = (await http.get("/metrics")).text
-    for name in ("rt_bus_reconnects 0.0", "rt_bus_errors 0.0", 'rt_stream_lag_entries{shard="7"} 0.0',
+    for name in ("rt_bus_reconnects 0.0", 'rt_bus_errors_total{kind="unreachable"} 0.0',
+                 'rt_bus_errors_total{kind="refused"} 0.0', 'rt_stream_lag_entries{shard="7"} 0.0',
                  'rt_stream_lag_seconds{shard="0"} 0.0'):
         assert name in metrics

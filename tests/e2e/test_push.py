@@ -90,7 +90,7 @@ async def start_rig(nursery, tmp_path, redis_url: str, **push) -> Rig:
         **push})
     node = Node(config)
     server = Server(node, await nursery.start(node.run))
-    bus = RedisBus(config.bus, redis_url)
+    bus = RedisBus.for_config(config)
     dispatcher = Dispatcher(config.push, bus)
 
     async def run_dispatcher(task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -52,7 +52,7 @@ class Outbox:
 
     def relay(self, **outbox) -> Relay:
         config = self.config(**outbox)
-        return Relay(config.outbox, config.bus, self.redis_url)
+        return Relay(config)
 
     async def connect(self) -> asyncpg.Connection:
         return await aio_as_trio(asyncpg.connect)(self.dsn)

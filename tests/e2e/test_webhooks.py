@@ -77,7 +77,7 @@ def backbone(redis_url) -> Backbone:
 
 async def start_dispatcher(nursery, config, scope: trio.CancelScope | None = None) -> Dispatcher:
     """A dispatcher on its own bus connection, its groups in place (they start at ``$``)."""
-    bus = RedisBus(config.bus, config.bus.redis_url)
+    bus = RedisBus.for_config(config)
     dispatcher = Dispatcher(config.webhooks, bus)
 
     async def run(task_status=trio.TASK_STATUS_IGNORED):
@@ -141,7 +141,7 @@ async def test_after_the_last_attempt_it_is_dead_lettered_and_replay_delivers_it
     assert dead[event_id]["attempts"] == "4" and dead[event_id]["reason"] == "503"
     assert dispatcher.metrics.dead_letters.labels("partner")._value.get() == 2
     receiver.answer_for = None
-    bus = RedisBus(config.bus, redis_url)
+    bus = RedisBus.for_config(config)
     async with bus.commands():
         assert await replay(config.webhooks, bus, "partner") == (2, 0)
     assert backbone.dead_letters() == []

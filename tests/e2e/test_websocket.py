@@ -186,10 +186,13 @@ async def test_health_readiness_and_metrics(server):
     assert "rt_delivery_latency_seconds_count" in metrics and "rt_rooms " in metrics
 
 
-async def test_unknown_paths_are_404_and_plain_http_to_the_ws_path_is_not_upgraded(server):
+async def test_unknown_paths_are_404_and_plain_http_to_the_ws_path_is_426_upgrade_required(server):
     async with httpx.AsyncClient(base_url=server.http) as http:
-        assert (await http.get("/nope")).status_code == 404
-        assert (await http.get("/hub/ws")).status_code in (404, 405)
+        unknown = await http.get("/nope")
+        assert unknown.status_code == 404 and unknown.json()["error"] == 404
+        plain = await http.get("/hub/ws")
+        assert plain.status_code == 426 and plain.headers["upgrade"] == "websocket"
+        assert plain.json() == {"error": 426, "message": "this path serves WebSocket upgrades only"}
 
 
 async def test_catch_up_with_a_cursor_of_a_shard_that_does_not_exist_is_410(server):

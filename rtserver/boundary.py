@@ -1,0 +1,53 @@
+"""Error boundaries: a failure stays in the request, connection or stream where it happens.
+
+Trio's rule is that an exception escaping a task cancels its nursery: one bug in one
+request would stop the node and drop every client. Each request, connection and stream
+therefore runs inside ``contained``: an unexpected exception is logged with its traceback
+and a correlation id, counted in ``rt_internal_errors_total{where}``, and swallowed; the
+caller then answers the documented error (HTTP 500 with ``{"error": 500, "message",
+"id"}``, WebSocket close 1011, an SSE ``close`` event, a poll's ``close``). Cancellation
+and other ``BaseException`` pass through untouched.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import msgspec
+import structlog
+
+from rtserver.metrics import Metrics
+
+log = structlog.get_logger("rtserver.boundary")
+
+
+@dataclass(slots=True)
+class Failure:
+    """What a boundary caught: the correlation id of the logged failure (None: nothing)."""
+
+    id: str | None = None
+
+
+def correlation_id() -> str:
+    return secrets.token_hex(8)
+
+
+@contextmanager
+def contained(metrics: Metrics, where: str, **context: object) -> Iterator[Failure]:
+    """Run the block as a boundary named ``where`` (a fixed label: ``publish``,
+    ``websocket``...); after it, ``Failure.id`` says whether it failed and under which id."""
+    failure = Failure()
+    try:
+        yield failure
+    except Exception:
+        failure.id = correlation_id()
+        log.exception("internal_error", where=where, correlation_id=failure.id, **context)
+        metrics.internal_errors.labels(where).inc()
+
+
+def internal_error_body(failure_id: str) -> bytes:
+    """The JSON body of an HTTP 500: what the client may quote to the operator."""
+    return msgspec.json.encode({"error": 500, "message": "internal error", "id": failure_id})
