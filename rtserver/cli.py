@@ -29,6 +29,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 async def _serve(config: Config) -> None:
+    from rtserver.boundary import contained
     from rtserver.node import Node
 
     node = Node(config)
@@ -39,7 +40,8 @@ async def _serve(config: Config) -> None:
             print(f"rtserver listening on http://{host}:{port}  (WebSocket ws://{host}:{port}/hub/ws)",
                   file=sys.stderr, flush=True)
             async for _ in signals:
-                await node.drain()
+                with contained(node.metrics, "drain"):  # whatever fails, the process still exits
+                    await node.drain()
                 nursery.cancel_scope.cancel()
                 break
 

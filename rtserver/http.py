@@ -33,6 +33,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 from quart import Response, redirect, request, send_from_directory
+from quart.wrappers.base import ClientDisconnectedError
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -44,10 +45,11 @@ from protocol.frames import JSON, Error, error_frame
 from protocol.limits import decode_bounded
 from protocol.push import Registration
 from rtserver.auth import AuthError, Claims, admit, authorize_room, bearer_token, personal_rooms
-from rtserver.boundary import correlation_id, internal_error_body
+from rtserver.boundary import contained, correlation_id, internal_error_body
 from rtserver.commands import decode_commands, run_command
 
 if TYPE_CHECKING:
+    from rtserver.metrics import Metrics
     from rtserver.node import Node
 
 log = structlog.get_logger("rtserver.http")
@@ -328,17 +330,34 @@ async def publish_answer(node: Node, headers: dict[str, str], body: bytes) -> tu
         return STATUS_OF_REPLY.get(exc.code, 400), {"error": int(exc.code), "message": exc.message}
 
 
-def create_asgi(app: QuartTrio):
+def create_asgi(app: QuartTrio, metrics: Metrics):
     """The ASGI entry of ``app``: every response closes its connection (see the module
-    docstring)."""
+    docstring); a failure before Quart answered (its own request parsing) is answered as
+    any other (500 JSON, counted under ``http``)."""
 
     async def asgi(scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        started = False
+
         async def send_closing(message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
             await send(message)
 
-        await app(scope, receive, send_closing if scope["type"] == "http" else send)
+        with contained(metrics, "http", path=scope.get("raw_path", b"")[:100]) as failure:
+            try:
+                await app(scope, receive, send_closing)
+            except* ClientDisconnectedError:
+                pass  # the client left (or half-closed) before its answer: nobody to answer
+        if failure.id is not None and not started:
+            body = internal_error_body(failure.id)
+            await send_closing({"type": "http.response.start", "status": 500, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+            await send({"type": "http.response.body", "body": body})
 
     return asgi
 

@@ -198,6 +198,11 @@ class Listener:
                 _send_quietly(sock, BAD_REQUEST)
                 await _linger_close(sock)
                 return
+            if not request.target.startswith(b"/") and not request.target.lower().startswith((b"http://", b"https://")):
+                await self._respond(sock, parser, 400, error_body(400, "the request target must be a path"),
+                                    [(b"connection", b"close")])
+                await _linger_close(sock)
+                return
             path = urlsplit(request.target.decode("latin-1")).path
             if path in WS_PATHS:
                 await self._websocket(sock, parser, request, bytes(pending), WS_PATHS[path])

@@ -28,6 +28,7 @@ from protocol.errors import CloseCode
 from protocol.frames import Evt
 from protocol.rooms import parse_room
 from rtserver.auth import TokenVerifier
+from rtserver.boundary import contained
 from rtserver.bus import Bus, read_rooms
 from rtserver.bus.memory import MemoryBus
 from rtserver.bus.redis import RedisBus
@@ -87,7 +88,7 @@ class Node:
             self.metrics.connected_users.set_function(lambda: self.liveness.connected_users)
         self.connections: set[Connection] = set()
         self.draining = False
-        self.http = HttpFrontend(create_asgi(create_app(self)))
+        self.http = HttpFrontend(create_asgi(create_app(self), self.metrics))
         self.services = services = ConnectionServices(
             config=config, bus=self.bus, registry=self.registry, writer=self.writer,
             metrics=self.metrics, catalog=self.catalog, connections=self.connections,
@@ -160,7 +161,8 @@ class Node:
             pending = list(self.connections)
             for start in range(0, len(pending), cfg.drain_batch):
                 for connection in pending[start : start + cfg.drain_batch]:
-                    connection.close(CloseCode.SERVER_DRAINING)
+                    with contained(self.metrics, "drain", session=connection.session):  # the others still close
+                        connection.close(CloseCode.SERVER_DRAINING)
                 await trio.sleep(cfg.drain_pace_ms / 1000)
             while self.connections:
                 await trio.sleep(0.05)

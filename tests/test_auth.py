@@ -122,3 +122,56 @@ def test_subscriptions_are_authorized_against_claims(claims, ns, room, allowed):
     else:
         with pytest.raises(ReplyError, match="not allowed"):
             authorize_room(Claims.from_payload(claims), ns, room)
+
+
+def _jwks_verifier(tmp_path):
+    """A verifier with a JWKS of an RSA key (``rsa1``) and a P-256 key (``ec1``)."""
+    rsa_key, ec_key = rsa.generate_private_key(public_exponent=65537, key_size=2048), ec.generate_private_key(
+        ec.SECP256R1())
+    keys = [{**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key())), "kid": "rsa1"},
+            {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key())), "kid": "ec1"}]
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": keys}))
+    return TokenVerifier(AuthConfig(jwks_file=str(tmp_path / "jwks.json"))), rsa_key, ec_key
+
+
+def test_a_token_naming_a_key_of_another_family_is_refused_not_raised(tmp_path):
+    verifier, rsa_key, ec_key = _jwks_verifier(tmp_path)
+    claims = {**STAFF, "exp": int(time.time()) + 60}
+    assert verifier.verify(jwt.encode(claims, ec_key, algorithm="ES256", headers={"kid": "ec1"})).user == "u1"
+    for token in (jwt.encode(claims, ec_key, algorithm="ES256", headers={"kid": "rsa1"}),
+                  jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": "ec1"})):
+        with pytest.raises(AuthError, match="is not a key for") as info:
+            verifier.verify(token)
+        assert info.value.disconnect is CloseCode.UNAUTHENTICATED
+
+
+def test_a_public_key_verifies_only_tokens_of_its_family(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "ec.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    verifier = TokenVerifier(AuthConfig(public_key_file=str(tmp_path / "ec.pem")))
+    rsa_token = jwt.encode({**STAFF, "exp": int(time.time()) + 60},
+                           rsa.generate_private_key(public_exponent=65537, key_size=2048), algorithm="RS256")
+    with pytest.raises(AuthError, match="not a key for RS256"):
+        verifier.verify(rsa_token)
+
+
+@pytest.mark.parametrize("claim, value", [
+    ("healthUnitTaxId", "t1:schedule:1"), ("healthUnitTaxId", "t1,t2"), ("healthUnitTaxId", "t1\u0000"),
+    ("healthUnitTaxId", " t1 "), ("healthUnitTaxId", "t1\n"), ("healthUnitTaxId", 7), ("sub", "a,b"),
+    ("sub", "a/b"), ("sub", "x" * 129), ("sub", ["u1"]), ("threadIds", "th1"), ("threadIds", ["a b"]),
+    ("presenceGroups", ["g\n"]), ("specialityIds", [1]), ("patientTaxId", {"id": 1}), ("roles", "attendant"),
+])
+def test_claims_that_break_their_format_are_refused_with_4403_naming_the_claim(claim, value):
+    with pytest.raises(AuthError) as info:
+        Claims.from_payload({**STAFF, claim: value})
+    assert info.value.disconnect is CloseCode.FORBIDDEN and info.value.status == 403
+    assert repr(claim) in info.value.message
+
+
+@pytest.mark.parametrize("sub", ["auth0|5f7c8ec7c33c6c004bbafe82", "google-oauth2|112233445566778899",
+                                 "ana+test@example.org", "samlp|clinic-idp|ana.souza@example.org", "00u1abcd2EFGH3ijk4x7"])
+def test_the_subjects_identity_providers_issue_are_admitted_with_their_user_room(sub):
+    claims = Claims.from_payload({**STAFF, "sub": sub})
+    assert f"user:{sub}" in auto_rooms(claims, Namespace.HUB)
+    authorize_room(claims, Namespace.HUB, f"user:{sub}")

@@ -186,3 +186,25 @@ async def test_a_resume_rejoins_every_room_at_once_and_new_rooms_get_their_snaps
         assert [e["event"] for e in again["events"]] == ["appointment.created"]  # resumed: no snapshot
         bad = await poll(http, server.token(), rooms="professional:2", fresh="schedule:5")
         assert bad.status_code == 422
+
+
+@pytest.mark.parametrize("sub", ["auth0|5f7c8ec7c33c6c004bbafe82", "google-oauth2|112233445566778899",
+                                 "ana+test@example.org"])
+async def test_subjects_of_identity_providers_work_on_every_transport_with_their_user_room(server, sub):
+    token = server.token(user=sub)
+    room = f"user:{sub}"
+    async with open_client(server.ws(), token) as ws, open_sse(server.http, token) as sse:
+        assert room in ws.hello["rooms"]
+        hello = (await sse.next()).data
+        assert room in hello["rooms"]
+        async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
+            first = (await poll(http, token)).json()
+            assert (await server.publish(appointment(1, rooms=[room]))).status_code == 200
+            polled = (await poll(http, token, since=first["cursor"])).json()
+        with trio.fail_after(5):
+            assert (await ws.next_event())["room"] == room
+            assert (await sse.next_event()).data["room"] == room
+        assert [e["room"] for e in polled["events"]] == [room]
+        typing = await command(server.http, token, {"op": "emit", "event": "typing:start", "room": "thread:9",
+                                                    "ref": 1})
+        assert typing.status_code == 200 and typing.json()["op"] == "ack"
