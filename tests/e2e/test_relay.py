@@ -23,7 +23,10 @@ from rtserver.node import Node
 from rtserver.outbox import migrate
 from rtserver.outbox.relay import Relay, relay_cursor_key
 from tests.conftest import flush_redis, plain_redis
-from tests.e2e.conftest import Server, server_config
+from rtserver.bus.redis import dead_letter_key
+from tests.e2e.conftest import Server, server_config, wait_until
+from tests.e2e.test_webhooks import start_dispatcher, webhooks_config
+from tests.e2e.webhook_receiver import Receiver
 from tests.postgres import PostgresServer
 
 SHARDS = 16
@@ -269,3 +272,33 @@ async def test_the_relay_refuses_a_database_without_the_outbox_and_migrate_refus
     other = subprocess.run([*command, "migrate"], capture_output=True, text=True, timeout=30,
                            env={**os.environ, "RTSERVER_BUS__SHARDS": "8"})
     assert other.returncode != 0 and "made for 16 shards" in other.stderr
+
+
+async def test_an_outbox_row_the_catalog_refuses_reaches_no_client_and_no_partner(outbox, nursery):
+    receiver = Receiver()
+    await nursery.start(receiver.serve)
+    await start_dispatcher(nursery, webhooks_config(outbox.redis_url, receiver))
+    node = Node(server_config(bus={"redis_url": outbox.redis_url}))
+    server = Server(node, await nursery.start(node.run))
+    await nursery.start(outbox.relay().run)
+    async with open_client(server.ws(), server.token()) as client:
+        await client.subscribe("schedule:42")
+        assert (await client.next_event())["event"] == "schedule.snapshot"
+        conn = await outbox.connect()
+        try:
+            async with aio_as_trio(conn.transaction()):
+                await outbox.write(conn, event="patient.discharged", appointmentId="a0")  # not in the catalog
+                await outbox.write(conn, appointmentId="a1", patientName="Maria")  # outside the allow-list
+                await outbox.write(conn, appointmentId="a2", slotId=["s1"])  # an id of the wrong type
+                accepted = await outbox.write(conn, appointmentId="a3")
+        finally:
+            await aio_as_trio(conn.close)()
+        with trio.fail_after(10):
+            evt = await client.next_event()
+    assert evt["id"] == accepted
+    await wait_until(lambda: len(receiver.requests) == 1)
+    assert json.loads(receiver.requests[0].body)["id"] == accepted
+    dead = outbox.redis.xrange(dead_letter_key(shard_of("t1", SHARDS)))
+    assert [fields[b"code"] for _, fields in dead] == [b"unknown_event", b"bad_payload", b"bad_payload"]
+    await trio.sleep(0.5)  # the dispatcher has read past them: still one delivery, no PII anywhere
+    assert len(receiver.requests) == 1 and not any(b"Maria" in r.body for r in receiver.requests)
