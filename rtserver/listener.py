@@ -255,6 +255,7 @@ class Listener:
             if body:
                 await self._respond(sock, parser, body, error_body(body, _BODY_REFUSALS[body]),
                                     [(b"connection", b"close")])
+                await _linger_close(sock)  # the rest of the body unread must not reset the answer
             return False
         query = urlsplit(request.target.decode("latin-1")).query
         with contained(self._services.metrics, where, path=request.target.decode("latin-1")[:100]) as failure:

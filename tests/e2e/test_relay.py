@@ -10,6 +10,7 @@ import secrets
 import signal
 import subprocess
 import sys
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -104,13 +105,20 @@ async def outbox(postgres, redis_url, aio_loop) -> Outbox:
     return Outbox(dsn, redis_url)
 
 
-async def test_committed_rows_reach_a_client_in_commit_order_with_their_event_ids(outbox, nursery):
+@asynccontextmanager
+async def relayed_subscriber(outbox: Outbox, nursery):
+    """A node and a relay on the outbox's Redis, and a client of ``schedule:42`` past its snapshot."""
     node = Node(server_config(bus={"redis_url": outbox.redis_url}))
     server = Server(node, await nursery.start(node.run))
     await nursery.start(outbox.relay().run)
     async with open_client(server.ws(), server.token()) as client:
         await client.subscribe("schedule:42")
         assert (await client.next_event())["event"] == "schedule.snapshot"
+        yield client
+
+
+async def test_committed_rows_reach_a_client_in_commit_order_with_their_event_ids(outbox, nursery):
+    async with relayed_subscriber(outbox, nursery) as client:
         ids = await outbox.commit_rows(30)
         with trio.fail_after(10):
             got = [await client.next_event() for _ in ids]
@@ -278,12 +286,7 @@ async def test_an_outbox_row_the_catalog_refuses_reaches_no_client_and_no_partne
     receiver = Receiver()
     await nursery.start(receiver.serve)
     await start_dispatcher(nursery, webhooks_config(outbox.redis_url, receiver))
-    node = Node(server_config(bus={"redis_url": outbox.redis_url}))
-    server = Server(node, await nursery.start(node.run))
-    await nursery.start(outbox.relay().run)
-    async with open_client(server.ws(), server.token()) as client:
-        await client.subscribe("schedule:42")
-        assert (await client.next_event())["event"] == "schedule.snapshot"
+    async with relayed_subscriber(outbox, nursery) as client:
         conn = await outbox.connect()
         try:
             async with aio_as_trio(conn.transaction()):

@@ -39,6 +39,14 @@ async def server(nursery) -> Server:
     return Server(node, await nursery.start(node.run))
 
 
+@pytest.fixture
+async def sentinel(server):
+    """A client connected before any failure is injected, in ``professional:1``."""
+    async with open_client(server.ws(), server.token(user="sentinel")) as client:
+        await client.subscribe("professional:1")
+        yield client
+
+
 async def assert_still_serving(server: Server, sentinel) -> None:
     """The sentinel (connected before the failure) still gets a pong and a new event."""
     assert (await sentinel.ping())["op"] == "pong"
@@ -57,39 +65,33 @@ def assert_internal_error_answer(response: httpx.Response) -> None:
     assert body["error"] == 500 and body["message"] == "internal error" and len(body["id"]) == 16
 
 
-async def test_a_failing_websocket_handler_closes_that_connection_with_1011(server, monkeypatch):
-    async with open_client(server.ws(), server.token(user="sentinel")) as sentinel:
-        await sentinel.subscribe("professional:1")
-        monkeypatch.setattr(WebSocketConnection, "_on_emit", fail)
-        async with open_client(server.ws(), server.token()) as victim:
-            with pytest.raises(Closed) as closed:
-                await victim.emit("heartbeat")
-        assert closed.value.code == 1011
-        assert internal_errors(server, "websocket") == 1
-        await assert_still_serving(server, sentinel)
+async def test_a_failing_websocket_handler_closes_that_connection_with_1011(server, sentinel, monkeypatch):
+    monkeypatch.setattr(WebSocketConnection, "_on_emit", fail)
+    async with open_client(server.ws(), server.token()) as victim:
+        with pytest.raises(Closed) as closed:
+            await victim.emit("heartbeat")
+    assert closed.value.code == 1011
+    assert internal_errors(server, "websocket") == 1
+    await assert_still_serving(server, sentinel)
 
 
-async def test_a_failing_sse_stream_ends_with_a_close_event_1011(server, monkeypatch):
-    async with open_client(server.ws(), server.token(user="sentinel")) as sentinel:
-        await sentinel.subscribe("professional:1")
-        monkeypatch.setattr(SseStream, "_serve", fail)
-        async with open_sse(server.http, server.token()) as sse:
-            assert (await sse.next()).data["op"] == "hello"
-            close = await sse.next()
-        assert close.event == "close" and close.data["code"] == 1011 and close.data["action"] == "resume"
-        assert internal_errors(server, "sse") == 1
-        await assert_still_serving(server, sentinel)
+async def test_a_failing_sse_stream_ends_with_a_close_event_1011(server, sentinel, monkeypatch):
+    monkeypatch.setattr(SseStream, "_serve", fail)
+    async with open_sse(server.http, server.token()) as sse:
+        assert (await sse.next()).data["op"] == "hello"
+        close = await sse.next()
+    assert close.event == "close" and close.data["code"] == 1011 and close.data["action"] == "resume"
+    assert internal_errors(server, "sse") == 1
+    await assert_still_serving(server, sentinel)
 
 
-async def test_a_failing_poll_answers_with_a_close_1011(server, monkeypatch):
-    async with open_client(server.ws(), server.token(user="sentinel")) as sentinel:
-        await sentinel.subscribe("professional:1")
-        monkeypatch.setattr(PollRequest, "_serve", fail)
-        async with httpx.AsyncClient(base_url=server.http) as http:
-            answer = (await poll(http, server.token())).json()
-        assert answer["close"]["code"] == 1011
-        assert internal_errors(server, "poll") == 1
-        await assert_still_serving(server, sentinel)
+async def test_a_failing_poll_answers_with_a_close_1011(server, sentinel, monkeypatch):
+    monkeypatch.setattr(PollRequest, "_serve", fail)
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        answer = (await poll(http, server.token())).json()
+    assert answer["close"]["code"] == 1011
+    assert internal_errors(server, "poll") == 1
+    await assert_still_serving(server, sentinel)
 
 
 @pytest.mark.parametrize("where, target, attribute", [
@@ -99,32 +101,31 @@ async def test_a_failing_poll_answers_with_a_close_1011(server, monkeypatch):
     ("http:presence", MemoryPresence, "snapshot"),
     ("handshake", Listener, "_accept_websocket"),
 ])
-async def test_a_failing_request_is_answered_500_with_a_correlation_id(server, monkeypatch, where, target, attribute):
-    async with open_client(server.ws(), server.token(user="sentinel")) as sentinel:
-        await sentinel.subscribe("professional:1")
-        cursor = (await sentinel.subscribe("professional:2"))["cursor"]
-        if attribute is None:
-            monkeypatch.setattr(target, fail)
+async def test_a_failing_request_is_answered_500_with_a_correlation_id(server, sentinel, monkeypatch, where, target,
+                                                                      attribute):
+    cursor = (await sentinel.subscribe("professional:2"))["cursor"]
+    if attribute is None:
+        monkeypatch.setattr(target, fail)
+    else:
+        monkeypatch.setattr(target, attribute, fail_now if where == "handshake" else fail)
+    headers = {"authorization": f"Bearer {server.token()}"}
+    async with httpx.AsyncClient(base_url=server.http, headers=headers) as http:
+        if where == "publish":
+            response = await server.publish(appointment(1))
+        elif where == "commands":
+            response = await command(server.http, server.token(), {"op": "emit", "event": "heartbeat"})
+        elif where == "http:events":
+            response = await http.get("/hub/events", params={"rooms": "professional:1", "since": cursor})
+        elif where == "http:presence":
+            response = await http.get("/hub/presence", params={"group": "attendants"})
         else:
-            monkeypatch.setattr(target, attribute, fail_now if where == "handshake" else fail)
-        headers = {"authorization": f"Bearer {server.token()}"}
-        async with httpx.AsyncClient(base_url=server.http, headers=headers) as http:
-            if where == "publish":
-                response = await server.publish(appointment(1))
-            elif where == "commands":
-                response = await command(server.http, server.token(), {"op": "emit", "event": "heartbeat"})
-            elif where == "http:events":
-                response = await http.get("/hub/events", params={"rooms": "professional:1", "since": cursor})
-            elif where == "http:presence":
-                response = await http.get("/hub/presence", params={"group": "attendants"})
-            else:
-                response = await http.get(server.ws().replace("ws://", "http://"), headers={
-                    "upgrade": "websocket", "connection": "Upgrade", "sec-websocket-version": "13",
-                    "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="})
-        assert_internal_error_answer(response)
-        assert internal_errors(server, where) == 1
-        monkeypatch.undo()
-        await assert_still_serving(server, sentinel)
+            response = await http.get(server.ws().replace("ws://", "http://"), headers={
+                "upgrade": "websocket", "connection": "Upgrade", "sec-websocket-version": "13",
+                "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert_internal_error_answer(response)
+    assert internal_errors(server, where) == 1
+    monkeypatch.undo()
+    await assert_still_serving(server, sentinel)
 
 
 async def test_a_failure_while_draining_one_connection_still_drains_the_others(server, monkeypatch):

@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import struct
+import time
 from urllib.parse import quote, urlencode
 
 import jwt
@@ -17,7 +19,7 @@ from hypothesis import strategies as st
 
 from protocol.errors import ReplyCode
 from tests.robustness.conftest import (
-    DOCUMENTED_CLOSES, REFUSALS, SECRET, WebSocket, assert_documented_refusal, exchange,
+    DOCUMENTED_CLOSES, REFUSALS, SECRET, WebSocket, assert_documented_refusal, exchange, read_answer,
 )
 
 #: Statuses of an accepted request (the pages redirect, the static files may be cached).
@@ -311,4 +313,20 @@ def test_tokens_of_any_shape_are_admitted_or_refused_with_their_code(live_node, 
         assert answer.status in (200, 401, 403, 422), answer
         if answer.status != 200:
             assert answer.json()["error"] in (4100, 4401, 4403, int(ReplyCode.FORBIDDEN)), answer.json()
+    live_node.assert_serving()
+
+
+def test_a_body_trickled_slower_than_the_request_deadline_is_cut_off_with_408(live_node):
+    with socket.create_connection(("127.0.0.1", live_node.port)) as sock:
+        sock.sendall(b"POST /v1/publish HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+        started = time.monotonic()
+        try:
+            for _ in range(40):  # one byte a chunk, every 0.2 s: 8 s if nobody cuts it off
+                sock.sendall(b"1\r\n{\r\n")
+                time.sleep(0.2)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = read_answer(sock)
+    assert answer.status == 408 and answer.json()["error"] == 408
+    assert time.monotonic() - started < 6  # handshake_timeout_s is 2 s here
     live_node.assert_serving()
