@@ -61,7 +61,7 @@ import trio
 from trio_asyncio import aio_as_trio
 
 from protocol.catalog import Catalog
-from protocol.cursors import Cursor, Offset, shard_of
+from protocol.cursors import MAX_OFFSET_PART, Cursor, Offset, shard_of
 from protocol.envelope import Envelope, Inbound, StoredEvent
 from protocol.errors import ReplyCode, ReplyError
 from protocol.limits import decode_bounded
@@ -94,6 +94,8 @@ _json = msgspec.json.Encoder()
 _decode_rooms = msgspec.json.Decoder(list[str]).decode
 _decode_data = msgspec.json.Decoder(dict).decode
 _decode_ephemeral = msgspec.json.Decoder(StoredEvent).decode
+#: The greatest stream offset (Redis Streams ids are two unsigned 64-bit integers).
+LAST_OFFSET = Offset(MAX_OFFSET_PART, MAX_OFFSET_PART)
 #: The kinds of failed calls counted in ``RedisBus.errors``.
 UNREACHABLE, REFUSED = "unreachable", "refused"
 
@@ -542,8 +544,10 @@ class RedisBus:
         drawn, pipe = secrets.token_hex(4), self._redis.pipeline(transaction=False)
         pipe.set(_epoch_key(shard), drawn, nx=True, get=True)
         pipe.xinfo_stream(stream_key(shard))
-        pipe.xrange(stream_key(shard), f"({cursor.offset}", "+", count=limit + 1)
-        existing, raw_info, entries = await self.execute(pipe)
+        if cursor.offset < LAST_OFFSET:  # no entry can follow the last offset there is
+            pipe.xrange(stream_key(shard), f"({cursor.offset}", "+", count=limit + 1)
+        existing, raw_info, *page = await self.execute(pipe)
+        entries = page[0] if page else []
         epoch, info = self._settle_epoch(shard, drawn, existing), _info(raw_info)
         head = Cursor(shard, epoch, info["last"] if info else Offset(0, 0))
         if cursor.epoch != epoch or cursor.offset > head.offset or (info is not None and (

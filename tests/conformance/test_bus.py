@@ -7,9 +7,10 @@ when the history cannot reach back (trimmed, or another epoch: the stream was lo
 best-effort; ephemeral events never enter the history.
 """
 
+import pytest
 import trio
 
-from protocol.cursors import Cursor, Offset, shard_of
+from protocol.cursors import MAX_OFFSET_PART, Cursor, Offset, shard_of
 from protocol.envelope import Envelope
 from tests.conformance.conftest import SHARDS
 
@@ -115,6 +116,15 @@ async def test_a_cursor_of_another_epoch_answers_not_recovered(bus_env):
     page = await new.read_since(cursor, 100)
     assert not page.recovered and page.events == []
     assert page.cursor.epoch != cursor.epoch
+
+
+@pytest.mark.parametrize("ms, seq", [(MAX_OFFSET_PART, MAX_OFFSET_PART), (MAX_OFFSET_PART, 0)])
+async def test_a_cursor_at_the_far_edge_of_the_offsets_answers_not_recovered(bus_env, ms, seq):
+    bus = await bus_env.bus()
+    head = Cursor.parse((await bus.append(env(1))).event.cursor)
+    far = Cursor.parse(f"{head.shard}.{head.epoch}.{ms}-{seq}")  # beyond anything the stream holds
+    page = await bus.read_since(far, 100)
+    assert not page.recovered and page.events == [] and page.cursor == head
 
 
 async def test_head_is_the_newest_cursor(bus_env):

@@ -305,3 +305,22 @@ async def test_an_outbox_row_the_catalog_refuses_reaches_no_client_and_no_partne
     assert [fields[b"code"] for _, fields in dead] == [b"unknown_event", b"bad_payload", b"bad_payload"]
     await trio.sleep(0.5)  # the dispatcher has read past them: still one delivery, no PII anywhere
     assert len(receiver.requests) == 1 and not any(b"Maria" in r.body for r in receiver.requests)
+
+
+async def test_redis_refusing_writes_pauses_the_relay_and_the_webhooks_and_both_catch_up(outbox, nursery):
+    receiver = Receiver()
+    await nursery.start(receiver.serve)
+    await start_dispatcher(nursery, webhooks_config(outbox.redis_url, receiver))
+    relay = outbox.relay()
+    await nursery.start(relay.run)
+    outbox.redis.config_set("maxmemory-policy", "noeviction")
+    outbox.redis.config_set("maxmemory", 1)  # every write is refused: OOM
+    try:
+        ids = await outbox.commit_rows(5)
+        await wait_until(lambda: relay.metrics.registry.get_sample_value(
+            "rt_bus_errors_total", {"kind": "refused"}) >= 1)
+        assert outbox.stream_ids() == [] and receiver.requests == []
+    finally:
+        outbox.redis.config_set("maxmemory", 0)
+    await wait_until(lambda: len(receiver.requests) == 5, timeout=20)
+    assert {json.loads(r.body)["id"] for r in receiver.requests} == set(ids)  # delivered concurrently
