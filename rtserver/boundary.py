@@ -31,21 +31,24 @@ class Failure:
     id: str | None = None
 
 
-def correlation_id() -> str:
-    return secrets.token_hex(8)
+def record_failure(metrics: Metrics, where: str, error: BaseException, **context: object) -> str:
+    """Log ``error`` with its traceback and a new correlation id, count it under ``where``
+    (a fixed label: ``publish``, ``websocket``, ``http:events``...); the id."""
+    failure_id = secrets.token_hex(8)
+    log.error("internal_error", where=where, correlation_id=failure_id, exc_info=error, **context)
+    metrics.internal_errors.labels(where).inc()
+    return failure_id
 
 
 @contextmanager
 def contained(metrics: Metrics, where: str, **context: object) -> Iterator[Failure]:
-    """Run the block as a boundary named ``where`` (a fixed label: ``publish``,
-    ``websocket``...); after it, ``Failure.id`` says whether it failed and under which id."""
+    """Run the block as a boundary named ``where``; after it, ``Failure.id`` says whether
+    it failed and under which correlation id (``record_failure``)."""
     failure = Failure()
     try:
         yield failure
-    except Exception:
-        failure.id = correlation_id()
-        log.exception("internal_error", where=where, correlation_id=failure.id, **context)
-        metrics.internal_errors.labels(where).inc()
+    except Exception as error:
+        failure.id = record_failure(metrics, where, error, **context)
 
 
 def internal_error_body(failure_id: str) -> bytes:

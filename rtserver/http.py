@@ -45,7 +45,7 @@ from protocol.frames import JSON, Error, error_frame
 from protocol.limits import decode_bounded
 from protocol.push import Registration
 from rtserver.auth import AuthError, Claims, admit, authorize_room, bearer_token, personal_rooms
-from rtserver.boundary import contained, correlation_id, internal_error_body
+from rtserver.boundary import contained, internal_error_body, record_failure
 from rtserver.commands import decode_commands, run_command
 
 if TYPE_CHECKING:
@@ -123,10 +123,7 @@ def create_app(node: Node) -> QuartTrio:
     @app.errorhandler(Exception)
     async def internal_error(exc: Exception):
         """The boundary of every route: logged with a correlation id, counted, a 500."""
-        failure_id = correlation_id()
-        where = f"http:{request.endpoint or 'unrouted'}"
-        log.error("internal_error", where=where, correlation_id=failure_id, path=request.path, exc_info=exc)
-        node.metrics.internal_errors.labels(where).inc()
+        failure_id = record_failure(node.metrics, f"http:{request.endpoint or 'unrouted'}", exc, path=request.path)
         return Response(internal_error_body(failure_id), status=500, content_type="application/json")
 
     @app.get("/healthz")

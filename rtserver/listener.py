@@ -458,13 +458,14 @@ class Listener:
         trailing = received[head_end:]
         if trailing:
             ws.receive_data(trailing)
-        if not _send_quietly(sock, accept):
-            sock.close()
-            return None
-        return WebSocketConnection(
+        connection = WebSocketConnection(
             sock, ws, services=self._services, claims=claims, ns=ns, wire=wire,
             session=secrets.token_urlsafe(12), since=since, joining=joining,
         )
+        if not _send_quietly(sock, accept):  # the last step: a failure before it sent nothing
+            sock.close()
+            return None
+        return connection
 
     def _origin_allowed(self, origin: str | None, host: str) -> bool:
         allowed = self._config.allowed_origins
