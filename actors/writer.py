@@ -58,11 +58,15 @@ class QueueOwner(Protocol):
 
 
 class OutboundQueue:
-    """One connection's outbound frames, budgeted in frames and bytes."""
+    """One connection's outbound frames, budgeted in frames and bytes.
+
+    Frames leave whole: a frame the socket took only part of stays first in the queue
+    (``partial``) until the rest is written, and nothing, not even a close frame, is ever
+    written inside it (``discard`` keeps it)."""
 
     __slots__ = (
         "_sock", "_writer", "frames", "nbytes", "max_frames", "max_bytes",
-        "scheduled", "blocked", "closed", "_owner", "_flushed",
+        "scheduled", "blocked", "closed", "partial", "_owner", "_flushed",
     )
 
     def __init__(
@@ -83,6 +87,8 @@ class OutboundQueue:
         self.scheduled = False
         self.blocked = False
         self.closed = False
+        #: Whether ``frames[0]`` is the unwritten rest of a frame the socket took part of.
+        self.partial = False
         self._owner = owner
         self._flushed: trio.Event | None = None
         writer.queues.add(self)
@@ -113,9 +119,14 @@ class OutboundQueue:
             self._writer.schedule(self)
 
     def discard(self) -> None:
-        """Drop whatever is queued (a slow consumer's backlog)."""
-        self.frames.clear()
-        self.nbytes = 0
+        """Drop whatever is queued (a slow consumer's backlog) but the rest of a frame
+        partly written, so that what follows it starts on a frame boundary."""
+        if self.partial:
+            del self.frames[1:]
+            self.nbytes = len(self.frames[0])
+        else:
+            self.frames.clear()
+            self.nbytes = 0
 
     async def wait_flushed(self) -> None:
         """Return once every queued frame has been written (or the socket broke)."""
@@ -126,6 +137,7 @@ class OutboundQueue:
     def detach(self) -> None:
         """The connection is gone: stop writing and forget the queue."""
         self.closed = True
+        self.partial = False
         self.discard()
         self._writer.queues.discard(self)
         self._notify_flushed()
@@ -160,11 +172,19 @@ class OutboundQueue:
         self.nbytes -= sent
         if sent == len(data):
             del frames[:count]
+            self.partial = False
             if frames:
                 return _MORE
             self._notify_flushed()
             return _EMPTY
-        frames[:count] = [data[sent:]]
+        # Keep frame boundaries: the rest of the frame the socket cut, then the others.
+        written = 0
+        for cut, frame in enumerate(frames[:count]):
+            if written + len(frame) > sent:
+                break
+            written += len(frame)
+        self.partial = sent > written or (cut == 0 and self.partial)
+        frames[:count] = [frames[cut][sent - written:], *frames[cut + 1:count]]
         return _BLOCKED
 
 
