@@ -131,7 +131,8 @@ class ConnectionServices:
     writer: Writer
     metrics: Metrics
     catalog: Catalog
-    #: The node's open connections (for draining); each connection adds and removes itself.
+    #: The node's open connections (for draining); each connection adds itself when it
+    #: starts and removes itself once its close has been written (or given up on).
     connections: set["Connection"]
     presence: Presence
     typing: Typing
@@ -253,7 +254,6 @@ class Connection:
                 expired = trio.current_time() >= self._expires_at
                 self._disconnect = CloseCode.TOKEN_EXPIRED if expired else CloseCode.IDLE_TIMEOUT
         finally:
-            self._s.connections.discard(self)
             for room in self._rooms.values():
                 room.remove(self.session)
             self._rooms.clear()
@@ -271,7 +271,10 @@ class Connection:
             self._log("disconnect", code=disconnect.code, reason=disconnect.reason,
                       by_client=self._peer_closed)
             with trio.CancelScope(shield=True):
-                await self._finish(disconnect)
+                try:
+                    await self._finish(disconnect)
+                finally:  # only now: a drain waits for the close the client is told
+                    self._s.connections.discard(self)
 
     async def _serve(self) -> None:
         """The transport's loop, until the client goes or the connection must end."""

@@ -9,8 +9,8 @@ Mailbox
 Owns
     Its rooms (the token's own and those of ``?rooms=``) while it waits, the frames
     collected for the answer (budgeted like an outbound queue) and its token's expiry.
-    Not its socket: the listener writes ``answer`` and keeps the connection for the next
-    request.
+    Not its socket: its answer is written through ``respond`` (the listener's HTTP framing),
+    and the listener keeps the connection for the next request (``kept_alive``).
 Replies
     ``answer``: ``{"events":[…],"cursor":"…","session":"…"}`` (``protocol.httpstreams``),
     at once when the cursor is behind (history), else as soon as an event arrives (plus
@@ -23,8 +23,8 @@ Replies
     rest follows from the cursor. A disconnect (token expired, draining, a bus failure)
     travels as ``"close"``.
 Failure
-    Ends with its answer, or without one when the client went away (EOF). A bug answers
-    with a 1011 close, never ends the node.
+    Ends once its answer is written (a drain waits for it), or without one when the
+    client went away (EOF). A bug answers with a 1011 close, never ends the node.
 Blocking
     On the bus while reading history; on its rooms having handed over what they buffered
     for it; on its wait (bounded). Never on other connections.
@@ -33,6 +33,7 @@ Blocking
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import trio
@@ -89,17 +90,20 @@ class PollAnswer:
 
 class PollRequest(HttpSession):
     transport = "poll"
-    __slots__ = ("_cursor", "_recovered", "_promoting", "_caught_up", "answer")
+    __slots__ = ("_cursor", "_recovered", "_promoting", "_caught_up", "_respond", "kept_alive")
 
-    def __init__(self, sock: socket.socket, *, since: Cursor | None, **session) -> None:
+    def __init__(self, sock: socket.socket, *, since: Cursor | None,
+                 respond: Callable[[bytes], Awaitable[bool]], **session) -> None:
+        """``respond(body)`` writes the answer (bounded); whether the connection stays open."""
         super().__init__(sock, wire=POLL_JSON, since=since, **session)
         cfg = self._s.config.connection
         self._cursor = since.encode() if since is not None else ""
         self._recovered: bool | None = None
         self._promoting = 0
         self._caught_up = trio.Event()
-        #: The response body once the request ended with one (None: the client left).
-        self.answer: bytes | None = None
+        self._respond = respond
+        #: Whether the connection may serve another request (its answer was written).
+        self.kept_alive = False
         self.out = PollAnswer(max_frames=cfg.outbound_max_frames, max_bytes=cfg.outbound_max_bytes, owner=self)
 
     def _initial_rooms(self) -> list[str]:
@@ -153,5 +157,6 @@ class PollRequest(HttpSession):
         if disconnect is CONNECTION_LOST:
             return
         close = None if disconnect in (CloseCode.NORMAL, CloseCode.SLOW_CONSUMER) else disconnect
-        self.answer = poll_body(out.frames, out.cursor(self._cursor), self.session,
-                                recovered=self._recovered if self._since is not None else None, close=close)
+        self.kept_alive = await self._respond(poll_body(
+            out.frames, out.cursor(self._cursor), self.session,
+            recovered=self._recovered if self._since is not None else None, close=close))

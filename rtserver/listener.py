@@ -366,16 +366,16 @@ class Listener:
             claims, since, session, joining = self._http_session(request, ns)
         except (AuthError, ReplyError) as exc:
             return await self._respond(sock, parser, *self._refuse(exc, ns))
+        async def respond(body: bytes) -> bool:
+            return await self._respond(sock, parser, 200, body, [(b"cache-control", b"no-store")])
+
         poll = PollRequest(sock, services=self._services, claims=claims, ns=ns, session=session,
-                           since=since, joining=joining)
+                           since=since, joining=joining, respond=respond)
         with contained(self._services.metrics, "poll", session=session) as failure:
             await poll.run()
-        if failure.id is not None:
+        if failure.id is not None and parser.our_state is h11.SEND_RESPONSE:  # nothing was answered
             await self._respond(sock, parser, 500, internal_error_body(failure.id), [(b"connection", b"close")])
-            return False
-        if poll.answer is None:
-            return False
-        return await self._respond(sock, parser, 200, poll.answer, [(b"cache-control", b"no-store")])
+        return poll.kept_alive and failure.id is None
 
     async def _run_connection(self, connection: Connection) -> None:
         """Run a connection actor inside its boundary: the actor answers its own failures

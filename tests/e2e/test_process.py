@@ -1,5 +1,6 @@
 """``rtserver serve`` as a process: the CLI, the README tour, and SIGTERM draining."""
 
+import collections
 import json
 import signal
 import subprocess
@@ -7,6 +8,8 @@ import sys
 
 import pytest
 import trio
+import wsproto
+from wsproto.events import CloseConnection, Request, TextMessage
 
 from rtserver.client import Closed, open_client
 from tests.conftest import free_port, wait_port
@@ -170,3 +173,52 @@ async def test_a_node_killed_while_events_flow_loses_nothing_for_its_clients(con
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
+
+
+async def held_connection(port: int, token: str, task_status=trio.TASK_STATUS_IGNORED) -> int | None:
+    """A WebSocket client (wsproto on a plain stream) that waits for its hello, reports
+    started, then reads until the server closes; the close code it got (None: none)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    await stream.send_all(client.send(Request(host="127.0.0.1", target="/hub/ws",
+                                              extra_headers=[("authorization", f"Bearer {token}")])))
+    started = False
+    async with stream:
+        while True:
+            data = await stream.receive_some(65536)
+            client.receive_data(data or None)
+            for event in client.events():
+                if isinstance(event, CloseConnection):
+                    return event.code
+                if isinstance(event, TextMessage) and not started:
+                    started = True
+                    task_status.started()
+            if not data:
+                return None
+
+
+async def test_drain_closes_2000_clients_each_with_its_close_frame(config_file):
+    config_file.write_text(config_file.read_text().replace("drain_batch = 2", "drain_batch = 500"))
+    token = cli("token", "--sub", "u1", "--tenant", "t1", "--roles", "attendant", config_file=config_file)
+    port = free_port()
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "rtserver", "serve", "--config", str(config_file), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    codes: list[int | None] = []
+
+    async def hold(task_status=trio.TASK_STATUS_IGNORED):
+        codes.append(await held_connection(port, token, task_status=task_status))
+
+    try:
+        await wait_port(port)
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                for _ in range(2000):
+                    await nursery.start(hold)
+                proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert len(codes) == 2000 and set(codes) == {4000}, collections.Counter(codes)
