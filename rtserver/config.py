@@ -130,6 +130,12 @@ class BusConfig(_Section):
     read_dedupe_window: int = 1000
     #: Largest history answer to one ``since`` read, events.
     max_history: int = 10_000
+    #: Redis bus: seconds one call may take (a blocking read: beyond its server-side
+    #: wait); past it the call fails like an unreachable Redis (503, 1013, a temporary
+    #: error), and the bus reconnects.
+    call_timeout_s: float = 2.0
+    #: Redis bus: seconds between two health probes (``PING``) of the command connection.
+    health_interval_s: float = 1.0
 
 
 class PresenceConfig(_Section):

@@ -26,9 +26,13 @@ A cursor at exactly the last trimmed entry is refused too: the stream cannot pro
 nothing followed it (the safe side: the client reloads).
 
 redis-py is an asyncio library: every call crosses into asyncio through trio-asyncio
-(FINDINGS), so the node must run inside ``trio_asyncio.open_loop()``. Calls are bounded by
-Trio cancel scopes (``socket_timeout=None``); the blocking ``XREAD`` has a dedicated
-connection and a server-side BLOCK shorter than any Trio deadline around it.
+(FINDINGS), so the node must run inside ``trio_asyncio.open_loop()``. Every call has a
+deadline (``bus.call_timeout_s``, a Trio cancel scope; ``socket_timeout=None``): a Redis that
+hangs (stopped, overloaded, a network that drops packets) fails the call like one that is
+down. The blocking ``XREAD`` has a dedicated connection and a server-side BLOCK shorter
+than the deadline around it; a health probe (``PING`` every ``bus.health_interval_s``)
+notices a hung Redis even when nothing else is asking, so the node turns not ready and
+reconnects.
 
 Every failure of a call is a temporary ``BusUnavailable`` for whoever made it (503 over
 HTTP, a ``temporary`` error frame, close 1013 at a connection's start), counted by kind
@@ -68,7 +72,7 @@ from protocol.limits import decode_bounded
 from rtserver.bus import AppendResult, History, broadcast, live_feed
 from rtserver.config import BusConfig, Config
 
-#: Server-side BLOCK of the live reader's XREAD, ms.
+#: Server-side BLOCK of the live reader's XREAD (and the ephemeral reader's wait), ms.
 READ_BLOCK_MS = 1000
 #: Entries one XREAD returns at most.
 READ_COUNT = 1000
@@ -141,10 +145,14 @@ def _node_client(url: str, host: str, port: int) -> redis.asyncio.Redis:
         urllib.parse.urlunsplit(parts._replace(netloc=netloc)), socket_timeout=None, single_connection_client=True)
 
 
+#: Seconds closing a client may take (a hung server does not hold a reconnect up).
+CLOSE_TIMEOUT_S = 1.0
+
+
 async def _close_quietly(client) -> None:
-    """Close a redis-py client or PUB/SUB (None: nothing), shielded, ignoring a dead server."""
+    """Close a redis-py client or PUB/SUB (None: nothing), shielded, bounded, ignoring a dead server."""
     if client is not None:
-        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S), contextlib.suppress(Exception):
             await aio_as_trio(client.aclose)()
 
 
@@ -331,6 +339,7 @@ class RedisBus:
                     nursery.start_soon(self._read_streams, reader, shards, positions)
                 nursery.start_soon(self._read_ephemeral, pubsub)
                 nursery.start_soon(self._measure_lag, positions)
+                nursery.start_soon(self._probe_health)
         finally:
             for client in (pubsub, *(reader for reader, _ in readers)):
                 await _close_quietly(client)
@@ -397,17 +406,30 @@ class RedisBus:
         return self._redis
 
     async def call(self, method, *args, **kwargs):
-        """One redis-py call from Trio; its answer, or ``BusUnavailable`` for any failure."""
-        answer = await self.reply(method, *args, **kwargs)
-        if isinstance(answer, redis.exceptions.ResponseError):
-            raise self.refused(answer)
-        return answer
+        """One redis-py call from Trio, within ``bus.call_timeout_s``; its answer, or
+        ``BusUnavailable`` for any failure."""
+        return self._raised(await self._reply(0.0, method, args, kwargs))
+
+    async def call_waiting(self, wait_s: float, method, *args, **kwargs):
+        """``call`` of a command that waits up to ``wait_s`` on the server (a blocking read)."""
+        return self._raised(await self._reply(wait_s, method, args, kwargs))
 
     async def reply(self, method, *args, **kwargs):
         """``call``, but an error reply is returned (and not counted) for the caller to
         judge; one it did not expect is raised as ``refused(error)``."""
+        return await self._reply(0.0, method, args, kwargs)
+
+    def _raised(self, answer):
+        if isinstance(answer, redis.exceptions.ResponseError):
+            raise self.refused(answer)
+        return answer
+
+    async def _reply(self, wait_s: float, method, args, kwargs):
         try:
-            return await aio_as_trio(method)(*args, **kwargs)
+            with trio.fail_after(wait_s + self._config.call_timeout_s):
+                return await aio_as_trio(method)(*args, **kwargs)
+        except trio.TooSlowError:
+            raise self._lost(f"no answer within {self._config.call_timeout_s:g} s") from None
         except _UNREACHABLE as exc:
             raise self._lost(exc) from None
         except redis.exceptions.ResponseError as exc:
@@ -415,8 +437,8 @@ class RedisBus:
         except redis.exceptions.RedisError as exc:  # an answer redis-py could not read
             raise self.refused(exc) from None
 
-    def _lost(self, error: Exception) -> BusUnavailable:
-        """Count a failure to reach Redis; the error to raise for it."""
+    def _lost(self, error: Exception | str) -> BusUnavailable:
+        """Count a failure to reach Redis (down, or no answer in time); the error to raise for it."""
         self._ready = False
         self.errors[UNREACHABLE] += 1
         return BusUnavailable(f"redis: {error}")
@@ -597,7 +619,8 @@ class RedisBus:
         windows = {s: await self._window_before(s, positions[stream_key(s)]) for s in shards}
         while True:
             reading = {stream_key(s): positions[stream_key(s)] for s in shards}
-            answer = await self.call(reader.xread, reading, count=READ_COUNT, block=READ_BLOCK_MS)
+            answer = await self.call_waiting(READ_BLOCK_MS / 1000, reader.xread, reading, count=READ_COUNT,
+                                             block=READ_BLOCK_MS)
             for key, entries in answer or ():
                 shard, position_key = shard_of_key[key], key.decode()
                 for entry_id, fields in entries:
@@ -662,9 +685,18 @@ class RedisBus:
                 self.lag[shard] = (behind, seconds)
             await trio.sleep(LAG_INTERVAL_S)
 
+    async def _probe_health(self) -> None:
+        """``PING`` every ``bus.health_interval_s``: a Redis that stops answering (not only
+        one that closes connections) fails it within ``bus.call_timeout_s``, and the bus
+        turns not ready and reconnects."""
+        while True:
+            await trio.sleep(self._config.health_interval_s)
+            await self.call(self._redis.ping)
+
     async def _read_ephemeral(self, pubsub) -> None:
         while True:
-            message = await self.call(pubsub.get_message, ignore_subscribe_messages=True, timeout=1.0)
+            message = await self.call_waiting(READ_BLOCK_MS / 1000, pubsub.get_message,
+                                              ignore_subscribe_messages=True, timeout=READ_BLOCK_MS / 1000)
             if message is not None and message["type"] == "message":
                 try:
                     event = decode_bounded(_decode_ephemeral, message["data"])

@@ -76,3 +76,49 @@ async def test_redis_killed_and_restarted_keeps_clients_and_loses_nothing(nurser
     finally:
         redis_proc.kill()
         redis_proc.wait()
+
+
+async def test_a_hung_redis_is_noticed_at_once_and_nothing_acknowledged_is_lost(nursery, aio_loop, tmp_path):
+    """SIGSTOP: Redis accepts connections but answers nothing. Every call has a deadline."""
+    port = free_port()
+    redis_proc = start_redis(port, tmp_path)
+    try:
+        node = Node(server_config(bus={"redis_url": f"redis://127.0.0.1:{port}/0", "call_timeout_s": 1.0}))
+        server = Server(node, await nursery.start(node.run))
+        acknowledged = []
+        async with open_client(server.ws(), server.token()) as client:
+            await client.subscribe("professional:1")
+            for i in range(3):
+                assert (await server.publish(appointment(f"before-{i}"))).status_code == 200
+                acknowledged.append(f"before-{i}")
+            redis_proc.send_signal(signal.SIGSTOP)
+            await wait_ready(server, False)
+            with trio.fail_after(10):  # answered within the deadline, not when Redis comes back
+                hung = await server.publish(appointment("during", id="during"))
+            assert hung.status_code == 503 and hung.json()["error"] == 201  # UNAVAILABLE
+            with trio.fail_after(10), pytest.raises(Closed) as refused:
+                async with open_client(server.ws(), server.token(user="late")):
+                    pass
+            assert refused.value.code == 1013
+            assert (await client.ping())["op"] == "pong"  # connected clients stay
+            assert node.bus.errors["unreachable"] >= 1
+
+            redis_proc.send_signal(signal.SIGCONT)
+            await wait_ready(server, True)
+            retried = await server.publish(appointment("during", id="during"))  # a 503 is retried with its id
+            assert retried.status_code == 200
+            acknowledged.append("during")
+            assert (await server.publish(appointment("after"))).status_code == 200
+            acknowledged.append("after")
+            got = []
+            with trio.fail_after(10):
+                while len(got) < len(acknowledged):
+                    got.append((await client.next_event())["data"]["appointmentId"])
+            assert got == acknowledged  # each once, in order
+            with trio.move_on_after(0.5):
+                extra = await client.next_event()
+                pytest.fail(f"delivered twice: {extra}")
+    finally:
+        redis_proc.send_signal(signal.SIGCONT)
+        redis_proc.kill()
+        redis_proc.wait()
