@@ -51,7 +51,7 @@ from protocol.rooms import RoomKind, parse_room, room_key
 from protocol.wires import FRAMES, Wire
 from rtserver.auth import Claims, auto_rooms
 from rtserver.boundary import contained
-from rtserver.bus import Bus, RoomHistory, read_rooms
+from rtserver.bus import HISTORY_PAGE, Bus, RoomHistory, read_rooms
 from rtserver.config import Config
 from rtserver.metrics import Metrics
 from rtserver.schedules import ScheduleStore
@@ -379,12 +379,15 @@ class Connection:
         Without ``since``, live events follow the answer. With ``since``, the answer says
         whether the history reached back to it, the missed events follow, and the rooms
         then deliver what arrived meanwhile (``Promote``) and go live, with no gap and no
-        duplicate. With ``snapshot`` (given the room's name and whether the history reached
-        back; it may answer None), each room's snapshot frame follows the answer, read
-        after the room began holding live events for this connection; when snapshots have
-        cursors, the history after the oldest of them (or after ``since``, if older) that no
-        snapshot already covers follows, so snapshots, resumed rooms and live events join
-        with no gap and no duplicate.
+        duplicate. The history is replayed page by page under flow control: the next page
+        is read once the client's socket took the previous one, so a backlog of any size
+        within the retained history catches up without filling the outbound budget. With
+        ``snapshot`` (given the room's name and whether the history reached back; it may
+        answer None), each room's snapshot frame follows the answer, read after the room
+        began holding live events for this connection; when snapshots have cursors, the
+        history after the oldest of them (or after ``since``, if older) that no snapshot
+        already covers follows, so snapshots, resumed rooms and live events join with no
+        gap and no duplicate.
         """
         rooms: dict[str, Room] = {}
         for name in names:
@@ -402,35 +405,49 @@ class Connection:
             buffers[name] = room.begin_recovery(self.session, self._s.config.bus.max_history)
             self._rooms[name] = room
         try:
-            recovered, history = None, None
+            recovered, start, page = None, since, None
             if since is not None:
-                history = await self._history(names, since)
-                recovered = history is not None
+                page = await self._history_page(names, since)
+                recovered = page is not None
             snapshots: list[RoomSnapshot] = []
             if snapshot is not None:
                 snapshots = [snap for name in rooms if (snap := await snapshot(name, bool(recovered)))]
-                start = min((snap.cursor for snap in snapshots if snap.cursor is not None),
-                            key=lambda cursor: cursor.offset, default=None)
-                if start is not None and (history is None or start.offset < since.offset):
-                    history = await self._history(names, start)
-                    if history is None:
+                oldest = min((snap.cursor for snap in snapshots if snap.cursor is not None),
+                             key=lambda cursor: cursor.offset, default=None)
+                if oldest is not None and (page is None or oldest.offset < since.offset):
+                    start, page = oldest, await self._history_page(names, oldest)
+                    if page is None:
                         self._log("snapshot_history_lost", rooms=names)  # live events follow
-            head = history.cursor if history is not None else await self._s.bus.head(self._shard)
+            head = page.cursor if page is not None else await self._s.bus.head(self._shard)
         except BaseException:  # nothing was answered: the rooms must not hold events for it
             for name, room in rooms.items():
                 self._rooms.pop(name, None)
                 room.remove(self.session)
             raise
-        answer(recovered, head)
+        # When more pages follow, the answer's cursor is where the replay starts: a client
+        # cut off during it resumes from the last event it got, or from there.
+        answer(recovered, start if page is not None and page.more else head)
         for snap in snapshots:
             self._send(snap.frame)
-        replay = [(event, name) for event, name in history.events if not any(snap.covers(event) for snap in snapshots)] \
-            if history is not None else []
+
+        def missed(history: RoomHistory) -> list[tuple[StoredEvent, str]]:
+            return [(event, name) for event, name in history.events if not any(s.covers(event) for s in snapshots)]
+
+        while page is not None and page.more:
+            for event, name in missed(page):
+                self._send(event.frame(name))
+            await self.out.wait_flushed()  # flow control: the client took this page
+            page = await self._history_page(names, page.cursor)
+            if page is None:  # trimmed while replaying: the client resumes from what it got
+                self._log("history_lost_while_replaying", rooms=names)
+                self.slow_consumer()
+                return
+        replay = missed(page) if page is not None else []
         if len(rooms) > 1:  # in stream order across the rooms, so that no cursor passes a missed event
             for event, name in replay:
                 self._send(event.frame(name))
             replay = []
-        after = head.offset if history is not None else None
+        after = page.cursor.offset if page is not None else None
         for name, room in rooms.items():
             await room.promote(Promote(
                 self.session, buffers[name], self._wire, self.out.push, after,
@@ -441,12 +458,11 @@ class Connection:
     def _room_caught_up(self) -> None:
         """A room of ``_join`` has pushed what it buffered and delivers live from now on."""
 
-    async def _history(self, names: list[str], since: Cursor) -> RoomHistory | None:
-        """The rooms' events after ``since``; None when the history does not reach back
-        (more than ``bus.max_history`` events to replay counts as not reaching)."""
-        history = await read_rooms(self._s.bus, self.claims.tenant, set(names), since,
-                                   self._s.config.bus.max_history)
-        return history if history.recovered and not history.more else None
+    async def _history_page(self, names: list[str], since: Cursor) -> RoomHistory | None:
+        """A page of the rooms' events after ``since`` (``more`` when others follow); None
+        when the history does not reach back to ``since`` (trimmed, another epoch)."""
+        history = await read_rooms(self._s.bus, self.claims.tenant, set(names), since, HISTORY_PAGE)
+        return history if history.recovered else None
 
     def _log(self, message: str, **fields: object) -> None:
         log.info(message, session=self.session, user=self.claims.user, tenant=self.claims.tenant,

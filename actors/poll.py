@@ -79,6 +79,10 @@ class PollAnswer:
         self.nbytes += len(frame)
         self.arrived.set()
 
+    async def wait_flushed(self) -> None:
+        """Nothing to wait for: the answer collects until it is full (then it is sent)."""
+        await trio.lowlevel.checkpoint()
+
     def cursor(self, default: str) -> str:
         """The cursor of the last frame that has one; ``default`` when none has."""
         for frame in reversed(self.frames):

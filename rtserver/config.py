@@ -128,7 +128,9 @@ class BusConfig(_Section):
     #: Redis bus: an entry whose ``id`` appeared in the previous N entries of its shard
     #: (a producer's retried plain XADD) is dropped when read, the same way on every node.
     read_dedupe_window: int = 1000
-    #: Largest history answer to one ``since`` read, events.
+    #: Largest answer of ``GET /{ns}/events``, events; and the live events a resuming
+    #: connection may have buffered while it replays its history (more: it is closed as a
+    #: slow consumer and resumes from where it got).
     max_history: int = 10_000
     #: Redis bus: seconds one call may take (a blocking read: beyond its server-side
     #: wait); past it the call fails like an unreachable Redis (503, 1013, a temporary
