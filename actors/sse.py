@@ -43,16 +43,18 @@ from protocol.wires import SSE_JSON
 
 class SseStream(HttpSession):
     transport = "sse"
-    __slots__ = ()
+    __slots__ = ("_head",)
 
-    def __init__(self, sock: socket.socket, **session) -> None:
+    def __init__(self, sock: socket.socket, *, response_headers: list[tuple[bytes, bytes]] = (), **session) -> None:
+        """``response_headers``: more headers of the response (CORS)."""
         super().__init__(sock, wire=SSE_JSON, **session)
         cfg = self._s.config.connection
         self.out = OutboundQueue(sock, self._s.writer, max_frames=cfg.outbound_max_frames,
                                  max_bytes=cfg.outbound_max_bytes, owner=self)
+        self._head = sse_head(cfg.sse_retry_ms, [*response_headers, (b"connection", b"close")])
 
     async def _start(self) -> None:
-        self.out.push(sse_head(self._s.config.connection.sse_retry_ms, [(b"connection", b"close")]))
+        self.out.push(self._head)
         await super()._start()
 
     async def _serve(self) -> None:

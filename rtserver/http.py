@@ -38,6 +38,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from protocol.catalog import Namespace
+from protocol.cors import cors_headers, origin_allowed
 from protocol.cursors import Cursor
 from protocol.envelope import decode_publish
 from protocol.errors import CloseCode, ReplyCode, ReplyError
@@ -125,6 +126,16 @@ def create_app(node: Node) -> QuartTrio:
         """The boundary of every route: logged with a correlation id, counted, a 500."""
         failure_id = record_failure(node.metrics, f"http:{request.endpoint or 'unrouted'}", exc, path=request.path)
         return Response(internal_error_body(failure_id), status=500, content_type="application/json")
+
+    @app.after_request
+    async def cross_origin(response: Response) -> Response:
+        """Catch-up and presence answer a page of an allowed origin (``protocol.cors``)."""
+        origin = request.headers.get("origin")
+        if request.endpoint in ("events", "presence") and origin_allowed(
+                origin, request.headers.get("host", ""), node.config.server.allowed_origins):
+            for name, value in cors_headers(origin):
+                response.headers[name.decode()] = value.decode("latin-1")
+        return response
 
     @app.get("/healthz")
     async def healthz():

@@ -51,6 +51,7 @@ from actors.poll import PollRequest
 from actors.sse import SseStream
 from actors.websocket import WebSocketConnection
 from protocol.catalog import Namespace
+from protocol.cors import cors_headers, origin_allowed, preflight_headers
 from protocol.cursors import Cursor
 from protocol.errors import CloseCode, ReplyCode, ReplyError
 from protocol.presence import PresenceState
@@ -69,6 +70,9 @@ log = structlog.get_logger("rtserver.listener")
 WS_PATHS = {f"/{ns.value}/ws": ns for ns in Namespace}
 SSE_PATHS = {f"/{ns.value}/sse": ns for ns in Namespace}
 POLL_PATHS = {f"/{ns.value}/poll": ns for ns in Namespace}
+#: The HTTP transports a page of another origin may use when ``server.allowed_origins`` lets it.
+CORS_PATHS = frozenset({*SSE_PATHS, *POLL_PATHS, *(f"/{ns.value}/{endpoint}" for ns in Namespace
+                                                   for endpoint in ("commands", "events", "presence"))})
 #: Longest session id a client may give back (``?session=``).
 MAX_SESSION_ID = 64
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
@@ -214,12 +218,22 @@ class Listener:
                 await _linger_close(sock)
                 return
             bodiless = not length and not _is_chunked(request)
+            cors: list[tuple[bytes, bytes]] = []
+            if path in CORS_PATHS:
+                answered = await self._cross_origin(sock, parser, request, bodiless)
+                if answered is not None:  # refused (then closed), or a preflight answered
+                    if not answered:
+                        return
+                    del pending[:head_end]
+                    timeout = self._config.keep_alive_s
+                    continue
+                cors = cors_headers(_headers(request).get("origin"))
             if request.method == b"GET" and bodiless and (path in SSE_PATHS or path in POLL_PATHS):
                 del pending[:head_end]
                 if path in SSE_PATHS:
-                    await self._sse(sock, parser, request, SSE_PATHS[path])
+                    await self._sse(sock, parser, request, SSE_PATHS[path], cors)
                     return
-                if not await self._poll(sock, parser, request, POLL_PATHS[path]):
+                if not await self._poll(sock, parser, request, POLL_PATHS[path], cors):
                     sock.close()
                     return
                 timeout = self._config.keep_alive_s
@@ -230,7 +244,7 @@ class Listener:
                     await self._serve_http(ReplayStream(sock, bytes(pending)))
                 return
             del pending[:head_end]
-            if not await self._post(sock, parser, request, pending, handler, _POST_WHERE.get(path, "commands")):
+            if not await self._post(sock, parser, request, pending, handler, _POST_WHERE.get(path, "commands"), cors):
                 sock.close()
                 return
             timeout = self._config.keep_alive_s
@@ -247,23 +261,23 @@ class Listener:
         return end + 4
 
     async def _post(self, sock: socket.socket, parser: h11.Connection, request: h11.Request,
-                    pending: bytearray, handler: PostHandler, where: str) -> bool:
+                    pending: bytearray, handler: PostHandler, where: str, cors: list[tuple[bytes, bytes]]) -> bool:
         """Serve one fast POST (``pending``: what followed its head); False when the
         connection must close."""
         body = await self._read_body(sock, parser, pending)
         if isinstance(body, int):  # refused: answered, then the connection closes
             if body:
                 await self._respond(sock, parser, body, error_body(body, _BODY_REFUSALS[body]),
-                                    [(b"connection", b"close")])
+                                    [*cors, (b"connection", b"close")])
                 await _linger_close(sock)  # the rest of the body unread must not reset the answer
             return False
         query = urlsplit(request.target.decode("latin-1")).query
         with contained(self._services.metrics, where, path=request.target.decode("latin-1")[:100]) as failure:
             status, answer = await handler(query, _headers(request), body)
         if failure.id is not None:
-            await self._respond(sock, parser, 500, internal_error_body(failure.id), [(b"connection", b"close")])
+            await self._respond(sock, parser, 500, internal_error_body(failure.id), [*cors, (b"connection", b"close")])
             return False
-        return await self._respond(sock, parser, status, answer)
+        return await self._respond(sock, parser, status, answer, cors)
 
     async def _read_body(self, sock: socket.socket, parser: h11.Connection, pending: bytearray) -> bytes | int:
         """The body of the request ``parser`` has the head of, framed by h11 (Content-Length
@@ -294,16 +308,40 @@ class Listener:
                     return bytes(body)
         return 408
 
-    async def _respond(self, sock: socket.socket, parser: h11.Connection, status: int, body: bytes,
+    async def _respond(self, sock: socket.socket, parser: h11.Connection, status: int, body: bytes | None,
                        extra_headers: list[tuple[bytes, bytes]] = ()) -> bool:
-        """Send one JSON response (bounded); False when the connection must close."""
-        response = parser.send(h11.Response(status_code=status, headers=[
-            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *extra_headers]))
-        response += parser.send(h11.Data(data=body)) + parser.send(h11.EndOfMessage())
+        """Send one JSON response (None: no body, a 204) (bounded); False when the
+        connection must close."""
+        content = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))] if body else []
+        response = parser.send(h11.Response(status_code=status, headers=[*content, *extra_headers]))
+        if body:
+            response += parser.send(h11.Data(data=body))
+        response += parser.send(h11.EndOfMessage())
         with trio.move_on_after(self._config.handshake_timeout_s):
             if await _send_all(sock, response):
                 return parser.our_state is h11.DONE
         return False
+
+    async def _cross_origin(self, sock: socket.socket, parser: h11.Connection, request: h11.Request,
+                            bodiless: bool) -> bool | None:
+        """Apply ``server.allowed_origins`` to a request of an HTTP transport (``protocol.cors``):
+        None when it is to be served; else it was answered here, a preflight (True: the
+        connection stays) or a refused origin (False: closed)."""
+        headers = _headers(request)
+        origin = headers.get("origin")
+        if not origin_allowed(origin, headers.get("host", ""), self._config.allowed_origins):
+            await self._respond(sock, parser, 403, error_body(403, "origin not allowed"), [(b"connection", b"close")])
+            await _linger_close(sock)
+            return False
+        if request.method != b"OPTIONS" or origin is None or "access-control-request-method" not in headers:
+            return None
+        allowed = preflight_headers(origin, headers.get("access-control-request-headers", ""))
+        if allowed is None or not bodiless:
+            await self._respond(sock, parser, 403, error_body(403, "preflight asks for what these endpoints do not take"),
+                                [(b"connection", b"close")])
+            await _linger_close(sock)
+            return False
+        return await self._respond(sock, parser, 204, None, allowed)
 
     # -- SSE and long-poll -----------------------------------------------------------------
     def _http_session(self, request: h11.Request, ns: Namespace) -> tuple[Claims, Cursor | None, str, Joining]:
@@ -349,32 +387,35 @@ class Listener:
             return exc.status, error_body(exc.disconnect.code, exc.message)
         return STATUS_OF_REPLY.get(exc.code, 400), error_body(int(exc.code), exc.message)
 
-    async def _sse(self, sock: socket.socket, parser: h11.Connection, request: h11.Request, ns: Namespace) -> None:
+    async def _sse(self, sock: socket.socket, parser: h11.Connection, request: h11.Request, ns: Namespace,
+                   cors: list[tuple[bytes, bytes]]) -> None:
         try:
             claims, since, session, joining = self._http_session(request, ns)
         except (AuthError, ReplyError) as exc:
-            await self._respond(sock, parser, *self._refuse(exc, ns), [(b"connection", b"close")])
+            await self._respond(sock, parser, *self._refuse(exc, ns), [*cors, (b"connection", b"close")])
             await _linger_close(sock)
             return
         stream = SseStream(sock, services=self._services, claims=claims, ns=ns, session=session,
-                           since=since, joining=joining)
+                           since=since, joining=joining, response_headers=cors)
         self._nursery.start_soon(self._run_connection, stream)
 
-    async def _poll(self, sock: socket.socket, parser: h11.Connection, request: h11.Request, ns: Namespace) -> bool:
+    async def _poll(self, sock: socket.socket, parser: h11.Connection, request: h11.Request, ns: Namespace,
+                    cors: list[tuple[bytes, bytes]]) -> bool:
         """Serve one long-poll request; False when the connection must close."""
         try:
             claims, since, session, joining = self._http_session(request, ns)
         except (AuthError, ReplyError) as exc:
-            return await self._respond(sock, parser, *self._refuse(exc, ns))
+            return await self._respond(sock, parser, *self._refuse(exc, ns), cors)
+
         async def respond(body: bytes) -> bool:
-            return await self._respond(sock, parser, 200, body, [(b"cache-control", b"no-store")])
+            return await self._respond(sock, parser, 200, body, [*cors, (b"cache-control", b"no-store")])
 
         poll = PollRequest(sock, services=self._services, claims=claims, ns=ns, session=session,
                            since=since, joining=joining, respond=respond)
         with contained(self._services.metrics, "poll", session=session) as failure:
             await poll.run()
         if failure.id is not None and parser.our_state is h11.SEND_RESPONSE:  # nothing was answered
-            await self._respond(sock, parser, 500, internal_error_body(failure.id), [(b"connection", b"close")])
+            await self._respond(sock, parser, 500, internal_error_body(failure.id), [*cors, (b"connection", b"close")])
         return poll.kept_alive and failure.id is None
 
     async def _run_connection(self, connection: Connection) -> None:
@@ -426,7 +467,7 @@ class Listener:
             return None
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.extra_headers}
         query = dict(parse_qsl(urlsplit(request.target).query))
-        if not self._origin_allowed(headers.get("origin"), request.host):
+        if not origin_allowed(headers.get("origin"), request.host, self._config.allowed_origins):
             self._reject(sock, handshake, 403, "origin not allowed")
             return None
         wire_name = next((p for p in request.subprotocols if p in WS_WIRES), None)
@@ -466,12 +507,6 @@ class Listener:
             sock.close()
             return None
         return connection
-
-    def _origin_allowed(self, origin: str | None, host: str) -> bool:
-        allowed = self._config.allowed_origins
-        if origin is None or "*" in allowed or origin in allowed:
-            return True
-        return not allowed and urlsplit(origin).netloc == host
 
     def _reject(self, sock: socket.socket, handshake, status: int, message: str) -> None:
         body = error_body(status, message)

@@ -6,6 +6,7 @@ offline emulation does not)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -106,14 +107,14 @@ class RunningServer:
         return answer.json()
 
 
-@pytest.fixture(scope="module")
-def rtserver_process(tmp_path_factory):
-    config = tmp_path_factory.mktemp("browser") / "rtserver.toml"
+def start_rtserver(folder, allowed_origins: list[str]) -> tuple[subprocess.Popen, RunningServer]:
+    """``rtserver serve`` on a free port (fast presence timers for the pages)."""
+    config = folder / "rtserver.toml"
     config.write_text(f"""
 [server]
 host = "127.0.0.1"
 port = 0
-allowed_origins = ["*"]
+allowed_origins = {json.dumps(allowed_origins)}
 [auth]
 hs256_secret = "{SECRET}"
 [presence]
@@ -132,7 +133,13 @@ heartbeat_s = 5
             port = int(match.group(1))
     assert port, "rtserver did not start"
     threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
-    yield RunningServer(port)
+    return process, RunningServer(port)
+
+
+@pytest.fixture(scope="module")
+def rtserver_process(tmp_path_factory):
+    process, server = start_rtserver(tmp_path_factory.mktemp("browser"), ["*"])
+    yield server
     process.terminate()
     process.wait(timeout=30)
 

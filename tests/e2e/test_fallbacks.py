@@ -208,3 +208,37 @@ async def test_subjects_of_identity_providers_work_on_every_transport_with_their
         typing = await command(server.http, token, {"op": "emit", "event": "typing:start", "room": "thread:9",
                                                     "ref": 1})
         assert typing.status_code == 200 and typing.json()["op"] == "ack"
+
+
+GOOD, EVIL = "http://good.example", "http://evil.example"  # server_config allows the good one
+
+
+async def test_the_http_transports_answer_pages_of_allowed_origins_and_refuse_others(server):
+    token = server.token()
+    async with open_sse(server.http, token, headers={"origin": GOOD}) as sse:
+        assert sse.response.headers["access-control-allow-origin"] == GOOD
+    async with open_sse(server.http, token, headers={"origin": EVIL}) as sse:
+        assert sse.response.status_code == 403 and "access-control-allow-origin" not in sse.response.headers
+    async with httpx.AsyncClient(base_url=server.http, headers={"authorization": f"Bearer {token}"}) as http:
+        for origin, status in ((GOOD, 200), (EVIL, 403)):
+            polled = await http.get("/hub/poll", headers={"origin": origin})
+            posted = await http.post("/hub/commands", json={"op": "ping"}, headers={"origin": origin})
+            presence = await http.get("/hub/presence", params={"group": "attendants"}, headers={"origin": origin})
+            for answer in (polled, posted, presence):
+                assert answer.status_code == status
+                assert answer.headers.get("access-control-allow-origin") == (GOOD if status == 200 else None)
+        no_origin = await http.post("/hub/commands", json={"op": "ping"})  # not a browser's cross-origin call
+        assert no_origin.status_code == 200 and "access-control-allow-origin" not in no_origin.headers
+
+
+async def test_preflights_name_what_the_http_transports_take(server):
+    asking = {"access-control-request-method": "POST", "access-control-request-headers": "Authorization, Content-Type"}
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        allowed = await http.options("/hub/commands", headers={"origin": GOOD, **asking})
+        assert allowed.status_code == 204 and allowed.headers["access-control-allow-origin"] == GOOD
+        assert allowed.headers["access-control-allow-headers"] == "authorization, content-type"
+        assert "POST" in allowed.headers["access-control-allow-methods"]
+        evil = await http.options("/hub/events", headers={"origin": EVIL, **asking})
+        odd = await http.options("/hub/commands", headers={"origin": GOOD, **asking,
+                                                           "access-control-request-headers": "x-forwarded-for"})
+        assert evil.status_code == odd.status_code == 403
