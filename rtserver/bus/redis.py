@@ -17,7 +17,9 @@ Keys per shard, all with the shard as Redis Cluster hash tag (SPEC §13):
 Entries a producer appended twice (a retried plain ``XADD`` with the same ``id``) are
 dropped when read: an entry whose ``id`` appeared in the previous ``bus.read_dedupe_window``
 entries of its stream is a repeat. Live readers and history reads apply the same rule to
-the same entries, so every node and every resume decides alike.
+the same entries, so every node and every resume decides alike. The live reader keeps
+what it decided (``RepeatLedger``), so a history read after the position it started
+from asks the ledger instead of reading the window again: a resume costs what it missed.
 
 Lost history is detected from ``XINFO STREAM`` (Redis ≥ 7.0): a cursor older than the
 first entry of a stream that had more entries added than it holds (``MAXLEN`` trimmed
@@ -201,6 +203,41 @@ class DedupeWindow:
         return repeated
 
 
+class RepeatLedger:
+    """The live reader's decisions on one shard: which entries after ``start`` through
+    ``through`` were producers' repeats (the ``RepeatLedger.KEPT`` newest of them)."""
+
+    __slots__ = ("start", "through", "repeats", "_order", "_advanced")
+    KEPT = 100_000
+
+    def __init__(self, start: Offset) -> None:
+        self.start = start
+        self.through = start
+        self.repeats: set[Offset] = set()
+        self._order: collections.deque[Offset] = collections.deque()
+        self._advanced = trio.Event()
+
+    def judged(self, offset: Offset, repeated: bool) -> None:
+        """The live reader decided on the entry at ``offset`` (in stream order)."""
+        if repeated:
+            self.repeats.add(offset)
+            self._order.append(offset)
+            if len(self._order) > self.KEPT:  # forgotten: entries up to it are no longer answered
+                self.start = self._order.popleft()
+                self.repeats.discard(self.start)
+        self.through = offset
+
+    def advanced(self) -> None:
+        """Wake the history reads waiting for the reader to reach their entries."""
+        self._advanced.set()
+        self._advanced = trio.Event()
+
+    async def wait_through(self, offset: Offset) -> None:
+        """Until the reader decided on the entry at ``offset`` (bound it with a scope)."""
+        while self.through < offset:
+            await self._advanced.wait()
+
+
 def _is_missing_stream(error: Exception) -> bool:
     return isinstance(error, redis.exceptions.ResponseError) and "no such key" in str(error).lower()
 
@@ -264,6 +301,8 @@ class RedisBus:
         self.lag: dict[int, tuple[int, float]] = {s: (0, 0.0) for s in range(config.shards)}
         #: Per shard: the stream's ``entries-added`` count at this reader's position.
         self._consumed: dict[int, int] = {}
+        #: Per shard: what the live reader decided about producers' repeats.
+        self._ledgers: dict[int, RepeatLedger] = {}
 
     @classmethod
     def for_config(cls, config: Config, *, on_dead_letter: Callable[[str], None] | None = None) -> RedisBus:
@@ -575,19 +614,32 @@ class RedisBus:
         if cursor.epoch != epoch or cursor.offset > head.offset or (info is not None and (
                 cursor.offset < info["max-deleted"] or (info["trimmed"] and cursor.offset < info["first"]))):
             return History([], recovered=False, cursor=head, more=False)
-        if any(b"id" in fields for _, fields in entries[:limit]):
-            window = await self._window_before(shard, str(cursor.offset))
-        else:  # no producer ids on this page: nothing can repeat
-            window = DedupeWindow(0)
+        page = entries[:limit]
+        repeated = await self._repeats(shard, cursor.offset, _offset(page[-1][0])) \
+            if any(b"id" in fields for _, fields in page) else None  # no producer ids: nothing repeats
         events = []
-        for entry_id, fields in entries[:limit]:
-            if window.seen_then_add(fields):
+        for entry_id, fields in page:
+            if repeated is not None and repeated(_offset(entry_id), fields):
                 continue  # a producer's repeat
             parsed = self._parse(shard, entry_id, fields)
             if isinstance(parsed, StoredEvent):  # the live readers dead-letter the rest
                 events.append(parsed)
         last = Cursor(shard, epoch, _offset(entries[:limit][-1][0])) if entries else cursor
         return History(events, recovered=True, cursor=last, more=len(entries) > limit)
+
+    async def _repeats(self, shard: int, after: Offset, last: Offset) -> Callable[[Offset, dict], bool]:
+        """Whether each entry after ``after`` through ``last`` (asked in stream order) is a
+        producer's repeat: from the live reader's ledger when it started before ``after``
+        (waiting, within the call deadline, for it to reach ``last``), else by reading the
+        dedupe window before ``after``."""
+        ledger = self._ledgers.get(shard)
+        if ledger is not None and ledger.start <= after:
+            with trio.move_on_after(self._config.call_timeout_s):
+                await ledger.wait_through(last)
+            if ledger.through >= last and self._ledgers.get(shard) is ledger:
+                return lambda offset, fields: offset in ledger.repeats
+        window = await self._window_before(shard, str(after))
+        return lambda offset, fields: window.seen_then_add(fields)
 
     async def _window_before(self, shard: int, position: str) -> DedupeWindow:
         """The dedupe window as it stands after the entry at ``position`` (inclusive)."""
@@ -617,20 +669,28 @@ class RedisBus:
         """XREAD BLOCK ``shards`` from this node's own positions; feed the subscribers."""
         shard_of_key = {stream_key(s).encode(): s for s in shards}
         windows = {s: await self._window_before(s, positions[stream_key(s)]) for s in shards}
+        for shard in shards:  # a ledger goes on only from where it stopped
+            position, ledger = _offset(positions[stream_key(shard)]), self._ledgers.get(shard)
+            if ledger is None or ledger.through != position:
+                self._ledgers[shard] = RepeatLedger(position)
         while True:
             reading = {stream_key(s): positions[stream_key(s)] for s in shards}
             answer = await self.call_waiting(READ_BLOCK_MS / 1000, reader.xread, reading, count=READ_COUNT,
                                              block=READ_BLOCK_MS)
             for key, entries in answer or ():
                 shard, position_key = shard_of_key[key], key.decode()
+                ledger = self._ledgers[shard]
                 for entry_id, fields in entries:
-                    if not windows[shard].seen_then_add(fields):  # else a producer's repeat
+                    repeated = windows[shard].seen_then_add(fields)
+                    if not repeated:
                         event = await self._checked(shard, entry_id, fields)
                         if event is not None:
                             await broadcast(self._subscribers, event)
                     # Per entry: a reconnect in the middle of a batch re-reads nothing handed on.
                     positions[position_key] = entry_id.decode()
+                    ledger.judged(_offset(entry_id), repeated)
                     self._consumed[shard] += 1
+                ledger.advanced()
 
     def parse_entry(self, shard: int, entry_id: bytes, fields: dict[bytes, bytes]) -> StoredEvent | None:
         """The entry as an event; None when it must not be forwarded (dead-lettered)."""
