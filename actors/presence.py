@@ -6,6 +6,7 @@ Mailbox
     ``connected`` / ``heartbeat`` / ``switch`` / ``disconnected`` from the connection
     actors, through one bounded channel (a connection waits when it is full; the
     ``_nowait`` forms, for commands forwarded through a room, drop and log instead).
+    Whatever is queued is handled together: one store round trip for a burst.
 Owns
     Per presence id (a WebSocket connection, or an SSE / long-poll *session*, whose
     streams and polls come and go): its tenant, user, presence groups, the state it asked
@@ -160,7 +161,13 @@ class Presence:
             with trio.move_on_at(due):  # only the wait: a store call is never cut short
                 message = await self._receive.receive()
             if message is not None:
-                await self._update(self._handle(message))
+                keys = self._handle(message)
+                while True:  # what else is queued joins the same store round trip
+                    try:
+                        keys |= self._handle(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self._update(keys)
                 continue
             now = trio.current_time()
             if now >= renew_at:
