@@ -11,16 +11,17 @@ import trio
 import wsproto
 from wsproto.events import CloseConnection, Request, TextMessage
 
-from rtserver.client import Closed, open_client
+from rtserver.client import open_client
 from tests.conftest import free_port, wait_port
 from tests.e2e.conftest import SECRET
 
 
 @pytest.fixture
-def config_file(tmp_path):
+def config_file(tmp_path, request):
+    """The configuration; ``drain_batch`` is 2 unless the test parametrizes it (indirect)."""
     path = tmp_path / "rt.toml"
     path.write_text(f'[auth]\nhs256_secret = "{SECRET}"\n[server]\ndrain_deadline_s = 10.0\n'
-                    'drain_batch = 2\ndrain_pace_ms = 20\n')
+                    f'drain_batch = {getattr(request, "param", 2)}\ndrain_pace_ms = 20\n')
     return path
 
 
@@ -72,27 +73,27 @@ def test_an_unknown_config_key_stops_the_server_with_its_name(tmp_path):
     assert result.returncode != 0 and "prot" in result.stderr
 
 
-async def test_sigterm_drains_clients_with_the_draining_code_and_exits_zero(serve, config_file):
-    proc, port = serve
-    token = cli("token", "--sub", "u1", "--tenant", "t1", config_file=config_file)
-    codes = []
+async def drain_codes(proc, port: int, token: str, clients: int) -> list[int | None]:
+    """Connect ``clients`` WebSockets, SIGTERM the node, and return the close code each
+    got once the process exited (with 0)."""
+    codes: list[int | None] = []
 
     async def hold(task_status=trio.TASK_STATUS_IGNORED):
-        async with open_client(f"ws://127.0.0.1:{port}/hub/ws", token) as client:
-            task_status.started()
-            try:
-                while True:
-                    await client.next_event()
-            except Closed as closed:
-                codes.append(closed.code)
+        codes.append(await held_connection(port, token, task_status=task_status))
 
-    with trio.fail_after(15):
+    with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
-            for _ in range(5):
+            for _ in range(clients):
                 await nursery.start(hold)
             proc.send_signal(signal.SIGTERM)
         assert await proc.wait() == 0
-    assert codes == [4000] * 5
+    return codes
+
+
+async def test_sigterm_drains_clients_with_the_draining_code_and_exits_zero(serve, config_file):
+    proc, port = serve
+    token = cli("token", "--sub", "u1", "--tenant", "t1", config_file=config_file)
+    assert await drain_codes(proc, port, token, 5) == [4000] * 5
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", port)
 
@@ -197,28 +198,9 @@ async def held_connection(port: int, token: str, task_status=trio.TASK_STATUS_IG
                 return None
 
 
-async def test_drain_closes_2000_clients_each_with_its_close_frame(config_file):
-    config_file.write_text(config_file.read_text().replace("drain_batch = 2", "drain_batch = 500"))
+@pytest.mark.parametrize("config_file", [500], indirect=True)
+async def test_drain_closes_2000_clients_each_with_its_close_frame(serve, config_file):
+    proc, port = serve
     token = cli("token", "--sub", "u1", "--tenant", "t1", "--roles", "attendant", config_file=config_file)
-    port = free_port()
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "rtserver", "serve", "--config", str(config_file), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    codes: list[int | None] = []
-
-    async def hold(task_status=trio.TASK_STATUS_IGNORED):
-        codes.append(await held_connection(port, token, task_status=task_status))
-
-    try:
-        await wait_port(port)
-        with trio.fail_after(120):
-            async with trio.open_nursery() as nursery:
-                for _ in range(2000):
-                    await nursery.start(hold)
-                proc.send_signal(signal.SIGTERM)
-            assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    codes = await drain_codes(proc, port, token, 2000)
     assert len(codes) == 2000 and set(codes) == {4000}, collections.Counter(codes)
