@@ -4,7 +4,8 @@ real Redis, push on), plain sockets, and a sentinel client that must keep being 
 ``LiveNode.assert_serving()`` is the invariant every robustness test checks after each
 input: the process is alive, the sentinel's WebSocket still answers a ping, and an event
 published now still reaches it. Each property tries 150 inputs (``RT_ROBUSTNESS_EXAMPLES``
-sets another number, for a longer search).
+sets another number, for a longer search): new ones on every run, the same ones in CI
+(``CI`` set), so that a submission's run is reproducible.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from tests.conftest import free_port, start_redis
 
 SECRET = "robustness-secret-0123456789abcdef0123456789abcdef0123456789abcd"
 #: Every robustness property: bounded in examples and time, the failing input printed.
-settings.register_profile("robustness", max_examples=int(os.environ.get("RT_ROBUSTNESS_EXAMPLES", "150")), deadline=None, print_blob=True,
+settings.register_profile("robustness", max_examples=int(os.environ.get("RT_ROBUSTNESS_EXAMPLES", "150")),
+                          derandomize=bool(os.environ.get("CI")),  # CI: the same inputs every run
+                          deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 settings.load_profile("robustness")
 
