@@ -24,7 +24,8 @@ Failure
     1011, never the node.
 Blocking
     On its socket's readability (bounded by the keep-alive interval); on the bus while
-    reading history for a resume. Never on other connections.
+    reading history for a resume, and on its own outbound queue draining between history
+    pages. Never on other connections.
 """
 
 from __future__ import annotations
