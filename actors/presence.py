@@ -1,4 +1,4 @@
-"""Presence actor: this node's view of the presence of the staff it serves (SPEC §8).
+"""Presence actor: this node's view of the presence of the staff it serves (docs/protocol.md, Presence).
 
 Contract
 --------

@@ -1,4 +1,4 @@
-"""Schedule projector actor: keeps every schedule's last-value record up to date (SPEC §9).
+"""Schedule projector actor: keeps every schedule's last-value record up to date (docs/protocol.md, Schedules).
 
 Contract
 --------

@@ -23,9 +23,9 @@ Blocking
     the joined frames, capped at ``flush_max_bytes`` per connection per flush so that one
     backlog cannot delay the others.
 
-Why not one writer task per connection (STYLE rule 5): FINDINGS measured ~2.4 µs of Trio
-scheduling per wake-up with 1,000 tasks and ~20 KB per connection for task-per-socket
-libraries. Here a connection costs one task (its reader) while idle; its frames leave in
+Why not one writer task per connection: measured on this stack before the project started,
+Trio scheduling costs ~2.4 µs per wake-up with 1,000 tasks, and task-per-socket libraries
+~20 KB per connection. Here a connection costs one task (its reader) while idle; its frames leave in
 one ``send`` per tick from this actor, and only a connection whose socket is full gets a
 task of its own (``_drain``) that waits for writability, so a slow client never delays a
 broadcast or another client.
@@ -226,8 +226,8 @@ class Writer:
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
                 # Coalescing window: at most one flush per interval, so that under load every
-                # connection's frames of the interval leave in one write (FINDINGS: the cost is
-                # the number of send() calls). When quiet, flush as soon as the runnable
+                # connection's frames of the interval leave in one write (bench/RESULTS.md §2: the
+                # cost is the number of send() calls). When quiet, flush as soon as the runnable
                 # producers of this round are done, so an isolated event is not delayed.
                 # The window grows with the cost of the last flush so that writing takes at most
                 # FLUSH_SHARE of the time and the rest stays for reading and routing.

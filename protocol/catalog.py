@@ -1,4 +1,4 @@
-"""The event catalog (SPEC §3): every event type, declared once.
+"""The event catalog (docs/protocol.md, Event catalog): every event type, declared once.
 
 Each type states its payload schema as a field allow-list (each field typed, see
 ``FIELD_TYPES``), its delivery class (durable

@@ -1,4 +1,4 @@
-"""Coalescing one room's events during bursts (SPEC §7), sans-IO: the caller gives the time.
+"""Coalescing one room's events during bursts (docs/protocol.md, Coalescing), sans-IO: the caller gives the time.
 
 Per coalescing key (a rule's payload fields; the digest of a schedule merges both slot
 event types under one key), the first event after a quiet window is delivered at once, so

@@ -56,5 +56,5 @@ class Cursor(NamedTuple):
 
 
 def shard_of(tenant: str, shards: int) -> int:
-    """``crc32(tenant) % shards``, with zlib's IEEE CRC-32 over UTF-8 (SPEC §13)."""
+    """``crc32(tenant) % shards``, with zlib's IEEE CRC-32 over UTF-8 (docs/protocol.md, Publishing)."""
     return zlib.crc32(tenant.encode()) % shards

@@ -1,6 +1,6 @@
 """The envelope of an event on the bus, and the body of ``POST /v1/publish``.
 
-The same fields make a stream entry (SPEC §13): ``event``, ``tenant``, ``rooms`` (a JSON
+The same fields make a stream entry (docs/protocol.md, Publishing): ``event``, ``tenant``, ``rooms`` (a JSON
 list of room names as clients write them), ``data`` (a JSON object), optional ``id``,
 ``ts`` (ms) and ``traceparent``. When a producer gives no ``id``, the entry id stands in.
 """

@@ -63,7 +63,7 @@ class Disconnect:
 
 
 class CloseCode:
-    """The close codes of the wire contract (SPEC §13), with the action of each."""
+    """The close codes of the wire contract (docs/protocol.md, Close codes), with the action of each."""
 
     NORMAL = Disconnect(1000, "normal", ClientAction.STOP)
     GOING_AWAY = Disconnect(1001, "going away", ClientAction.RESUME)

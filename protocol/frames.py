@@ -1,4 +1,4 @@
-"""Frames of the wire contract (SPEC §13) as msgspec structs, and their two codecs.
+"""Frames of the wire contract (docs/protocol.md, Frames) as msgspec structs, and their two codecs.
 
 Client frames are a tagged union on ``op``; server frames are encoded with the same keys
 in JSON (text frames, subprotocol ``rt.v1.json``) or MessagePack (binary frames,

@@ -1,4 +1,4 @@
-"""The HTTP fallback transports as bytes: Server-Sent Events and long-poll answers (SPEC §6, §13).
+"""The HTTP fallback transports as bytes: Server-Sent Events and long-poll answers (docs/protocol.md, Server-Sent Events and Long-polling).
 
 SSE: one ``200`` response with ``Transfer-Encoding: chunked`` that never ends on its own.
 Each server frame is one SSE message in one chunk: ``data:`` is the same JSON frame a

@@ -1,4 +1,4 @@
-"""Presence (SPEC §8), the parts every implementation shares: states, how the views of
+"""Presence (docs/protocol.md, Presence), the parts every implementation shares: states, how the views of
 several holders combine, and the frames announcing a user's state.
 
 A *holder* is whoever keeps a user present: a node, for the connections of that user it

@@ -1,4 +1,4 @@
-"""A schedule's last-value record (SPEC §9): what each event changes, and the snapshot.
+"""A schedule's last-value record (docs/protocol.md, Schedules): what each event changes, and the snapshot.
 
 A record holds, per schedule room (``schedule:{id}`` of a tenant), the newest value of
 each item the schedule's events describe, with the offset of the event that set it:

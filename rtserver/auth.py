@@ -1,4 +1,4 @@
-"""JWT verification (once, at the handshake) and authorization against claims (SPEC §4).
+"""JWT verification (once, at the handshake) and authorization against claims (docs/protocol.md, Room authorization).
 
 Keys: an HS256 secret, a PEM public key (RS256/ES256) and/or a JWKS file. The algorithm
 is taken from the token header only if configuration accepts it *and* a key of that

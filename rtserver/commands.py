@@ -1,4 +1,4 @@
-"""Commands over HTTP: ``POST /{ns}/commands`` from SSE and long-poll clients (SPEC §6, §13).
+"""Commands over HTTP: ``POST /{ns}/commands`` from SSE and long-poll clients (docs/protocol.md, Commands by HTTP).
 
 The body is one client frame or a JSON array of them. ``emit`` and ``ping`` are the
 commands here: rooms are chosen by reopening the stream or the poll with new ``rooms``

@@ -104,7 +104,7 @@ class RoomsConfig(_Section):
     linger_s: float = 30.0
     #: Room mailbox capacity (broadcasts and membership changes).
     mailbox: int = 4096
-    #: Coalescing window, ms (SPEC §7): the digest window of a schedule's slot events and
+    #: Coalescing window, ms (docs/protocol.md, Coalescing): the digest window of a schedule's slot events and
     #: the latest-wins window of types whose catalog rule names no interval. The first
     #: event of a key after a quiet window leaves at once; the next ones within the
     #: window are merged into one frame sent when it ends.
@@ -141,7 +141,7 @@ class BusConfig(_Section):
 
 
 class PresenceConfig(_Section):
-    """Presence (SPEC §8); the heartbeat interval is ``connection.heartbeat_s``."""
+    """Presence (docs/protocol.md, Presence); the heartbeat interval is ``connection.heartbeat_s``."""
 
     #: Heartbeat intervals without one after which a user turns away.
     away_after_heartbeats: float = 2.5
@@ -164,7 +164,7 @@ class PresenceConfig(_Section):
 
 
 class SchedulesConfig(_Section):
-    """Schedules' last-value records (SPEC §9)."""
+    """Schedules' last-value records (docs/protocol.md, Schedules)."""
 
     #: Redis: seconds between polls of the consumer group when there was nothing to read.
     poll_ms: float = 50.0

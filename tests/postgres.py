@@ -1,5 +1,5 @@
 """A throwaway PostgreSQL server for the tests and benchmarks: ``initdb`` and ``pg_ctl`` run
-as the ``postgres`` user (initdb refuses root, FINDINGS) in a folder that user owns, on a
+as the ``postgres`` user (initdb refuses to run as root) in a folder that user owns, on a
 free loopback port; ``trust`` authentication; stopped and removed at the end."""
 
 from __future__ import annotations

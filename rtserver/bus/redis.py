@@ -1,6 +1,6 @@
 """The Redis Streams bus: many nodes, one Redis (standalone or Redis Cluster).
 
-Keys per shard, all with the shard as Redis Cluster hash tag (SPEC §13):
+Keys per shard, all with the shard as Redis Cluster hash tag (docs/protocol.md, Publishing):
 
 * ``rt:{<shard>}:events`` — the stream; entries ``event tenant rooms data [id ts
   traceparent]`` as any backbone ``XADD`` writes them; ``MAXLEN ~ retention``.
@@ -28,7 +28,7 @@ A cursor at exactly the last trimmed entry is refused too: the stream cannot pro
 nothing followed it (the safe side: the client reloads).
 
 redis-py is an asyncio library: every call crosses into asyncio through trio-asyncio
-(FINDINGS), so the node must run inside ``trio_asyncio.open_loop()``. Every call has a
+(~100 µs of CPU per crossing, measured), so the node must run inside ``trio_asyncio.open_loop()``. Every call has a
 deadline (``bus.call_timeout_s``, a Trio cancel scope; ``socket_timeout=None``): a Redis that
 hangs (stopped, overloaded, a network that drops packets) fails the call like one that is
 down. The blocking ``XREAD`` has a dedicated connection and a server-side BLOCK shorter

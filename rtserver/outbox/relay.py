@@ -91,7 +91,7 @@ def relay_cursor_key(shard: int, outbox_id: str) -> str:
 
 
 def entry_fields(row: asyncpg.Record) -> list[str]:
-    """A row as the field/value items of its stream entry (SPEC §13)."""
+    """A row as the field/value items of its stream entry (docs/protocol.md, Publishing)."""
     fields = ["event", row["event"], "tenant", row["tenant"], "rooms", row["rooms"], "data", row["data"],
               "id", row["event_id"]]
     if row["ts"] is not None:

@@ -1,4 +1,4 @@
-"""Where schedules' last-value records are kept (SPEC §9): the interface and the memory store.
+"""Where schedules' last-value records are kept (docs/protocol.md, Schedules): the interface and the memory store.
 
 A store is fed every durable event once for the whole cluster, in batches of one shard
 (``read``), and ``commit`` applies a batch's updates (``protocol.schedules``) and marks the

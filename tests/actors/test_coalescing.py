@@ -1,4 +1,4 @@
-"""Coalescing windows in rooms (SPEC §7), under the autojump clock on the memory bus."""
+"""Coalescing windows in rooms (docs/protocol.md, Coalescing), under the autojump clock on the memory bus."""
 
 import msgspec
 import trio

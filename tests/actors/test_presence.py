@@ -1,4 +1,4 @@
-"""Presence timers on the memory store, under the autojump clock (SPEC §8 durations)."""
+"""Presence timers on the memory store, under the autojump clock (the durations of docs/protocol.md, Presence)."""
 
 import trio
 

@@ -1,4 +1,4 @@
-"""The schedule record contract (SPEC §9), on the memory store and on Redis (standalone
+"""The schedule record contract (docs/protocol.md, Schedules), on the memory store and on Redis (standalone
 and cluster): every event projected once for the cluster, snapshots that join history
 with no gap and no duplicate, and commands handed to the backbone."""
 

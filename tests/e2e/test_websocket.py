@@ -77,7 +77,7 @@ async def test_a_thousand_events_missed_while_away_arrive_once_in_order_on_resum
     cursor = await server.cursor_after("professional:1", server, appointment(0))
     await server.publish_all(appointment(i, rooms=("professional:1", "tenant:t1")) for i in range(1, 1001))
     # Resume both ways: ?since= for the auto-joined tenant room, sub+since for professional:1.
-    # Each event went to both rooms; the client drops the repeated id (SPEC §5).
+    # Each event went to both rooms; the client drops the repeated id (docs/protocol.md, Frames).
     async with open_client(server.ws(), server.token(), since=cursor) as client:
         assert client.hello["recovered"] is True
         ack = await client.subscribe("professional:1", since=cursor)

@@ -1,4 +1,4 @@
-"""protocol/ is sans-IO: it imports no trio and no I/O library (STYLE rule 1)."""
+"""protocol/ is sans-IO: it imports no trio and no I/O library (see protocol/__init__.py)."""
 
 import ast
 import pathlib
