@@ -44,7 +44,7 @@ def _nested_within(value: Any, limit: int) -> bool:
     return True
 
 
-def too_deep() -> ReplyError:
+def _too_deep() -> ReplyError:
     return ReplyError(ReplyCode.BAD_FRAME, f"document nested deeper than {MAX_DEPTH} levels")
 
 
@@ -55,7 +55,7 @@ def decode_bounded(decode: Callable[[bytes], T], body: bytes) -> T:
     try:
         value = decode(body)
     except RecursionError:
-        raise too_deep() from None
+        raise _too_deep() from None
     if len(body.translate(None, _NOT_OPENINGS)) > MAX_DEPTH and not _nested_within(value, MAX_DEPTH):
-        raise too_deep()
+        raise _too_deep()
     return value

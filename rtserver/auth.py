@@ -53,6 +53,8 @@ def _refused_claim(name: str, what: str) -> AuthError:
     return AuthError(CloseCode.FORBIDDEN, f"claim {name!r} {what}", 403)
 
 
+#: The format of the claims that name rooms (``protocol.rooms.is_room_id``), as told to clients.
+_ROOM_ID_FORMAT = f"1-{MAX_ID_LENGTH} letters, digits or _ . @ + | : = ~ -"
 #: Most items a list claim (roles, specialities, threads, presence groups) may hold.
 MAX_CLAIM_ITEMS = 256
 #: Longest role name, characters.
@@ -73,7 +75,7 @@ class _Payload:
         if value is None:
             return None
         if not isinstance(value, str) or not is_room_id(value):
-            raise _refused_claim(name, f"must be 1-{MAX_ID_LENGTH} letters, digits or _ . @ + | : = ~ -")
+            raise _refused_claim(name, f"must be {_ROOM_ID_FORMAT}")
         return value
 
     def room_ids(self, name: str) -> tuple[str, ...]:
@@ -81,8 +83,7 @@ class _Payload:
         values = self.strings(name)
         for value in values:
             if not is_room_id(value):
-                raise _refused_claim(name, f"holds {value[:40]!r}: ids are 1-{MAX_ID_LENGTH} letters, digits "
-                                           "or _ . @ + | : = ~ -")
+                raise _refused_claim(name, f"holds {value[:40]!r}: ids are {_ROOM_ID_FORMAT}")
         return values
 
     def strings(self, name: str, max_length: int = MAX_ID_LENGTH) -> tuple[str, ...]:
