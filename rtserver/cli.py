@@ -46,19 +46,12 @@ async def _serve(config: Config) -> None:
                 break
 
 
-async def _serve_with_redis(config: Config) -> None:
-    import trio_asyncio
-
-    async with trio_asyncio.open_loop():
-        await _serve(config)
-
-
 def cmd_serve(args: argparse.Namespace) -> None:
     from rtserver.logs import configure_logging
 
     config = _config(args)
     configure_logging(config.log.level)
-    trio.run(_serve_with_redis if config.bus.redis_url else _serve, config)
+    trio.run(_serve, config)
 
 
 def _base_url(args: argparse.Namespace, config: Config, port: int | None = None) -> str:
@@ -154,8 +147,6 @@ def cmd_relay(args: argparse.Namespace) -> None:
 def cmd_webhooks(args: argparse.Namespace) -> None:
     """``webhooks``: deliver until SIGTERM/SIGINT; ``webhooks replay``: one more attempt for
     each dead letter."""
-    import trio_asyncio
-
     from rtserver.webhooks import Dispatcher, replay
 
     config, bus = _on_redis(args, "webhooks")
@@ -163,7 +154,7 @@ def cmd_webhooks(args: argparse.Namespace) -> None:
         raise SystemExit("rtserver webhooks: no [[webhooks.subscriptions]] configured")
 
     async def run() -> None:
-        async with trio_asyncio.open_loop(), bus.commands():
+        async with bus.commands():
             if args.action == "replay":
                 delivered, failed = await replay(config.webhooks, bus, args.subscription)
                 print(f"replayed: {delivered} delivered, {failed} still dead", file=sys.stderr)
@@ -176,8 +167,6 @@ def cmd_webhooks(args: argparse.Namespace) -> None:
 
 def cmd_push(args: argparse.Namespace) -> None:
     """``push``: push to the phones of users with no live connection until SIGTERM/SIGINT."""
-    import trio_asyncio
-
     from rtserver.push import Dispatcher
 
     config, bus = _on_redis(args, "push")
@@ -187,7 +176,7 @@ def cmd_push(args: argparse.Namespace) -> None:
         raise SystemExit(f"rtserver push: {exc}") from None
 
     async def run() -> None:
-        async with trio_asyncio.open_loop(), bus.commands():
+        async with bus.commands():
             await _run_until_signalled(dispatcher.run, dispatcher.metrics.registry, config, args.metrics_port)
 
     trio.run(run)

@@ -100,8 +100,7 @@ class Node:
         self.port: int | None = None
 
     def _make_bus(self) -> Bus:
-        """The memory bus, or the Redis bus when ``bus.redis_url`` is set (then the node
-        must run inside ``trio_asyncio.open_loop()``)."""
+        """The memory bus, or the Redis bus when ``bus.redis_url`` is set."""
         if not self.config.bus.redis_url:
             return MemoryBus(self.config.bus)
 

@@ -25,6 +25,7 @@ from protocol.envelope import StoredEvent
 from protocol.errors import ReplyError
 from rtserver.bus import RETRY_MAX_S, RETRY_MIN_S
 from rtserver.bus.redis import RedisBus, stream_key
+from rtserver.redis_client import stream_entries
 
 log = structlog.get_logger("rtserver.bus.groups")
 
@@ -75,10 +76,8 @@ class ShardGroup:
         missing = [s for s in range(self._bus.shards) if s not in self._grouped]
         if not missing:
             return
-        pipe = self._bus.client.pipeline(transaction=False)
-        for shard in missing:
-            pipe.xgroup_create(stream_key(shard), self.group, id=self._start, mkstream=True)
-        await self._bus.execute(pipe, keep=lambda error: "BUSYGROUP" in str(error))  # made already
+        await self._bus.execute([("XGROUP", "CREATE", stream_key(shard), self.group, self._start, "MKSTREAM")
+                                 for shard in missing], keep=lambda error: "BUSYGROUP" in str(error))  # made already
         self._grouped.update(missing)
 
     async def read(self) -> list[Batch]:
@@ -97,25 +96,22 @@ class ShardGroup:
             await trio.sleep(self._poll_s)
 
     async def _read_new(self) -> list[Batch]:
-        pipe = self._bus.client.pipeline(transaction=False)
-        for shard in range(self._bus.shards):
-            pipe.xreadgroup(self.group, self.consumer, {stream_key(shard): ">"}, count=self._batch)
+        reads = [("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", self._batch, "STREAMS",
+                  stream_key(shard), ">") for shard in range(self._bus.shards)]
         batches = []
-        for shard, answer in enumerate(_raised(await self._bus.execute(pipe, keep=_is_group_lost))):
+        for shard, answer in enumerate(_raised(await self._bus.execute(reads, keep=_is_group_lost))):
             for _key, entries in answer or ():
                 if entries:
-                    batches.append(self._parsed(shard, entries))
+                    batches.append(self._parsed(shard, stream_entries(entries)))
         return batches
 
     async def _claim(self) -> list[Batch]:
         self._claim_at = trio.current_time() + self.claim_idle_s
-        pipe = self._bus.client.pipeline(transaction=False)
-        for shard in range(self._bus.shards):
-            pipe.xautoclaim(stream_key(shard), self.group, self.consumer, int(self.claim_idle_s * 1000),
-                            count=self._batch)
+        claims = [("XAUTOCLAIM", stream_key(shard), self.group, self.consumer, int(self.claim_idle_s * 1000), "0-0",
+                   "COUNT", self._batch) for shard in range(self._bus.shards)]
         batches = []
-        for shard, answer in enumerate(_raised(await self._bus.execute(pipe, keep=_is_group_lost))):
-            claimed, deleted = answer[1], answer[2] if len(answer) > 2 else []
+        for shard, answer in enumerate(_raised(await self._bus.execute(claims, keep=_is_group_lost))):
+            claimed, deleted = stream_entries(answer[1]), answer[2] if len(answer) > 2 else []
             if claimed or deleted:  # deleted: trimmed before anyone handled them, to settle
                 batch = self._parsed(shard, claimed)
                 batch.entry_ids += [d.decode() for d in deleted]
@@ -134,13 +130,12 @@ class ShardGroup:
 
     async def ack(self, shard: int, entry_ids: list[str]) -> None:
         if entry_ids:
-            await self._bus.call(self._bus.client.xack, stream_key(shard), self.group, *entry_ids)
+            await self._bus.call("XACK", stream_key(shard), self.group, *entry_ids)
 
     async def touch(self, shard: int, entry_ids: list[str]) -> None:
         """Reset the idle time of entries this consumer still works on (nobody claims them)."""
         if entry_ids:
-            await self._bus.call(self._bus.client.xclaim, stream_key(shard), self.group, self.consumer, 0,
-                                 entry_ids, justid=True)
+            await self._bus.call("XCLAIM", stream_key(shard), self.group, self.consumer, 0, *entry_ids, "JUSTID")
 
 
 def consumer_name() -> str:

@@ -27,14 +27,12 @@ them), or older than ``max-deleted-entry-id`` (``XDEL``), answers ``recovered: f
 A cursor at exactly the last trimmed entry is refused too: the stream cannot prove that
 nothing followed it (the safe side: the client reloads).
 
-redis-py is an asyncio library: every call crosses into asyncio through trio-asyncio
-(~100 µs of CPU per crossing, measured), so the node must run inside ``trio_asyncio.open_loop()``. Every call has a
-deadline (``bus.call_timeout_s``, a Trio cancel scope; ``socket_timeout=None``): a Redis that
-hangs (stopped, overloaded, a network that drops packets) fails the call like one that is
-down. The blocking ``XREAD`` has a dedicated connection and a server-side BLOCK shorter
-than the deadline around it; a health probe (``PING`` every ``bus.health_interval_s``)
-notices a hung Redis even when nothing else is asking, so the node turns not ready and
-reconnects.
+Redis is spoken through ``rtserver.redis_client`` (Trio-native). Every call has a deadline
+(``bus.call_timeout_s``, a Trio cancel scope): a Redis that hangs (stopped, overloaded, a
+network that drops packets) fails the call like one that is down. The blocking ``XREAD``
+has a dedicated connection and a server-side BLOCK shorter than the deadline around it; a
+health probe (``PING`` of every master every ``bus.health_interval_s``) notices a hung Redis
+even when nothing else is asking, so the node turns not ready and reconnects.
 
 Every failure of a call is a temporary ``BusUnavailable`` for whoever made it (503 over
 HTTP, a ``temporary`` error frame, close 1013 at a connection's start), counted by kind
@@ -57,14 +55,11 @@ import hashlib
 import random
 import secrets
 import time
-import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import msgspec
-import redis.asyncio
 import structlog
 import trio
-from trio_asyncio import aio_as_trio
 
 from protocol.catalog import Catalog
 from protocol.cursors import MAX_OFFSET_PART, Cursor, Offset, shard_of
@@ -73,6 +68,7 @@ from protocol.errors import ReplyCode, ReplyError
 from protocol.limits import decode_bounded
 from rtserver.bus import AppendResult, History, broadcast, live_feed
 from rtserver.config import BusConfig, Config
+from rtserver.redis_client import Command, Connection, ErrorReply, Redis, Unreachable, pairs, stream_entries
 
 #: Server-side BLOCK of the live reader's XREAD (and the ephemeral reader's wait), ms.
 READ_BLOCK_MS = 1000
@@ -127,6 +123,7 @@ def _channel(shard: int) -> str:
 
 
 def _fields(envelope: Envelope) -> list[bytes | str]:
+    """The stream entry's fields and values, alternating."""
     fields: list[bytes | str] = [
         "event", envelope.event, "tenant", envelope.tenant,
         "rooms", _json.encode(envelope.rooms), "data", _json.encode(envelope.data),
@@ -138,37 +135,13 @@ def _fields(envelope: Envelope) -> list[bytes | str]:
     return fields
 
 
-def _node_client(url: str, host: str, port: int) -> redis.asyncio.Redis:
-    """A single-connection client to one cluster node, with the URL's scheme and credentials."""
-    parts = urllib.parse.urlsplit(url)
-    credentials = parts.netloc.rpartition("@")[0]
-    netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
-    return redis.asyncio.Redis.from_url(
-        urllib.parse.urlunsplit(parts._replace(netloc=netloc)), socket_timeout=None, single_connection_client=True)
-
-
-#: Seconds closing a client may take (a hung server does not hold a reconnect up).
-CLOSE_TIMEOUT_S = 1.0
-
-
-async def _close_quietly(client) -> None:
-    """Close a redis-py client or PUB/SUB (None: nothing), shielded, bounded, ignoring a dead server."""
-    if client is not None:
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S), contextlib.suppress(Exception):
-            await aio_as_trio(client.aclose)()
+def _xadd(key: str, maxlen: int, entry_id: str | bytes, fields: Sequence[bytes | str | int]) -> Command:
+    """``XADD`` of ``fields`` (names and values alternating), the stream trimmed to about ``maxlen``."""
+    return ("XADD", key, "MAXLEN", "~", maxlen, entry_id, *fields)
 
 
 def _offset(entry_id: bytes | str) -> Offset:
     return Offset.parse(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
-
-
-#: Failures that mean "Redis cannot be reached now" (down, unreachable, cluster slots
-#: moving or uncovered): the bus reconnects.
-_UNREACHABLE = (
-    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
-    redis.exceptions.ClusterError, redis.exceptions.RedisClusterException,
-    redis.exceptions.AskError, redis.exceptions.TryAgainError,
-)
 
 
 class BusUnavailable(ReplyError):
@@ -239,11 +212,11 @@ class RepeatLedger:
 
 
 def _is_missing_stream(error: Exception) -> bool:
-    return isinstance(error, redis.exceptions.ResponseError) and "no such key" in str(error).lower()
+    return isinstance(error, ErrorReply) and "no such key" in str(error).lower()
 
 
 def _is_unknown_script(error: Exception) -> bool:
-    return isinstance(error, redis.exceptions.NoScriptError)
+    return isinstance(error, ErrorReply) and str(error).startswith("NOSCRIPT")
 
 
 def _is_repeated_dead_letter(error: Exception) -> bool:
@@ -251,17 +224,18 @@ def _is_repeated_dead_letter(error: Exception) -> bool:
     return "equal or smaller than the target stream top item" in str(error)
 
 
-def _info(xinfo: dict | redis.exceptions.ResponseError) -> dict | None:
+def _info(answer: list | ErrorReply) -> dict | None:
     """What the bus needs of an ``XINFO STREAM`` answer; None for no stream (the answer
     was the error "no such key")."""
-    if isinstance(xinfo, Exception):
+    if isinstance(answer, Exception):
         return None
+    xinfo = pairs(answer)
     return {
-        "last": _offset(xinfo["last-generated-id"]),
-        "first": _offset(xinfo["recorded-first-entry-id"]),
-        "added": xinfo["entries-added"],
-        "trimmed": xinfo["entries-added"] > xinfo["length"],
-        "max-deleted": _offset(xinfo["max-deleted-entry-id"]),
+        "last": _offset(xinfo[b"last-generated-id"]),
+        "first": _offset(xinfo[b"recorded-first-entry-id"]),
+        "added": xinfo[b"entries-added"],
+        "trimmed": xinfo[b"entries-added"] > xinfo[b"length"],
+        "max-deleted": _offset(xinfo[b"max-deleted-entry-id"]),
     }
 
 
@@ -289,11 +263,10 @@ class RedisBus:
         self._url = url
         self._catalog = catalog
         self._on_dead_letter = on_dead_letter
-        self._redis: redis.asyncio.Redis | None = None
+        self._redis: Redis | None = None
         self._epochs: dict[int, str] = {}
         self._subscribers: list[trio.MemorySendChannel[StoredEvent]] = []
         self._ready = False
-        self._append_once = None
         #: Times the connection to Redis was lost, and failed calls by kind (for metrics).
         self.reconnects = 0
         self.errors = collections.Counter({UNREACHABLE: 0, REFUSED: 0})
@@ -315,7 +288,7 @@ class RedisBus:
         return self._ready and all(entries <= READY_LAG_ENTRIES for entries, _ in self.lag.values())
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Feed live subscribers until cancelled (inside trio-asyncio), through Redis outages.
+        """Feed live subscribers until cancelled, through Redis outages.
 
         Reports started once the feeds are in place, or at the first failure to connect (a
         node starts without Redis and says so on ``/readyz``). While Redis cannot be
@@ -350,13 +323,18 @@ class RedisBus:
                 backoff = min(backoff * 2, RECONNECT_MAX_S)
         finally:
             self._ready = False
-            await _close_quietly(self._redis)
+            self._disconnect()
+
+    def _disconnect(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
 
     async def _serve_feeds(self, positions: dict[str, str], on_ready: Callable[[], None]) -> None:
-        """One connected period: fresh clients (no pooled connection to a server that
-        went away), epochs and positions established again, then read."""
-        await _close_quietly(self._redis)
-        readers: list[tuple[redis.asyncio.Redis, list[int]]] = []
+        """One connected period: fresh connections (none to a server that went away),
+        epochs and positions established again, then read."""
+        self._disconnect()
+        readers: list[tuple[Connection, list[int]]] = []
         pubsub = None
         try:
             readers, pubsub = await self._connect()
@@ -370,7 +348,7 @@ class RedisBus:
                 elif epoch != known:  # the stream was lost: all it holds now is new
                     positions[key] = str(Offset(0, 0))
                     self._consumed[shard] = 0
-            await self.call(pubsub.subscribe, *(_channel(s) for s in range(self.shards)))
+            await self._answer(0.0, pubsub.send, [("SUBSCRIBE", *(_channel(s) for s in range(self.shards)))])
             self._ready = True
             on_ready()
             async with trio.open_nursery() as nursery:
@@ -380,49 +358,42 @@ class RedisBus:
                 nursery.start_soon(self._measure_lag, positions)
                 nursery.start_soon(self._probe_health)
         finally:
-            for client in (pubsub, *(reader for reader, _ in readers)):
-                await _close_quietly(client)
+            for connection in (pubsub, *(reader for reader, _ in readers)):
+                if connection is not None:
+                    connection.discard()
 
-    async def _connect(self) -> tuple[list[tuple[redis.asyncio.Redis, list[int]]], redis.asyncio.client.PubSub]:
+    async def _connect(self) -> tuple[list[tuple[Connection, list[int]]], Connection]:
         """The command client (``self._redis``), the dedicated blocking readers with the
         shards each reads, and the PUB/SUB connection of the ephemeral events.
 
-        A standalone Redis gets one reader for every shard. On a Redis Cluster (found by
-        asking the server) commands go through redis-py's cluster client, which routes each
-        key to its slot's master; ``XREAD`` cannot name keys of two slots, so each shard gets
-        a reader connected straight to the master owning its slot (a slot that moves
-        answers ``MOVED``: the bus reconnects and reads the topology again). Ephemeral
-        events use classic PUB/SUB, which a cluster forwards to every node, so one
-        subscription on any master hears every shard's channel.
+        A standalone Redis gets one reader for every shard. On a Redis Cluster commands
+        are routed to the master of their key's slot; ``XREAD`` cannot name keys of two
+        slots, so each shard gets a reader connected to the master owning its slot (a slot
+        that moves answers ``MOVED``: the bus reconnects and reads the topology again).
+        Ephemeral events use classic PUB/SUB, which a cluster forwards to every node, so
+        one subscription on any master hears every shard's channel.
         """
-        clustered = await self._connect_commands()
-        if not clustered:
-            reader = redis.asyncio.Redis.from_url(self._url, socket_timeout=None, single_connection_client=True)
-            return [(reader, list(range(self.shards)))], self._redis.pubsub()
+        await self._connect_commands()
+        client = self.client
+        keys = [stream_key(s) for s in range(self.shards)] if client.clustered else [None]
         readers = []
-        for shard in range(self.shards):
-            node = self._redis.get_node_from_key(stream_key(shard))
-            readers.append((_node_client(self._url, node.host, node.port), [shard]))
-        return readers, _node_client(self._url, node.host, node.port).pubsub()
-
-    async def _connect_commands(self) -> bool:
-        """Open the command client (``self._redis``); whether Redis is a cluster."""
-        probe = redis.asyncio.Redis.from_url(self._url, socket_timeout=None, single_connection_client=True)
         try:
-            clustered = (await self.call(probe.info, "cluster")).get("cluster_enabled") == 1
-        finally:
-            await _close_quietly(probe)
-        if not clustered:
-            # A bounded pool that makes callers wait for a free connection: a burst of
-            # handshakes must queue on the node, not open (or be refused) one connection each.
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                self._url, socket_timeout=None, max_connections=self._config.redis_pool_size, timeout=None)
-            self._redis = redis.asyncio.Redis(connection_pool=pool)
-        else:
-            self._redis = redis.asyncio.RedisCluster.from_url(self._url, socket_timeout=None)
-            await self.call(self._redis.initialize)
-        self._append_once = self._redis.register_script(_APPEND_ONCE)
-        return clustered
+            for key in keys:
+                readers.append(await self._answer(0.0, client.dedicated, key))
+            pubsub = await self._answer(0.0, client.dedicated)
+        except BaseException:
+            for reader in readers:
+                reader.discard()
+            raise
+        if not client.clustered:
+            return [(readers[0], list(range(self.shards)))], pubsub
+        return [(reader, [shard]) for shard, reader in enumerate(readers)], pubsub
+
+    async def _connect_commands(self) -> None:
+        """Open the command client (``self._redis``): a bounded pool per server that makes
+        callers wait for a free connection (a burst of handshakes queues on the node
+        instead of opening, or being refused, a connection each)."""
+        self._redis = await self._answer(0.0, Redis.connect, self._url, self._config.redis_pool_size)
 
     @contextlib.asynccontextmanager
     async def commands(self) -> AsyncIterator[RedisBus]:
@@ -434,47 +405,40 @@ class RedisBus:
                 await self._epoch(shard)
             yield self
         finally:
-            await _close_quietly(self._redis)
-            self._redis = None
+            self._disconnect()
 
     @property
-    def client(self) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
-        """The command client of the current connected period (for the presence store)."""
+    def client(self) -> Redis:
+        """The command client of the current connected period."""
         if self._redis is None:
             raise BusUnavailable("redis: not connected yet")
         return self._redis
 
-    async def call(self, method, *args, **kwargs):
-        """One redis-py call from Trio, within ``bus.call_timeout_s``; its answer, or
-        ``BusUnavailable`` for any failure."""
-        return self._raised(await self._reply(0.0, method, args, kwargs))
+    async def call(self, *command: str | bytes | int | float):
+        """One command's answer, within ``bus.call_timeout_s``; ``BusUnavailable`` for any
+        failure (an error reply included)."""
+        return self._raised(await self.reply(*command))
 
-    async def call_waiting(self, wait_s: float, method, *args, **kwargs):
-        """``call`` of a command that waits up to ``wait_s`` on the server (a blocking read)."""
-        return self._raised(await self._reply(wait_s, method, args, kwargs))
-
-    async def reply(self, method, *args, **kwargs):
+    async def reply(self, *command: str | bytes | int | float):
         """``call``, but an error reply is returned (and not counted) for the caller to
         judge; one it did not expect is raised as ``refused(error)``."""
-        return await self._reply(0.0, method, args, kwargs)
+        return (await self._answer(0.0, self.client.execute, [command]))[0]
 
     def _raised(self, answer):
-        if isinstance(answer, redis.exceptions.ResponseError):
+        if isinstance(answer, ErrorReply):
             raise self.refused(answer)
         return answer
 
-    async def _reply(self, wait_s: float, method, args, kwargs):
+    async def _answer(self, wait_s: float, operation: Callable[..., Awaitable], *args):
+        """``operation(*args)`` within ``wait_s`` + ``bus.call_timeout_s``; a failure to
+        reach Redis raised as ``BusUnavailable``."""
         try:
             with trio.fail_after(wait_s + self._config.call_timeout_s):
-                return await aio_as_trio(method)(*args, **kwargs)
+                return await operation(*args)
         except trio.TooSlowError:
             raise self._lost(f"no answer within {self._config.call_timeout_s:g} s") from None
-        except _UNREACHABLE as exc:
+        except Unreachable as exc:
             raise self._lost(exc) from None
-        except redis.exceptions.ResponseError as exc:
-            return exc
-        except redis.exceptions.RedisError as exc:  # an answer redis-py could not read
-            raise self.refused(exc) from None
 
     def _lost(self, error: Exception | str) -> BusUnavailable:
         """Count a failure to reach Redis (down, or no answer in time); the error to raise for it."""
@@ -489,38 +453,33 @@ class RedisBus:
         log.warning("bus_refused", error=str(error)[:300])
         return BusUnavailable(f"redis refused: {error}")
 
-    async def execute(self, pipe, keep: Callable[[Exception], bool] = _is_missing_stream) -> list:
-        """A pipeline's answers; an error answer ``keep`` accepts (by default "no such key":
-        a stream not made yet) stays in place, any other is raised as ``call`` does."""
-        answers = await self.call(pipe.execute, raise_on_error=False)
+    async def execute(self, commands: Sequence[Command],
+                      keep: Callable[[Exception], bool] = _is_missing_stream) -> list:
+        """The answers of ``commands``, pipelined; an error answer ``keep`` accepts (by
+        default "no such key": a stream not made yet) stays in place, any other is raised
+        as ``call`` does."""
+        answers = await self._answer(0.0, self.client.execute, commands) if commands else []
         for answer in answers:
-            if isinstance(answer, _UNREACHABLE):
-                raise self._lost(answer)
-            if isinstance(answer, Exception) and not keep(answer):
+            if isinstance(answer, ErrorReply) and not keep(answer):
                 raise self.refused(answer)
         return answers
 
     async def scripts(self, script: str, calls: list[tuple[list[str], list]]) -> list:
         """Run the Lua ``script`` once per (keys, args), pipelined; the answers in order.
 
-        EVALSHA through ``execute_command`` (redis-py's cluster pipeline refuses its
-        ``evalsha`` method but routes the command by its keys); a Redis that does not know
-        the script yet (new or restarted) gets it loaded once (``SCRIPT LOAD``), and the
-        calls it refused are run again. Any other error reply is raised as ``call`` does."""
-        if not calls:
-            return []
-        sha, client = hashlib.sha1(script.encode()).hexdigest(), self.client
+        ``EVALSHA``; a Redis that does not know the script yet (new or restarted) gets it
+        loaded (``SCRIPT LOAD`` on every master), and the calls it refused are run again.
+        Any other error reply is raised as ``call`` does."""
+        sha = hashlib.sha1(script.encode()).hexdigest()
 
-        def evalsha(some: list[tuple[list[str], list]]):
-            pipe = client.pipeline(transaction=False)
-            for keys, args in some:
-                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-            return pipe
+        def evalsha(some: list[tuple[list[str], list]]) -> list[Command]:
+            return [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in some]
 
         answers = await self.execute(evalsha(calls), keep=_is_unknown_script)
         unknown = [i for i, answer in enumerate(answers) if _is_unknown_script(answer)]
         if unknown:  # run again only those: the others were carried out
-            await self.call(client.script_load, script)
+            for master in self.client.masters():
+                self._raised((await self._answer(0.0, master.execute, [("SCRIPT", "LOAD", script)]))[0])
             again = await self.execute(evalsha([calls[i] for i in unknown]), keep=lambda answer: False)
             for i, answer in zip(unknown, again):
                 answers[i] = answer
@@ -534,7 +493,7 @@ class RedisBus:
         """The shard's epoch, drawn if the key is missing (a new or lost stream)."""
         drawn = secrets.token_hex(4)
         return self._settle_epoch(
-            shard, drawn, await self.call(self._redis.set, _epoch_key(shard), drawn, nx=True, get=True))
+            shard, drawn, await self.call("SET", _epoch_key(shard), drawn, "NX", "GET"))
 
     def _settle_epoch(self, shard: int, drawn: str, existing: bytes | None) -> str:
         """The epoch after ``SET NX GET`` of ``drawn``: the existing one, else ``drawn``."""
@@ -566,15 +525,12 @@ class RedisBus:
         shard = shard_of(envelope.tenant, self.shards)
         fields = _fields(envelope)
         if envelope.id is None:
-            entry_id = await self.call(
-                self._redis.xadd, stream_key(shard), dict(zip(fields[::2], fields[1::2])),
-                maxlen=self._config.retention, approximate=True)
+            entry_id = await self.call(*_xadd(stream_key(shard), self._config.retention, "*", fields))
             duplicate = False
         else:
-            entry_id, duplicate = await self.call(
-                self._append_once,
-                keys=[stream_key(shard), _id_key(shard, envelope.id)],
-                args=[self._config.retention, self._config.dedupe_ttl_s, *fields])
+            [(entry_id, duplicate)] = await self.scripts(_APPEND_ONCE, [(
+                [stream_key(shard), _id_key(shard, envelope.id)],
+                [self._config.retention, self._config.dedupe_ttl_s, *fields])])
         offset = _offset(entry_id)
         epoch = await self.epoch(shard)
         event = StoredEvent(
@@ -585,15 +541,14 @@ class RedisBus:
     async def publish_ephemeral(self, envelope: Envelope) -> StoredEvent:
         event = StoredEvent(envelope=envelope, id=envelope.id or secrets.token_hex(8),
                             ts=envelope.ts or int(time.time() * 1000))
-        await self.call(self._redis.publish, _channel(shard_of(envelope.tenant, self.shards)),
-                         msgspec.json.encode(event))
+        await self.call("PUBLISH", _channel(shard_of(envelope.tenant, self.shards)), msgspec.json.encode(event))
         return event
 
     async def hand_in(self, command: Inbound) -> str:
-        fields = {"event": command.event, "tenant": command.tenant, "user": command.user,
-                  "session": command.session, "data": _json.encode(command.data), "ts": str(command.ts)}
-        entry_id = await self.call(self._redis.xadd, inbound_key(shard_of(command.tenant, self.shards)),
-                                   fields, maxlen=self._config.retention, approximate=True)
+        fields = ["event", command.event, "tenant", command.tenant, "user", command.user,
+                  "session", command.session, "data", _json.encode(command.data), "ts", command.ts]
+        entry_id = await self.call(*_xadd(inbound_key(shard_of(command.tenant, self.shards)),
+                                          self._config.retention, "*", fields))
         return entry_id.decode()
 
     async def read_since(self, cursor: Cursor, limit: int) -> History:
@@ -602,19 +557,18 @@ class RedisBus:
         shard = cursor.shard
         # One round trip: the epoch (drawn if the stream was lost), what the stream holds,
         # and the page; the page is thrown away when the cursor cannot be honoured.
-        drawn, pipe = secrets.token_hex(4), self._redis.pipeline(transaction=False)
-        pipe.set(_epoch_key(shard), drawn, nx=True, get=True)
-        pipe.xinfo_stream(stream_key(shard))
+        drawn, key = secrets.token_hex(4), stream_key(shard)
+        commands: list[Command] = [("SET", _epoch_key(shard), drawn, "NX", "GET"), ("XINFO", "STREAM", key)]
         if cursor.offset < LAST_OFFSET:  # no entry can follow the last offset there is
-            pipe.xrange(stream_key(shard), f"({cursor.offset}", "+", count=limit + 1)
-        existing, raw_info, *page = await self.execute(pipe)
-        entries = page[0] if page else []
+            commands.append(("XRANGE", key, f"({cursor.offset}", "+", "COUNT", limit + 1))
+        existing, raw_info, *page = await self.execute(commands)
+        read = stream_entries(page[0]) if page else []
         epoch, info = self._settle_epoch(shard, drawn, existing), _info(raw_info)
         head = Cursor(shard, epoch, info["last"] if info else Offset(0, 0))
         if cursor.epoch != epoch or cursor.offset > head.offset or (info is not None and (
                 cursor.offset < info["max-deleted"] or (info["trimmed"] and cursor.offset < info["first"]))):
             return History([], recovered=False, cursor=head, more=False)
-        page = entries[:limit]
+        page = read[:limit]
         repeated = await self._repeats(shard, cursor.offset, _offset(page[-1][0])) \
             if any(b"id" in fields for _, fields in page) else None  # no producer ids: nothing repeats
         events = []
@@ -624,8 +578,8 @@ class RedisBus:
             parsed = self._parse(shard, entry_id, fields)
             if isinstance(parsed, StoredEvent):  # the live readers dead-letter the rest
                 events.append(parsed)
-        last = Cursor(shard, epoch, _offset(entries[:limit][-1][0])) if entries else cursor
-        return History(events, recovered=True, cursor=last, more=len(entries) > limit)
+        last = Cursor(shard, epoch, _offset(page[-1][0])) if page else cursor
+        return History(events, recovered=True, cursor=last, more=len(read) > limit)
 
     async def _repeats(self, shard: int, after: Offset, last: Offset) -> Callable[[Offset, dict], bool]:
         """Whether each entry after ``after`` through ``last`` (asked in stream order) is a
@@ -645,16 +599,13 @@ class RedisBus:
         """The dedupe window as it stands after the entry at ``position`` (inclusive)."""
         window = DedupeWindow(self._config.read_dedupe_window)
         if window.size:
-            previous = await self.call(self._redis.xrevrange, stream_key(shard), position, "-",
-                                        count=window.size)
-            for _, fields in reversed(previous):
+            previous = await self.call("XREVRANGE", stream_key(shard), position, "-", "COUNT", window.size)
+            for _, fields in reversed(stream_entries(previous)):
                 window.seen_then_add(fields)
         return window
 
     async def _stream_info(self, shard: int) -> dict | None:
-        answer = await self.reply(self._redis.xinfo_stream, stream_key(shard))
-        if isinstance(answer, redis.exceptions.ResponseError) and not _is_missing_stream(answer):
-            raise self.refused(answer)
+        [answer] = await self.execute([("XINFO", "STREAM", stream_key(shard))])
         return _info(answer)
 
     async def head(self, shard: int) -> Cursor:
@@ -665,7 +616,7 @@ class RedisBus:
     def subscribe(self, capacity: int):
         return live_feed(self._subscribers, capacity)
 
-    async def _read_streams(self, reader: redis.asyncio.Redis, shards: list[int], positions: dict[str, str]) -> None:
+    async def _read_streams(self, reader: Connection, shards: list[int], positions: dict[str, str]) -> None:
         """XREAD BLOCK ``shards`` from this node's own positions; feed the subscribers."""
         shard_of_key = {stream_key(s).encode(): s for s in shards}
         windows = {s: await self._window_before(s, positions[stream_key(s)]) for s in shards}
@@ -674,13 +625,13 @@ class RedisBus:
             if ledger is None or ledger.through != position:
                 self._ledgers[shard] = RepeatLedger(position)
         while True:
-            reading = {stream_key(s): positions[stream_key(s)] for s in shards}
-            answer = await self.call_waiting(READ_BLOCK_MS / 1000, reader.xread, reading, count=READ_COUNT,
-                                             block=READ_BLOCK_MS)
-            for key, entries in answer or ():
+            keys = [stream_key(s) for s in shards]
+            [answer] = await self._answer(READ_BLOCK_MS / 1000, reader.execute, [(
+                "XREAD", "COUNT", READ_COUNT, "BLOCK", READ_BLOCK_MS, "STREAMS", *keys, *(positions[k] for k in keys))])
+            for key, read in self._raised(answer) or ():
                 shard, position_key = shard_of_key[key], key.decode()
                 ledger = self._ledgers[shard]
-                for entry_id, fields in entries:
+                for entry_id, fields in stream_entries(read):
                     repeated = windows[shard].seen_then_add(fields)
                     if not repeated:
                         event = await self._checked(shard, entry_id, fields)
@@ -720,11 +671,10 @@ class RedisBus:
         if isinstance(parsed, StoredEvent):
             return parsed
         code, reason = parsed
-        answer = await self.reply(
-            self._redis.xadd, dead_letter_key(shard),
-            {b"reason": reason.encode(), b"code": code.encode(), b"entry": entry_id, **fields},
-            id=entry_id, maxlen=DEAD_LETTERS_KEPT, approximate=True)
-        if isinstance(answer, redis.exceptions.ResponseError):
+        kept = {b"reason": reason.encode(), b"code": code.encode(), b"entry": entry_id, **fields}
+        answer = await self.reply(*_xadd(dead_letter_key(shard), DEAD_LETTERS_KEPT, entry_id,
+                                         [item for pair in kept.items() for item in pair]))
+        if isinstance(answer, ErrorReply):
             if not _is_repeated_dead_letter(answer):  # not recorded (out of memory...): still never forwarded
                 self.refused(answer)
                 log.warning("dead_letter_not_recorded", shard=shard, entry=entry_id.decode(), code=code)
@@ -737,8 +687,9 @@ class RedisBus:
         """Every ``LAG_INTERVAL_S``: how far each shard's reader is behind its stream, from
         ``XINFO`` alone (entries added minus entries this reader consumed)."""
         while True:
-            for shard in range(self.shards):
-                info = await self._stream_info(shard)
+            answers = await self.execute([("XINFO", "STREAM", stream_key(s)) for s in range(self.shards)])
+            for shard, answer in enumerate(answers):
+                info = _info(answer)
                 behind = max(0, info["added"] - self._consumed[shard]) if info else 0
                 position = Offset.parse(positions[stream_key(shard)])
                 seconds = max(0.0, time.time() - position.ms / 1000) if behind and position.ms else 0.0
@@ -746,20 +697,25 @@ class RedisBus:
             await trio.sleep(LAG_INTERVAL_S)
 
     async def _probe_health(self) -> None:
-        """``PING`` every ``bus.health_interval_s``: a Redis that stops answering (not only
-        one that closes connections) fails it within ``bus.call_timeout_s``, and the bus
-        turns not ready and reconnects."""
+        """``PING`` of every master every ``bus.health_interval_s``: a Redis that stops
+        answering (not only one that closes connections) fails it within
+        ``bus.call_timeout_s``, and the bus turns not ready and reconnects."""
         while True:
             await trio.sleep(self._config.health_interval_s)
-            await self.call(self._redis.ping)
+            for master in self.client.masters():
+                await self._answer(0.0, master.execute, [("PING",)])
 
-    async def _read_ephemeral(self, pubsub) -> None:
+    async def _read_ephemeral(self, pubsub: Connection) -> None:
+        """Hand on what the nodes publish. A quiet channel is normal: no deadline here (the
+        health probe notices a hung Redis and the whole connected period starts again)."""
         while True:
-            message = await self.call_waiting(READ_BLOCK_MS / 1000, pubsub.get_message,
-                                              ignore_subscribe_messages=True, timeout=READ_BLOCK_MS / 1000)
-            if message is not None and message["type"] == "message":
+            try:
+                message = await pubsub.receive()
+            except Unreachable as exc:
+                raise self._lost(exc) from None
+            if isinstance(message, list) and message[0] == b"message":
                 try:
-                    event = decode_bounded(_decode_ephemeral, message["data"])
+                    event = decode_bounded(_decode_ephemeral, message[2])
                 except (ReplyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
                     # Only nodes publish there; anything else is dropped, never forwarded.
                     log.warning("ephemeral_malformed", error=str(exc)[:200])

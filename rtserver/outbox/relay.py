@@ -219,7 +219,7 @@ class Relay:
                 continue
             if not await aio_as_trio(conn.fetchval)("SELECT pg_try_advisory_lock($1, $2)", LEADER_LOCK, shard):
                 continue
-            token = await self._redis.call(self._redis.client.get, relay_cursor_key(shard, self.outbox_id))
+            token = await self._redis.call("GET", relay_cursor_key(shard, self.outbox_id))
             token = token.decode() if token else ""
             saved = await aio_as_trio(conn.fetchval)(
                 "SELECT commit_seq FROM rt_outbox_relayed WHERE shard = $1", shard)

@@ -20,6 +20,7 @@ from protocol.cursors import shard_of
 from protocol.presence import PresenceEntry, PresenceState
 from rtserver.bus.redis import RedisBus
 from rtserver.presence import Change, PresenceKey, View
+from rtserver.redis_client import pairs
 
 # KEYS: users hash, holders hash, leases zset.
 # ARGV: user, holder, state ('' = recombine only, 'offline' = withdraw), connections,
@@ -90,12 +91,9 @@ class RedisPresence:
         return await self._run([(v.key, holder, v.state.value, v.connections) for v in views], now_ms, lease_ms)
 
     async def sweep(self, now_ms: int) -> list[Change]:
-        client = self._bus.client
-        pipe = client.pipeline(transaction=False)
-        for shard in range(self._bus.shards):
-            pipe.zrangebyscore(_leases_key(shard), "-inf", now_ms - 1)
         expired = set()
-        for members in await self._bus.execute(pipe):
+        reads = [("ZRANGEBYSCORE", _leases_key(shard), "-inf", now_ms - 1) for shard in range(self._bus.shards)]
+        for members in await self._bus.execute(reads):
             for member in members:
                 tenant, group, user, _holder = member.decode().split("\n")
                 expired.add(PresenceKey(tenant, group, user))
@@ -103,7 +101,7 @@ class RedisPresence:
 
     async def snapshot(self, tenant: str, group: str) -> list[PresenceEntry]:
         shard = shard_of(tenant, self._bus.shards)
-        users = await self._bus.call(self._bus.client.hgetall, _users_key(shard, tenant, group))
+        users = pairs(await self._bus.call("HGETALL", _users_key(shard, tenant, group)))
         entries = []
         for user, value in sorted(users.items()):
             state, since, connections = value.decode().split("|")

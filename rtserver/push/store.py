@@ -23,6 +23,7 @@ import msgspec
 from protocol.cursors import shard_of
 from protocol.push import Device, Registration
 from rtserver.bus.redis import RedisBus
+from rtserver.redis_client import pairs
 
 # KEYS: the device key, then the registration's room keys (the first: the user's own room).
 # ARGV: token, registration JSON, TTL ms, devices kept per user.
@@ -106,43 +107,34 @@ class DeviceStore:
     async def devices(self, tenant: str, rooms: list[str]) -> dict[str, Device]:
         """The devices registered for any of ``rooms``, by token; stale index entries found
         on the way are removed."""
-        client = self._bus.client
-        pipe = client.pipeline(transaction=False)
-        for room in rooms:
-            pipe.hgetall(self._room_key(tenant, room))
+        indexes = await self._bus.execute([("HGETALL", self._room_key(tenant, room)) for room in rooms])
         indexed = [(room, token.decode(), record)
-                   for room, entries in zip(rooms, await self._bus.execute(pipe))
-                   for token, record in entries.items()]
+                   for room, flat in zip(rooms, indexes)
+                   for token, record in pairs(flat).items()]
         if not indexed:
             return {}
-        pipe = client.pipeline(transaction=False)
-        for _room, token, _record in indexed:
-            pipe.get(self._device_key(tenant, token))
         found: dict[str, Device] = {}
-        stale = client.pipeline(transaction=False)
-        for (room, token, record), current in zip(indexed, await self._bus.execute(pipe)):
+        stale = []
+        currents = await self._bus.execute([("GET", self._device_key(tenant, token)) for _, token, _ in indexed])
+        for (room, token, record), current in zip(indexed, currents):
             if current == record:
                 found[token] = _device.decode(record)
             else:
-                stale.hdel(self._room_key(tenant, room), token)
-        if len(stale):
-            await self._bus.execute(stale)
+                stale.append(("HDEL", self._room_key(tenant, room), token))
+        await self._bus.execute(stale)
         return found
 
     async def drop(self, tenant: str, token: str, device: Device) -> None:
         """Forget a device a provider called invalid."""
-        pipe = self._bus.client.pipeline(transaction=False)
-        pipe.delete(self._device_key(tenant, token))
-        for room in device.rooms:
-            pipe.hdel(self._room_key(tenant, room), token)
-        await self._bus.execute(pipe)
+        await self._bus.execute([("DEL", self._device_key(tenant, token)),
+                                 *(("HDEL", self._room_key(tenant, room), token) for room in device.rooms)])
 
     async def quiet(self, tenant: str, user: str, quiet_s: float) -> bool:
         """Start ``user``'s quiet period unless one is running; whether it started (push)."""
         if quiet_s <= 0:
             return True
-        return bool(await self._bus.call(self._bus.client.set, _key(self._bus, "quiet", tenant, user), b"1",
-                                         px=int(quiet_s * 1000), nx=True))
+        return bool(await self._bus.call("SET", _key(self._bus, "quiet", tenant, user), b"1",
+                                         "PX", int(quiet_s * 1000), "NX"))
 
 
 class LiveUsers:
@@ -159,17 +151,15 @@ class LiveUsers:
         now = time.time()
         leases = [(pair, now + lease_s) for pair in connected] + [(pair, now + grace_s) for pair in gone]
         for start in range(0, len(leases), HOLD_BATCH):
-            pipe = self._bus.client.pipeline(transaction=False)
+            commands = []
             for (tenant, user), until in leases[start:start + HOLD_BATCH]:
                 key = _key(self._bus, "live", tenant, user)
-                pipe.zadd(key, {holder: int(until * 1000)})
-                pipe.pexpire(key, int((lease_s + grace_s) * 1000))
-            await self._bus.execute(pipe)
+                commands += [("ZADD", key, int(until * 1000), holder), ("PEXPIRE", key, int((lease_s + grace_s) * 1000))]
+            await self._bus.execute(commands)
 
     async def connected(self, tenant: str, users: list[str]) -> set[str]:
         """Those of ``users`` some node holds now."""
         now = int(time.time() * 1000)
-        pipe = self._bus.client.pipeline(transaction=False)
-        for user in users:
-            pipe.zcount(_key(self._bus, "live", tenant, user), now, "+inf")
-        return {user for user, count in zip(users, await self._bus.execute(pipe)) if count}
+        counts = await self._bus.execute([("ZCOUNT", _key(self._bus, "live", tenant, user), now, "+inf")
+                                          for user in users])
+        return {user for user, count in zip(users, counts) if count}

@@ -36,6 +36,7 @@ from rtserver.bus.groups import GroupWorker, ShardGroup, backoff_s, consumer_nam
 from rtserver.bus.redis import RedisBus
 from rtserver.config import WebhooksConfig, WebhookSubscription
 from rtserver.metrics import watch_bus
+from rtserver.redis_client import stream_entries
 
 log = structlog.get_logger("rtserver.webhooks")
 
@@ -147,10 +148,9 @@ class Destination:
 
 async def dead_letter(bus: RedisBus, subscription: str, event_id: str, body: bytes, attempts: int,
                       reason: str) -> None:
-    await bus.call(bus.client.xadd, DEAD_LETTERS,
-                   {"subscription": subscription, "event_id": event_id, "body": body, "attempts": attempts,
-                    "reason": reason, "at": int(time.time() * 1000)},
-                   maxlen=DEAD_LETTERS_KEPT, approximate=True)
+    await bus.call("XADD", DEAD_LETTERS, "MAXLEN", "~", DEAD_LETTERS_KEPT, "*",
+                   "subscription", subscription, "event_id", event_id, "body", body, "attempts", attempts,
+                   "reason", reason, "at", int(time.time() * 1000))
 
 
 class Dispatcher:
@@ -179,7 +179,7 @@ async def replay(config: WebhooksConfig, bus: RedisBus, subscription: str | None
     async with httpx.AsyncClient(timeout=httpx.Timeout(config.timeout_s)) as http:
         start = "-"
         while True:
-            entries = await bus.call(bus.client.xrange, DEAD_LETTERS, start, "+", count=100)
+            entries = stream_entries(await bus.call("XRANGE", DEAD_LETTERS, start, "+", "COUNT", 100))
             for entry_id, fields in entries:
                 name = fields[b"subscription"].decode()
                 if subscription is not None and name != subscription:
@@ -191,7 +191,7 @@ async def replay(config: WebhooksConfig, bus: RedisBus, subscription: str | None
                     continue
                 outcome = await attempt(http, target, fields[b"event_id"].decode(), fields[b"body"], config.timeout_s)
                 if outcome.delivered:
-                    await bus.call(bus.client.xdel, DEAD_LETTERS, entry_id)
+                    await bus.call("XDEL", DEAD_LETTERS, entry_id)
                     delivered += 1
                 else:
                     failed += 1
