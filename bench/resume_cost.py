@@ -7,10 +7,12 @@ Starts a redis-server and one ``rtserver serve`` node on it. The shard's stream 
 ``id`` each (``--ids``) or without. Then:
 
 * sequential: ``--sequential`` clients, one after another, each a user of its own, open
-  ``/hub/ws?rooms=probe:1&since=<cursor>``, read ``hello`` and the missed events, and close:
-  node CPU per resume (handshake, token, join, history read and replay, close);
-* at once: ``--clients`` clients do the same concurrently: seconds until every one of them
-  has all the missed events.
+  ``/hub/ws?rooms=probe:1&since=<cursor>``, read ``hello`` and the missed events, and stay
+  connected: node CPU per resume (handshake, token, join, history read and replay; the
+  node's idle background during that time included, and reported); then they close, one
+  after another: node CPU per close (close handshake, leaving the rooms, presence);
+* at once: ``--clients`` clients resume concurrently and close: seconds until every one
+  of them has all the missed events.
 
 The clients are plain sockets with wsproto (no client library), in this process.
 
@@ -49,27 +51,41 @@ async def resume_retrying(port: int, token: str, since: str, missed: int, retrie
             await trio.sleep(random.uniform(0.1, 0.5))
 
 
-async def resume(port: int, token: str, since: str, missed: int) -> None:
-    """One client: connect with ``since``, read hello and ``missed`` events, close."""
+async def resume(port: int, token: str, since: str, missed: int, *, keep: list | None = None) -> None:
+    """One client: connect with ``since``, read hello and ``missed`` events, then close (or,
+    with ``keep``, leave the connection open and append a function that closes it)."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
     await stream.send_all(client.send(Request(host="127.0.0.1", target=f"/hub/ws?rooms=probe:1&since={since}",
                                               extra_headers=[("authorization", f"Bearer {token}")])))
     events = 0
-    async with stream:
-        while events < missed:
-            data = await stream.receive_some(65536)
-            if not data:
-                raise RuntimeError("closed before the missed events arrived")
-            client.receive_data(data)
-            for event in client.events():
-                if isinstance(event, TextMessage) and '"op":"evt"' in event.data:
-                    events += 1
-                elif isinstance(event, CloseConnection):
-                    if event.code == 1013:
-                        raise TryAgainLater
-                    raise RuntimeError(f"closed with {event.code}")
-        await stream.send_all(client.send(CloseConnection(code=1000)))
+    while events < missed:
+        data = await stream.receive_some(65536)
+        if not data:
+            raise RuntimeError("closed before the missed events arrived")
+        client.receive_data(data)
+        for event in client.events():
+            if isinstance(event, TextMessage) and '"op":"evt"' in event.data:
+                events += 1
+            elif isinstance(event, CloseConnection):
+                await stream.aclose()
+                if event.code == 1013:
+                    raise TryAgainLater
+                raise RuntimeError(f"closed with {event.code}")
+
+    async def close() -> None:
+        async with stream:
+            await stream.send_all(client.send(CloseConnection(code=1000)))
+            while not any(isinstance(e, CloseConnection) for e in client.events()):
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                client.receive_data(data)
+
+    if keep is None:
+        await close()
+    else:
+        keep.append(close)
 
 
 def append(raw: redis.Redis, count: int, room: str, ids: bool, prefix: str) -> None:
@@ -106,17 +122,30 @@ async def run(args, ids: bool) -> dict:
         await trio.sleep(0.5)
         for n in range(20):  # warm-up
             await resume(port, tokens[n], cursor, args.missed)
+        # The node's own background (stream readers, health probe, lag gauge) while idle.
         before = cpu_seconds(pid)
+        await trio.sleep(2.0)
+        idle_ms_per_s = (cpu_seconds(pid) - before) / 2.0 * 1000
+        # Sequential: each client resumes, reads its events and stays; then all close.
+        kept: list = []
+        before, started = cpu_seconds(pid), time.perf_counter()
         for n in range(args.sequential):
-            await resume(port, tokens[n], cursor, args.missed)
+            await resume(port, tokens[n], cursor, args.missed, keep=kept)
         per_resume_ms = (cpu_seconds(pid) - before) / args.sequential * 1000
+        per_resume_wall_ms = (time.perf_counter() - started) / args.sequential * 1000
+        before = cpu_seconds(pid)
+        for close in kept:
+            await close()
+        per_close_ms = (cpu_seconds(pid) - before) / args.sequential * 1000
         await trio.sleep(1.0)
         before, started, retries = cpu_seconds(pid), time.perf_counter(), []
         async with trio.open_nursery() as nursery:
             for n in range(args.clients):
                 nursery.start_soon(resume_retrying, port, tokens[n], cursor, args.missed, retries)
         all_at_once_s = time.perf_counter() - started
-        return {"ids": ids, "node_cpu_ms_per_resume": round(per_resume_ms, 2), "clients": args.clients,
+        return {"ids": ids, "node_cpu_ms_per_resume": round(per_resume_ms, 2),
+                "of_which_idle_background_ms": round(idle_ms_per_s * per_resume_wall_ms / 1000, 2),
+                "node_cpu_ms_per_close": round(per_close_ms, 2), "clients": args.clients,
                 "all_served_s": round(all_at_once_s, 2), "retried_after_1013": len(retries),
                 "node_cpu_ms_per_resume_at_once": round((cpu_seconds(pid) - before) / args.clients * 1000, 2)}
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 
 #: The only WebSocket version (``Sec-WebSocket-Version``) a server speaks.
 WEBSOCKET_VERSION = b"13"
+#: What RFC 6455 §1.3 appends to the client's key before hashing it into the accept token.
+_ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class UpgradeRefused(Exception):
@@ -49,3 +52,19 @@ def check_upgrade(method: bytes, http_version: bytes, headers: list[tuple[bytes,
         nonce = b""
     if len(nonce) != 16:
         raise UpgradeRefused(400, "Sec-WebSocket-Key must be 16 bytes in base64")
+
+
+def subprotocols(headers: list[tuple[bytes, bytes]]) -> list[str]:
+    """The subprotocols the client offers (``Sec-WebSocket-Protocol``), in its order."""
+    return [token.strip().decode("latin-1") for k, v in headers if k == b"sec-websocket-protocol"
+            for token in v.split(b",") if token.strip()]
+
+
+def accept_response(headers: list[tuple[bytes, bytes]], subprotocol: str | None) -> bytes:
+    """The ``101 Switching Protocols`` answer to a request ``check_upgrade`` accepted,
+    choosing ``subprotocol`` (None: none) and no extension."""
+    key = next(v for k, v in headers if k == b"sec-websocket-key").strip()
+    token = base64.b64encode(hashlib.sha1(key + _ACCEPT_GUID).digest())
+    chosen = b"Sec-WebSocket-Protocol: %s\r\n" % subprotocol.encode() if subprotocol else b""
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: %s\r\n%s\r\n" % (token, chosen))

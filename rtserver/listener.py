@@ -41,10 +41,8 @@ from urllib.parse import parse_qsl, urlsplit
 import h11
 import structlog
 import trio
-import wsproto.handshake
-import wsproto.utilities
+import wsproto.connection
 from wsproto import ConnectionType
-from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 
 from actors.connection import Connection, ConnectionServices, Joining
 from actors.poll import PollRequest
@@ -56,7 +54,7 @@ from protocol.cursors import Cursor
 from protocol.errors import CloseCode, ReplyCode, ReplyError
 from protocol.presence import PresenceState
 from protocol.rooms import is_identifier
-from protocol.upgrade import UpgradeRefused, check_upgrade
+from protocol.upgrade import UpgradeRefused, accept_response, check_upgrade, subprotocols
 from protocol.wires import WS_JSON, WS_WIRES
 from protocol.wsframes import close_frame
 from rtserver.auth import AuthError, Claims, TokenVerifier, admit, authorize_room, bearer_token
@@ -435,7 +433,7 @@ class Listener:
             await _linger_close(sock)
             return
         with contained(self._services.metrics, "handshake") as failure:
-            connection = self._accept_websocket(sock, received, ns)
+            connection = self._accept_websocket(sock, parser, request, received, ns)
         if failure.id is not None:  # nothing was sent yet: every answer is sent at the end
             await self._respond(sock, parser, 500, internal_error_body(failure.id), [(b"connection", b"close")])
             await _linger_close(sock)
@@ -447,40 +445,28 @@ class Listener:
             await _linger_close(sock)
 
     def _accept_websocket(
-        self, sock: socket.socket, received: bytes, ns: Namespace,
+        self, sock: socket.socket, parser: h11.Connection, request: h11.Request, received: bytes, ns: Namespace,
     ) -> WebSocketConnection | AuthError | None:
-        """Answer the (well-formed) upgrade: a ``WebSocketConnection`` to run, an ``AuthError``
-        already sent as a close frame (the caller lingers, then closes), or None when
-        refused and closed."""
-        head_end = received.find(b"\r\n\r\n") + 4
-        handshake = wsproto.handshake.H11Handshake(ConnectionType.SERVER)
-        try:
-            handshake.receive_data(received[:head_end])
-        except wsproto.utilities.RemoteProtocolError:
-            _send_quietly(sock, BAD_REQUEST)
-            sock.close()
+        """Answer the upgrade (``check_upgrade`` accepted it): a ``WebSocketConnection`` to
+        run, an ``AuthError`` already sent as a close frame (the caller lingers, then
+        closes), or None when refused and closed."""
+        headers = _headers(request)
+        query = dict(parse_qsl(urlsplit(request.target.decode("latin-1")).query))
+        if not origin_allowed(headers.get("origin"), headers.get("host", ""), self._config.allowed_origins):
+            self._reject(sock, parser, 403, "origin not allowed")
             return None
-        request = next((e for e in handshake.events() if isinstance(e, Request)), None)
-        if request is None:
-            _send_quietly(sock, BAD_REQUEST)
-            sock.close()
-            return None
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.extra_headers}
-        query = dict(parse_qsl(urlsplit(request.target).query))
-        if not origin_allowed(headers.get("origin"), request.host, self._config.allowed_origins):
-            self._reject(sock, handshake, 403, "origin not allowed")
-            return None
-        wire_name = next((p for p in request.subprotocols if p in WS_WIRES), None)
+        offered = subprotocols(request.headers)
+        wire_name = next((p for p in offered if p in WS_WIRES), None)
         wire = WS_WIRES[wire_name] if wire_name else WS_JSON
         try:
             since = Cursor.parse(query["since"]) if query.get("since") else None
         except ReplyError as err:
-            self._reject(sock, handshake, 400, err.message)
+            self._reject(sock, parser, 400, err.message)
             return None
-        accept = handshake.send(AcceptConnection(subprotocol=wire_name))
+        accept = accept_response(request.headers, wire_name)
         metrics = self._services.metrics
         try:
-            token = bearer_token(headers, query, request.subprotocols)
+            token = bearer_token(headers, query, offered)
             if token is None:
                 raise AuthError(CloseCode.UNAUTHENTICATED, "no token")
             claims = self._verifier.verify(token)
@@ -495,8 +481,8 @@ class Listener:
             log.info("handshake_refused", code=exc.disconnect.code, reason=exc.message, ns=ns.value)
             _send_quietly(sock, accept + close_frame(exc.disconnect.code, exc.message))
             return exc
-        ws = handshake.connection
-        trailing = received[head_end:]
+        ws = wsproto.connection.Connection(ConnectionType.SERVER)
+        trailing = received[received.find(b"\r\n\r\n") + 4:]
         if trailing:
             ws.receive_data(trailing)
         connection = WebSocketConnection(
@@ -508,16 +494,11 @@ class Listener:
             return None
         return connection
 
-    def _reject(self, sock: socket.socket, handshake, status: int, message: str) -> None:
+    def _reject(self, sock: socket.socket, parser: h11.Connection, status: int, message: str) -> None:
         body = error_body(status, message)
-        data = handshake.send(RejectConnection(
-            status_code=status,
-            headers=[(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-                     (b"connection", b"close")],
-            has_body=True,
-        ))
-        data += handshake.send(RejectData(data=body, body_finished=True))
-        _send_quietly(sock, data)
+        response = parser.send(h11.Response(status_code=status, headers=[
+            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), (b"connection", b"close")]))
+        _send_quietly(sock, response + parser.send(h11.Data(data=body)) + parser.send(h11.EndOfMessage()))
         sock.close()
 
 
