@@ -351,7 +351,7 @@ class Connection:
     async def _join_command_room(self) -> None:
         """Receive the presence commands ``POST /{ns}/commands`` forwards for this session."""
         name = session_room(self.session)
-        room = await self._s.registry.open_room(room_key(self.claims.tenant, name))
+        room = self._s.registry.open_room(room_key(self.claims.tenant, name))
         room.add(self.session, FRAMES, self._on_session_command)
         self._rooms[name] = room
 
@@ -391,7 +391,7 @@ class Connection:
         """
         rooms: dict[str, Room] = {}
         for name in names:
-            rooms[name] = await self._s.registry.open_room(room_key(self.claims.tenant, name))
+            rooms[name] = self._s.registry.open_room(room_key(self.claims.tenant, name))
         if since is None and snapshot is None:
             head = await self._s.bus.head(self._shard)
             for name, room in rooms.items():

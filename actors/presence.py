@@ -286,11 +286,13 @@ class Presence:
             self._metrics.presence_store_errors.inc()
 
     async def _announce(self, changes: list[Change]) -> None:
-        for key, entry in changes:
+        """Publish the changes, all in one bus round trip."""
+        for _key, entry in changes:
             self._metrics.presence_announcements.labels(entry.state.value).inc()
-            try:
-                await self._bus.publish_ephemeral(Envelope(
-                    event=entry.event, tenant=key.tenant, rooms=[f"presence:{key.group}"],
-                    data=entry.data(key.group)))
-            except ReplyError as exc:
-                log.warning("presence_announce_failed", error=exc.message, user=key.user)
+        try:
+            await self._bus.publish_ephemeral(*(
+                Envelope(event=entry.event, tenant=key.tenant, rooms=[f"presence:{key.group}"],
+                         data=entry.data(key.group))
+                for key, entry in changes))
+        except ReplyError as exc:
+            log.warning("presence_announce_failed", error=exc.message, changes=len(changes))

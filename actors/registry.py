@@ -89,8 +89,9 @@ class Registry:
     def get(self, key: str) -> Room | None:
         return self._rooms.get(key)
 
-    async def open_room(self, key: str) -> Room:
-        """The running room for ``key``, started if needed."""
+    def open_room(self, key: str) -> Room:
+        """The room for ``key``, started if needed (its mailbox takes messages at once;
+        its task runs from the next scheduling round)."""
         room = self._rooms.get(key)
         if room is None:
             room = Room(
@@ -105,7 +106,7 @@ class Registry:
                 held_offsets=self._held_offsets[shard_of(key.partition("/")[0], self._bus.shards)],
             )
             self._rooms[key] = room
-            await self._nursery.start(room.run)
+            self._nursery.start_soon(room.run)
         return room
 
     def _forget(self, room: Room) -> None:

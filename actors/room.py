@@ -153,9 +153,10 @@ class Room:
         self._wait.deadline = self._idle_at if due is None else min(due, self._idle_at)
 
     # -- the actor --------------------------------------------------------------------
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self) -> None:
+        """Started with ``start_soon`` (``Registry.open_room``): the mailbox and the
+        membership exist from construction, so a join never waits for the task to start."""
         self._metrics.rooms.inc()
-        task_status.started()
         try:
             while True:
                 with trio.CancelScope() as self._wait:

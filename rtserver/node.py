@@ -137,7 +137,7 @@ class Node:
             log.debug("published", event_type=envelope.event, id=result.event.id, outcome=outcome,
                       traceparent=envelope.traceparent)
             return {"id": result.event.id, "cursor": result.event.cursor, "duplicate": result.duplicate}
-        event = await self.bus.publish_ephemeral(envelope)
+        [event] = await self.bus.publish_ephemeral(envelope)
         self.metrics.published.labels(envelope.event, "ephemeral").inc()
         return {"id": event.id, "cursor": None, "duplicate": False}
 

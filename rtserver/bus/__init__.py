@@ -17,6 +17,8 @@ Streams later), proven by one conformance suite:
 from __future__ import annotations
 
 import contextlib
+import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -76,7 +78,10 @@ class Bus(Protocol):
 
     async def append(self, envelope: Envelope) -> AppendResult: ...
 
-    async def publish_ephemeral(self, envelope: Envelope) -> StoredEvent: ...
+    async def publish_ephemeral(self, *envelopes: Envelope) -> list[StoredEvent]:
+        """Hand ``envelopes`` to every node's live subscribers, never stored (one round
+        trip for all of them); the events as published."""
+        ...
 
     async def hand_in(self, command: Inbound) -> str:
         """Append a client command for the backbone to its shard's inbound stream; its id."""
@@ -91,6 +96,12 @@ class Bus(Protocol):
     def subscribe(self, capacity: int) -> contextlib.AbstractContextManager[trio.MemoryReceiveChannel[StoredEvent]]: ...
 
     def ready(self) -> bool: ...
+
+
+def ephemeral_event(envelope: Envelope) -> StoredEvent:
+    """An ephemeral event as published: the producer's id and time, else drawn now."""
+    return StoredEvent(envelope=envelope, id=envelope.id or secrets.token_hex(8),
+                       ts=envelope.ts or int(time.time() * 1000))
 
 
 async def broadcast(subscribers: list[trio.MemorySendChannel[StoredEvent]], event: StoredEvent) -> None:

@@ -18,7 +18,7 @@ import trio
 
 from protocol.cursors import Cursor, Offset, shard_of
 from protocol.envelope import Envelope, Inbound, StoredEvent
-from rtserver.bus import AppendResult, History, broadcast, live_feed
+from rtserver.bus import AppendResult, History, broadcast, ephemeral_event, live_feed
 from rtserver.config import BusConfig
 
 _ZERO = Offset(0, 0)
@@ -96,14 +96,11 @@ class MemoryBus:
         await broadcast(self._subscribers, event)
         return AppendResult(event, duplicate=False)
 
-    async def publish_ephemeral(self, envelope: Envelope) -> StoredEvent:
-        event = StoredEvent(
-            envelope=envelope,
-            id=envelope.id or secrets.token_hex(8),
-            ts=envelope.ts or int(time.time() * 1000),
-        )
-        await broadcast(self._subscribers, event)
-        return event
+    async def publish_ephemeral(self, *envelopes: Envelope) -> list[StoredEvent]:
+        events = [ephemeral_event(envelope) for envelope in envelopes]
+        for event in events:
+            await broadcast(self._subscribers, event)
+        return events
 
     async def hand_in(self, command: Inbound) -> str:
         await trio.lowlevel.checkpoint()

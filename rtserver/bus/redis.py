@@ -66,7 +66,7 @@ from protocol.cursors import MAX_OFFSET_PART, Cursor, Offset, shard_of
 from protocol.envelope import Envelope, Inbound, StoredEvent
 from protocol.errors import ReplyCode, ReplyError
 from protocol.limits import decode_bounded
-from rtserver.bus import AppendResult, History, broadcast, live_feed
+from rtserver.bus import AppendResult, History, broadcast, ephemeral_event, live_feed
 from rtserver.config import BusConfig, Config
 from rtserver.redis_client import Command, Connection, ErrorReply, Redis, Unreachable, pairs, stream_entries
 
@@ -538,11 +538,11 @@ class RedisBus:
             offset=offset, cursor=Cursor(shard, epoch, offset).encode())
         return AppendResult(event, duplicate=bool(duplicate))
 
-    async def publish_ephemeral(self, envelope: Envelope) -> StoredEvent:
-        event = StoredEvent(envelope=envelope, id=envelope.id or secrets.token_hex(8),
-                            ts=envelope.ts or int(time.time() * 1000))
-        await self.call("PUBLISH", _channel(shard_of(envelope.tenant, self.shards)), msgspec.json.encode(event))
-        return event
+    async def publish_ephemeral(self, *envelopes: Envelope) -> list[StoredEvent]:
+        events = [ephemeral_event(envelope) for envelope in envelopes]
+        await self.execute([("PUBLISH", _channel(shard_of(event.envelope.tenant, self.shards)),
+                             msgspec.json.encode(event)) for event in events])
+        return events
 
     async def hand_in(self, command: Inbound) -> str:
         fields = ["event", command.event, "tenant", command.tenant, "user", command.user,

@@ -90,6 +90,17 @@ async def test_live_subscribers_get_appends_in_order_and_ephemeral_events(bus_en
     assert durable == ["1", "3"] and ephemeral == ["2"]
 
 
+async def test_ephemeral_events_published_together_arrive_in_order(bus_env):
+    bus = await bus_env.bus()
+    with bus.subscribe(100) as feed:
+        published = await bus.publish_ephemeral(
+            *(env(i, event="thread:typing", rooms=("thread:7",)) for i in range(5)))
+        with trio.fail_after(5):
+            got = [await feed.receive() for _ in range(5)]
+    assert [e.id for e in got] == [e.id for e in published]
+    assert [e.envelope.data["appointmentId"] for e in got] == [str(i) for i in range(5)]
+
+
 async def test_ephemeral_events_never_enter_history(bus_env):
     bus = await bus_env.bus()
     await bus.publish_ephemeral(env(1, event="thread:typing", rooms=("thread:7",)))
