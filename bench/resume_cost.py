@@ -11,6 +11,9 @@ Starts a redis-server and one ``rtserver serve`` node on it. The shard's stream 
   connected: node CPU per resume (handshake, token, join, history read and replay; the
   node's idle background during that time included, and reported); then they close, one
   after another: node CPU per close (close handshake, leaving the rooms, presence);
+* a few at a time: ``--streams`` clients each resume and close, one after another, until
+  ``--sequential`` resumes are done (a node where resumes arrive amid other work): node
+  CPU per resume and close;
 * at once: ``--clients`` clients resume concurrently and close: seconds until every one
   of them has all the missed events.
 
@@ -138,6 +141,18 @@ async def run(args, ids: bool) -> dict:
             await close()
         per_close_ms = (cpu_seconds(pid) - before) / args.sequential * 1000
         await trio.sleep(1.0)
+        # A few at a time: ``--streams`` clients, each resuming (and closing) one after another.
+        before, retries = cpu_seconds(pid), []
+
+        async def stream_of_resumes(first: int) -> None:
+            for n in range(first, args.sequential, args.streams):
+                await resume_retrying(port, tokens[n], cursor, args.missed, retries)
+
+        async with trio.open_nursery() as nursery:
+            for first in range(args.streams):
+                nursery.start_soon(stream_of_resumes, first)
+        per_resume_few_ms = (cpu_seconds(pid) - before) / args.sequential * 1000
+        await trio.sleep(1.0)
         before, started, retries = cpu_seconds(pid), time.perf_counter(), []
         async with trio.open_nursery() as nursery:
             for n in range(args.clients):
@@ -145,7 +160,9 @@ async def run(args, ids: bool) -> dict:
         all_at_once_s = time.perf_counter() - started
         return {"ids": ids, "node_cpu_ms_per_resume": round(per_resume_ms, 2),
                 "of_which_idle_background_ms": round(idle_ms_per_s * per_resume_wall_ms / 1000, 2),
-                "node_cpu_ms_per_close": round(per_close_ms, 2), "clients": args.clients,
+                "node_cpu_ms_per_close": round(per_close_ms, 2),
+                f"node_cpu_ms_per_resume_and_close_{args.streams}_at_a_time": round(per_resume_few_ms, 2),
+                "clients": args.clients,
                 "all_served_s": round(all_at_once_s, 2), "retried_after_1013": len(retries),
                 "node_cpu_ms_per_resume_at_once": round((cpu_seconds(pid) - before) / args.clients * 1000, 2)}
 
@@ -161,4 +178,5 @@ if __name__ == "__main__":
     parser.add_argument("--missed", type=int, default=10)
     parser.add_argument("--sequential", type=int, default=300)
     parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--streams", type=int, default=10)
     trio.run(main, parser.parse_args())

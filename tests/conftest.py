@@ -125,7 +125,7 @@ def flush_redis(url: str) -> None:
 
 @pytest.fixture
 async def aio_loop():
-    """The trio-asyncio loop redis-py runs in (opened in a fixture: pytest-trio refuses trio_asyncio as its runner)."""
+    """The trio-asyncio loop asyncpg runs in (opened in a fixture: pytest-trio refuses trio_asyncio as its runner)."""
     import trio_asyncio
 
     async with trio_asyncio.open_loop() as loop:

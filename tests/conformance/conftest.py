@@ -58,7 +58,7 @@ class BusEnv:
 
 
 @pytest.fixture(params=["memory", "redis", "redis-cluster"])
-async def bus_env(request, nursery, aio_loop):
+async def bus_env(request, nursery):
     url = None
     if request.param != "memory":
         url = request.getfixturevalue("redis_cluster_url" if request.param == "redis-cluster" else "redis_url")

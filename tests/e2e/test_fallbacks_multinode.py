@@ -10,7 +10,7 @@ from tests.e2e.test_presence import presence_events, start_node
 from tests.e2e.test_websocket import appointment
 
 
-async def test_a_stream_on_one_node_takes_its_presence_commands_posted_to_the_other(nursery, aio_loop, redis_url):
+async def test_a_stream_on_one_node_takes_its_presence_commands_posted_to_the_other(nursery, redis_url):
     flush_redis(redis_url)
     a = await start_node(nursery, redis_url)
     b = await start_node(nursery, redis_url)
@@ -40,7 +40,7 @@ async def test_a_stream_on_one_node_takes_its_presence_commands_posted_to_the_ot
 
 
 async def test_polls_alternating_between_nodes_get_every_event_once_and_keep_the_session_presence(
-        nursery, aio_loop, redis_url):
+        nursery, redis_url):
     flush_redis(redis_url)
     nodes = [await start_node(nursery, redis_url, connection={"poll_timeout_s": 1.0}) for _ in range(2)]
     token = nodes[0].token("ana")

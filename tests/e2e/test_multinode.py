@@ -23,7 +23,7 @@ def shared_redis(request) -> str:
 
 
 @pytest.fixture
-async def cluster(nursery, aio_loop, shared_redis):
+async def cluster(nursery, shared_redis):
     servers = []
     for _ in range(3):
         node = Node(server_config(bus={"redis_url": shared_redis}))

@@ -35,7 +35,7 @@ async def presence_events(client, count: int) -> list[tuple[str, str]]:
 
 
 async def test_a_colleague_on_another_node_is_seen_and_a_crashed_node_users_go_offline(
-        nursery, aio_loop, redis_url):
+        nursery, redis_url):
     flush_redis(redis_url)
     crash = trio.CancelScope()
     a = await start_node(nursery, redis_url, crash)
@@ -71,7 +71,7 @@ async def test_each_subscription_gets_its_own_snapshot_past_the_client_dedupe(se
             await watch.unsubscribe("presence:attendants")
 
 
-async def test_typing_on_one_node_is_seen_on_the_other_and_not_by_the_typist(nursery, aio_loop, redis_url):
+async def test_typing_on_one_node_is_seen_on_the_other_and_not_by_the_typist(nursery, redis_url):
     flush_redis(redis_url)
     a, b = await start_node(nursery, redis_url), await start_node(nursery, redis_url)
     async with open_client(a.ws(), a.token("ana")) as ana, open_client(b.ws(), b.token("bia")) as bia:

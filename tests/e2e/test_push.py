@@ -105,7 +105,7 @@ async def start_rig(nursery, tmp_path, redis_url: str, **push) -> Rig:
 
 
 @pytest.fixture
-async def rig(nursery, aio_loop, tmp_path, redis_url) -> Rig:
+async def rig(nursery, tmp_path, redis_url) -> Rig:
     return await start_rig(nursery, tmp_path, redis_url)
 
 
@@ -191,7 +191,7 @@ async def test_a_connected_user_gets_no_push_until_their_connection_is_gone(rig)
     assert rig.violations() == []
 
 
-async def test_every_transport_on_any_node_counts_as_connected(nursery, aio_loop, tmp_path, redis_url):
+async def test_every_transport_on_any_node_counts_as_connected(nursery, tmp_path, redis_url):
     rig = await start_rig(nursery, tmp_path, redis_url, live_grace_s=3)
     other = Node(rig.server.node.config)  # a second node on the same Redis
     other_server = Server(other, await nursery.start(other.run))
@@ -265,7 +265,7 @@ async def test_provider_failures_are_retried_and_expired_credentials_renewed(rig
     assert len(rig.apns.requests) == 3 and rig.violations() == []
 
 
-async def test_after_a_push_a_user_is_quiet_for_a_while(nursery, aio_loop, tmp_path, redis_url):
+async def test_after_a_push_a_user_is_quiet_for_a_while(nursery, tmp_path, redis_url):
     rig = await start_rig(nursery, tmp_path, redis_url, quiet_s=30)
     await rig.register("portal", rig.patient_token(), "fcm", FCM_TOKEN)
     ids = [await rig.appointment() for _ in range(3)]
@@ -276,7 +276,7 @@ async def test_after_a_push_a_user_is_quiet_for_a_while(nursery, aio_loop, tmp_p
     assert rig.dispatcher.metrics.skipped.labels("quiet")._value.get() == 2
 
 
-async def test_push_is_off_by_default(nursery, aio_loop, redis_url, tmp_path):
+async def test_push_is_off_by_default(nursery, redis_url, tmp_path):
     node = Node(server_config(bus={"redis_url": redis_url}))
     server = Server(node, await nursery.start(node.run))
     async with httpx.AsyncClient(base_url=server.http) as http:

@@ -24,7 +24,7 @@ async def wait_ready(server: Server, ready: bool) -> None:
 
 
 @pytest.mark.parametrize("aof", [True, False], ids=["aof-always", "no-persistence"])
-async def test_redis_killed_and_restarted_keeps_clients_and_loses_nothing(nursery, aio_loop, tmp_path, aof):
+async def test_redis_killed_and_restarted_keeps_clients_and_loses_nothing(nursery, tmp_path, aof):
     port = free_port()
     redis_proc = start_redis(port, tmp_path, aof=aof)
     try:
@@ -78,7 +78,7 @@ async def test_redis_killed_and_restarted_keeps_clients_and_loses_nothing(nurser
         redis_proc.wait()
 
 
-async def test_a_hung_redis_is_noticed_at_once_and_nothing_acknowledged_is_lost(nursery, aio_loop, tmp_path):
+async def test_a_hung_redis_is_noticed_at_once_and_nothing_acknowledged_is_lost(nursery, tmp_path):
     """SIGSTOP: Redis accepts connections but answers nothing. Every call has a deadline."""
     port = free_port()
     redis_proc = start_redis(port, tmp_path)

@@ -29,7 +29,7 @@ async def dashboard_state(client, room: str, until) -> tuple[dict, int]:
     return state, frames
 
 
-async def test_dashboards_on_another_node_get_the_final_state_digested_or_at_once(nursery, aio_loop, redis_url):
+async def test_dashboards_on_another_node_get_the_final_state_digested_or_at_once(nursery, redis_url):
     flush_redis(redis_url)
     a, b = await start_node(nursery, redis_url), await start_node(nursery, redis_url)
     events = slot_events(schedules=4, days=30)

@@ -92,7 +92,7 @@ async def start_dispatcher(nursery, config, scope: trio.CancelScope | None = Non
     return dispatcher
 
 
-async def test_matching_events_are_posted_signed_and_the_others_not(nursery, aio_loop, redis_url, receiver,
+async def test_matching_events_are_posted_signed_and_the_others_not(nursery, redis_url, receiver,
                                                                      backbone):
     config = webhooks_config(redis_url, receiver, events=["appointment.*"], tenants=["t1"])
     dispatcher = await start_dispatcher(nursery, config)
@@ -112,7 +112,7 @@ async def test_matching_events_are_posted_signed_and_the_others_not(nursery, aio
     assert dispatcher.metrics.deliveries.labels("partner")._value.get() == 1
 
 
-async def test_failures_and_a_timeout_are_retried_until_the_endpoint_recovers(nursery, aio_loop, redis_url,
+async def test_failures_and_a_timeout_are_retried_until_the_endpoint_recovers(nursery, redis_url,
                                                                                receiver, backbone):
     receiver.script = [500, "hang", 503]
     dispatcher = await start_dispatcher(nursery, webhooks_config(redis_url, receiver))
@@ -128,7 +128,7 @@ async def test_failures_and_a_timeout_are_retried_until_the_endpoint_recovers(nu
     assert backbone.dead_letters() == []
 
 
-async def test_after_the_last_attempt_it_is_dead_lettered_and_replay_delivers_it(nursery, aio_loop, redis_url,
+async def test_after_the_last_attempt_it_is_dead_lettered_and_replay_delivers_it(nursery, redis_url,
                                                                                   receiver, backbone):
     receiver.answer_for = lambda request: 400 if b'"a2"' in request.body else 503  # 400 is final: no retry
     config = webhooks_config(redis_url, receiver)
@@ -151,7 +151,7 @@ async def test_after_the_last_attempt_it_is_dead_lettered_and_replay_delivers_it
 
 
 async def test_a_crashed_dispatchers_pending_entries_are_claimed_and_delivered_by_another(
-        nursery, aio_loop, redis_url, receiver, backbone):
+        nursery, redis_url, receiver, backbone):
     receiver.script = ["hang"] * 3
     config = load_config(environ={}, overrides={
         "bus": {"redis_url": redis_url},
@@ -171,7 +171,7 @@ async def test_a_crashed_dispatchers_pending_entries_are_claimed_and_delivered_b
     assert survivor.metrics.deliveries.labels("partner")._value.get() == 3
 
 
-async def test_a_slow_endpoint_gets_at_most_its_concurrency_and_everything_arrives(nursery, aio_loop, redis_url,
+async def test_a_slow_endpoint_gets_at_most_its_concurrency_and_everything_arrives(nursery, redis_url,
                                                                                    receiver, backbone):
     receiver.delay_s = 0.1
     await start_dispatcher(nursery, webhooks_config(redis_url, receiver, max_concurrency=3))
@@ -181,7 +181,7 @@ async def test_a_slow_endpoint_gets_at_most_its_concurrency_and_everything_arriv
     assert sorted(r.headers["webhook-id"] for r in receiver.requests) == sorted(ids)
 
 
-async def test_a_redis_outage_pauses_the_dispatcher_and_it_goes_on_after(nursery, aio_loop, tmp_path, receiver):
+async def test_a_redis_outage_pauses_the_dispatcher_and_it_goes_on_after(nursery, tmp_path, receiver):
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     redis_proc = start_redis(port, tmp_path, aof=True)  # the group and the entries survive the restart

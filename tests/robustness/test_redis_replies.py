@@ -39,7 +39,7 @@ async def own_redis(tmp_path):
 
 @pytest.mark.parametrize("fault", FAULTS)
 async def test_error_replies_are_temporary_errors_on_every_path_and_the_node_recovers(
-        nursery, aio_loop, own_redis, fault):
+        nursery, own_redis, fault):
     url, raw = own_redis
     inject, recover = FAULTS[fault]
     node = Node(server_config(bus={"redis_url": url}, push={"enabled": True},
