@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from protocol.catalog import Catalog
+from rtserver.redis_client import Endpoint
 
 ENV_PREFIX = "RTSERVER_"
 
@@ -112,7 +113,8 @@ class RoomsConfig(_Section):
 
 
 class BusConfig(_Section):
-    #: Redis URL (``redis://host:port/db``); empty runs the embedded memory bus (one node).
+    #: Redis URL (``redis://[user:password@]host:port/db``, ``rediss://`` for TLS); empty
+    #: runs the embedded memory bus (one node).
     redis_url: str = ""
     #: Redis connections a node's command client opens at most (standalone Redis; calls
     #: beyond it wait for a free one).
@@ -136,8 +138,15 @@ class BusConfig(_Section):
     #: wait); past it the call fails like an unreachable Redis (503, 1013, a temporary
     #: error), and the bus reconnects.
     call_timeout_s: float = 2.0
-    #: Redis bus: seconds between two health probes (``PING``) of the command connection.
+    #: Redis bus: seconds between two health probes (``PING`` of every master).
     health_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.redis_url:
+            try:
+                Endpoint.parse(self.redis_url)
+            except ValueError as exc:
+                raise ValueError(f"bus.redis_url: {exc}") from None
 
 
 class PresenceConfig(_Section):

@@ -33,6 +33,14 @@ def test_wrong_types_are_errors(tmp_path):
         load_config(environ={"RTSERVER_SERVER__PORT": '"eighty"'})
 
 
+def test_a_redis_url_that_cannot_be_used_is_an_error():
+    with pytest.raises(ConfigError, match="redis_url.*redis:// or rediss://"):
+        load_config(environ={"RTSERVER_BUS__REDIS_URL": '"http://cache:6379"'})
+    with pytest.raises(ConfigError, match="redis_url"):
+        load_config(environ={"RTSERVER_BUS__REDIS_URL": '"redis://cache:6379/zero"'})
+    assert load_config(environ={"RTSERVER_BUS__REDIS_URL": '"rediss://u:p@cache:6380/2"'}).bus.redis_url
+
+
 def test_the_shipped_development_config_loads():
     config = load_config("config/rtserver.toml", environ={})
     assert config.auth.hs256_secret and config.server.port == 8080
