@@ -3,9 +3,10 @@
 Each accepted socket is read request by request (heads parsed by h11, bounded in size
 and time):
 
-* a WebSocket upgrade to ``/hub/ws`` or ``/portal/ws`` is authenticated here and becomes
-  a ``WebSocketConnection`` actor on the plain non-blocking socket (wsproto parses what
-  the client sends; broadcasts are framed once, see ``protocol.wsframes``);
+* a WebSocket upgrade to ``/hub/ws`` or ``/portal/ws`` is checked (``protocol.upgrade``),
+  authenticated and answered here from the head h11 parsed, and becomes a
+  ``WebSocketConnection`` actor on the plain non-blocking socket (wsproto parses what the
+  client sends; broadcasts are framed once, see ``protocol.wsframes``);
 * ``GET /{ns}/sse`` is authenticated and checked here and becomes an ``SseStream`` actor
   on the socket (its frames go through the same writer as WebSocket frames);
   ``GET /{ns}/poll`` becomes a ``PollRequest``, answered here with h11, and the
