@@ -49,12 +49,12 @@ from protocol.frames import Emit, Evt, Hello, ServerFrame, error_frame
 from protocol.presence import PresenceState
 from protocol.rooms import RoomKind, parse_room, room_key
 from protocol.wires import FRAMES, Wire
-from rtserver.auth import Claims, auto_rooms
-from rtserver.boundary import contained
-from rtserver.bus import HISTORY_PAGE, Bus, RoomHistory, read_rooms
-from rtserver.config import Config
-from rtserver.metrics import Metrics
-from rtserver.schedules import ScheduleStore
+from rtserver.backends.auth import Claims, auto_rooms
+from rtserver.backends.boundary import contained
+from rtserver.backends.bus import HISTORY_PAGE, Bus, RoomHistory, read_rooms
+from rtserver.backends.config import Config
+from rtserver.backends.metrics import Metrics
+from rtserver.backends.schedules import ScheduleStore
 
 #: Presence switches a staff client may emit.
 SWITCHES = {"presence:online": PresenceState.ONLINE, "presence:away": PresenceState.AWAY}

@@ -30,8 +30,8 @@ import structlog
 import trio
 
 from protocol.errors import ReplyError
-from rtserver.config import PushConfig
-from rtserver.push.store import LiveUsers
+from rtserver.backends.config import PushConfig
+from rtserver.backends.push_store import LiveUsers
 
 log = structlog.get_logger("rtserver.liveness")
 

@@ -46,10 +46,10 @@ import trio
 from protocol.envelope import Envelope
 from protocol.errors import ReplyError
 from protocol.presence import PresenceEntry, PresenceState, best
-from rtserver.bus import Bus
-from rtserver.config import PresenceConfig
-from rtserver.metrics import Metrics
-from rtserver.presence import Change, PresenceKey, PresenceStore, View
+from rtserver.backends.bus import Bus
+from rtserver.backends.config import PresenceConfig
+from rtserver.backends.metrics import Metrics
+from rtserver.backends.presence import Change, PresenceKey, PresenceStore, View
 
 log = structlog.get_logger("rtserver.presence")
 

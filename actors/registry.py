@@ -28,9 +28,9 @@ from protocol.coalesce import HeldOffsets
 from protocol.cursors import shard_of
 from protocol.envelope import StoredEvent
 from protocol.rooms import room_key
-from rtserver.bus import Bus
-from rtserver.config import RoomsConfig
-from rtserver.metrics import Metrics
+from rtserver.backends.bus import Bus
+from rtserver.backends.config import RoomsConfig
+from rtserver.backends.metrics import Metrics
 
 
 class Registry:

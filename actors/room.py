@@ -41,7 +41,7 @@ from protocol.envelope import StoredEvent
 from protocol.frames import Evt
 from protocol.rooms import room_name
 from protocol.wires import Wire
-from rtserver.metrics import Metrics
+from rtserver.backends.metrics import Metrics
 
 Push = Callable[[bytes], None]
 log = structlog.get_logger("rtserver.room")

@@ -30,8 +30,8 @@ import trio
 
 from protocol.errors import ReplyError
 from protocol.schedules import updates
-from rtserver.bus import RETRY_MAX_S, RETRY_MIN_S
-from rtserver.schedules import ScheduleStore
+from rtserver.backends.bus import RETRY_MAX_S, RETRY_MIN_S
+from rtserver.backends.schedules import ScheduleStore
 
 log = structlog.get_logger("rtserver.schedules")
 

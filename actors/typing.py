@@ -38,7 +38,7 @@ import trio
 
 from protocol.envelope import Envelope
 from protocol.errors import ReplyError
-from rtserver.config import TypingConfig
+from rtserver.backends.config import TypingConfig
 
 log = structlog.get_logger("rtserver.typing")
 

@@ -44,8 +44,8 @@ from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
 from protocol.frames import Ack, Emit, Ping, Pong, Sub, Unsub
 from protocol.wires import Wire
 from protocol.wsframes import close_frame
-from rtserver.auth import Claims, authorize_room
-from rtserver.sockets import half_close_and_wait_eof
+from rtserver.backends.auth import Claims, authorize_room
+from rtserver.backends.sockets import half_close_and_wait_eof
 
 #: Seconds the close handshake may take before the socket is closed anyway.
 CLOSE_TIMEOUT_S = 2.0

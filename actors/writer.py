@@ -40,7 +40,7 @@ from typing import Protocol
 import trio
 import trio.testing
 
-from rtserver.metrics import Metrics
+from rtserver.backends.metrics import Metrics
 
 #: Largest share of time the writer spends flushing under sustained load (see ``run``).
 FLUSH_SHARE = 0.5

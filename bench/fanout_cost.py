@@ -23,7 +23,7 @@ from protocol.coalesce import HeldOffsets
 from protocol.cursors import Offset
 from protocol.envelope import Envelope, StoredEvent
 from protocol.wires import WS_JSON
-from rtserver.metrics import Metrics
+from rtserver.backends.metrics import Metrics
 
 
 class _Owner:

@@ -21,7 +21,7 @@ import httpx
 import trio
 from stack import SECRET, stack
 
-from rtserver.auth import mint_token
+from rtserver.backends.auth import mint_token
 from rtserver.client import open_client
 
 

@@ -23,7 +23,7 @@ import httpx
 import trio
 from stack import SECRET, cpu_seconds, peak_rss_mb, stack
 
-from rtserver.auth import mint_token
+from rtserver.backends.auth import mint_token
 from rtserver.client import open_client
 
 

@@ -31,8 +31,8 @@ import trio
 from stack import ROOT, SECRET, cpu_seconds, stack
 
 from protocol.cursors import shard_of
-from rtserver.auth import mint_token
-from rtserver.bus.redis import stream_key
+from rtserver.backends.auth import mint_token
+from rtserver.backends.bus.redis import stream_key
 from rtserver.push import GROUP
 from tests.e2e.push_providers import ApnsStandIn, Credentials, FcmStandIn
 

@@ -1,5 +1,5 @@
 """Redis clients from Trio: CPU per call of redis-py (asyncio, through trio-asyncio),
-coredis (anyio, when installed: ``pip install coredis``) and ``rtserver.redis_client``.
+coredis (anyio, when installed: ``pip install coredis``) and ``rtserver.backends.redis_client``.
 
 Starts a redis-server whose stream holds 5,000 entries of 150 B, then, per client: a
 pipeline of the three commands a resume sends (``SET NX GET`` of the epoch, ``XINFO
@@ -22,7 +22,7 @@ import redis
 import trio
 from stack import free_port
 
-from rtserver.redis_client import Redis
+from rtserver.backends.redis_client import Redis
 
 PAD = "x" * 150
 
@@ -99,7 +99,7 @@ async def with_native(url: str, last: bytes, calls: int) -> dict:
             return await client.execute([("SET", "epoch", "e", "NX", "GET"), ("XINFO", "STREAM", "s"),
                                          ("XRANGE", "s", b"(" + last, "+", "COUNT", 11)])
 
-        return await measure("rtserver.redis_client", pipeline, lambda: client.call("GET", "epoch"), calls)
+        return await measure("rtserver.backends.redis_client", pipeline, lambda: client.call("GET", "epoch"), calls)
     finally:
         client.close()
 

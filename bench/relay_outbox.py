@@ -33,8 +33,8 @@ from trio_asyncio import aio_as_trio
 
 import asyncpg
 from protocol.cursors import Cursor, shard_of
-from rtserver.auth import mint_token
-from rtserver.bus.redis import stream_key
+from rtserver.backends.auth import mint_token
+from rtserver.backends.bus.redis import stream_key
 from rtserver.client import open_client
 from rtserver.outbox import migrate
 from tests.postgres import PostgresServer

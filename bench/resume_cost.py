@@ -36,8 +36,8 @@ from stack import SECRET, cpu_seconds, stack
 from wsproto.events import CloseConnection, Request, TextMessage
 
 from protocol.cursors import shard_of
-from rtserver.auth import mint_token
-from rtserver.bus.redis import stream_key
+from rtserver.backends.auth import mint_token
+from rtserver.backends.bus.redis import stream_key
 
 
 class TryAgainLater(Exception):

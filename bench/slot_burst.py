@@ -24,8 +24,8 @@ import trio
 from stack import SECRET, cpu_seconds, peak_rss_mb, stack
 
 from protocol.cursors import shard_of
-from rtserver.auth import mint_token
-from rtserver.bus.redis import stream_key
+from rtserver.backends.auth import mint_token
+from rtserver.backends.bus.redis import stream_key
 from rtserver.client import open_client
 
 

@@ -83,7 +83,7 @@ async def measure(args) -> None:
     import trio
     from stack import SECRET, cpu_seconds, stack
 
-    from rtserver.auth import mint_token
+    from rtserver.backends.auth import mint_token
 
     token = mint_token(SECRET, {"sub": "bench-sub", "healthUnitTaxId": "t1", "roles": ["attendant"]}, ttl_s=86400)
     service = mint_token(SECRET, {"sub": "bench-pub", "roles": ["service"]}, ttl_s=86400)

@@ -11,8 +11,8 @@ import sys
 
 import trio
 
-from rtserver.auth import mint_token
-from rtserver.config import Config, ConfigError, load_config
+from rtserver.backends.auth import mint_token
+from rtserver.backends.config import Config, ConfigError, load_config
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -29,7 +29,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 async def _serve(config: Config) -> None:
-    from rtserver.boundary import contained
+    from rtserver.backends.boundary import contained
     from rtserver.node import Node
 
     node = Node(config)
@@ -47,7 +47,7 @@ async def _serve(config: Config) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from rtserver.logs import configure_logging
+    from rtserver.backends.logs import configure_logging
 
     config = _config(args)
     configure_logging(config.log.level)
@@ -79,7 +79,7 @@ def cmd_pages(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     """Feed a running server (``--url``), or start an embedded node and feed it."""
     from rtserver.demo import feed
-    from rtserver.logs import configure_logging
+    from rtserver.backends.logs import configure_logging
 
     config = _config(args)
     secret = _dev_secret(config, "demo")
@@ -109,7 +109,7 @@ def cmd_relay(args: argparse.Namespace) -> None:
     create or update the outbox schema."""
     import trio_asyncio
 
-    from rtserver.logs import configure_logging
+    from rtserver.backends.logs import configure_logging
     from rtserver.outbox import OutboxSchemaError, migrate
     from rtserver.outbox.relay import Relay
 
@@ -184,8 +184,8 @@ def cmd_push(args: argparse.Namespace) -> None:
 
 def _on_redis(args: argparse.Namespace, command: str):
     """The configuration (logging set up) and the Redis bus of a process beside the nodes."""
-    from rtserver.bus.redis import RedisBus
-    from rtserver.logs import configure_logging
+    from rtserver.backends.bus.redis import RedisBus
+    from rtserver.backends.logs import configure_logging
 
     config = _config(args)
     configure_logging(config.log.level)

@@ -27,7 +27,7 @@ from protocol.errors import ReplyCode, ReplyError
 from protocol.frames import JSON, Ack, ClientFrame, Emit, Ping, Pong, ServerFrame, error_frame
 from protocol.limits import decode_bounded
 from protocol.rooms import is_identifier
-from rtserver.auth import Claims, authorize_room
+from rtserver.backends.auth import Claims, authorize_room
 
 #: Most frames one request may carry.
 MAX_COMMANDS = 64

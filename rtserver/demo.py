@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import trio
 
-from rtserver.auth import mint_token
+from rtserver.backends.auth import mint_token
 from rtserver.client import open_client
 from rtserver.publisher import Publisher
 

@@ -13,7 +13,7 @@ would otherwise never come back to the listener's fast paths.
 Every answer that is not a success is JSON, ``{"error": <code>, "message": "..."}``: the
 documented refusals (``STATUS_OF_REPLY``), Quart's own (404, 405, 408 for a body that did
 not arrive within ``server.handshake_timeout_s``, 413), and 500 with the correlation id
-(``"id"``) of a logged, counted failure (``rtserver.boundary``).
+(``"id"``) of a logged, counted failure (``rtserver.backends.boundary``).
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ from protocol.errors import CloseCode, ReplyCode, ReplyError
 from protocol.frames import JSON, Error, error_frame
 from protocol.limits import decode_bounded
 from protocol.push import Registration
-from rtserver.auth import AuthError, Claims, admit, authorize_room, bearer_token, personal_rooms
-from rtserver.boundary import contained, internal_error_body, record_failure
+from rtserver.backends.auth import AuthError, Claims, admission, authorize_room, personal_rooms
+from rtserver.backends.boundary import contained, internal_error_body, record_failure
 from rtserver.commands import decode_commands, run_command
 
 if TYPE_CHECKING:
-    from rtserver.metrics import Metrics
-    from rtserver.node import Node
+    from rtserver.backends.metrics import Metrics
+    from rtserver.gateway import Gateway
 
 log = structlog.get_logger("rtserver.http")
 
@@ -75,6 +75,20 @@ def error_body(code: int, message: str) -> bytes:
     return _json.encode({"error": code, "message": message})
 
 
+def refusal(exc: AuthError | ReplyError, metrics: Metrics) -> tuple[int, bytes]:
+    """The status and JSON body that refuse a request, on every transport and endpoint
+    (an authentication failure is counted)."""
+    if isinstance(exc, AuthError):
+        metrics.auth_failures.labels(exc.disconnect.reason).inc()
+        return exc.status, error_body(exc.disconnect.code, exc.message)
+    return STATUS_OF_REPLY.get(exc.code, 400), error_body(int(exc.code), exc.message)
+
+
+def _refused(exc: AuthError | ReplyError, metrics: Metrics) -> Response:
+    status, body = refusal(exc, metrics)
+    return Response(body, status=status, content_type="application/json")
+
+
 def _answer(body: object, status: int = 200) -> Response:
     return Response(_json.encode(body), status=status, content_type="application/json")
 
@@ -91,23 +105,15 @@ class _PushOff(Exception):
     pass
 
 
-def create_app(node: Node) -> QuartTrio:
+def create_app(gateway: Gateway) -> QuartTrio:
     app = QuartTrio("rtserver")
     app.config["RESPONSE_TIMEOUT"] = None
-    app.config["BODY_TIMEOUT"] = node.config.server.handshake_timeout_s
+    app.config["BODY_TIMEOUT"] = gateway.config.server.handshake_timeout_s
     app.config["MAX_CONTENT_LENGTH"] = MAX_POST_BYTES
-
-    def claims_of_request() -> Claims:
-        token = bearer_token({k.lower(): v for k, v in request.headers.items()},
-                             dict(request.args), [])
-        if token is None:
-            raise AuthError(CloseCode.UNAUTHENTICATED, "no token")
-        return node.verifier.verify(token)
 
     @app.errorhandler(AuthError)
     async def auth_error(exc: AuthError):
-        node.metrics.auth_failures.labels(exc.disconnect.reason).inc()
-        return _error(exc.status, exc.disconnect.code, exc.message)
+        return _refused(exc, gateway.metrics)
 
     @app.errorhandler(_UnknownNamespace)
     async def unknown_namespace(_exc: _UnknownNamespace):
@@ -115,7 +121,7 @@ def create_app(node: Node) -> QuartTrio:
 
     @app.errorhandler(ReplyError)
     async def reply_error(exc: ReplyError):
-        return _error(STATUS_OF_REPLY.get(exc.code, 400), int(exc.code), exc.message)
+        return _refused(exc, gateway.metrics)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException):
@@ -124,7 +130,7 @@ def create_app(node: Node) -> QuartTrio:
     @app.errorhandler(Exception)
     async def internal_error(exc: Exception):
         """The boundary of every route: logged with a correlation id, counted, a 500."""
-        failure_id = record_failure(node.metrics, f"http:{request.endpoint or 'unrouted'}", exc, path=request.path)
+        failure_id = record_failure(gateway.metrics, f"http:{request.endpoint or 'unrouted'}", exc, path=request.path)
         return Response(internal_error_body(failure_id), status=500, content_type="application/json")
 
     @app.after_request
@@ -132,7 +138,7 @@ def create_app(node: Node) -> QuartTrio:
         """Catch-up and presence answer a page of an allowed origin (``protocol.cors``)."""
         origin = request.headers.get("origin")
         if request.endpoint in ("events", "presence") and origin_allowed(
-                origin, request.headers.get("host", ""), node.config.server.allowed_origins):
+                origin, request.headers.get("host", ""), gateway.config.server.allowed_origins):
             for name, value in cors_headers(origin):
                 response.headers[name.decode()] = value.decode("latin-1")
         return response
@@ -143,13 +149,13 @@ def create_app(node: Node) -> QuartTrio:
 
     @app.get("/readyz")
     async def readyz():
-        checks = {"bus": node.bus.ready(), "draining": node.draining}
-        ready = checks["bus"] and not node.draining
+        checks = gateway.readiness()
+        ready = checks["bus"] and not checks["draining"]
         return _answer({"ready": ready, **checks}, 200 if ready else 503)
 
     @app.get("/metrics")
     async def metrics():
-        return Response(node.metrics.render(), content_type="text/plain; version=0.0.4")
+        return Response(gateway.metrics.render(), content_type="text/plain; version=0.0.4")
 
     def admitted(ns: str) -> tuple[Claims, Namespace]:
         """The request's claims, admitted to namespace ``ns`` (404 for an unknown one)."""
@@ -157,16 +163,15 @@ def create_app(node: Node) -> QuartTrio:
             namespace = Namespace(ns)
         except ValueError:
             raise _UnknownNamespace from None
-        claims = claims_of_request()
-        admit(claims, namespace)
-        return claims, namespace
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return admission(gateway.verifier, headers, dict(request.args), [], namespace), namespace
 
     @app.get("/<ns>/presence")
     async def presence(ns: str):
         claims, namespace = admitted(ns)
         group = request.args.get("group", "")
         authorize_room(claims, namespace, f"presence:{group}")
-        entries = await node.presence.snapshot(claims.tenant, group)
+        entries = await gateway.presence.snapshot(claims.tenant, group)
         return _answer({"group": group, "users": [entry.data(group) for entry in entries]})
 
     @app.get("/<ns>/events")
@@ -181,8 +186,8 @@ def create_app(node: Node) -> QuartTrio:
         if not since_text:
             raise ReplyError(ReplyCode.BAD_FRAME, "?since=<cursor> is required")
         since = Cursor.parse(since_text)
-        limit = _int_param("limit", 1, node.config.bus.max_history)
-        page = await node.catch_up(claims.tenant, names, since, limit)
+        limit = _int_param("limit", 1, gateway.config.bus.max_history)
+        page = await gateway.catch_up(claims.tenant, names, since, limit)
         if not page.recovered:
             return _answer({"recovered": False, "cursor": page.cursor.encode(), "events": []}, 410)
         return Response(
@@ -193,9 +198,9 @@ def create_app(node: Node) -> QuartTrio:
         )
 
     def device_store():
-        if node.devices is None:
+        if gateway.devices is None:
             raise _PushOff
-        return node.devices
+        return gateway.devices
 
     @app.errorhandler(_PushOff)
     async def push_off(_exc: _PushOff):
@@ -212,7 +217,7 @@ def create_app(node: Node) -> QuartTrio:
             raise ReplyError(ReplyCode.BAD_PAYLOAD, f"invalid device registration: {exc}") from None
         forgotten = await devices.register(claims.tenant, claims.user, personal_rooms(claims, namespace),
                                            registration)
-        return _answer({"platform": registration.platform, "expires_in_s": node.config.push.device_ttl_s,
+        return _answer({"platform": registration.platform, "expires_in_s": gateway.config.push.device_ttl_s,
                         "forgotten": len(forgotten)}, 201)
 
     @app.delete("/<ns>/push/devices/<token>")
@@ -268,43 +273,37 @@ MAX_POST_BYTES = 1 << 20
 PostHandler = Callable[[str, dict[str, str], bytes], Awaitable[tuple[int, bytes]]]
 
 
-def post_handlers(node: Node) -> dict[str, PostHandler]:
+def post_handlers(gateway: Gateway) -> dict[str, PostHandler]:
     """The POST paths answered without Quart, by path."""
 
     async def publish(query: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
-        status, answer = await publish_answer(node, headers, body)
-        return status, _json.encode(answer)
+        return await publish_answer(gateway, headers, body)
 
     def commands(ns: Namespace) -> PostHandler:
         async def answer(query: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
-            return await commands_answer(node, ns, dict(parse_qsl(query)), headers, body)
+            return await commands_answer(gateway, ns, dict(parse_qsl(query)), headers, body)
         return answer
 
     return {"/v1/publish": publish, **{f"/{ns.value}/commands": commands(ns) for ns in Namespace}}
 
 
 async def commands_answer(
-    node: Node, ns: Namespace, query: dict[str, str], headers: dict[str, str], body: bytes,
+    gateway: Gateway, ns: Namespace, query: dict[str, str], headers: dict[str, str], body: bytes,
 ) -> tuple[int, bytes]:
     """``POST /{ns}/commands`` (``rtserver.commands``): the reply frame (status of its
     error), or an array of replies (200) for an array of frames."""
     try:
-        token = bearer_token(headers, query, [])
-        if token is None:
-            raise AuthError(CloseCode.UNAUTHENTICATED, "no token")
-        claims = node.verifier.verify(token)
-        admit(claims, ns)
+        claims = admission(gateway.verifier, headers, query, [], ns)
         frames, many = decode_commands(body)
     except AuthError as exc:
-        node.metrics.auth_failures.labels(exc.disconnect.reason).inc()
-        return exc.status, error_body(exc.disconnect.code, exc.message)
-    except ReplyError as exc:
+        return refusal(exc, gateway.metrics)
+    except ReplyError as exc:  # a commands client reads reply frames
         return 400, JSON.encode(error_frame(exc, None))
     session = query.get("session") or headers.get("x-rt-session")
     replies = []
     for frame in frames:
-        node.metrics.count_inbound(frame, node.catalog)
-        replies.append(await run_command(node.services, claims, ns, session, frame))
+        gateway.metrics.count_inbound(frame, gateway.catalog)
+        replies.append(await run_command(gateway.services, claims, ns, session, frame))
     if many:
         return 200, b"[%s]" % b",".join(JSON.encode(reply) for reply in replies)
     reply = replies[0]
@@ -312,14 +311,12 @@ async def commands_answer(
     return status, JSON.encode(reply)
 
 
-async def publish_answer(node: Node, headers: dict[str, str], body: bytes) -> tuple[int, dict]:
-    """``POST /v1/publish``: (status, JSON body). Needs a service token; a service token
-    that names a tenant may only publish to it. Nothing is appended unless it is valid."""
+async def publish_answer(gateway: Gateway, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+    """``POST /v1/publish``: (status, JSON body). Needs a service token (in the
+    ``Authorization`` header); a service token that names a tenant may only publish to
+    it. Nothing is appended unless it is valid."""
     try:
-        token = bearer_token(headers, {}, [])
-        if token is None:
-            raise AuthError(CloseCode.UNAUTHENTICATED, "no token")
-        claims = node.verifier.verify(token)
+        claims = admission(gateway.verifier, headers, {}, [], None)
         if not claims.is_service:
             raise AuthError(CloseCode.FORBIDDEN, "publishing needs a service token", 403)
         try:
@@ -330,12 +327,9 @@ async def publish_answer(node: Node, headers: dict[str, str], body: bytes) -> tu
             raise ReplyError(ReplyCode.FORBIDDEN, "this service token may only publish to its own tenant")
         if envelope.traceparent is None and "traceparent" in headers:
             envelope = msgspec.structs.replace(envelope, traceparent=headers["traceparent"])
-        return 200, await node.publish(envelope)
-    except AuthError as exc:
-        node.metrics.auth_failures.labels(exc.disconnect.reason).inc()
-        return exc.status, {"error": exc.disconnect.code, "message": exc.message}
-    except ReplyError as exc:
-        return STATUS_OF_REPLY.get(exc.code, 400), {"error": int(exc.code), "message": exc.message}
+        return 200, _json.encode(await gateway.publish(envelope))
+    except (AuthError, ReplyError) as exc:
+        return refusal(exc, gateway.metrics)
 
 
 def create_asgi(app: QuartTrio, metrics: Metrics):

@@ -27,7 +27,7 @@ fast POST's body must arrive whole within ``handshake_timeout_s`` (408) and stay
 well-formed upgrade (``protocol.upgrade``: 400 or 426 otherwise).
 
 Each request, and each connection actor started here, runs inside an error boundary
-(``rtserver.boundary``): an unexpected exception is logged, counted and answered (HTTP 500
+(``rtserver.backends.boundary``): an unexpected exception is logged, counted and answered (HTTP 500
 JSON with a correlation id, close 1011) and ends that request or connection alone.
 """
 
@@ -58,11 +58,11 @@ from protocol.rooms import is_identifier
 from protocol.upgrade import UpgradeRefused, accept_response, check_upgrade, subprotocols
 from protocol.wires import WS_JSON, WS_WIRES
 from protocol.wsframes import close_frame
-from rtserver.auth import AuthError, Claims, TokenVerifier, admit, authorize_room, bearer_token
-from rtserver.boundary import contained, internal_error_body
-from rtserver.config import ServerConfig
-from rtserver.http import MAX_POST_BYTES, STATUS_OF_REPLY, PostHandler, error_body
-from rtserver.sockets import half_close_and_wait_eof
+from rtserver.backends.auth import AuthError, Claims, TokenVerifier, admission, authorize_room
+from rtserver.backends.boundary import contained, internal_error_body
+from rtserver.backends.config import ServerConfig
+from rtserver.http import MAX_POST_BYTES, PostHandler, error_body, refusal
+from rtserver.backends.sockets import half_close_and_wait_eof
 
 log = structlog.get_logger("rtserver.listener")
 
@@ -350,11 +350,7 @@ class Listener:
         is started for a request that cannot be served as asked."""
         headers = _headers(request)
         query = dict(parse_qsl(urlsplit(request.target.decode("latin-1")).query))
-        token = bearer_token(headers, query, [])
-        if token is None:
-            raise AuthError(CloseCode.UNAUTHENTICATED, "no token")
-        claims = self._verifier.verify(token)
-        admit(claims, ns)
+        claims = admission(self._verifier, headers, query, [], ns)
         since_text = query.get("since") or headers.get("last-event-id")
         since = Cursor.parse(since_text) if since_text else None
         session = query.get("session", "")
@@ -381,10 +377,8 @@ class Listener:
     def _refuse(self, exc: AuthError | ReplyError, ns: Namespace) -> tuple[int, bytes]:
         """The status and JSON body of a refused SSE or poll request."""
         if isinstance(exc, AuthError):
-            self._services.metrics.auth_failures.labels(exc.disconnect.reason).inc()
             log.info("request_refused", code=exc.disconnect.code, reason=exc.message, ns=ns.value)
-            return exc.status, error_body(exc.disconnect.code, exc.message)
-        return STATUS_OF_REPLY.get(exc.code, 400), error_body(int(exc.code), exc.message)
+        return refusal(exc, self._services.metrics)
 
     async def _sse(self, sock: socket.socket, parser: h11.Connection, request: h11.Request, ns: Namespace,
                    cors: list[tuple[bytes, bytes]]) -> None:
@@ -467,11 +461,7 @@ class Listener:
         accept = accept_response(request.headers, wire_name)
         metrics = self._services.metrics
         try:
-            token = bearer_token(headers, query, offered)
-            if token is None:
-                raise AuthError(CloseCode.UNAUTHENTICATED, "no token")
-            claims = self._verifier.verify(token)
-            admit(claims, ns)
+            claims = admission(self._verifier, headers, query, offered, ns)
             try:
                 joining = self._joining(query, claims, ns)
             except ReplyError as err:  # the rooms asked for: a close frame the client can read

@@ -10,7 +10,6 @@ draining code in paced batches and wait for them, all within ``server.drain_dead
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 
 import structlog
 import trio
@@ -22,35 +21,24 @@ from actors.registry import Registry
 from actors.schedules import ScheduleProjector
 from actors.typing import Typing
 from actors.writer import Writer
-from protocol.cursors import Cursor
-from protocol.envelope import Envelope
 from protocol.errors import CloseCode
-from protocol.frames import Evt
-from protocol.rooms import parse_room
-from rtserver.auth import TokenVerifier
-from rtserver.boundary import contained
-from rtserver.bus import Bus, read_rooms
-from rtserver.bus.memory import MemoryBus
-from rtserver.bus.redis import RedisBus
-from rtserver.config import Config
+from rtserver.backends.auth import TokenVerifier
+from rtserver.backends.boundary import contained
+from rtserver.backends.bus import Bus
+from rtserver.backends.bus.memory import MemoryBus
+from rtserver.backends.bus.redis import RedisBus
+from rtserver.backends.config import Config
+from rtserver.gateway import Gateway
 from rtserver.http import HttpFrontend, create_app, create_asgi, post_handlers
 from rtserver.listener import Listener
-from rtserver.metrics import Metrics
-from rtserver.presence import MemoryPresence
-from rtserver.presence.redis import RedisPresence
-from rtserver.push.store import DeviceStore, LiveUsers
-from rtserver.schedules import MemorySchedules
-from rtserver.schedules.redis import RedisSchedules
+from rtserver.backends.metrics import Metrics
+from rtserver.backends.presence import MemoryPresence
+from rtserver.backends.presence.redis import RedisPresence
+from rtserver.backends.push_store import DeviceStore, LiveUsers
+from rtserver.backends.schedules import MemorySchedules
+from rtserver.backends.schedules.redis import RedisSchedules
 
 log = structlog.get_logger("rtserver.node")
-
-
-@dataclass(frozen=True, slots=True)
-class CatchUp:
-    events: list[Evt]
-    cursor: Cursor
-    recovered: bool
-    more: bool
 
 
 class Node:
@@ -87,15 +75,16 @@ class Node:
             self.liveness = Liveness(LiveUsers(self.bus), push, holder=holder)
             self.metrics.connected_users.set_function(lambda: self.liveness.connected_users)
         self.connections: set[Connection] = set()
-        self.draining = False
-        self.http = HttpFrontend(create_asgi(create_app(self), self.metrics))
         self.services = services = ConnectionServices(
             config=config, bus=self.bus, registry=self.registry, writer=self.writer,
             metrics=self.metrics, catalog=self.catalog, connections=self.connections,
             presence=self.presence, typing=self.typing, schedules=schedule_store, liveness=self.liveness,
         )
+        self.gateway = Gateway(config, metrics=self.metrics, catalog=self.catalog, verifier=self.verifier,
+                               bus=self.bus, presence=self.presence, devices=self.devices, services=services)
+        self.http = HttpFrontend(create_asgi(create_app(self.gateway), self.metrics))
         self.listener = Listener(
-            config.server, services, self.verifier, self.http.serve, post_handlers(self)
+            config.server, services, self.verifier, self.http.serve, post_handlers(self.gateway)
         )
         self.port: int | None = None
 
@@ -126,34 +115,11 @@ class Node:
             log.info("listening", host=self.config.server.host, port=self.port)
             task_status.started(self.port)
 
-    # -- publishing and catch-up -------------------------------------------------------
-    async def publish(self, envelope: Envelope) -> dict:
-        """Validate against the catalog and append (durable) or publish (ephemeral)."""
-        etype = self.catalog.validate_publish(envelope.event, envelope.tenant, envelope.rooms, envelope.data)
-        if etype.durable:
-            result = await self.bus.append(envelope)
-            outcome = "duplicate" if result.duplicate else "appended"
-            self.metrics.published.labels(envelope.event, outcome).inc()
-            log.debug("published", event_type=envelope.event, id=result.event.id, outcome=outcome,
-                      traceparent=envelope.traceparent)
-            return {"id": result.event.id, "cursor": result.event.cursor, "duplicate": result.duplicate}
-        [event] = await self.bus.publish_ephemeral(envelope)
-        self.metrics.published.labels(envelope.event, "ephemeral").inc()
-        return {"id": event.id, "cursor": None, "duplicate": False}
-
-    async def catch_up(self, tenant: str, names: list[str], since: Cursor, limit: int) -> CatchUp:
-        """The events of ``names`` after ``since`` (about ``limit``; ``more`` when cut)."""
-        for name in names:
-            parse_room(name)
-        history = await read_rooms(self.bus, tenant, set(names), since, limit)
-        events = [event.frame(room) for event, room in history.events]
-        return CatchUp(events, history.cursor, history.recovered, history.more)
-
     # -- draining ----------------------------------------------------------------------
     async def drain(self) -> None:
         """Stop accepting and close every client with ``SERVER_DRAINING``, paced, bounded."""
         cfg = self.config.server
-        self.draining = True
+        self.gateway.draining = True
         self.listener.stop_accepting()
         log.info("draining", connections=len(self.connections))
         with trio.move_on_after(cfg.drain_deadline_s):

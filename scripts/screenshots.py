@@ -19,7 +19,7 @@ from playwright.sync_api import sync_playwright
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
-from rtserver.config import load_config  # noqa: E402
+from rtserver.backends.config import load_config  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from rtserver.logs import configure_logging
+from rtserver.backends.logs import configure_logging
 
 configure_logging("info")
 

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from protocol.catalog import Namespace
 from protocol.errors import CloseCode, ReplyError
-from rtserver.auth import AuthError, Claims, TokenVerifier, admit, authorize_room, auto_rooms, mint_token
-from rtserver.config import AuthConfig
+from rtserver.backends.auth import AuthError, Claims, TokenVerifier, admit, authorize_room, auto_rooms, mint_token
+from rtserver.backends.config import AuthConfig
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef0123456789abcdef"
 STAFF = {"sub": "u1", "healthUnitTaxId": "t1", "roles": ["attendant"], "professionalTaxId": "p9",

@@ -1,6 +1,6 @@
 import pytest
 
-from rtserver.config import Config, ConfigError, load_config
+from rtserver.backends.config import Config, ConfigError, load_config
 
 
 def test_defaults_are_documented_and_frozen():

@@ -4,7 +4,7 @@ place, deadlines that discard a connection, credentials, a cluster's routing."""
 import pytest
 import trio
 
-from rtserver.redis_client import Endpoint, ErrorReply, Redis, Unreachable, pairs, stream_entries
+from rtserver.backends.redis_client import Endpoint, ErrorReply, Redis, Unreachable, pairs, stream_entries
 from tests.conftest import flush_redis, free_port, plain_redis, start_redis
 
 

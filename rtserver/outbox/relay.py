@@ -36,9 +36,9 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from trio_asyncio import aio_as_trio
 
-from rtserver.bus.redis import BusUnavailable, RedisBus, stream_key
-from rtserver.config import Config
-from rtserver.metrics import watch_bus
+from rtserver.backends.bus.redis import BusUnavailable, RedisBus, stream_key
+from rtserver.backends.config import Config
+from rtserver.backends.metrics import watch_bus
 from rtserver.outbox import CHANNEL, LEADER_LOCK, check_schema
 
 log = structlog.get_logger("rtserver.relay")

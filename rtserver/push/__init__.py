@@ -5,7 +5,7 @@ Contract (one ``Dispatcher`` per process; several share the work through Redis)
             consumer ``<host>-<pid>-<random>``: durable events whose type matches
             ``push.events`` and which name a personal room (``user:``, ``patient:``,
             ``professional:``).
-  looks up  the devices registered for those rooms (``rtserver.push.store``), and which of
+  looks up  the devices registered for those rooms (``rtserver.backends.push_store``), and which of
             their owners some node holds as connected (``actors.liveness``).
   sends     to each device of an owner who is not connected and not in a quiet period
             (``push.quiet_s`` after a push to them): a fixed title and body and the ids
@@ -35,13 +35,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from protocol.envelope import StoredEvent
 from protocol.errors import ReplyError
 from protocol.push import Device, Notice, Platform, Verdict
-from rtserver.auth import PERSONAL_KINDS
-from rtserver.bus.groups import GroupWorker, ShardGroup, backoff_s, consumer_name
-from rtserver.bus.redis import RedisBus
-from rtserver.config import PushConfig
-from rtserver.metrics import watch_bus
+from rtserver.backends.auth import PERSONAL_KINDS
+from rtserver.backends.bus.groups import GroupWorker, ShardGroup, backoff_s, consumer_name
+from rtserver.backends.bus.redis import RedisBus
+from rtserver.backends.config import PushConfig
+from rtserver.backends.metrics import watch_bus
 from rtserver.push.providers import configured_providers
-from rtserver.push.store import DeviceStore, LiveUsers
+from rtserver.backends.push_store import DeviceStore, LiveUsers
 
 log = structlog.get_logger("rtserver.push")
 

@@ -17,7 +17,7 @@ from protocol.push import (
     APNS_EXPIRATION_S, APNS_TOKEN_LIFETIME_S, JWT_BEARER_GRANT, Notice, Platform, Verdict, apns_payload,
     apns_token_claims, apns_verdict, fcm_assertion_claims, fcm_message, fcm_verdict,
 )
-from rtserver.config import ApnsConfig, FcmConfig, PushConfig
+from rtserver.backends.config import ApnsConfig, FcmConfig, PushConfig
 
 #: An access token is renewed this many seconds before it expires.
 RENEW_BEFORE_S = 300

@@ -32,11 +32,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from protocol.envelope import StoredEvent
 from protocol.webhooks import delivery_body, signed_headers
-from rtserver.bus.groups import GroupWorker, ShardGroup, backoff_s, consumer_name
-from rtserver.bus.redis import RedisBus
-from rtserver.config import WebhooksConfig, WebhookSubscription
-from rtserver.metrics import watch_bus
-from rtserver.redis_client import stream_entries
+from rtserver.backends.bus.groups import GroupWorker, ShardGroup, backoff_s, consumer_name
+from rtserver.backends.bus.redis import RedisBus
+from rtserver.backends.config import WebhooksConfig, WebhookSubscription
+from rtserver.backends.metrics import watch_bus
+from rtserver.backends.redis_client import stream_entries
 
 log = structlog.get_logger("rtserver.webhooks")
 

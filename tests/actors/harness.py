@@ -27,12 +27,12 @@ from actors.writer import Writer
 from protocol.catalog import Catalog, Namespace
 from protocol.envelope import Envelope
 from protocol.wires import WS_JSON
-from rtserver.auth import Claims
-from rtserver.bus.memory import MemoryBus
-from rtserver.config import Config, load_config
-from rtserver.metrics import Metrics
-from rtserver.presence import MemoryPresence
-from rtserver.schedules import MemorySchedules
+from rtserver.backends.auth import Claims
+from rtserver.backends.bus.memory import MemoryBus
+from rtserver.backends.config import Config, load_config
+from rtserver.backends.metrics import Metrics
+from rtserver.backends.presence import MemoryPresence
+from rtserver.backends.schedules import MemorySchedules
 
 
 def config(**sections) -> Config:

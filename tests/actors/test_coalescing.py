@@ -10,8 +10,8 @@ from protocol.coalesce import HeldOffsets, offset_before
 from protocol.cursors import Cursor
 from protocol.envelope import Envelope
 from protocol.wires import POLL_JSON
-from rtserver.bus.memory import MemoryBus
-from rtserver.metrics import Metrics
+from rtserver.backends.bus.memory import MemoryBus
+from rtserver.backends.metrics import Metrics
 from tests.actors.harness import config, start_harness
 
 

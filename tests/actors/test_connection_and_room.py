@@ -198,7 +198,7 @@ async def test_emits_are_validated_against_the_catalog_and_acknowledged(nursery,
 
 async def test_portal_clients_may_not_emit_staff_events(nursery, autojump_clock):
     from protocol.catalog import Namespace
-    from rtserver.auth import Claims
+    from rtserver.backends.auth import Claims
 
     h = await start_harness(nursery)
     patient = Claims(user="p", tenant="t1", roles=frozenset({"patient"}), patient="pt1")

@@ -5,7 +5,7 @@ import trio
 
 from protocol.catalog import Namespace
 from protocol.cursors import shard_of
-from rtserver.auth import Claims
+from rtserver.backends.auth import Claims
 from tests.actors.harness import config, staff, start_harness
 from tests.schedule_model import apply, slot_events, truth
 

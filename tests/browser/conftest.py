@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rtserver.auth import mint_token
+from rtserver.backends.auth import mint_token
 
 SECRET = "browser-secret-0123456789abcdef0123456789abcdef0123456789abcdef"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

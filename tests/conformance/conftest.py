@@ -8,13 +8,13 @@ import redis
 import trio
 
 from protocol.catalog import Catalog
-from rtserver.bus.memory import MemoryBus
-from rtserver.bus.redis import RedisBus
-from rtserver.config import BusConfig, SchedulesConfig
-from rtserver.presence import MemoryPresence
-from rtserver.presence.redis import RedisPresence
-from rtserver.schedules import MemorySchedules
-from rtserver.schedules.redis import RedisSchedules
+from rtserver.backends.bus.memory import MemoryBus
+from rtserver.backends.bus.redis import RedisBus
+from rtserver.backends.config import BusConfig, SchedulesConfig
+from rtserver.backends.presence import MemoryPresence
+from rtserver.backends.presence.redis import RedisPresence
+from rtserver.backends.schedules import MemorySchedules
+from rtserver.backends.schedules.redis import RedisSchedules
 from tests.conftest import flush_redis, plain_redis
 
 SHARDS = 4

@@ -149,7 +149,7 @@ async def test_head_is_the_newest_cursor(bus_env):
 async def test_redis_entries_that_break_the_contract_are_dead_lettered_once_and_never_forwarded(bus_env):
     if bus_env.kind == "memory":
         return  # the memory bus only receives events that were validated at publish
-    from rtserver.bus.redis import dead_letter_key, stream_key
+    from rtserver.backends.bus.redis import dead_letter_key, stream_key
 
     counted = []
     buses = [await bus_env.bus(on_dead_letter=counted.append) for _ in range(2)]
@@ -182,7 +182,7 @@ async def test_redis_entries_that_break_the_contract_are_dead_lettered_once_and_
 async def test_redis_entries_a_producer_appended_twice_are_dropped_alike_live_and_in_history(bus_env):
     if bus_env.kind == "memory":
         return  # the memory bus refuses repeated ids at append (tested above)
-    from rtserver.bus.redis import stream_key
+    from rtserver.backends.bus.redis import stream_key
 
     raw = bus_env.raw()
     shard = shard_of("t1", SHARDS)
@@ -210,7 +210,7 @@ async def test_redis_entries_a_producer_appended_twice_are_dropped_alike_live_an
 async def test_redis_reader_lag_is_measured_in_entries(bus_env):
     if bus_env.kind == "memory":
         return  # the memory bus has no reader to fall behind
-    from rtserver.bus import redis as redis_bus
+    from rtserver.backends.bus import redis as redis_bus
 
     bus = await bus_env.bus()
     shard = shard_of("t1", SHARDS)

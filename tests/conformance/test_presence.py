@@ -1,7 +1,7 @@
 """The presence store contract, on the memory store and on Redis (standalone and cluster)."""
 
 from protocol.presence import PresenceState
-from rtserver.presence import PresenceKey, View
+from rtserver.backends.presence import PresenceKey, View
 
 ON, AWAY, OFF = PresenceState.ONLINE, PresenceState.AWAY, PresenceState.OFFLINE
 ANA = PresenceKey("t1", "attendants", "ana")

@@ -9,8 +9,8 @@ import trio
 from actors.schedules import ScheduleProjector
 from protocol.cursors import shard_of
 from protocol.envelope import Envelope, Inbound
-from rtserver.bus import read_rooms
-from rtserver.bus.redis import inbound_key
+from rtserver.backends.bus import read_rooms
+from rtserver.backends.bus.redis import inbound_key
 from tests.schedule_model import apply, slot_events, truth
 
 

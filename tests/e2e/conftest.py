@@ -8,9 +8,9 @@ import httpx
 import pytest
 import trio
 
-from rtserver.auth import mint_token
+from rtserver.backends.auth import mint_token
 from rtserver.client import open_client
-from rtserver.config import load_config
+from rtserver.backends.config import load_config
 from rtserver.node import Node
 
 SECRET = "e2e-secret-0123456789abcdef0123456789abcdef0123456789abcdef0123"

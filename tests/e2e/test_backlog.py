@@ -26,7 +26,7 @@ async def server(nursery) -> Server:
 
 async def publish(server: Server, numbers: range) -> None:
     for n in numbers:
-        await server.node.publish(Envelope(event="rt.probe", tenant="t1", rooms=["probe:1"],
+        await server.node.gateway.publish(Envelope(event="rt.probe", tenant="t1", rooms=["probe:1"],
                                            data={"t": 0, "s": n, "p": PADDING}))
 
 

@@ -4,7 +4,7 @@ import httpx
 import pytest
 import trio
 
-from rtserver.auth import mint_token
+from rtserver.backends.auth import mint_token
 from rtserver.client import open_client
 from rtserver.node import Node
 from tests.e2e.conftest import SECRET, Server, server_config

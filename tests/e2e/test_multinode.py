@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from protocol.cursors import shard_of
-from rtserver.bus.redis import stream_key
+from rtserver.backends.bus.redis import stream_key
 from rtserver.client import open_client
 from rtserver.node import Node
 from tests.conftest import flush_redis, plain_redis

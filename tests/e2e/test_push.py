@@ -13,12 +13,12 @@ import pytest
 import trio
 
 from protocol.cursors import shard_of
-from rtserver.bus.redis import RedisBus, stream_key
+from rtserver.backends.bus.redis import RedisBus, stream_key
 from rtserver.client import open_client
-from rtserver.config import ConfigError
+from rtserver.backends.config import ConfigError
 from rtserver.node import Node
 from rtserver.push import GROUP, Dispatcher
-from rtserver.push.store import LiveUsers
+from rtserver.backends.push_store import LiveUsers
 from tests.conftest import flush_redis, plain_redis
 from tests.e2e.conftest import Server, server_config, wait_until
 from tests.e2e.http_clients import open_sse, poll

@@ -8,7 +8,7 @@ import redis
 import trio
 
 from protocol.cursors import shard_of
-from rtserver.bus.redis import stream_key
+from rtserver.backends.bus.redis import stream_key
 from rtserver.client import Closed, open_client
 from rtserver.node import Node
 from tests.conftest import free_port, start_redis

@@ -19,12 +19,12 @@ from trio_asyncio import aio_as_trio
 
 from protocol.cursors import shard_of
 from rtserver.client import open_client
-from rtserver.config import load_config
+from rtserver.backends.config import load_config
 from rtserver.node import Node
 from rtserver.outbox import migrate
 from rtserver.outbox.relay import Relay, relay_cursor_key
 from tests.conftest import flush_redis, plain_redis
-from rtserver.bus.redis import dead_letter_key
+from rtserver.backends.bus.redis import dead_letter_key
 from tests.e2e.conftest import Server, server_config, wait_until
 from tests.e2e.test_webhooks import Backbone, start_dispatcher, webhooks_config
 from tests.e2e.webhook_receiver import Receiver

@@ -13,8 +13,8 @@ import trio
 
 from protocol.cursors import shard_of
 from protocol.webhooks import verify
-from rtserver.bus.redis import RedisBus, stream_key
-from rtserver.config import load_config
+from rtserver.backends.bus.redis import RedisBus, stream_key
+from rtserver.backends.config import load_config
 from rtserver.webhooks import DEAD_LETTERS, Dispatcher, group_name, replay
 from tests.conftest import flush_redis, free_port, plain_redis, start_redis
 from tests.e2e.conftest import wait_until

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, settings
 import msgspec
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, RejectConnection, Request, TextMessage
 
-from rtserver.auth import mint_token
+from rtserver.backends.auth import mint_token
 from tests.conftest import free_port, start_redis
 
 SECRET = "robustness-secret-0123456789abcdef0123456789abcdef0123456789abcd"

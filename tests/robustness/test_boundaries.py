@@ -14,8 +14,9 @@ from actors.sse import SseStream
 from actors.websocket import WebSocketConnection
 from rtserver.client import Closed, open_client
 from rtserver.listener import Listener
+from rtserver.gateway import Gateway
 from rtserver.node import Node
-from rtserver.presence import MemoryPresence
+from rtserver.backends.presence import MemoryPresence
 from tests.e2e.conftest import Server, server_config
 from tests.e2e.http_clients import command, open_sse, poll
 from tests.e2e.test_websocket import appointment
@@ -95,9 +96,9 @@ async def test_a_failing_poll_answers_with_a_close_1011(server, sentinel, monkey
 
 
 @pytest.mark.parametrize("where, target, attribute", [
-    ("publish", Node, "publish"),
+    ("publish", Gateway, "publish"),
     ("commands", "rtserver.http.run_command", None),
-    ("http:events", Node, "catch_up"),
+    ("http:events", Gateway, "catch_up"),
     ("http:presence", MemoryPresence, "snapshot"),
     ("handshake", Listener, "_accept_websocket"),
 ])

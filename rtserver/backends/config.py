@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from protocol.catalog import Catalog
-from rtserver.redis_client import Endpoint
+from rtserver.backends.redis_client import Endpoint
 
 ENV_PREFIX = "RTSERVER_"
 

@@ -22,8 +22,8 @@ import msgspec
 
 from protocol.cursors import shard_of
 from protocol.push import Device, Registration
-from rtserver.bus.redis import RedisBus
-from rtserver.redis_client import pairs
+from rtserver.backends.bus.redis import RedisBus
+from rtserver.backends.redis_client import pairs
 
 # KEYS: the device key, then the registration's room keys (the first: the user's own room).
 # ARGV: token, registration JSON, TTL ms, devices kept per user.

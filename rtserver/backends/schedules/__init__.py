@@ -3,7 +3,7 @@
 A store is fed every durable event once for the whole cluster, in batches of one shard
 (``read``), and ``commit`` applies a batch's updates (``protocol.schedules``) and marks the
 batch done, atomically. ``snapshot`` reads a record with the cursor up to which every
-event is reflected in it. The Redis store (``rtserver.schedules.redis``) shares a Redis
+event is reflected in it. The Redis store (``rtserver.backends.schedules.redis``) shares a Redis
 Streams consumer group between nodes; one conformance suite proves both.
 """
 
@@ -18,8 +18,8 @@ import trio
 from protocol.cursors import Cursor, Offset, shard_of
 from protocol.envelope import StoredEvent
 from protocol.schedules import Item, Snapshot, Update
-from rtserver.bus.groups import Batch
-from rtserver.bus.memory import MemoryBus
+from rtserver.backends.bus.groups import Batch
+from rtserver.backends.bus.memory import MemoryBus
 
 
 class ScheduleStore(Protocol):

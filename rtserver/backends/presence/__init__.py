@@ -4,7 +4,7 @@ Each node (a *holder*) puts its view of the users it serves; the store combines 
 of all holders whose lease has not run out (``protocol.presence``) and answers which
 users' combined state changed, so that the change is announced once for the whole
 cluster. ``sweep`` recombines the users whose holder stopped renewing (a crashed node).
-The Redis store (``rtserver.presence.redis``) keeps the same contract across nodes; one
+The Redis store (``rtserver.backends.presence.redis``) keeps the same contract across nodes; one
 conformance suite proves both.
 """
 

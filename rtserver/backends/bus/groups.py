@@ -23,9 +23,9 @@ import trio
 
 from protocol.envelope import StoredEvent
 from protocol.errors import ReplyError
-from rtserver.bus import RETRY_MAX_S, RETRY_MIN_S
-from rtserver.bus.redis import RedisBus, stream_key
-from rtserver.redis_client import stream_entries
+from rtserver.backends.bus import RETRY_MAX_S, RETRY_MIN_S
+from rtserver.backends.bus.redis import RedisBus, stream_key
+from rtserver.backends.redis_client import stream_entries
 
 log = structlog.get_logger("rtserver.bus.groups")
 

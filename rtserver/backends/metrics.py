@@ -13,7 +13,7 @@ from protocol.frames import ClientFrame, Emit
 
 if TYPE_CHECKING:
     from protocol.catalog import Catalog
-    from rtserver.bus.redis import RedisBus
+    from rtserver.backends.bus.redis import RedisBus
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 

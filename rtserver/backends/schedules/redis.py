@@ -24,9 +24,9 @@ import contextlib
 from protocol.coalesce import offset_before
 from protocol.cursors import Cursor, Offset, shard_of
 from protocol.schedules import Snapshot, Update, decode_item, item_encoder
-from rtserver.bus.groups import Batch, ShardGroup
-from rtserver.bus.redis import RedisBus, stream_key
-from rtserver.config import SchedulesConfig
+from rtserver.backends.bus.groups import Batch, ShardGroup
+from rtserver.backends.bus.redis import RedisBus, stream_key
+from rtserver.backends.config import SchedulesConfig
 
 GROUP = "rt:schedules"
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from protocol.cursors import shard_of
 from protocol.presence import PresenceEntry, PresenceState
-from rtserver.bus.redis import RedisBus
-from rtserver.presence import Change, PresenceKey, View
-from rtserver.redis_client import pairs
+from rtserver.backends.bus.redis import RedisBus
+from rtserver.backends.presence import Change, PresenceKey, View
+from rtserver.backends.redis_client import pairs
 
 # KEYS: users hash, holders hash, leases zset.
 # ARGV: user, holder, state ('' = recombine only, 'offline' = withdraw), connections,

@@ -27,7 +27,7 @@ them), or older than ``max-deleted-entry-id`` (``XDEL``), answers ``recovered: f
 A cursor at exactly the last trimmed entry is refused too: the stream cannot prove that
 nothing followed it (the safe side: the client reloads).
 
-Redis is spoken through ``rtserver.redis_client`` (Trio-native). Every call has a deadline
+Redis is spoken through ``rtserver.backends.redis_client`` (Trio-native). Every call has a deadline
 (``bus.call_timeout_s``, a Trio cancel scope): a Redis that hangs (stopped, overloaded, a
 network that drops packets) fails the call like one that is down. The blocking ``XREAD``
 has a dedicated connection and a server-side BLOCK shorter than the deadline around it; a
@@ -66,9 +66,9 @@ from protocol.cursors import MAX_OFFSET_PART, Cursor, Offset, shard_of
 from protocol.envelope import Envelope, Inbound, StoredEvent
 from protocol.errors import ReplyCode, ReplyError
 from protocol.limits import decode_bounded
-from rtserver.bus import AppendResult, History, broadcast, ephemeral_event, live_feed
-from rtserver.config import BusConfig, Config
-from rtserver.redis_client import Command, Connection, ErrorReply, Redis, Unreachable, pairs, stream_entries
+from rtserver.backends.bus import AppendResult, History, broadcast, ephemeral_event, live_feed
+from rtserver.backends.config import BusConfig, Config
+from rtserver.backends.redis_client import Command, Connection, ErrorReply, Redis, Unreachable, pairs, stream_entries
 
 #: Server-side BLOCK of the live reader's XREAD (and the ephemeral reader's wait), ms.
 READ_BLOCK_MS = 1000

@@ -18,8 +18,8 @@ import trio
 
 from protocol.cursors import Cursor, Offset, shard_of
 from protocol.envelope import Envelope, Inbound, StoredEvent
-from rtserver.bus import AppendResult, History, broadcast, ephemeral_event, live_feed
-from rtserver.config import BusConfig
+from rtserver.backends.bus import AppendResult, History, broadcast, ephemeral_event, live_feed
+from rtserver.backends.config import BusConfig
 
 _ZERO = Offset(0, 0)
 

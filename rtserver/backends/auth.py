@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from protocol.catalog import Namespace
 from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
 from protocol.rooms import MAX_ID_LENGTH, RoomKind, is_identifier, is_room_id, parse_room
-from rtserver.config import AuthConfig
+from rtserver.backends.config import AuthConfig
 
 log = structlog.get_logger("rtserver.auth")
 
@@ -317,6 +317,20 @@ def authorize_room(claims: Claims, ns: Namespace, name: str) -> RoomKind:
     if not allowed:
         raise ReplyError(ReplyCode.FORBIDDEN, f"not allowed to subscribe to {name!r}")
     return kind
+
+
+def admission(verifier: TokenVerifier, headers: dict[str, str], query: dict[str, str], subprotocols: list[str],
+              ns: Namespace | None) -> Claims:
+    """What every transport and endpoint asks first: the verified claims of the request's
+    token (``bearer_token``), admitted to namespace ``ns`` (None: no namespace, as for
+    ``/v1/publish``); ``AuthError`` when there is no token or it is refused."""
+    token = bearer_token(headers, query, subprotocols)
+    if token is None:
+        raise AuthError(CloseCode.UNAUTHENTICATED, "no token")
+    claims = verifier.verify(token)
+    if ns is not None:
+        admit(claims, ns)
+    return claims
 
 
 def bearer_token(headers: dict[str, str], query: dict[str, str], subprotocols: list[str]) -> str | None:

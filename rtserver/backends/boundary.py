@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import msgspec
 import structlog
 
-from rtserver.metrics import Metrics
+from rtserver.backends.metrics import Metrics
 
 log = structlog.get_logger("rtserver.boundary")
 
