@@ -19,6 +19,11 @@ and time):
 * anything else is handed, from that request's first byte on and with the rest of the
   connection, to hypercorn's own connection handler serving the quart-trio app.
 
+These paths are the rows of ``Listener.routes`` (a ``Route`` says which method it takes,
+whether only without a body, whether it is an upgrade, whether other origins may use it):
+a new transport is one more row. A route says what becomes of the connection (``Next``):
+it stays for its next request, an actor took the socket, or the listener closes it.
+
 Bounds, before anything is parsed: a request head of ``server.max_request_head_bytes``
 (431 over it), read within ``server.handshake_timeout_s`` (then ``keep_alive_s`` between
 requests); a body declared over ``MAX_POST_BYTES`` is answered 413 at once, unread; a
@@ -28,15 +33,19 @@ well-formed upgrade (``protocol.upgrade``: 400 or 426 otherwise).
 
 Each request, and each connection actor started here, runs inside an error boundary
 (``rtserver.backends.boundary``): an unexpected exception is logged, counted and answered (HTTP 500
-JSON with a correlation id, close 1011) and ends that request or connection alone.
+JSON with a correlation id, close 1011) and ends that request or connection alone; the
+socket of a connection no actor took is closed in ``finally``.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
+import functools
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
@@ -66,12 +75,6 @@ from rtserver.backends.sockets import half_close_and_wait_eof
 
 log = structlog.get_logger("rtserver.listener")
 
-WS_PATHS = {f"/{ns.value}/ws": ns for ns in Namespace}
-SSE_PATHS = {f"/{ns.value}/sse": ns for ns in Namespace}
-POLL_PATHS = {f"/{ns.value}/poll": ns for ns in Namespace}
-#: The HTTP transports a page of another origin may use when ``server.allowed_origins`` lets it.
-CORS_PATHS = frozenset({*SSE_PATHS, *POLL_PATHS, *(f"/{ns.value}/{endpoint}" for ns in Namespace
-                                                   for endpoint in ("commands", "events", "presence"))})
 #: Longest session id a client may give back (``?session=``).
 MAX_SESSION_ID = 64
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
@@ -79,8 +82,47 @@ HEAD_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-lengt
 #: Why a fast POST's body was refused, by status.
 _BODY_REFUSALS = {400: "malformed request body framing", 408: "the request body did not arrive in time",
                   413: f"body over {MAX_POST_BYTES} bytes"}
-#: The boundary of each fast POST path, by path.
-_POST_WHERE = {"/v1/publish": "publish"}
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One request on the fast path: its socket, h11 parser and head, what was received
+    after the head (a POST's body, pipelined requests), and the CORS headers its answer carries."""
+
+    sock: socket.socket
+    parser: h11.Connection
+    request: h11.Request
+    rest: bytearray
+    cors: list[tuple[bytes, bytes]]
+
+
+class Next(enum.Enum):
+    """What becomes of a connection once a request on it was served."""
+
+    #: It stays: the listener reads its next request.
+    REQUEST = "request"
+    #: An actor (or the HTTP app) owns the socket now.
+    HANDED_OVER = "handed over"
+    #: Done: the listener closes it.
+    CLOSE = "close"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How the listener serves a path (``Listener.routes``: a new transport is a row)."""
+
+    #: Serves one request, and says what becomes of the connection. None: the HTTP app
+    #: serves the path.
+    serve: Callable[[Exchange], Awaitable[Next]] | None
+    #: The method served here (None: any; the route answers the others itself); a request
+    #: of another method goes to the HTTP app.
+    method: bytes | None = None
+    #: Served here only without a body (else the HTTP app answers).
+    bodiless: bool = False
+    #: Served on its head alone, before any check of a body (an upgrade).
+    upgrade: bool = False
+    #: A page of another origin may use it, when ``server.allowed_origins`` lets it.
+    cross_origin: bool = False
 
 
 class ReplayStream(trio.abc.HalfCloseableStream):
@@ -124,8 +166,19 @@ class Listener:
         self._services = services
         self._verifier = verifier
         self._serve_http = serve_http
-        self._post_handlers = post_handlers
         self._nursery: trio.Nursery | None = None
+        #: The paths served on the fast path, by path; any other goes to the HTTP app.
+        self.routes: dict[str, Route] = {}
+        for ns in Namespace:
+            self.routes[f"/{ns.value}/ws"] = Route(functools.partial(self._websocket, ns=ns), upgrade=True)
+            for path, serve in ((f"/{ns.value}/sse", self._sse), (f"/{ns.value}/poll", self._poll)):
+                self.routes[path] = Route(functools.partial(serve, ns=ns), method=b"GET", bodiless=True,
+                                          cross_origin=True)
+            for endpoint in ("events", "presence"):
+                self.routes[f"/{ns.value}/{endpoint}"] = Route(None, cross_origin=True)
+        for path, handler in post_handlers.items():
+            self.routes[path] = Route(functools.partial(self._post, handler=handler, where=_where(path)),
+                                      method=b"POST", cross_origin=path.endswith("/commands"))
         self._sock: socket.socket | None = None
         self._accepting = trio.CancelScope()
 
@@ -171,15 +224,19 @@ class Listener:
 
     async def _handle(self, sock: socket.socket) -> None:
         """Serve one accepted connection (see the module docstring); whatever fails in it
-        ends it alone."""
-        with contained(self._services.metrics, "request") as failure:
-            await self._serve(sock)
-        if failure.id is not None:
-            sock.close()
+        ends it alone, and its socket is closed unless an actor took it."""
+        handed_over = False
+        try:
+            with contained(self._services.metrics, "request"):
+                handed_over = await self._serve(sock)
+        finally:
+            if not handed_over:
+                sock.close()
 
-    async def _serve(self, sock: socket.socket) -> None:
+    async def _serve(self, sock: socket.socket) -> bool:
         """Serve requests at their boundaries: posts and polls here, upgrades and streams as connections,
-        anything else (with the rest of the connection) by hypercorn."""
+        anything else (with the rest of the connection) by hypercorn. Whether an actor (or
+        hypercorn) took the socket."""
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         pending = bytearray()  # received, not yet served: always starts at a request
@@ -192,7 +249,7 @@ class Listener:
                 if head_end is not None:
                     _send_quietly(sock, HEAD_TOO_LARGE)
                 await _linger_close(sock)
-                return
+                return False
             parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self._config.max_request_head_bytes)
             parser.receive_data(bytes(pending[:head_end]))
             try:
@@ -200,52 +257,41 @@ class Listener:
             except h11.RemoteProtocolError:
                 _send_quietly(sock, BAD_REQUEST)
                 await _linger_close(sock)
-                return
+                return False
             if not request.target.startswith(b"/") and not request.target.lower().startswith((b"http://", b"https://")):
                 await self._respond(sock, parser, 400, error_body(400, "the request target must be a path"),
                                     [(b"connection", b"close")])
                 await _linger_close(sock)
-                return
-            path = urlsplit(request.target.decode("latin-1")).path
-            if path in WS_PATHS:
-                await self._websocket(sock, parser, request, bytes(pending), WS_PATHS[path])
-                return
+                return False
+            route = self.routes.get(urlsplit(request.target.decode("latin-1")).path)
+            if route is not None and route.upgrade:
+                return await route.serve(Exchange(sock, parser, request, pending[head_end:], [])) is Next.HANDED_OVER
             length = _declared_length(request)
             if length > MAX_POST_BYTES:  # refused unread, whatever the path
                 await self._respond(sock, parser, 413, error_body(413, _BODY_REFUSALS[413]),
                                     [(b"connection", b"close")])
                 await _linger_close(sock)
-                return
+                return False
             bodiless = not length and not _is_chunked(request)
             cors: list[tuple[bytes, bytes]] = []
-            if path in CORS_PATHS:
+            if route is not None and route.cross_origin:
                 answered = await self._cross_origin(sock, parser, request, bodiless)
                 if answered is not None:  # refused (then closed), or a preflight answered
                     if not answered:
-                        return
+                        return False
                     del pending[:head_end]
                     timeout = self._config.keep_alive_s
                     continue
                 cors = cors_headers(_headers(request).get("origin"))
-            if request.method == b"GET" and bodiless and (path in SSE_PATHS or path in POLL_PATHS):
-                del pending[:head_end]
-                if path in SSE_PATHS:
-                    await self._sse(sock, parser, request, SSE_PATHS[path], cors)
-                    return
-                if not await self._poll(sock, parser, request, POLL_PATHS[path], cors):
-                    sock.close()
-                    return
-                timeout = self._config.keep_alive_s
-                continue
-            handler = self._post_handlers.get(path) if request.method == b"POST" else None
-            if handler is None:
+            if (route is None or route.serve is None or route.method not in (None, request.method)
+                    or (route.bodiless and not bodiless)):
                 with contained(self._services.metrics, "http"):
                     await self._serve_http(ReplayStream(sock, bytes(pending)))
-                return
+                return True
             del pending[:head_end]
-            if not await self._post(sock, parser, request, pending, handler, _POST_WHERE.get(path, "commands"), cors):
-                sock.close()
-                return
+            after = await route.serve(Exchange(sock, parser, request, pending, cors))
+            if after is not Next.REQUEST:
+                return after is Next.HANDED_OVER
             timeout = self._config.keep_alive_s
 
     async def _read_head(self, sock: socket.socket, pending: bytearray) -> int | None:
@@ -259,24 +305,23 @@ class Listener:
                 return None
         return end + 4
 
-    async def _post(self, sock: socket.socket, parser: h11.Connection, request: h11.Request,
-                    pending: bytearray, handler: PostHandler, where: str, cors: list[tuple[bytes, bytes]]) -> bool:
-        """Serve one fast POST (``pending``: what followed its head); False when the
-        connection must close."""
-        body = await self._read_body(sock, parser, pending)
+    async def _post(self, exchange: Exchange, *, handler: PostHandler, where: str) -> Next:
+        """Serve one fast POST (its body in ``exchange.rest``)."""
+        sock, parser, request, cors = exchange.sock, exchange.parser, exchange.request, exchange.cors
+        body = await self._read_body(sock, parser, exchange.rest)
         if isinstance(body, int):  # refused: answered, then the connection closes
             if body:
                 await self._respond(sock, parser, body, error_body(body, _BODY_REFUSALS[body]),
                                     [*cors, (b"connection", b"close")])
                 await _linger_close(sock)  # the rest of the body unread must not reset the answer
-            return False
+            return Next.CLOSE
         query = urlsplit(request.target.decode("latin-1")).query
         with contained(self._services.metrics, where, path=request.target.decode("latin-1")[:100]) as failure:
             status, answer = await handler(query, _headers(request), body)
         if failure.id is not None:
             await self._respond(sock, parser, 500, internal_error_body(failure.id), [*cors, (b"connection", b"close")])
-            return False
-        return await self._respond(sock, parser, status, answer, cors)
+            return Next.CLOSE
+        return Next.REQUEST if await self._respond(sock, parser, status, answer, cors) else Next.CLOSE
 
     async def _read_body(self, sock: socket.socket, parser: h11.Connection, pending: bytearray) -> bytes | int:
         """The body of the request ``parser`` has the head of, framed by h11 (Content-Length
@@ -380,25 +425,27 @@ class Listener:
             log.info("request_refused", code=exc.disconnect.code, reason=exc.message, ns=ns.value)
         return refusal(exc, self._services.metrics)
 
-    async def _sse(self, sock: socket.socket, parser: h11.Connection, request: h11.Request, ns: Namespace,
-                   cors: list[tuple[bytes, bytes]]) -> None:
+    async def _sse(self, exchange: Exchange, *, ns: Namespace) -> Next:
+        """Start an SSE stream (its actor takes the socket), or refuse it and close."""
+        sock, parser, request, cors = exchange.sock, exchange.parser, exchange.request, exchange.cors
         try:
             claims, since, session, joining = self._http_session(request, ns)
         except (AuthError, ReplyError) as exc:
             await self._respond(sock, parser, *self._refuse(exc, ns), [*cors, (b"connection", b"close")])
             await _linger_close(sock)
-            return
+            return Next.CLOSE
         stream = SseStream(sock, services=self._services, claims=claims, ns=ns, session=session,
                            since=since, joining=joining, response_headers=cors)
         self._nursery.start_soon(self._run_connection, stream)
+        return Next.HANDED_OVER
 
-    async def _poll(self, sock: socket.socket, parser: h11.Connection, request: h11.Request, ns: Namespace,
-                    cors: list[tuple[bytes, bytes]]) -> bool:
-        """Serve one long-poll request; False when the connection must close."""
+    async def _poll(self, exchange: Exchange, *, ns: Namespace) -> Next:
+        """Answer one long-poll request."""
+        sock, parser, request, cors = exchange.sock, exchange.parser, exchange.request, exchange.cors
         try:
             claims, since, session, joining = self._http_session(request, ns)
         except (AuthError, ReplyError) as exc:
-            return await self._respond(sock, parser, *self._refuse(exc, ns), cors)
+            return Next.REQUEST if await self._respond(sock, parser, *self._refuse(exc, ns), cors) else Next.CLOSE
 
         async def respond(body: bytes) -> bool:
             return await self._respond(sock, parser, 200, body, [*cors, (b"cache-control", b"no-store")])
@@ -409,7 +456,7 @@ class Listener:
             await poll.run()
         if failure.id is not None and parser.our_state is h11.SEND_RESPONSE:  # nothing was answered
             await self._respond(sock, parser, 500, internal_error_body(failure.id), [*cors, (b"connection", b"close")])
-        return poll.kept_alive and failure.id is None
+        return Next.REQUEST if poll.kept_alive and failure.id is None else Next.CLOSE
 
     async def _run_connection(self, connection: Connection) -> None:
         """Run a connection actor inside its boundary: the actor answers its own failures
@@ -418,17 +465,18 @@ class Listener:
             await connection.run()
 
     # -- WebSocket -------------------------------------------------------------------------
-    async def _websocket(self, sock: socket.socket, parser: h11.Connection, request: h11.Request,
-                         received: bytes, ns: Namespace) -> None:
+    async def _websocket(self, exchange: Exchange, *, ns: Namespace) -> Next:
+        """Answer an upgrade: a ``WebSocketConnection`` actor takes the socket, or it is refused and closed."""
+        sock, parser, request = exchange.sock, exchange.parser, exchange.request
         try:
             check_upgrade(request.method, request.http_version, request.headers)
         except UpgradeRefused as refused:
             await self._respond(sock, parser, refused.status, error_body(refused.status, refused.message),
                                 [*refused.headers, (b"connection", b"close")])
             await _linger_close(sock)
-            return
+            return Next.CLOSE
         with contained(self._services.metrics, "handshake") as failure:
-            connection = self._accept_websocket(sock, parser, request, received, ns)
+            connection = self._accept_websocket(sock, parser, request, bytes(exchange.rest), ns)
         if failure.id is not None:  # nothing was sent yet: every answer is sent at the end
             await self._respond(sock, parser, 500, internal_error_body(failure.id), [(b"connection", b"close")])
             await _linger_close(sock)
@@ -436,11 +484,13 @@ class Listener:
             # The connection runs as a task of its own: nothing of the handshake (this
             # frame, the request, the parsers) stays referenced while it lives.
             self._nursery.start_soon(self._run_connection, connection)
+            return Next.HANDED_OVER
         elif connection is not None:
             await _linger_close(sock)
+        return Next.CLOSE
 
     def _accept_websocket(
-        self, sock: socket.socket, parser: h11.Connection, request: h11.Request, received: bytes, ns: Namespace,
+        self, sock: socket.socket, parser: h11.Connection, request: h11.Request, trailing: bytes, ns: Namespace,
     ) -> WebSocketConnection | AuthError | None:
         """Answer the upgrade (``check_upgrade`` accepted it): a ``WebSocketConnection`` to
         run, an ``AuthError`` already sent as a close frame (the caller lingers, then
@@ -473,7 +523,6 @@ class Listener:
             _send_quietly(sock, accept + close_frame(exc.disconnect.code, exc.message))
             return exc
         ws = wsproto.connection.Connection(ConnectionType.SERVER)
-        trailing = received[received.find(b"\r\n\r\n") + 4:]
         if trailing:
             ws.receive_data(trailing)
         connection = WebSocketConnection(
@@ -491,6 +540,11 @@ class Listener:
             (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), (b"connection", b"close")]))
         _send_quietly(sock, response + parser.send(h11.Data(data=body)) + parser.send(h11.EndOfMessage()))
         sock.close()
+
+
+def _where(path: str) -> str:
+    """The error boundary a fast POST path is counted under."""
+    return "publish" if path == "/v1/publish" else "commands"
 
 
 def _declared_length(request: h11.Request) -> int:
