@@ -34,7 +34,7 @@ from protocol.cursors import shard_of
 from rtserver.backends.auth import mint_token
 from rtserver.backends.bus.redis import stream_key
 from rtserver.push import GROUP
-from tests.e2e.push_providers import ApnsStandIn, Credentials, FcmStandIn
+from tests.support.push_providers import ApnsStandIn, Credentials, FcmStandIn
 
 TENANT = "t1"
 

@@ -37,7 +37,7 @@ from rtserver.backends.auth import mint_token
 from rtserver.backends.bus.redis import stream_key
 from rtserver.client import open_client
 from rtserver.outbox import migrate
-from tests.postgres import PostgresServer
+from tests.support.postgres import PostgresServer
 
 ROOM = "probe:relay"
 STREAM = stream_key(shard_of("t1", 16))  # every row is tenant t1's

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
-from tests.conftest import free_port, wait_port  # noqa: E402
+from tests.support.net import free_port, wait_port
 
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 

@@ -70,8 +70,8 @@ from protocol.wsframes import close_frame
 from rtserver.backends.auth import AuthError, Claims, TokenVerifier, admission, authorize_room
 from rtserver.backends.boundary import contained, internal_error_body
 from rtserver.backends.config import ServerConfig
-from rtserver.http import MAX_POST_BYTES, PostHandler, error_body, refusal
 from rtserver.backends.sockets import half_close_and_wait_eof
+from rtserver.http import MAX_POST_BYTES, PostHandler, error_body, refusal
 
 log = structlog.get_logger("rtserver.listener")
 

@@ -28,15 +28,15 @@ from rtserver.backends.bus import Bus
 from rtserver.backends.bus.memory import MemoryBus
 from rtserver.backends.bus.redis import RedisBus
 from rtserver.backends.config import Config
-from rtserver.gateway import Gateway
-from rtserver.http import HttpFrontend, create_app, create_asgi, post_handlers
-from rtserver.listener import Listener
 from rtserver.backends.metrics import Metrics
 from rtserver.backends.presence import MemoryPresence
 from rtserver.backends.presence.redis import RedisPresence
 from rtserver.backends.push_store import DeviceStore, LiveUsers
 from rtserver.backends.schedules import MemorySchedules
 from rtserver.backends.schedules.redis import RedisSchedules
+from rtserver.gateway import Gateway
+from rtserver.http import HttpFrontend, create_app, create_asgi, post_handlers
+from rtserver.listener import Listener
 
 log = structlog.get_logger("rtserver.node")
 

@@ -20,7 +20,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
 from rtserver.backends.config import load_config  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.support.net import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: What each page shows before its shot (the demo's traffic brings it within a minute).

@@ -13,6 +13,7 @@ from protocol.catalog import Namespace
 from protocol.errors import CloseCode, ReplyError
 from rtserver.backends.auth import AuthError, Claims, TokenVerifier, admit, authorize_room, auto_rooms, mint_token
 from rtserver.backends.config import AuthConfig
+from tests.support.tokens import unsigned_token
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef0123456789abcdef"
 STAFF = {"sub": "u1", "healthUnitTaxId": "t1", "roles": ["attendant"], "professionalTaxId": "p9",
@@ -44,15 +45,9 @@ def test_bad_tokens_are_refused_with_their_close_code(make, code):
     assert info.value.disconnect is code
 
 
-def _unsigned(claims):
-    def part(obj):
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
-    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({**claims, 'exp': int(time.time()) + 60})}."
-
-
 def test_alg_none_is_refused():
     with pytest.raises(AuthError, match="'none' is not accepted"):
-        hs_verifier().verify(_unsigned(STAFF))
+        hs_verifier().verify(unsigned_token(STAFF))
 
 
 def test_rs256_with_a_public_key_file_and_no_hs_confusion(tmp_path):
@@ -63,7 +58,7 @@ def test_rs256_with_a_public_key_file_and_no_hs_confusion(tmp_path):
     token = jwt.encode({**STAFF, "exp": int(time.time()) + 60}, key, algorithm="RS256")
     assert verifier.verify(token).user == "u1"
     # An HS256 token "signed" with the public key as HMAC secret (key confusion) must not pass.
-    header, payload, _ = _unsigned(STAFF).split(".")
+    header, payload, _ = unsigned_token(STAFF).split(".")
     header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=").decode()
     signature = hmac.new(pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
     forged = f"{header}.{payload}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"

@@ -1,4 +1,5 @@
-"""The layers of rtserver, kept: protocol (pure) ← backends ← actors ← shell.
+"""The layers of rtserver, kept: protocol (pure) ← backends ← actors ← shell; and tests that
+share their helpers through ``tests/support/`` alone.
 
 A module may import only from its own layer and the layers before it, and the project's
 modules import each other without cycles (every import counts: at the top, inside a
@@ -93,3 +94,19 @@ def test_the_project_modules_import_each_other_without_cycles():
     ("trio", None)])
 def test_every_module_has_its_layer(module, layer):
     assert layer_of(module) == layer
+
+
+def test_tests_share_helpers_through_tests_support_only():
+    """No test module or conftest imports another test module or a conftest: what the
+    suites share lives in ``tests/support/``."""
+    offenders = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            offenders += [f"{path.relative_to(ROOT)} imports {name}" for name in names
+                          if name.startswith("tests.") and not name.startswith("tests.support")]
+    assert offenders == []

@@ -5,7 +5,8 @@ import pytest
 import trio
 
 from rtserver.backends.redis_client import Endpoint, ErrorReply, Redis, Unreachable, pairs, stream_entries
-from tests.conftest import flush_redis, free_port, plain_redis, start_redis
+from tests.support.net import free_port
+from tests.support.redis_servers import flush_redis, plain_redis, start_redis
 
 
 async def test_a_pipeline_answers_in_order_with_error_replies_in_place(redis_url):

@@ -40,8 +40,8 @@ from rtserver.backends.bus.groups import GroupWorker, ShardGroup, backoff_s, con
 from rtserver.backends.bus.redis import RedisBus
 from rtserver.backends.config import PushConfig
 from rtserver.backends.metrics import watch_bus
-from rtserver.push.providers import configured_providers
 from rtserver.backends.push_store import DeviceStore, LiveUsers
+from rtserver.push.providers import configured_providers
 
 log = structlog.get_logger("rtserver.push")
 

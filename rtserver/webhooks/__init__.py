@@ -34,7 +34,7 @@ from protocol.envelope import StoredEvent
 from protocol.webhooks import delivery_body, signed_headers
 from rtserver.backends.bus.groups import GroupWorker, ShardGroup, backoff_s, consumer_name
 from rtserver.backends.bus.redis import RedisBus
-from rtserver.backends.config import WebhooksConfig, WebhookSubscription
+from rtserver.backends.config import WebhookSubscription, WebhooksConfig
 from rtserver.backends.metrics import watch_bus
 from rtserver.backends.redis_client import stream_entries
 

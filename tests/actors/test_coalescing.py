@@ -12,7 +12,7 @@ from protocol.envelope import Envelope
 from protocol.wires import POLL_JSON
 from rtserver.backends.bus.memory import MemoryBus
 from rtserver.backends.metrics import Metrics
-from tests.actors.harness import config, start_harness
+from tests.support.actor_harness import config, start_harness
 
 
 def harness_config():

@@ -3,7 +3,7 @@ import pytest
 
 from protocol.errors import ReplyCode
 from protocol.rooms import room_key
-from tests.actors.harness import config, staff, start_harness
+from tests.support.actor_harness import config, staff, start_harness
 
 
 async def test_subscriber_receives_room_events_in_order(nursery, autojump_clock):

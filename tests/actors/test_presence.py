@@ -2,7 +2,7 @@
 
 import trio
 
-from tests.actors.harness import config, staff, start_harness
+from tests.support.actor_harness import config, staff, start_harness
 
 GROUP = ("attendants",)
 

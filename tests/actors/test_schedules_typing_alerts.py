@@ -6,8 +6,8 @@ import trio
 from protocol.catalog import Namespace
 from protocol.cursors import shard_of
 from rtserver.backends.auth import Claims
-from tests.actors.harness import config, staff, start_harness
-from tests.schedule_model import apply, slot_events, truth
+from tests.support.actor_harness import config, staff, start_harness
+from tests.support.schedule_model import apply, slot_events, truth
 
 
 def harness_config(**sections):

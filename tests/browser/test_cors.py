@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from tests.browser.conftest import in_browser, start_rtserver
+from tests.support.browser import in_browser, start_rtserver
 
 TIMEOUT_MS = 15_000
 

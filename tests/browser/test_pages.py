@@ -7,7 +7,7 @@ import threading
 import trio
 
 from rtserver.client import open_client
-from tests.browser.conftest import in_browser
+from tests.support.browser import in_browser
 
 TIMEOUT_MS = 15_000
 

@@ -12,7 +12,7 @@ import trio
 
 from protocol.cursors import MAX_OFFSET_PART, Cursor, Offset, shard_of
 from protocol.envelope import Envelope
-from tests.conformance.conftest import SHARDS
+from tests.support.bus_env import SHARDS
 
 
 def env(i, tenant="t1", id=None, event="appointment.created", rooms=("schedule:1",)):

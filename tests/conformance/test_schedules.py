@@ -11,7 +11,7 @@ from protocol.cursors import shard_of
 from protocol.envelope import Envelope, Inbound
 from rtserver.backends.bus import read_rooms
 from rtserver.backends.bus.redis import inbound_key
-from tests.schedule_model import apply, slot_events, truth
+from tests.support.schedule_model import apply, slot_events, truth
 
 
 async def append_all(bus, events):

@@ -2,74 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import httpx
 import pytest
-import trio
 
-from rtserver.backends.auth import mint_token
-from rtserver.client import open_client
-from rtserver.backends.config import load_config
 from rtserver.node import Node
-
-SECRET = "e2e-secret-0123456789abcdef0123456789abcdef0123456789abcdef0123"
-
-
-@dataclass
-class Server:
-    node: Node
-    port: int
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ws(self, ns: str = "hub") -> str:
-        return f"ws://127.0.0.1:{self.port}/{ns}/ws"
-
-    def token(self, user: str = "u1", tenant: str = "t1", roles=("attendant",), ttl_s: int = 3600, **claims) -> str:
-        return mint_token(SECRET, {"sub": user, "healthUnitTaxId": tenant, "roles": list(roles), **claims}, ttl_s)
-
-    @property
-    def service_token(self) -> str:
-        return mint_token(SECRET, {"sub": "svc", "roles": ["service"]})
-
-    async def publish(self, body: dict, token: str | None = None, headers: dict | None = None) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.http) as client:
-            return await client.post("/v1/publish", json=body, headers={
-                "authorization": f"Bearer {token or self.service_token}", **(headers or {})})
-
-    async def publish_all(self, bodies) -> None:
-        """Publish each body in turn on one keep-alive connection; each must be accepted."""
-        headers = {"authorization": f"Bearer {self.service_token}"}
-        async with httpx.AsyncClient(base_url=self.http, headers=headers) as client:
-            for body in bodies:
-                assert (await client.post("/v1/publish", json=body)).status_code == 200
-
-    async def cursor_after(self, room: str, published_through: Server, body: dict) -> str:
-        """The cursor a client of this node subscribed to ``room`` holds once ``body``,
-        published through ``published_through``, reached it (the client then leaves)."""
-        async with open_client(self.ws(), self.token()) as client:
-            await client.subscribe(room)
-            await published_through.publish(body)
-            with trio.fail_after(10):
-                await client.next_event()
-            return client.cursor
-
-
-async def wait_until(predicate, timeout: float = 10) -> None:
-    """Poll ``predicate`` (every 20 ms) until it holds; fails after ``timeout`` seconds."""
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
-
-
-def server_config(**sections):
-    base = {"auth": {"hs256_secret": SECRET}, "server": {"port": 0, "allowed_origins": ["http://good.example"]}}
-    for section, values in sections.items():
-        base.setdefault(section, {}).update(values)
-    return load_config(environ={}, overrides=base)
+from tests.support.nodes import Server, server_config
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import trio
 from protocol.envelope import Envelope
 from rtserver.client import open_client
 from rtserver.node import Node
-from tests.e2e.conftest import Server, server_config
-from tests.e2e.http_clients import open_sse, poll
+from tests.support.http_clients import open_sse, poll
+from tests.support.nodes import Server, server_config
 
 MISSED, LIVE = 8000, 50
 PADDING = "x" * 1400

@@ -7,9 +7,9 @@ import trio
 from rtserver.backends.auth import mint_token
 from rtserver.client import open_client
 from rtserver.node import Node
-from tests.e2e.conftest import SECRET, Server, server_config
-from tests.e2e.http_clients import command, open_sse, poll
-from tests.e2e.test_websocket import appointment
+from tests.support.events import appointment
+from tests.support.http_clients import command, open_sse, poll
+from tests.support.nodes import SECRET, Server, server_config
 
 FAST = {"poll_timeout_s": 1.0, "sse_keepalive_s": 0.5}
 

@@ -4,10 +4,10 @@ import httpx
 import trio
 
 from rtserver.client import open_client
-from tests.conftest import flush_redis
-from tests.e2e.http_clients import command, open_sse, poll
-from tests.e2e.test_presence import presence_events, start_node
-from tests.e2e.test_websocket import appointment
+from tests.support.events import appointment
+from tests.support.http_clients import command, open_sse, poll
+from tests.support.nodes import presence_events, start_node
+from tests.support.redis_servers import flush_redis
 
 
 async def test_a_stream_on_one_node_takes_its_presence_commands_posted_to_the_other(nursery, redis_url):

@@ -4,7 +4,7 @@ import json
 
 import trio
 
-from tests.e2e.test_websocket import appointment
+from tests.support.events import appointment
 
 
 async def raw_exchange(port: int, data: bytes, responses: int) -> list[bytes]:

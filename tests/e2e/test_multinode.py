@@ -9,9 +9,9 @@ from protocol.cursors import shard_of
 from rtserver.backends.bus.redis import stream_key
 from rtserver.client import open_client
 from rtserver.node import Node
-from tests.conftest import flush_redis, plain_redis
-from tests.e2e.conftest import Server, server_config
-from tests.e2e.test_websocket import appointment
+from tests.support.events import appointment
+from tests.support.nodes import Server, server_config
+from tests.support.redis_servers import flush_redis, plain_redis
 
 
 @pytest.fixture(params=["standalone", "cluster"])

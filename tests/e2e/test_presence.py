@@ -5,33 +5,8 @@ import httpx
 import trio
 
 from rtserver.client import open_client
-from rtserver.node import Node
-from tests.conftest import flush_redis
-from tests.e2e.conftest import Server, server_config
-
-PRESENCE = {"grace_s": 1.0, "sweep_interval_s": 0.5}
-
-
-async def start_node(nursery, redis_url: str, scope: trio.CancelScope | None = None, **sections) -> Server:
-    node = Node(server_config(bus={"redis_url": redis_url}, presence=PRESENCE, **sections))
-    if scope is None:
-        return Server(node, await nursery.start(node.run))
-
-    async def run_in_scope(task_status=trio.TASK_STATUS_IGNORED):
-        with scope:
-            await node.run(task_status=task_status)
-
-    return Server(node, await nursery.start(run_in_scope))
-
-
-async def presence_events(client, count: int) -> list[tuple[str, str]]:
-    got = []
-    with trio.fail_after(10):
-        while len(got) < count:
-            evt = await client.next_event()
-            if evt["event"].startswith("attendant:"):
-                got.append((evt["data"]["userId"], evt["data"]["state"]))
-    return got
+from tests.support.nodes import PRESENCE, presence_events, start_node
+from tests.support.redis_servers import flush_redis
 
 
 async def test_a_colleague_on_another_node_is_seen_and_a_crashed_node_users_go_offline(

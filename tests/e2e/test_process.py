@@ -12,8 +12,8 @@ import wsproto
 from wsproto.events import CloseConnection, Request, TextMessage
 
 from rtserver.client import open_client
-from tests.conftest import free_port, wait_port
-from tests.e2e.conftest import SECRET
+from tests.support.net import free_port, wait_port
+from tests.support.nodes import SECRET
 
 
 @pytest.fixture

@@ -14,15 +14,15 @@ import trio
 
 from protocol.cursors import shard_of
 from rtserver.backends.bus.redis import RedisBus, stream_key
-from rtserver.client import open_client
 from rtserver.backends.config import ConfigError
+from rtserver.backends.push_store import LiveUsers
+from rtserver.client import open_client
 from rtserver.node import Node
 from rtserver.push import GROUP, Dispatcher
-from rtserver.backends.push_store import LiveUsers
-from tests.conftest import flush_redis, plain_redis
-from tests.e2e.conftest import Server, server_config, wait_until
-from tests.e2e.http_clients import open_sse, poll
-from tests.e2e.push_providers import ApnsStandIn, Credentials, FcmStandIn
+from tests.support.http_clients import open_sse, poll
+from tests.support.nodes import Server, server_config, wait_until
+from tests.support.push_providers import ApnsStandIn, Credentials, FcmStandIn
+from tests.support.redis_servers import flush_redis, plain_redis
 
 FCM_TOKEN = "fcm-device-0123456789:APA91b-abcdefghij"
 APNS_TOKEN = "a1" * 32

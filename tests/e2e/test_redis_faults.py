@@ -11,9 +11,10 @@ from protocol.cursors import shard_of
 from rtserver.backends.bus.redis import stream_key
 from rtserver.client import Closed, open_client
 from rtserver.node import Node
-from tests.conftest import free_port, start_redis
-from tests.e2e.conftest import Server, server_config
-from tests.e2e.test_websocket import appointment
+from tests.support.events import appointment
+from tests.support.net import free_port
+from tests.support.nodes import Server, server_config
+from tests.support.redis_servers import start_redis
 
 
 async def wait_ready(server: Server, ready: bool) -> None:

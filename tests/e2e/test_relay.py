@@ -18,17 +18,17 @@ import trio
 from trio_asyncio import aio_as_trio
 
 from protocol.cursors import shard_of
-from rtserver.client import open_client
+from rtserver.backends.bus.redis import dead_letter_key
 from rtserver.backends.config import load_config
+from rtserver.client import open_client
 from rtserver.node import Node
 from rtserver.outbox import migrate
 from rtserver.outbox.relay import Relay, relay_cursor_key
-from tests.conftest import flush_redis, plain_redis
-from rtserver.backends.bus.redis import dead_letter_key
-from tests.e2e.conftest import Server, server_config, wait_until
-from tests.e2e.test_webhooks import Backbone, start_dispatcher, webhooks_config
-from tests.e2e.webhook_receiver import Receiver
-from tests.postgres import PostgresServer
+from tests.support.nodes import Server, server_config, wait_until
+from tests.support.postgres import PostgresServer
+from tests.support.redis_servers import flush_redis, plain_redis
+from tests.support.webhook_receiver import Receiver
+from tests.support.webhooks import Backbone, start_dispatcher, webhooks_config
 
 SHARDS = 16
 FAST = {"poll_interval_s": 0.2, "standby_poll_s": 0.3, "batch": 50}

@@ -5,9 +5,9 @@ digests that end in the same state."""
 import trio
 
 from rtserver.client import open_client
-from tests.conftest import flush_redis
-from tests.e2e.test_presence import start_node
-from tests.schedule_model import apply, slot_events, truth
+from tests.support.nodes import start_node
+from tests.support.redis_servers import flush_redis
+from tests.support.schedule_model import apply, slot_events, truth
 
 
 def bodies(events):

@@ -14,7 +14,7 @@ import wsproto
 from wsproto.events import CloseConnection, Request, TextMessage
 
 from rtserver.node import Node
-from tests.e2e.conftest import Server, server_config
+from tests.support.nodes import Server, server_config
 
 PADDING = 30_000  # bytes of each event: frames far larger than the socket buffers
 BUDGET = {"outbound_max_bytes": 200_000, "outbound_max_frames": 100_000}

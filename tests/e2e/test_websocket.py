@@ -6,12 +6,8 @@ import trio
 from trio_websocket import open_websocket_url
 
 from rtserver.client import CommandError, open_client
-from tests.test_auth import _unsigned
-
-
-def appointment(i, tenant="t1", rooms=("professional:1",), **extra):
-    return {"event": "appointment.created", "tenant": tenant, "rooms": list(rooms),
-            "data": {"appointmentId": str(i)}, **extra}
+from tests.support.events import appointment
+from tests.support.tokens import unsigned_token
 
 
 async def test_a_subscriber_receives_what_is_published(server):
@@ -39,7 +35,7 @@ async def test_the_token_is_accepted_in_each_documented_place(server, token_in):
     (lambda s: s.token(ttl_s=-60), "hub", 4100),
     (lambda s: s.token(roles=("patient",), patientTaxId="p1"), "hub", 4403),
     (lambda s: s.token(), "portal", 4403),
-    (lambda s: _unsigned({"sub": "u1", "healthUnitTaxId": "t1", "roles": ["attendant"]}), "hub", 4401),
+    (lambda s: unsigned_token({"sub": "u1", "healthUnitTaxId": "t1", "roles": ["attendant"]}), "hub", 4401),
 ], ids=["no-token", "bad-signature", "expired", "patient-on-hub", "staff-on-portal", "alg-none"])
 async def test_handshakes_are_refused_with_a_close_code(server, make_token, ns, code):
     token = make_token(server)

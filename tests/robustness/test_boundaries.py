@@ -12,14 +12,14 @@ import trio
 from actors.poll import PollRequest
 from actors.sse import SseStream
 from actors.websocket import WebSocketConnection
-from rtserver.client import Closed, open_client
-from rtserver.listener import Listener
-from rtserver.gateway import Gateway
-from rtserver.node import Node
 from rtserver.backends.presence import MemoryPresence
-from tests.e2e.conftest import Server, server_config
-from tests.e2e.http_clients import command, open_sse, poll
-from tests.e2e.test_websocket import appointment
+from rtserver.client import Closed, open_client
+from rtserver.gateway import Gateway
+from rtserver.listener import Listener
+from rtserver.node import Node
+from tests.support.events import appointment
+from tests.support.http_clients import command, open_sse, poll
+from tests.support.nodes import Server, server_config
 
 
 class Injected(Exception):

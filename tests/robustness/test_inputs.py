@@ -18,9 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.errors import ReplyCode
-from tests.robustness.conftest import (
-    DOCUMENTED_CLOSES, REFUSALS, SECRET, WebSocket, assert_documented_refusal, exchange, read_answer,
-)
+from tests.support.live_node import DOCUMENTED_CLOSES, REFUSALS, WebSocket, assert_documented_refusal, exchange, read_answer
+from tests.support.live_node import SECRET
 
 #: Statuses of an accepted request (the pages redirect, the static files may be cached).
 SUCCESSES = {101, 200, 201, 204, 301, 302, 303, 304, 307, 308}

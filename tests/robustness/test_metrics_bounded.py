@@ -8,8 +8,8 @@ import pytest
 
 from rtserver.client import CommandError, open_client
 from rtserver.node import Node
-from tests.e2e.conftest import Server, server_config
-from tests.e2e.http_clients import command
+from tests.support.http_clients import command
+from tests.support.nodes import Server, server_config
 
 
 @pytest.fixture

@@ -13,10 +13,11 @@ import trio
 
 from rtserver.client import CommandError, open_client
 from rtserver.node import Node
-from tests.conftest import free_port, start_redis
-from tests.e2e.conftest import Server, server_config
-from tests.e2e.http_clients import command
-from tests.e2e.test_websocket import appointment
+from tests.support.events import appointment
+from tests.support.http_clients import command
+from tests.support.net import free_port
+from tests.support.nodes import Server, server_config
+from tests.support.redis_servers import start_redis
 
 FAULTS = {
     # (inject, recover) on a plain client of the node's Redis

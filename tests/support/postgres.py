@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 
-from tests.conftest import free_port
+from tests.support.net import free_port
 
 
 def _bin(name: str) -> str:

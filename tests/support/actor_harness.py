@@ -18,11 +18,11 @@ import wsproto.events as ev
 from wsproto import ConnectionType
 
 from actors.connection import ConnectionServices
-from actors.websocket import WebSocketConnection
 from actors.presence import Presence
 from actors.registry import Registry
 from actors.schedules import ScheduleProjector
 from actors.typing import Typing
+from actors.websocket import WebSocketConnection
 from actors.writer import Writer
 from protocol.catalog import Catalog, Namespace
 from protocol.envelope import Envelope
