@@ -4,11 +4,12 @@ Contract
 --------
 Mailbox
     The bus's live feed: a bounded channel of ``StoredEvent`` (capacity ``rooms.mailbox``).
-    ``join`` is called by connection actors.
+    ``open_room`` is called by connection actors.
 Owns
     The map of room key -> running ``Room``; the nursery the rooms run in.
 Replies
-    ``join`` returns the room (started on first member with ``nursery.start``).
+    ``open_room`` returns the room (started on the first join with ``start_soon``: its
+    mailbox takes messages at once).
 Failure
     The bus feed closing ends it; an exception ends the node. A room that stops
     unregisters itself first, so a later join starts a new one.
