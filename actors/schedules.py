@@ -30,7 +30,7 @@ import trio
 
 from protocol.errors import ReplyError
 from protocol.schedules import updates
-from rtserver.backends.bus import RETRY_MAX_S, RETRY_MIN_S
+from rtserver.backends.retry import Backoff
 from rtserver.backends.schedules import ScheduleStore
 
 log = structlog.get_logger("rtserver.schedules")
@@ -45,16 +45,15 @@ class ScheduleProjector:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         with self.store.opened():
             task_status.started()
-            backoff = RETRY_MIN_S
+            backoff = Backoff()
             while True:
                 try:
                     for batch in await self.store.read():
                         await self.store.commit(batch, [u for e in batch.events for u in updates(e)])
                         self.projected += len(batch.events)
-                    backoff = RETRY_MIN_S
+                    backoff.reset()
                 except ReplyError as exc:
                     if not exc.temporary:
                         raise
-                    log.warning("schedule_projection_paused", error=exc.message, retry_in_s=backoff)
-                    await trio.sleep(backoff)
-                    backoff = min(backoff * 2, RETRY_MAX_S)
+                    log.warning("schedule_projection_paused", error=exc.message, retry_in_s=backoff.next_s)
+                    await backoff.pause()

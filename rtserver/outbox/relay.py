@@ -26,7 +26,6 @@ Contract
 
 from __future__ import annotations
 
-import random
 import time
 
 import asyncpg
@@ -39,12 +38,11 @@ from trio_asyncio import aio_as_trio
 from rtserver.backends.bus.redis import BusUnavailable, RedisBus, stream_key
 from rtserver.backends.config import Config
 from rtserver.backends.metrics import watch_bus
+from rtserver.backends.retry import Backoff
 from rtserver.outbox import CHANNEL, LEADER_LOCK, check_schema
 
 log = structlog.get_logger("rtserver.relay")
 
-RECONNECT_MIN_S = 0.1
-RECONNECT_MAX_S = 5.0
 
 #: Failures meaning "PostgreSQL cannot serve now": reconnect. (A server shutting down can
 #: leave asyncpg's connection mid-operation: InternalClientError, "another operation is in
@@ -143,7 +141,7 @@ class Relay:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Relay until cancelled (inside trio-asyncio), through PostgreSQL and Redis outages.
         Reports started at the end of its first connection attempt, successful or not."""
-        backoff, started = RECONNECT_MIN_S, False
+        backoff, started = Backoff(), False
 
         def report_started() -> None:
             nonlocal started
@@ -158,14 +156,14 @@ class Relay:
             except (*PG_UNREACHABLE, BusUnavailable) as exc:
                 report_started()
                 self.metrics.reconnects.inc()
-                if trio.current_time() - connected_at > RECONNECT_MAX_S:
-                    backoff = RECONNECT_MIN_S
-                log.warning("relay_disconnected", error=f"{type(exc).__name__}: {exc}", retry_in_s=round(backoff, 2))
+                if trio.current_time() - connected_at > backoff.max_s:
+                    backoff.reset()  # it had been working: start over
+                log.warning("relay_disconnected", error=f"{type(exc).__name__}: {exc}",
+                            retry_in_s=round(backoff.next_s, 2))
             finally:
                 self.led.clear()
                 self.metrics.leading.set(0)
-            await trio.sleep(backoff * random.uniform(0.5, 1.5))
-            backoff = min(backoff * 2, RECONNECT_MAX_S)
+            await backoff.pause()
 
     async def _serve(self, on_connected) -> None:
         """One connected period: a session, its LISTEN, leadership, batches."""

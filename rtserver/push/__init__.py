@@ -36,11 +36,12 @@ from protocol.envelope import StoredEvent
 from protocol.errors import ReplyError
 from protocol.push import Device, Notice, Platform, Verdict
 from rtserver.backends.auth import PERSONAL_KINDS
-from rtserver.backends.bus.groups import GroupWorker, ShardGroup, backoff_s, consumer_name
+from rtserver.backends.bus.groups import GroupWorker, ShardGroup, consumer_name
 from rtserver.backends.bus.redis import RedisBus
 from rtserver.backends.config import PushConfig
 from rtserver.backends.metrics import watch_bus
 from rtserver.backends.push_store import DeviceStore, LiveUsers
+from rtserver.backends.retry import attempt_delay_s
 from rtserver.push.providers import configured_providers
 
 log = structlog.get_logger("rtserver.push")
@@ -140,7 +141,7 @@ class Dispatcher:
         platform = device.platform
         for number in range(1, self._config.max_attempts + 1):
             if number > 1:
-                await trio.sleep(backoff_s(number, self._config.backoff_initial_s, BACKOFF_MAX_S))
+                await trio.sleep(attempt_delay_s(number, self._config.backoff_initial_s, BACKOFF_MAX_S))
             async with self._slots[platform]:
                 verdict, reason = await self._providers[platform].send(self._http[platform], token, notice)
             if verdict is Verdict.SENT:

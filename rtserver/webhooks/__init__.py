@@ -32,11 +32,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from protocol.envelope import StoredEvent
 from protocol.webhooks import delivery_body, signed_headers
-from rtserver.backends.bus.groups import GroupWorker, ShardGroup, backoff_s, consumer_name
+from rtserver.backends.bus.groups import GroupWorker, ShardGroup, consumer_name
 from rtserver.backends.bus.redis import RedisBus
 from rtserver.backends.config import WebhookSubscription, WebhooksConfig
 from rtserver.backends.metrics import watch_bus
 from rtserver.backends.redis_client import stream_entries
+from rtserver.backends.retry import attempt_delay_s
 
 log = structlog.get_logger("rtserver.webhooks")
 
@@ -129,7 +130,7 @@ class Destination:
         for number in range(1, self._config.max_attempts + 1):
             if number > 1:
                 self._metrics.retries.labels(name).inc()
-                await trio.sleep(backoff_s(number, self._config.backoff_initial_s, self._config.backoff_max_s))
+                await trio.sleep(attempt_delay_s(number, self._config.backoff_initial_s, self._config.backoff_max_s))
             async with self._slots:
                 outcome = await attempt(self._http, self.subscription, event.id, body, self._config.timeout_s)
             if outcome.delivered:

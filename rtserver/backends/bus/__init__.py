@@ -50,9 +50,6 @@ class History:
 
 #: History events read per bus call.
 HISTORY_PAGE = 500
-#: Pause of a reader whose bus is unreachable, doubling from the minimum to the maximum, seconds.
-RETRY_MIN_S = 0.1
-RETRY_MAX_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ group each in a task of its own (the webhook and push dispatchers).
 from __future__ import annotations
 
 import os
-import random
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
@@ -23,9 +22,9 @@ import trio
 
 from protocol.envelope import StoredEvent
 from protocol.errors import ReplyError
-from rtserver.backends.bus import RETRY_MAX_S, RETRY_MIN_S
 from rtserver.backends.bus.redis import RedisBus, stream_key
 from rtserver.backends.redis_client import stream_entries
+from rtserver.backends.retry import Backoff
 
 log = structlog.get_logger("rtserver.bus.groups")
 
@@ -143,12 +142,6 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def backoff_s(attempt: int, initial_s: float, max_s: float) -> float:
-    """The pause before attempt number ``attempt`` (2 or more): exponential from
-    ``initial_s``, capped at ``max_s``, with full jitter."""
-    return random.uniform(0, min(max_s, initial_s * 2 ** (attempt - 2)))
-
-
 class GroupWorker:
     """Handles each selected entry of ``group`` in a task of its own.
 
@@ -157,7 +150,7 @@ class GroupWorker:
     and is claimed again after the group's ``claim_idle_s`` (a retry later). While an
     entry is being handled it is kept claimed (``touch``), so no other consumer takes it.
     At most ``in_flight`` entries are handled at a time; reading waits for a free one.
-    Redis unreachable: reading pauses (backoff up to ``RETRY_MAX_S``) and resumes; an
+    Redis unreachable: reading pauses (``Backoff``) and resumes; an
     acknowledgement lost with it leaves its entry to be claimed and handled again.
     """
 
@@ -174,7 +167,7 @@ class GroupWorker:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keep_claimed)
             task_status.started()
-            backoff = RETRY_MIN_S
+            backoff = Backoff()
             while True:
                 try:
                     batches = await self._group.read()
@@ -185,13 +178,12 @@ class GroupWorker:
                             await self._in_flight.acquire()
                             self._handling.add((batch.shard, entry_id))
                             nursery.start_soon(self._handle_entry, batch.shard, entry_id, event)
-                    backoff = RETRY_MIN_S
+                    backoff.reset()
                 except ReplyError as exc:
                     if not exc.temporary:
                         raise
-                    log.warning("group_paused", group=self._group.group, error=exc.message, retry_in_s=backoff)
-                    await trio.sleep(backoff)
-                    backoff = min(backoff * 2, RETRY_MAX_S)
+                    log.warning("group_paused", group=self._group.group, error=exc.message, retry_in_s=backoff.next_s)
+                    await backoff.pause()
 
     async def _handle_entry(self, shard: int, entry_id: str, event: StoredEvent) -> None:
         try:

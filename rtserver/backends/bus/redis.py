@@ -52,7 +52,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
-import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -69,6 +68,7 @@ from protocol.limits import decode_bounded
 from rtserver.backends.bus import AppendResult, History, broadcast, ephemeral_event, live_feed
 from rtserver.backends.config import BusConfig, Config
 from rtserver.backends.redis_client import Command, Connection, ErrorReply, Redis, Unreachable, pairs, stream_entries
+from rtserver.backends.retry import Backoff
 
 #: Server-side BLOCK of the live reader's XREAD (and the ephemeral reader's wait), ms.
 READ_BLOCK_MS = 1000
@@ -87,9 +87,6 @@ return {eid, 0}
 #: How often the readers' lag is measured, s; the lag over which the node is not ready.
 LAG_INTERVAL_S = 2.0
 READY_LAG_ENTRIES = 1_000
-#: Reconnection backoff bounds, seconds (jittered ±50%).
-RECONNECT_MIN_S = 0.1
-RECONNECT_MAX_S = 5.0
 
 log = structlog.get_logger("rtserver.bus.redis")
 _json = msgspec.json.Encoder()
@@ -298,7 +295,7 @@ class RedisBus:
         read from its new start.
         """
         positions: dict[str, str] = {}
-        backoff = RECONNECT_MIN_S
+        backoff = Backoff()
         started = False
 
         def report_started() -> None:
@@ -316,11 +313,10 @@ class RedisBus:
                     report_started()
                     self._ready = False
                     self.reconnects += 1
-                    if trio.current_time() - connected_at > RECONNECT_MAX_S:
-                        backoff = RECONNECT_MIN_S  # it had been working: start over
-                    log.warning("bus_unavailable", error=str(group.exceptions[0]), retry_in_s=round(backoff, 2))
-                await trio.sleep(backoff * random.uniform(0.5, 1.5))
-                backoff = min(backoff * 2, RECONNECT_MAX_S)
+                    if trio.current_time() - connected_at > backoff.max_s:
+                        backoff.reset()  # it had been working: start over
+                    log.warning("bus_unavailable", error=str(group.exceptions[0]), retry_in_s=round(backoff.next_s, 2))
+                await backoff.pause()
         finally:
             self._ready = False
             self._disconnect()
