@@ -24,16 +24,9 @@ from actors.writer import Writer
 from protocol.errors import CloseCode
 from rtserver.backends.auth import TokenVerifier
 from rtserver.backends.boundary import contained
-from rtserver.backends.bus import Bus
-from rtserver.backends.bus.memory import MemoryBus
-from rtserver.backends.bus.redis import RedisBus
 from rtserver.backends.config import Config
+from rtserver.backends.factory import open_backends
 from rtserver.backends.metrics import Metrics
-from rtserver.backends.presence import MemoryPresence
-from rtserver.backends.presence.redis import RedisPresence
-from rtserver.backends.push_store import DeviceStore, LiveUsers
-from rtserver.backends.schedules import MemorySchedules
-from rtserver.backends.schedules.redis import RedisSchedules
 from rtserver.gateway import Gateway
 from rtserver.http import HttpFrontend, create_app, create_asgi, post_handlers
 from rtserver.listener import Listener
@@ -42,63 +35,42 @@ log = structlog.get_logger("rtserver.node")
 
 
 class Node:
-    def __init__(self, config: Config, *, bus: Bus | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
         self.catalog = config.catalog()
         self.verifier = TokenVerifier(config.auth)
-        self.bus: Bus = bus or self._make_bus()
+        holder = secrets.token_hex(6)  # this node, in the stores shared by nodes
+        backends = open_backends(config, self.metrics, holder)
+        self.bus = backends.bus
         self.writer = Writer(
             self.metrics,
             flush_max_bytes=config.connection.flush_max_bytes,
             interval_s=config.connection.flush_interval_ms / 1000,
         )
         self.registry = Registry(self.bus, config.rooms, self.metrics, self.writer.fanned_out_at, self.catalog)
-        holder = secrets.token_hex(6)  # this node, in the stores shared by nodes
-        if isinstance(self.bus, RedisBus):
-            presence_store = RedisPresence(self.bus, config.presence.ttl_s)
-            schedule_store = RedisSchedules(self.bus, config.schedules, consumer=holder)
-        else:
-            presence_store, schedule_store = MemoryPresence(), MemorySchedules(self.bus, config.schedules.mailbox)
-        self.presence = Presence(presence_store, self.bus, config.presence, heartbeat_s=config.connection.heartbeat_s,
+        self.presence = Presence(backends.presence, self.bus, config.presence, heartbeat_s=config.connection.heartbeat_s,
                                  holder=holder, metrics=self.metrics)
         self.typing = Typing(self.bus, config.typing)
-        self.schedules = ScheduleProjector(schedule_store)
+        self.schedules = ScheduleProjector(backends.schedules)
         self.metrics.schedule_projected.set_function(lambda: self.schedules.projected)
-        #: With push on: the devices registered through ``/{ns}/push/devices``, and who is
-        #: connected (``rtserver push`` pushes to the others).
-        self.devices: DeviceStore | None = None
         self.liveness: Liveness | None = None
-        if config.push.enabled:  # the configuration ensures the Redis bus
-            push = config.push
-            self.devices = DeviceStore(self.bus, ttl_s=push.device_ttl_s, max_per_user=push.max_devices_per_user)
-            self.liveness = Liveness(LiveUsers(self.bus), push, holder=holder)
+        if backends.live_users is not None:
+            self.liveness = Liveness(backends.live_users, config.push, holder=holder)
             self.metrics.connected_users.set_function(lambda: self.liveness.connected_users)
         self.connections: set[Connection] = set()
         self.services = services = ConnectionServices(
             config=config, bus=self.bus, registry=self.registry, writer=self.writer,
             metrics=self.metrics, catalog=self.catalog, connections=self.connections,
-            presence=self.presence, typing=self.typing, schedules=schedule_store, liveness=self.liveness,
+            presence=self.presence, typing=self.typing, schedules=backends.schedules, liveness=self.liveness,
         )
         self.gateway = Gateway(config, metrics=self.metrics, catalog=self.catalog, verifier=self.verifier,
-                               bus=self.bus, presence=self.presence, devices=self.devices, services=services)
+                               bus=self.bus, presence=self.presence, devices=backends.devices, services=services)
         self.http = HttpFrontend(create_asgi(create_app(self.gateway), self.metrics))
         self.listener = Listener(
             config.server, services, self.verifier, self.http.serve, post_handlers(self.gateway)
         )
         self.port: int | None = None
-
-    def _make_bus(self) -> Bus:
-        """The memory bus, or the Redis bus when ``bus.redis_url`` is set."""
-        if not self.config.bus.redis_url:
-            return MemoryBus(self.config.bus)
-
-        bus = RedisBus.for_config(self.config, on_dead_letter=lambda code: self.metrics.dead_letters.labels(code).inc())
-        self.metrics.watch_bus(bus)
-        for shard in range(bus.shards):
-            self.metrics.stream_lag_entries.labels(str(shard)).set_function(lambda s=shard: bus.lag[s][0])
-            self.metrics.stream_lag_seconds.labels(str(shard)).set_function(lambda s=shard: bus.lag[s][1])
-        return bus
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

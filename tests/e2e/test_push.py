@@ -125,7 +125,7 @@ async def test_devices_register_through_an_authenticated_endpoint(rig):
 
     registered = await rig.register("portal", rig.patient_token(), "fcm", FCM_TOKEN)
     assert registered.status_code == 201 and registered.json()["forgotten"] == 0
-    devices = rig.server.node.devices
+    devices = rig.server.node.gateway.devices
     [(token, device)] = (await devices.devices("t1", ["patient:p-111"])).items()
     assert token == FCM_TOKEN and device.user == "pat-1" and device.rooms == ["user:pat-1", "patient:p-111"]
 
@@ -235,7 +235,7 @@ async def test_devices_a_provider_calls_invalid_are_forgotten(rig):
     await rig.register("hub", rig.professional_token(), "apns", APNS_TOKEN)
     rooms = ("user:pat-1", "user:pat-2", "user:pat-3", "professional:pr-222")
     await rig.appointment(rooms=rooms)
-    devices = rig.server.node.devices
+    devices = rig.server.node.gateway.devices
     await wait_until(rig.settled)
     assert sorted(await devices.devices("t1", list(rooms))) == [fine]
     metrics = rig.dispatcher.metrics

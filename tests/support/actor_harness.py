@@ -1,4 +1,4 @@
-"""Actors wired as a node wires them, on the memory bus, with clients on socketpairs.
+"""A node on the memory bus, built and run as production does, with clients on socketpairs.
 
 Each test client speaks real WebSocket frames (a wsproto client connection over one end
 of a ``socket.socketpair``); the other end is a ``WebSocketConnection`` actor, exactly as the
@@ -20,23 +20,26 @@ from wsproto import ConnectionType
 from actors.connection import ConnectionServices
 from actors.presence import Presence
 from actors.registry import Registry
-from actors.schedules import ScheduleProjector
-from actors.typing import Typing
 from actors.websocket import WebSocketConnection
 from actors.writer import Writer
-from protocol.catalog import Catalog, Namespace
+from protocol.catalog import Namespace
 from protocol.envelope import Envelope
 from protocol.wires import WS_JSON
 from rtserver.backends.auth import Claims
-from rtserver.backends.bus.memory import MemoryBus
+from rtserver.backends.bus import Bus
 from rtserver.backends.config import Config, load_config
 from rtserver.backends.metrics import Metrics
-from rtserver.backends.presence import MemoryPresence
-from rtserver.backends.schedules import MemorySchedules
+from rtserver.node import Node
+
+
+#: The harness node's token key (its connections are given claims directly).
+SECRET = "actor-harness-0123456789abcdef0123456789abcdef0123456789abcdef01"
 
 
 def config(**sections) -> Config:
-    return load_config(environ={}, overrides=sections)
+    """A node's configuration with ``sections`` over it, on a loopback port of its own."""
+    server = {"host": "127.0.0.1", "port": 0, **sections.pop("server", {})}
+    return load_config(environ={}, overrides={"auth": {"hs256_secret": SECRET}, "server": server, **sections})
 
 
 def staff(user="u1", tenant="t1", exp_in=3600.0, groups: tuple[str, ...] = ()) -> Claims:
@@ -106,7 +109,7 @@ class TestClient:
 @dataclass
 class Harness:
     config: Config
-    bus: MemoryBus
+    bus: Bus
     metrics: Metrics
     writer: Writer
     registry: Registry
@@ -140,22 +143,9 @@ class Harness:
 
 
 async def start_harness(nursery: trio.Nursery, cfg: Config | None = None) -> Harness:
-    cfg = cfg or config()
-    bus = MemoryBus(cfg.bus)
-    metrics = Metrics()
-    writer = Writer(metrics, flush_max_bytes=cfg.connection.flush_max_bytes,
-                    interval_s=cfg.connection.flush_interval_ms / 1000)
-    registry = Registry(bus, cfg.rooms, metrics, writer.fanned_out_at, Catalog.default())
-    presence = Presence(MemoryPresence(), bus, cfg.presence, heartbeat_s=cfg.connection.heartbeat_s,
-                        holder="node-1", metrics=metrics)
-    typing = Typing(bus, cfg.typing)
-    schedules = MemorySchedules(bus, cfg.schedules.mailbox)
-    await nursery.start(writer.run)
-    await nursery.start(registry.run)
-    await nursery.start(presence.run)
-    await nursery.start(typing.run)
-    await nursery.start(ScheduleProjector(schedules).run)
-    services = ConnectionServices(config=cfg, bus=bus, registry=registry, writer=writer,
-                                  metrics=metrics, catalog=Catalog.default(), connections=set(),
-                                  presence=presence, typing=typing, schedules=schedules)
-    return Harness(cfg, bus, metrics, writer, registry, services, nursery, presence)
+    """A node built and run as production builds it (memory bus); clients are started on
+    its services directly, as its listener would after a handshake."""
+    node = Node(cfg or config())
+    await nursery.start(node.run)
+    return Harness(node.config, node.bus, node.metrics, node.writer, node.registry, node.services, nursery,
+                   node.presence)
