@@ -4,6 +4,7 @@ import pytest
 from protocol.errors import ReplyCode
 from protocol.rooms import room_key
 from tests.support.actor_harness import config, staff, start_harness
+from tests.support.metrics import metric_value
 
 
 async def test_subscriber_receives_room_events_in_order(nursery, autojump_clock):
@@ -39,7 +40,7 @@ async def test_slow_subscriber_is_closed_without_stalling_the_room(nursery, auto
                 await h.publish(["professional:1"], i, padding="x" * 1000)
                 await trio.sleep(0.002)  # 500 KB/s: a reading client keeps up, a stuck one cannot
     assert [f["data"]["appointmentId"] for f in received] == [str(i) for i in range(500)]
-    assert h.metrics.disconnects.labels("slow consumer")._value.get() == 1
+    assert metric_value(h.metrics.disconnects, reason="slow consumer") == 1
     with trio.fail_after(30):
         code = await slow.wait_closed()
     assert code in (4001, 1006)  # the close frame cannot always get past a full socket
@@ -193,7 +194,7 @@ async def test_emits_are_validated_against_the_catalog_and_acknowledged(nursery,
     assert (await emit("mark_alert_read", alertId="a1", name="x"))["code"] == ReplyCode.BAD_PAYLOAD
     assert (await emit("appointment.created"))["code"] == ReplyCode.FORBIDDEN
     assert (await emit("nope"))["code"] == ReplyCode.UNKNOWN_EVENT
-    assert h.metrics.messages_in.labels("typing:start")._value.get() == 2
+    assert metric_value(h.metrics.messages_in, kind="typing:start") == 2
 
 
 async def test_portal_clients_may_not_emit_staff_events(nursery, autojump_clock):

@@ -20,6 +20,7 @@ from rtserver.client import open_client
 from rtserver.node import Node
 from rtserver.push import GROUP, Dispatcher
 from tests.support.http_clients import open_sse, poll
+from tests.support.metrics import metric_value
 from tests.support.nodes import Server, server_config, wait_until
 from tests.support.push_providers import ApnsStandIn, Credentials, FcmStandIn
 from tests.support.redis_servers import flush_redis, plain_redis
@@ -169,7 +170,7 @@ async def test_users_with_no_live_connection_get_a_discreet_notice_on_each_platf
         assert not any(value.encode() in request.body for value in ("p-111", "pr-222", "booked", "sl1"))
     assert {r.http_version for r in rig.apns.requests} == {"2"}
     metrics = rig.dispatcher.metrics
-    assert metrics.sent.labels("fcm")._value.get() == 1 and metrics.sent.labels("apns")._value.get() == 1
+    assert metric_value(metrics.sent, platform="fcm") == 1 and metric_value(metrics.sent, platform="apns") == 1
 
 
 async def test_a_connected_user_gets_no_push_until_their_connection_is_gone(rig):
@@ -183,7 +184,7 @@ async def test_a_connected_user_gets_no_push_until_their_connection_is_gone(rig)
             assert (await client.next_event())["id"] == event_id
         await wait_until(rig.settled)
         assert rig.fcm.messages == []
-        assert rig.dispatcher.metrics.skipped.labels("connected")._value.get() == 1
+        assert metric_value(rig.dispatcher.metrics.skipped, reason="connected") == 1
     await wait_until_async(lambda: live.connected("t1", ["pat-1"]), set())  # after the grace period
     later = await rig.appointment()
     await wait_until(lambda: rig.fcm.messages)
@@ -218,7 +219,7 @@ async def test_every_transport_on_any_node_counts_as_connected(nursery, tmp_path
         assert [e["id"] for e in answers[0].json()["events"]] == [polled]
         await wait_until(rig.settled)  # handled within the grace after the poll's answer: its next poll is near
     assert rig.fcm.messages == []
-    assert rig.dispatcher.metrics.skipped.labels("connected")._value.get() == 2
+    assert metric_value(rig.dispatcher.metrics.skipped, reason="connected") == 2
     await wait_until_async(lambda: live.connected("t1", ["pat-1"]), set(), timeout=15)  # it never came back
     pushed = await rig.appointment()
     await wait_until(lambda: rig.fcm.messages)
@@ -239,7 +240,7 @@ async def test_devices_a_provider_calls_invalid_are_forgotten(rig):
     await wait_until(rig.settled)
     assert sorted(await devices.devices("t1", list(rooms))) == [fine]
     metrics = rig.dispatcher.metrics
-    assert metrics.forgotten.labels("fcm")._value.get() == 2 and metrics.forgotten.labels("apns")._value.get() == 1
+    assert metric_value(metrics.forgotten, platform="fcm") == 2 and metric_value(metrics.forgotten, platform="apns") == 1
     requests = len(rig.fcm.requests), len(rig.apns.requests)
     await rig.appointment(rooms=rooms)
     await wait_until(lambda: len(rig.fcm.messages) == 2)
@@ -261,7 +262,7 @@ async def test_provider_failures_are_retried_and_expired_credentials_renewed(rig
     await wait_until(lambda: len(rig.fcm.messages) == 2 and len(rig.apns.notices) == 2)
     assert rig.fcm.token_requests == 2
     failures = rig.dispatcher.metrics.failures
-    assert failures.labels("fcm", "UNAVAILABLE")._value.get() == 2
+    assert metric_value(failures, platform="fcm", reason="UNAVAILABLE") == 2
     assert len(rig.apns.requests) == 3 and rig.violations() == []
 
 
@@ -273,7 +274,7 @@ async def test_after_a_push_a_user_is_quiet_for_a_while(nursery, tmp_path, redis
     await wait_until(rig.settled)
     [message] = rig.fcm.messages  # whichever event came first to the concurrent handlers
     assert message["data"]["id"] in ids
-    assert rig.dispatcher.metrics.skipped.labels("quiet")._value.get() == 2
+    assert metric_value(rig.dispatcher.metrics.skipped, reason="quiet") == 2
 
 
 async def test_push_is_off_by_default(nursery, redis_url, tmp_path):

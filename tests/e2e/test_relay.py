@@ -24,6 +24,7 @@ from rtserver.client import open_client
 from rtserver.node import Node
 from rtserver.outbox import migrate
 from rtserver.outbox.relay import Relay, relay_cursor_key
+from tests.support.metrics import metric_value
 from tests.support.nodes import Server, server_config, wait_until
 from tests.support.postgres import PostgresServer
 from tests.support.redis_servers import flush_redis, plain_redis
@@ -209,7 +210,7 @@ async def test_a_leader_fenced_by_another_relay_appends_nothing_and_gives_the_sh
         while shard in relay.led:
             await trio.sleep(0.05)
     assert len(outbox.stream_ids()) == 5
-    assert relay.metrics.fenced._value.get() == 1
+    assert metric_value(relay.metrics.fenced) == 1
 
 
 def start_relay_process(outbox: Outbox, folder) -> subprocess.Popen:
@@ -263,7 +264,7 @@ async def test_postgres_down_for_10_s_the_relay_waits_reconnects_and_loses_nothi
         await trio.to_thread.run_sync(server.start)
         after = await outbox.commit_rows(100)
         assert await outbox.wait_stream(200) == before + after
-        assert relay.metrics.reconnects._value.get() >= 1
+        assert metric_value(relay.metrics.reconnects) >= 1
     finally:
         await trio.to_thread.run_sync(server.remove)
 

@@ -14,6 +14,7 @@ import wsproto
 from wsproto.events import CloseConnection, Request, TextMessage
 
 from rtserver.node import Node
+from tests.support.metrics import metric_value
 from tests.support.nodes import Server, server_config
 
 PADDING = 30_000  # bytes of each event: frames far larger than the socket buffers
@@ -55,7 +56,7 @@ async def read_until(sock: socket.socket, marker: bytes | None = None) -> bytes:
 async def overflow(server: Server) -> None:
     """Publish big events until the node closes its one slow consumer."""
     count = 0
-    while server.node.metrics.disconnects.labels("slow consumer")._value.get() < 1:
+    while metric_value(server.node.metrics.disconnects, reason="slow consumer") < 1:
         count += 1
         body = {"event": "rt.probe", "tenant": "t1", "rooms": ["probe:1"],
                 "data": {"t": 0, "s": count, "p": "x" * PADDING}}

@@ -15,6 +15,7 @@ from protocol.webhooks import verify
 from rtserver.backends.bus.redis import RedisBus
 from rtserver.backends.config import load_config
 from rtserver.webhooks import replay
+from tests.support.metrics import metric_value
 from tests.support.net import free_port
 from tests.support.nodes import wait_until
 from tests.support.redis_servers import flush_redis, start_redis
@@ -52,7 +53,7 @@ async def test_matching_events_are_posted_signed_and_the_others_not(nursery, red
     body = json.loads(request.body)
     assert body["id"] == wanted and body["event"] == "appointment.created" and body["tenant"] == "t1"
     assert body["data"] == {"appointmentId": "a1"} and body["rooms"] == ["schedule:42"]
-    assert dispatcher.metrics.deliveries.labels("partner")._value.get() == 1
+    assert metric_value(dispatcher.metrics.deliveries, subscription="partner") == 1
 
 
 async def test_failures_and_a_timeout_are_retried_until_the_endpoint_recovers(nursery, redis_url,
@@ -65,9 +66,9 @@ async def test_failures_and_a_timeout_are_retried_until_the_endpoint_recovers(nu
     assert {r.headers["webhook-id"] for r in receiver.requests} == {event_id}
     assert all(verify(SECRET, r.headers, r.body, now=time.time()) for r in receiver.requests)
     metrics = dispatcher.metrics
-    assert metrics.deliveries.labels("partner")._value.get() == 1
-    assert metrics.retries.labels("partner")._value.get() == 3
-    assert [metrics.failures.labels("partner", reason)._value.get() for reason in ("500", "timeout", "503")] == [1] * 3
+    assert metric_value(metrics.deliveries, subscription="partner") == 1
+    assert metric_value(metrics.retries, subscription="partner") == 3
+    assert [metric_value(metrics.failures, subscription="partner", reason=reason) for reason in ("500", "timeout", "503")] == [1] * 3
     assert backbone.dead_letters() == []
 
 
@@ -82,7 +83,7 @@ async def test_after_the_last_attempt_it_is_dead_lettered_and_replay_delivers_it
     dead = {d["event_id"]: d for d in backbone.dead_letters()}
     assert dead[refused]["attempts"] == "1" and dead[refused]["reason"] == "400"
     assert dead[event_id]["attempts"] == "4" and dead[event_id]["reason"] == "503"
-    assert dispatcher.metrics.dead_letters.labels("partner")._value.get() == 2
+    assert metric_value(dispatcher.metrics.dead_letters, subscription="partner") == 2
     receiver.answer_for = None
     bus = RedisBus.for_config(config)
     async with bus.commands():
@@ -111,7 +112,7 @@ async def test_a_crashed_dispatchers_pending_entries_are_claimed_and_delivered_b
     await wait_until(lambda: backbone.pending() == 0)
     # each once (concurrent deliveries arrive in any order)
     assert sorted(r.headers["webhook-id"] for r in receiver.requests[3:]) == sorted(ids)
-    assert survivor.metrics.deliveries.labels("partner")._value.get() == 3
+    assert metric_value(survivor.metrics.deliveries, subscription="partner") == 3
 
 
 async def test_a_slow_endpoint_gets_at_most_its_concurrency_and_everything_arrives(nursery, redis_url,

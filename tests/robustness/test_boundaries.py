@@ -19,6 +19,7 @@ from rtserver.listener import Listener
 from rtserver.node import Node
 from tests.support.events import appointment
 from tests.support.http_clients import command, open_sse, poll
+from tests.support.metrics import metric_value
 from tests.support.nodes import Server, server_config
 
 
@@ -57,7 +58,7 @@ async def assert_still_serving(server: Server, sentinel) -> None:
 
 
 def internal_errors(server: Server, where: str) -> float:
-    return server.node.metrics.internal_errors.labels(where)._value.get()
+    return metric_value(server.node.metrics.internal_errors, where=where)
 
 
 def assert_internal_error_answer(response: httpx.Response) -> None:

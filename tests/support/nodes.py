@@ -45,6 +45,16 @@ class Server:
             for body in bodies:
                 assert (await client.post("/v1/publish", json=body)).status_code == 200
 
+    async def expect_sentinel_next(self, client, room: str = "professional:1", tenant: str = "t1") -> None:
+        """Publish a sentinel event to ``room``; the client's next event must be it. What
+        the client should not have been sent was published before it, so it would have
+        come first: a negative check that ends on an event, not on a wait."""
+        assert (await self.publish({"event": "appointment.created", "tenant": tenant, "rooms": [room],
+                                    "data": {"appointmentId": "sentinel"}})).status_code == 200
+        with trio.fail_after(10):
+            evt = await client.next_event()
+        assert evt["data"] == {"appointmentId": "sentinel"}, f"received before the sentinel: {evt}"
+
     async def cursor_after(self, room: str, published_through: Server, body: dict) -> str:
         """The cursor a client of this node subscribed to ``room`` holds once ``body``,
         published through ``published_through``, reached it (the client then leaves)."""
