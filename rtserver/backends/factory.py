@@ -48,9 +48,9 @@ def open_backends(config: Config, metrics: Metrics, holder: str) -> Backends:
     push = config.push
     return Backends(
         bus,
-        RedisPresence(bus, config.presence.ttl_s),
+        RedisPresence(bus.link, bus.shards, config.presence.ttl_s),
         RedisSchedules(bus, config.schedules, consumer=holder),
-        devices=DeviceStore(bus, ttl_s=push.device_ttl_s, max_per_user=push.max_devices_per_user)
+        devices=DeviceStore(bus.link, bus.shards, ttl_s=push.device_ttl_s, max_per_user=push.max_devices_per_user)
         if push.enabled else None,
-        live_users=LiveUsers(bus) if push.enabled else None,
+        live_users=LiveUsers(bus.link, bus.shards) if push.enabled else None,
     )

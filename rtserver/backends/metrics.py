@@ -137,7 +137,7 @@ class _BusFailures(Collector):
         errors = CounterMetricFamily(
             "rt_bus_errors", "Redis calls that failed, by kind: unreachable (down, connection lost) or "
             "refused (an error reply: out of memory, read-only replica, script error...)", labels=["kind"])
-        for kind, count in self._bus.errors.items():
+        for kind, count in self._bus.link.errors.items():
             errors.add_metric([kind], count)
         yield errors
         yield GaugeMetricFamily("rt_bus_reconnects", "Times the connection to Redis was lost since start",

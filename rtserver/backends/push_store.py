@@ -22,8 +22,8 @@ import msgspec
 
 from protocol.cursors import shard_of
 from protocol.push import Device, Registration
-from rtserver.backends.bus.redis import RedisBus
 from rtserver.backends.redis_client import pairs
+from rtserver.backends.redis_link import RedisLink
 
 # KEYS: the device key, then the registration's room keys (the first: the user's own room).
 # ARGV: token, registration JSON, TTL ms, devices kept per user.
@@ -69,45 +69,46 @@ return removed
 _device = msgspec.json.Decoder(Device)
 
 
-def _key(bus: RedisBus, kind: str, tenant: str, name: str) -> str:
+def _key(shards: int, kind: str, tenant: str, name: str) -> str:
     """``rt:{<tenant's shard>}:push:<kind>:<tenant>/<name>`` (see the module docstring)."""
-    return f"rt:{{{shard_of(tenant, bus.shards)}}}:push:{kind}:{tenant}/{name}"
+    return f"rt:{{{shard_of(tenant, shards)}}}:push:{kind}:{tenant}/{name}"
 
 #: Users whose leases one pipeline writes (a node's renewal of many users is several).
 HOLD_BATCH = 5000
 
 
 class DeviceStore:
-    def __init__(self, bus: RedisBus, *, ttl_s: int, max_per_user: int) -> None:
-        self._bus = bus
+    def __init__(self, link: RedisLink, shards: int, *, ttl_s: int, max_per_user: int) -> None:
+        self._link = link
+        self._shards = shards
         self._ttl_ms = ttl_s * 1000
         self._max_per_user = max_per_user
 
     def _device_key(self, tenant: str, token: str) -> str:
-        return _key(self._bus, "device", tenant, token)
+        return _key(self._shards, "device", tenant, token)
 
     def _room_key(self, tenant: str, room: str) -> str:
-        return _key(self._bus, "room", tenant, room)
+        return _key(self._shards, "room", tenant, room)
 
     async def register(self, tenant: str, user: str, rooms: list[str], registration: Registration) -> list[str]:
         """Register (or renew) a device of ``user`` for ``rooms`` (``user:<user>`` first); the
         tokens of the user's devices forgotten to stay within the limit."""
         device = Device(registration.platform, user, rooms, int(time.time() * 1000))
         keys = [self._device_key(tenant, registration.token), *(self._room_key(tenant, r) for r in rooms)]
-        [forgotten] = await self._bus.scripts(_REGISTER, [(keys, [
+        [forgotten] = await self._link.scripts(_REGISTER, [(keys, [
             registration.token, msgspec.json.encode(device), self._ttl_ms, self._max_per_user])])
         return [t.decode() for t in forgotten]
 
     async def unregister(self, tenant: str, user: str, rooms: list[str], token: str) -> bool:
         """Forget ``token`` if it is ``user``'s device; whether it was."""
         keys = [self._device_key(tenant, token), *(self._room_key(tenant, r) for r in rooms)]
-        [removed] = await self._bus.scripts(_UNREGISTER, [(keys, [token, user])])
+        [removed] = await self._link.scripts(_UNREGISTER, [(keys, [token, user])])
         return bool(removed)
 
     async def devices(self, tenant: str, rooms: list[str]) -> dict[str, Device]:
         """The devices registered for any of ``rooms``, by token; stale index entries found
         on the way are removed."""
-        indexes = await self._bus.execute([("HGETALL", self._room_key(tenant, room)) for room in rooms])
+        indexes = await self._link.execute([("HGETALL", self._room_key(tenant, room)) for room in rooms])
         indexed = [(room, token.decode(), record)
                    for room, flat in zip(rooms, indexes)
                    for token, record in pairs(flat).items()]
@@ -115,25 +116,25 @@ class DeviceStore:
             return {}
         found: dict[str, Device] = {}
         stale = []
-        currents = await self._bus.execute([("GET", self._device_key(tenant, token)) for _, token, _ in indexed])
+        currents = await self._link.execute([("GET", self._device_key(tenant, token)) for _, token, _ in indexed])
         for (room, token, record), current in zip(indexed, currents):
             if current == record:
                 found[token] = _device.decode(record)
             else:
                 stale.append(("HDEL", self._room_key(tenant, room), token))
-        await self._bus.execute(stale)
+        await self._link.execute(stale)
         return found
 
     async def drop(self, tenant: str, token: str, device: Device) -> None:
         """Forget a device a provider called invalid."""
-        await self._bus.execute([("DEL", self._device_key(tenant, token)),
+        await self._link.execute([("DEL", self._device_key(tenant, token)),
                                  *(("HDEL", self._room_key(tenant, room), token) for room in device.rooms)])
 
     async def quiet(self, tenant: str, user: str, quiet_s: float) -> bool:
         """Start ``user``'s quiet period unless one is running; whether it started (push)."""
         if quiet_s <= 0:
             return True
-        return bool(await self._bus.call("SET", _key(self._bus, "quiet", tenant, user), b"1",
+        return bool(await self._link.call("SET", _key(self._shards, "quiet", tenant, user), b"1",
                                          "PX", int(quiet_s * 1000), "NX"))
 
 
@@ -141,8 +142,9 @@ class LiveUsers:
     """Which users have a connection on some node: each node (``holder``) holds a lease
     per user it serves."""
 
-    def __init__(self, bus: RedisBus) -> None:
-        self._bus = bus
+    def __init__(self, link: RedisLink, shards: int) -> None:
+        self._link = link
+        self._shards = shards
 
     async def hold(self, holder: str, connected: list[tuple[str, str]], gone: list[tuple[str, str]], *,
                    lease_s: float, grace_s: float) -> None:
@@ -153,13 +155,13 @@ class LiveUsers:
         for start in range(0, len(leases), HOLD_BATCH):
             commands = []
             for (tenant, user), until in leases[start:start + HOLD_BATCH]:
-                key = _key(self._bus, "live", tenant, user)
+                key = _key(self._shards, "live", tenant, user)
                 commands += [("ZADD", key, int(until * 1000), holder), ("PEXPIRE", key, int((lease_s + grace_s) * 1000))]
-            await self._bus.execute(commands)
+            await self._link.execute(commands)
 
     async def connected(self, tenant: str, users: list[str]) -> set[str]:
         """Those of ``users`` some node holds now."""
         now = int(time.time() * 1000)
-        counts = await self._bus.execute([("ZCOUNT", _key(self._bus, "live", tenant, user), now, "+inf")
+        counts = await self._link.execute([("ZCOUNT", _key(self._shards, "live", tenant, user), now, "+inf")
                                           for user in users])
         return {user for user, count in zip(users, counts) if count}

@@ -35,9 +35,10 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from trio_asyncio import aio_as_trio
 
-from rtserver.backends.bus.redis import BusUnavailable, RedisBus, stream_key
+from rtserver.backends.bus.redis import RedisBus, stream_key
 from rtserver.backends.config import Config
 from rtserver.backends.metrics import watch_bus
+from rtserver.backends.redis_link import BusUnavailable
 from rtserver.backends.retry import Backoff
 from rtserver.outbox import CHANNEL, LEADER_LOCK, check_schema
 
@@ -217,7 +218,7 @@ class Relay:
                 continue
             if not await aio_as_trio(conn.fetchval)("SELECT pg_try_advisory_lock($1, $2)", LEADER_LOCK, shard):
                 continue
-            token = await self._redis.call("GET", relay_cursor_key(shard, self.outbox_id))
+            token = await self._redis.link.call("GET", relay_cursor_key(shard, self.outbox_id))
             token = token.decode() if token else ""
             saved = await aio_as_trio(conn.fetchval)(
                 "SELECT commit_seq FROM rt_outbox_relayed WHERE shard = $1", shard)
@@ -240,7 +241,7 @@ class Relay:
             fields = entry_fields(row)
             args += [len(fields), *fields]
         keys = [stream_key(shard), relay_cursor_key(shard, self.outbox_id)]
-        [(ok, current)] = await self._redis.scripts(_RELAY, [(keys, args)])
+        [(ok, current)] = await self._redis.link.scripts(_RELAY, [(keys, args)])
         if not ok:
             self.metrics.fenced.inc()
             log.warning("relay_fenced", shard=shard, expected=led.token, found=current.decode())

@@ -90,8 +90,8 @@ class Dispatcher:
         self._bus = bus
         self.metrics = PushMetrics()
         watch_bus(self.metrics.registry, bus)
-        self.devices = DeviceStore(bus, ttl_s=config.device_ttl_s, max_per_user=config.max_devices_per_user)
-        self._live = LiveUsers(bus)
+        self.devices = DeviceStore(bus.link, bus.shards, ttl_s=config.device_ttl_s, max_per_user=config.max_devices_per_user)
+        self._live = LiveUsers(bus.link, bus.shards)
         self._group = ShardGroup(bus, GROUP, consumer_name(), batch=config.batch, claim_idle_s=config.claim_idle_s,
                                  poll_s=config.poll_s, start="$")
         self._slots = {platform: trio.CapacityLimiter(config.max_concurrency) for platform in self._providers}

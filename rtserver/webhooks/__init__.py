@@ -149,7 +149,7 @@ class Destination:
 
 async def dead_letter(bus: RedisBus, subscription: str, event_id: str, body: bytes, attempts: int,
                       reason: str) -> None:
-    await bus.call("XADD", DEAD_LETTERS, "MAXLEN", "~", DEAD_LETTERS_KEPT, "*",
+    await bus.link.call("XADD", DEAD_LETTERS, "MAXLEN", "~", DEAD_LETTERS_KEPT, "*",
                    "subscription", subscription, "event_id", event_id, "body", body, "attempts", attempts,
                    "reason", reason, "at", int(time.time() * 1000))
 
@@ -180,7 +180,7 @@ async def replay(config: WebhooksConfig, bus: RedisBus, subscription: str | None
     async with httpx.AsyncClient(timeout=httpx.Timeout(config.timeout_s)) as http:
         start = "-"
         while True:
-            entries = stream_entries(await bus.call("XRANGE", DEAD_LETTERS, start, "+", "COUNT", 100))
+            entries = stream_entries(await bus.link.call("XRANGE", DEAD_LETTERS, start, "+", "COUNT", 100))
             for entry_id, fields in entries:
                 name = fields[b"subscription"].decode()
                 if subscription is not None and name != subscription:
@@ -192,7 +192,7 @@ async def replay(config: WebhooksConfig, bus: RedisBus, subscription: str | None
                     continue
                 outcome = await attempt(http, target, fields[b"event_id"].decode(), fields[b"body"], config.timeout_s)
                 if outcome.delivered:
-                    await bus.call("XDEL", DEAD_LETTERS, entry_id)
+                    await bus.link.call("XDEL", DEAD_LETTERS, entry_id)
                     delivered += 1
                 else:
                     failed += 1

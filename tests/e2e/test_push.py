@@ -175,7 +175,7 @@ async def test_users_with_no_live_connection_get_a_discreet_notice_on_each_platf
 
 async def test_a_connected_user_gets_no_push_until_their_connection_is_gone(rig):
     await rig.register("portal", rig.patient_token(), "fcm", FCM_TOKEN)
-    live = LiveUsers(rig.server.node.bus)
+    live = LiveUsers(rig.server.node.bus.link, rig.server.node.bus.shards)
     async with open_client(rig.server.ws("portal"), rig.patient_token()) as client:
         await wait_until_async(lambda: live.connected("t1", ["pat-1"]), {"pat-1"})
         assert b"\nrt_connected_users 1.0" in rig.server.node.metrics.render()
@@ -197,7 +197,7 @@ async def test_every_transport_on_any_node_counts_as_connected(nursery, tmp_path
     other = Node(rig.server.node.config)  # a second node on the same Redis
     other_server = Server(other, await nursery.start(other.run))
     await rig.register("portal", rig.patient_token(), "fcm", FCM_TOKEN)
-    live = LiveUsers(rig.server.node.bus)
+    live = LiveUsers(rig.server.node.bus.link, rig.server.node.bus.shards)
     async with open_sse(other_server.http, rig.patient_token(), ns="portal") as sse:
         await sse.next()  # hello
         await wait_until_async(lambda: live.connected("t1", ["pat-1"]), {"pat-1"})

@@ -102,7 +102,7 @@ async def test_a_hung_redis_is_noticed_at_once_and_nothing_acknowledged_is_lost(
                     pass
             assert refused.value.code == 1013
             assert (await client.ping())["op"] == "pong"  # connected clients stay
-            assert node.bus.errors["unreachable"] >= 1
+            assert node.bus.link.errors["unreachable"] >= 1
 
             redis_proc.send_signal(signal.SIGCONT)
             await wait_ready(server, True)

@@ -39,7 +39,7 @@ class BusEnv:
 
     def presence(self, bus, ttl_s: int = 300):
         """The presence store that goes with ``bus``."""
-        return MemoryPresence() if self.redis_url is None else RedisPresence(bus, ttl_s)
+        return MemoryPresence() if self.redis_url is None else RedisPresence(bus.link, bus.shards, ttl_s)
 
     def schedules(self, bus, consumer: str = "node-a", **config):
         """The schedule store that goes with ``bus`` (``consumer``: the node, on Redis)."""

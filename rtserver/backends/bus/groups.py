@@ -75,7 +75,7 @@ class ShardGroup:
         missing = [s for s in range(self._bus.shards) if s not in self._grouped]
         if not missing:
             return
-        await self._bus.execute([("XGROUP", "CREATE", stream_key(shard), self.group, self._start, "MKSTREAM")
+        await self._bus.link.execute([("XGROUP", "CREATE", stream_key(shard), self.group, self._start, "MKSTREAM")
                                  for shard in missing], keep=lambda error: "BUSYGROUP" in str(error))  # made already
         self._grouped.update(missing)
 
@@ -98,7 +98,7 @@ class ShardGroup:
         reads = [("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", self._batch, "STREAMS",
                   stream_key(shard), ">") for shard in range(self._bus.shards)]
         batches = []
-        for shard, answer in enumerate(_raised(await self._bus.execute(reads, keep=_is_group_lost))):
+        for shard, answer in enumerate(_raised(await self._bus.link.execute(reads, keep=_is_group_lost))):
             for _key, entries in answer or ():
                 if entries:
                     batches.append(self._parsed(shard, stream_entries(entries)))
@@ -109,7 +109,7 @@ class ShardGroup:
         claims = [("XAUTOCLAIM", stream_key(shard), self.group, self.consumer, int(self.claim_idle_s * 1000), "0-0",
                    "COUNT", self._batch) for shard in range(self._bus.shards)]
         batches = []
-        for shard, answer in enumerate(_raised(await self._bus.execute(claims, keep=_is_group_lost))):
+        for shard, answer in enumerate(_raised(await self._bus.link.execute(claims, keep=_is_group_lost))):
             claimed, deleted = stream_entries(answer[1]), answer[2] if len(answer) > 2 else []
             if claimed or deleted:  # deleted: trimmed before anyone handled them, to settle
                 batch = self._parsed(shard, claimed)
@@ -129,12 +129,12 @@ class ShardGroup:
 
     async def ack(self, shard: int, entry_ids: list[str]) -> None:
         if entry_ids:
-            await self._bus.call("XACK", stream_key(shard), self.group, *entry_ids)
+            await self._bus.link.call("XACK", stream_key(shard), self.group, *entry_ids)
 
     async def touch(self, shard: int, entry_ids: list[str]) -> None:
         """Reset the idle time of entries this consumer still works on (nobody claims them)."""
         if entry_ids:
-            await self._bus.call("XCLAIM", stream_key(shard), self.group, self.consumer, 0, *entry_ids, "JUSTID")
+            await self._bus.link.call("XCLAIM", stream_key(shard), self.group, self.consumer, 0, *entry_ids, "JUSTID")
 
 
 def consumer_name() -> str:

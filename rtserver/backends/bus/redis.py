@@ -27,19 +27,12 @@ them), or older than ``max-deleted-entry-id`` (``XDEL``), answers ``recovered: f
 A cursor at exactly the last trimmed entry is refused too: the stream cannot prove that
 nothing followed it (the safe side: the client reloads).
 
-Redis is spoken through ``rtserver.backends.redis_client`` (Trio-native). Every call has a deadline
-(``bus.call_timeout_s``, a Trio cancel scope): a Redis that hangs (stopped, overloaded, a
-network that drops packets) fails the call like one that is down. The blocking ``XREAD``
-has a dedicated connection and a server-side BLOCK shorter than the deadline around it; a
-health probe (``PING`` of every master every ``bus.health_interval_s``) notices a hung Redis
-even when nothing else is asking, so the node turns not ready and reconnects.
-
-Every failure of a call is a temporary ``BusUnavailable`` for whoever made it (503 over
-HTTP, a ``temporary`` error frame, close 1013 at a connection's start), counted by kind
-(``errors``): ``unreachable`` (down, a lost connection, cluster slots moving) or
-``refused`` (an error reply: out of memory at ``maxmemory``, ``READONLY`` from a replica
-after a failover, ``NOSCRIPT``, ``WRONGTYPE``, a script's error). The few replies a caller
-expects (a stream or group not made yet) are judged by that caller (``reply``).
+Redis is spoken through the process's ``RedisLink`` (``rtserver.backends.redis_link``:
+deadlines, ``BusUnavailable`` for every failure, errors counted by kind; the stores use
+the same link). The blocking ``XREAD`` has a dedicated connection and a server-side BLOCK
+shorter than the deadline around it; a health probe (``PING`` of every master every
+``bus.health_interval_s``) notices a hung Redis even when nothing else is asking, so the
+node turns not ready and reconnects.
 
 Every entry read from a stream is checked against the event catalog before anyone is
 handed it (``parse_entry``): the nodes, the schedule projector and the webhook and push
@@ -51,10 +44,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import msgspec
 import structlog
@@ -63,11 +55,12 @@ import trio
 from protocol.catalog import Catalog
 from protocol.cursors import MAX_OFFSET_PART, Cursor, Offset, shard_of
 from protocol.envelope import Envelope, Inbound, StoredEvent
-from protocol.errors import ReplyCode, ReplyError
+from protocol.errors import ReplyError
 from protocol.limits import decode_bounded
 from rtserver.backends.bus import AppendResult, History, broadcast, ephemeral_event, live_feed
 from rtserver.backends.config import BusConfig, Config
-from rtserver.backends.redis_client import Command, Connection, ErrorReply, Redis, Unreachable, pairs, stream_entries
+from rtserver.backends.redis_client import Command, Connection, ErrorReply, Unreachable, pairs, stream_entries
+from rtserver.backends.redis_link import BusUnavailable, RedisLink
 from rtserver.backends.retry import Backoff
 
 #: Server-side BLOCK of the live reader's XREAD (and the ephemeral reader's wait), ms.
@@ -95,8 +88,6 @@ _decode_data = msgspec.json.Decoder(dict).decode
 _decode_ephemeral = msgspec.json.Decoder(StoredEvent).decode
 #: The greatest stream offset (Redis Streams ids are two unsigned 64-bit integers).
 LAST_OFFSET = Offset(MAX_OFFSET_PART, MAX_OFFSET_PART)
-#: The kinds of failed calls counted in ``RedisBus.errors``.
-UNREACHABLE, REFUSED = "unreachable", "refused"
 
 
 def stream_key(shard: int) -> str:
@@ -139,14 +130,6 @@ def _xadd(key: str, maxlen: int, entry_id: str | bytes, fields: Sequence[bytes |
 
 def _offset(entry_id: bytes | str) -> Offset:
     return Offset.parse(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
-
-
-class BusUnavailable(ReplyError):
-    """Redis cannot serve the call now (unreachable, or it answered an error reply): a
-    temporary error for whoever called (503 over HTTP)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(ReplyCode.UNAVAILABLE, message)
 
 
 class DedupeWindow:
@@ -208,14 +191,6 @@ class RepeatLedger:
             await self._advanced.wait()
 
 
-def _is_missing_stream(error: Exception) -> bool:
-    return isinstance(error, ErrorReply) and "no such key" in str(error).lower()
-
-
-def _is_unknown_script(error: Exception) -> bool:
-    return isinstance(error, ErrorReply) and str(error).startswith("NOSCRIPT")
-
-
 def _is_repeated_dead_letter(error: Exception) -> bool:
     """The refusal of a dead letter whose id another node's dead letter already took."""
     return "equal or smaller than the target stream top item" in str(error)
@@ -260,13 +235,13 @@ class RedisBus:
         self._url = url
         self._catalog = catalog
         self._on_dead_letter = on_dead_letter
-        self._redis: Redis | None = None
+        #: The connection every Redis user of this process shares (the stores too).
+        self.link = RedisLink(config, url)
         self._epochs: dict[int, str] = {}
         self._subscribers: list[trio.MemorySendChannel[StoredEvent]] = []
         self._ready = False
-        #: Times the connection to Redis was lost, and failed calls by kind (for metrics).
+        #: Times the connection to Redis was lost (for metrics).
         self.reconnects = 0
-        self.errors = collections.Counter({UNREACHABLE: 0, REFUSED: 0})
         #: Per shard: (entries, seconds) this node's reader is behind the stream's end.
         self.lag: dict[int, tuple[int, float]] = {s: (0, 0.0) for s in range(config.shards)}
         #: Per shard: the stream's ``entries-added`` count at this reader's position.
@@ -281,8 +256,8 @@ class RedisBus:
         return cls(config.bus, config.bus.redis_url, config.catalog(), on_dead_letter=on_dead_letter)
 
     def ready(self) -> bool:
-        """Connected, and no shard's reader more than ``READY_LAG_ENTRIES`` behind."""
-        return self._ready and all(entries <= READY_LAG_ENTRIES for entries, _ in self.lag.values())
+        """Connected, Redis answering, and no shard's reader more than ``READY_LAG_ENTRIES`` behind."""
+        return self._ready and self.link.healthy and all(entries <= READY_LAG_ENTRIES for entries, _ in self.lag.values())
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Feed live subscribers until cancelled, through Redis outages.
@@ -319,17 +294,12 @@ class RedisBus:
                 await backoff.pause()
         finally:
             self._ready = False
-            self._disconnect()
-
-    def _disconnect(self) -> None:
-        if self._redis is not None:
-            self._redis.close()
-            self._redis = None
+            self.link.close()
 
     async def _serve_feeds(self, positions: dict[str, str], on_ready: Callable[[], None]) -> None:
         """One connected period: fresh connections (none to a server that went away),
         epochs and positions established again, then read."""
-        self._disconnect()
+        self.link.close()
         readers: list[tuple[Connection, list[int]]] = []
         pubsub = None
         try:
@@ -344,7 +314,7 @@ class RedisBus:
                 elif epoch != known:  # the stream was lost: all it holds now is new
                     positions[key] = str(Offset(0, 0))
                     self._consumed[shard] = 0
-            await self._answer(0.0, pubsub.send, [("SUBSCRIBE", *(_channel(s) for s in range(self.shards)))])
+            await self.link.answer(0.0, pubsub.send, [("SUBSCRIBE", *(_channel(s) for s in range(self.shards)))])
             self._ready = True
             on_ready()
             async with trio.open_nursery() as nursery:
@@ -369,14 +339,14 @@ class RedisBus:
         Ephemeral events use classic PUB/SUB, which a cluster forwards to every node, so
         one subscription on any master hears every shard's channel.
         """
-        await self._connect_commands()
-        client = self.client
+        await self.link.connect()
+        client = self.link.client
         keys = [stream_key(s) for s in range(self.shards)] if client.clustered else [None]
         readers = []
         try:
             for key in keys:
-                readers.append(await self._answer(0.0, client.dedicated, key))
-            pubsub = await self._answer(0.0, client.dedicated)
+                readers.append(await self.link.answer(0.0, client.dedicated, key))
+            pubsub = await self.link.answer(0.0, client.dedicated)
         except BaseException:
             for reader in readers:
                 reader.discard()
@@ -385,101 +355,17 @@ class RedisBus:
             return [(readers[0], list(range(self.shards)))], pubsub
         return [(reader, [shard]) for shard, reader in enumerate(readers)], pubsub
 
-    async def _connect_commands(self) -> None:
-        """Open the command client (``self._redis``): a bounded pool per server that makes
-        callers wait for a free connection (a burst of handshakes queues on the node
-        instead of opening, or being refused, a connection each)."""
-        self._redis = await self._answer(0.0, Redis.connect, self._url, self._config.redis_pool_size)
-
     @contextlib.asynccontextmanager
     async def commands(self) -> AsyncIterator[RedisBus]:
         """Connected for commands alone, without live feeds (the outbox relay, the webhook
         dispatcher), epochs known; ``BusUnavailable`` when Redis cannot be reached."""
         try:
-            await self._connect_commands()
+            await self.link.connect()
             for shard in range(self.shards):
                 await self._epoch(shard)
             yield self
         finally:
-            self._disconnect()
-
-    @property
-    def client(self) -> Redis:
-        """The command client of the current connected period."""
-        if self._redis is None:
-            raise BusUnavailable("redis: not connected yet")
-        return self._redis
-
-    async def call(self, *command: str | bytes | int | float):
-        """One command's answer, within ``bus.call_timeout_s``; ``BusUnavailable`` for any
-        failure (an error reply included)."""
-        return self._raised(await self.reply(*command))
-
-    async def reply(self, *command: str | bytes | int | float):
-        """``call``, but an error reply is returned (and not counted) for the caller to
-        judge; one it did not expect is raised as ``refused(error)``."""
-        return (await self._answer(0.0, self.client.execute, [command]))[0]
-
-    def _raised(self, answer):
-        if isinstance(answer, ErrorReply):
-            raise self.refused(answer)
-        return answer
-
-    async def _answer(self, wait_s: float, operation: Callable[..., Awaitable], *args):
-        """``operation(*args)`` within ``wait_s`` + ``bus.call_timeout_s``; a failure to
-        reach Redis raised as ``BusUnavailable``."""
-        try:
-            with trio.fail_after(wait_s + self._config.call_timeout_s):
-                return await operation(*args)
-        except trio.TooSlowError:
-            raise self._lost(f"no answer within {self._config.call_timeout_s:g} s") from None
-        except Unreachable as exc:
-            raise self._lost(exc) from None
-
-    def _lost(self, error: Exception | str) -> BusUnavailable:
-        """Count a failure to reach Redis (down, or no answer in time); the error to raise for it."""
-        self._ready = False
-        self.errors[UNREACHABLE] += 1
-        return BusUnavailable(f"redis: {error}")
-
-    def refused(self, error: Exception) -> BusUnavailable:
-        """Count an error reply nobody expected (out of memory, read-only, a script's
-        error...); the temporary error to raise for it."""
-        self.errors[REFUSED] += 1
-        log.warning("bus_refused", error=str(error)[:300])
-        return BusUnavailable(f"redis refused: {error}")
-
-    async def execute(self, commands: Sequence[Command],
-                      keep: Callable[[Exception], bool] = _is_missing_stream) -> list:
-        """The answers of ``commands``, pipelined; an error answer ``keep`` accepts (by
-        default "no such key": a stream not made yet) stays in place, any other is raised
-        as ``call`` does."""
-        answers = await self._answer(0.0, self.client.execute, commands) if commands else []
-        for answer in answers:
-            if isinstance(answer, ErrorReply) and not keep(answer):
-                raise self.refused(answer)
-        return answers
-
-    async def scripts(self, script: str, calls: list[tuple[list[str], list]]) -> list:
-        """Run the Lua ``script`` once per (keys, args), pipelined; the answers in order.
-
-        ``EVALSHA``; a Redis that does not know the script yet (new or restarted) gets it
-        loaded (``SCRIPT LOAD`` on every master), and the calls it refused are run again.
-        Any other error reply is raised as ``call`` does."""
-        sha = hashlib.sha1(script.encode()).hexdigest()
-
-        def evalsha(some: list[tuple[list[str], list]]) -> list[Command]:
-            return [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in some]
-
-        answers = await self.execute(evalsha(calls), keep=_is_unknown_script)
-        unknown = [i for i, answer in enumerate(answers) if _is_unknown_script(answer)]
-        if unknown:  # run again only those: the others were carried out
-            for master in self.client.masters():
-                self._raised((await self._answer(0.0, master.execute, [("SCRIPT", "LOAD", script)]))[0])
-            again = await self.execute(evalsha([calls[i] for i in unknown]), keep=lambda answer: False)
-            for i, answer in zip(unknown, again):
-                answers[i] = answer
-        return answers
+            self.link.close()
 
     async def epoch(self, shard: int) -> str:
         """The shard's epoch as last seen (read, or drawn, when not known yet)."""
@@ -489,7 +375,7 @@ class RedisBus:
         """The shard's epoch, drawn if the key is missing (a new or lost stream)."""
         drawn = secrets.token_hex(4)
         return self._settle_epoch(
-            shard, drawn, await self.call("SET", _epoch_key(shard), drawn, "NX", "GET"))
+            shard, drawn, await self.link.call("SET", _epoch_key(shard), drawn, "NX", "GET"))
 
     def _settle_epoch(self, shard: int, drawn: str, existing: bytes | None) -> str:
         """The epoch after ``SET NX GET`` of ``drawn``: the existing one, else ``drawn``."""
@@ -521,10 +407,10 @@ class RedisBus:
         shard = shard_of(envelope.tenant, self.shards)
         fields = _fields(envelope)
         if envelope.id is None:
-            entry_id = await self.call(*_xadd(stream_key(shard), self._config.retention, "*", fields))
+            entry_id = await self.link.call(*_xadd(stream_key(shard), self._config.retention, "*", fields))
             duplicate = False
         else:
-            [(entry_id, duplicate)] = await self.scripts(_APPEND_ONCE, [(
+            [(entry_id, duplicate)] = await self.link.scripts(_APPEND_ONCE, [(
                 [stream_key(shard), _id_key(shard, envelope.id)],
                 [self._config.retention, self._config.dedupe_ttl_s, *fields])])
         offset = _offset(entry_id)
@@ -536,14 +422,14 @@ class RedisBus:
 
     async def publish_ephemeral(self, *envelopes: Envelope) -> list[StoredEvent]:
         events = [ephemeral_event(envelope) for envelope in envelopes]
-        await self.execute([("PUBLISH", _channel(shard_of(event.envelope.tenant, self.shards)),
+        await self.link.execute([("PUBLISH", _channel(shard_of(event.envelope.tenant, self.shards)),
                              msgspec.json.encode(event)) for event in events])
         return events
 
     async def hand_in(self, command: Inbound) -> str:
         fields = ["event", command.event, "tenant", command.tenant, "user", command.user,
                   "session", command.session, "data", _json.encode(command.data), "ts", command.ts]
-        entry_id = await self.call(*_xadd(inbound_key(shard_of(command.tenant, self.shards)),
+        entry_id = await self.link.call(*_xadd(inbound_key(shard_of(command.tenant, self.shards)),
                                           self._config.retention, "*", fields))
         return entry_id.decode()
 
@@ -557,7 +443,7 @@ class RedisBus:
         commands: list[Command] = [("SET", _epoch_key(shard), drawn, "NX", "GET"), ("XINFO", "STREAM", key)]
         if cursor.offset < LAST_OFFSET:  # no entry can follow the last offset there is
             commands.append(("XRANGE", key, f"({cursor.offset}", "+", "COUNT", limit + 1))
-        existing, raw_info, *page = await self.execute(commands)
+        existing, raw_info, *page = await self.link.execute(commands)
         read = stream_entries(page[0]) if page else []
         epoch, info = self._settle_epoch(shard, drawn, existing), _info(raw_info)
         head = Cursor(shard, epoch, info["last"] if info else Offset(0, 0))
@@ -595,13 +481,13 @@ class RedisBus:
         """The dedupe window as it stands after the entry at ``position`` (inclusive)."""
         window = DedupeWindow(self._config.read_dedupe_window)
         if window.size:
-            previous = await self.call("XREVRANGE", stream_key(shard), position, "-", "COUNT", window.size)
+            previous = await self.link.call("XREVRANGE", stream_key(shard), position, "-", "COUNT", window.size)
             for _, fields in reversed(stream_entries(previous)):
                 window.seen_then_add(fields)
         return window
 
     async def _stream_info(self, shard: int) -> dict | None:
-        [answer] = await self.execute([("XINFO", "STREAM", stream_key(shard))])
+        [answer] = await self.link.execute([("XINFO", "STREAM", stream_key(shard))])
         return _info(answer)
 
     async def head(self, shard: int) -> Cursor:
@@ -622,9 +508,9 @@ class RedisBus:
                 self._ledgers[shard] = RepeatLedger(position)
         while True:
             keys = [stream_key(s) for s in shards]
-            [answer] = await self._answer(READ_BLOCK_MS / 1000, reader.execute, [(
+            [answer] = await self.link.answer(READ_BLOCK_MS / 1000, reader.execute, [(
                 "XREAD", "COUNT", READ_COUNT, "BLOCK", READ_BLOCK_MS, "STREAMS", *keys, *(positions[k] for k in keys))])
-            for key, read in self._raised(answer) or ():
+            for key, read in self.link.raised(answer) or ():
                 shard, position_key = shard_of_key[key], key.decode()
                 ledger = self._ledgers[shard]
                 for entry_id, fields in stream_entries(read):
@@ -668,11 +554,11 @@ class RedisBus:
             return parsed
         code, reason = parsed
         kept = {b"reason": reason.encode(), b"code": code.encode(), b"entry": entry_id, **fields}
-        answer = await self.reply(*_xadd(dead_letter_key(shard), DEAD_LETTERS_KEPT, entry_id,
+        answer = await self.link.reply(*_xadd(dead_letter_key(shard), DEAD_LETTERS_KEPT, entry_id,
                                          [item for pair in kept.items() for item in pair]))
         if isinstance(answer, ErrorReply):
             if not _is_repeated_dead_letter(answer):  # not recorded (out of memory...): still never forwarded
-                self.refused(answer)
+                self.link.refused(answer)
                 log.warning("dead_letter_not_recorded", shard=shard, entry=entry_id.decode(), code=code)
             return None
         if self._on_dead_letter is not None:
@@ -683,7 +569,7 @@ class RedisBus:
         """Every ``LAG_INTERVAL_S``: how far each shard's reader is behind its stream, from
         ``XINFO`` alone (entries added minus entries this reader consumed)."""
         while True:
-            answers = await self.execute([("XINFO", "STREAM", stream_key(s)) for s in range(self.shards)])
+            answers = await self.link.execute([("XINFO", "STREAM", stream_key(s)) for s in range(self.shards)])
             for shard, answer in enumerate(answers):
                 info = _info(answer)
                 behind = max(0, info["added"] - self._consumed[shard]) if info else 0
@@ -698,8 +584,7 @@ class RedisBus:
         ``bus.call_timeout_s``, and the bus turns not ready and reconnects."""
         while True:
             await trio.sleep(self._config.health_interval_s)
-            for master in self.client.masters():
-                await self._answer(0.0, master.execute, [("PING",)])
+            await self.link.probe()
 
     async def _read_ephemeral(self, pubsub: Connection) -> None:
         """Hand on what the nodes publish. A quiet channel is normal: no deadline here (the
@@ -708,7 +593,7 @@ class RedisBus:
             try:
                 message = await pubsub.receive()
             except Unreachable as exc:
-                raise self._lost(exc) from None
+                raise self.link.lost(exc) from None
             if isinstance(message, list) and message[0] == b"message":
                 try:
                     event = decode_bounded(_decode_ephemeral, message[2])

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from protocol.cursors import shard_of
 from protocol.presence import PresenceEntry, PresenceState
-from rtserver.backends.bus.redis import RedisBus
 from rtserver.backends.presence import Change, PresenceKey, View
 from rtserver.backends.redis_client import pairs
+from rtserver.backends.redis_link import RedisLink
 
 # KEYS: users hash, holders hash, leases zset.
 # ARGV: user, holder, state ('' = recombine only, 'offline' = withdraw), connections,
@@ -68,19 +68,20 @@ return false
 
 
 class RedisPresence:
-    def __init__(self, bus: RedisBus, ttl_s: int) -> None:
-        self._bus = bus
+    def __init__(self, link: RedisLink, shards: int, ttl_s: int) -> None:
+        self._link = link
+        self._shards = shards
         self._ttl_s = ttl_s
 
     def _keys(self, key: PresenceKey) -> list[str]:
-        shard = shard_of(key.tenant, self._bus.shards)
+        shard = shard_of(key.tenant, self._shards)
         return [_users_key(shard, key.tenant, key.group),
                 f"rt:{{{shard}}}:presence:holders:{key.tenant}/{key.group}/{key.user}",
                 _leases_key(shard)]
 
     async def _run(self, calls: list[tuple[PresenceKey, str, str, int]], now_ms: int, lease_ms: int) -> list[Change]:
         """Run the script once per (key, holder, state, connections), pipelined."""
-        answers = await self._bus.scripts(_PUT, [
+        answers = await self._link.scripts(_PUT, [
             (self._keys(key), [key.user, holder, state, connections, now_ms, now_ms + lease_ms, self._ttl_s,
                                f"{key.tenant}\n{key.group}\n{key.user}\n"])
             for key, holder, state, connections in calls])
@@ -92,16 +93,16 @@ class RedisPresence:
 
     async def sweep(self, now_ms: int) -> list[Change]:
         expired = set()
-        reads = [("ZRANGEBYSCORE", _leases_key(shard), "-inf", now_ms - 1) for shard in range(self._bus.shards)]
-        for members in await self._bus.execute(reads):
+        reads = [("ZRANGEBYSCORE", _leases_key(shard), "-inf", now_ms - 1) for shard in range(self._shards)]
+        for members in await self._link.execute(reads):
             for member in members:
                 tenant, group, user, _holder = member.decode().split("\n")
                 expired.add(PresenceKey(tenant, group, user))
         return await self._run([(key, "", "", 0) for key in sorted(expired)], now_ms, 0)
 
     async def snapshot(self, tenant: str, group: str) -> list[PresenceEntry]:
-        shard = shard_of(tenant, self._bus.shards)
-        users = pairs(await self._bus.call("HGETALL", _users_key(shard, tenant, group)))
+        shard = shard_of(tenant, self._shards)
+        users = pairs(await self._link.call("HGETALL", _users_key(shard, tenant, group)))
         entries = []
         for user, value in sorted(users.items()):
             state, since, connections = value.decode().split("|")

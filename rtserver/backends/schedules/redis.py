@@ -96,12 +96,12 @@ class RedisSchedules:
             index = records.setdefault(key, len(records) + 1)
             args += [index, update.field, update.item.offset, item_encoder.encode(update.item)]
         keys = [stream_key(batch.shard), *records]
-        await self._bus.scripts(_COMMIT, [(keys, [GROUP, self._config.record_ttl_s, len(batch.entry_ids),
+        await self._bus.link.scripts(_COMMIT, [(keys, [GROUP, self._config.record_ttl_s, len(batch.entry_ids),
                                                    *batch.entry_ids, *args])])
 
     async def snapshot(self, tenant: str, room: str) -> Snapshot:
         shard = shard_of(tenant, self._bus.shards)
-        [(raw_items, pending_min, last)] = await self._bus.scripts(
+        [(raw_items, pending_min, last)] = await self._bus.link.scripts(
             _SNAPSHOT, [([record_key(tenant, room, self._bus.shards), stream_key(shard)], [GROUP])])
         items = {raw_items[i].decode(): decode_item(raw_items[i + 1]) for i in range(0, len(raw_items), 2)}
         if pending_min:
