@@ -8,7 +8,8 @@ Mailbox
     closes.
 Owns
     Who is typing in which thread through this node's connections: per (tenant, thread,
-    user, session), when the indicator stops by itself.
+    user, session), when the indicator stops by itself — a ``protocol.typing_table.TypingTable``,
+    pure state that takes ``now``; this actor only feeds it and publishes what it says.
 Replies
     None. Each change is published as an ephemeral ``thread:typing`` event
     (``{threadId, userId, typing}``) to the thread's room, through the bus (every node),
@@ -19,8 +20,8 @@ Timers
     stops by itself (``typing: false`` is published); a closed connection's indicators
     stop at once. Each start is published (a refresh tells late joiners); under a burst,
     the messages queued in the mailbox are applied first and only each key's final state
-    is published (latest wins; a start and stop within one burst publish nothing), and
-    the rooms coalesce further per user and thread.
+    is published (latest wins; a start and stop within one burst publish nothing), in one
+    bus round trip, and the rooms coalesce further per user and thread.
 Failure
     A publish that fails (Redis unreachable) is logged and dropped: ephemeral events are
     best-effort.
@@ -30,7 +31,6 @@ Blocking
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 
 import structlog
@@ -38,22 +38,15 @@ import trio
 
 from protocol.envelope import Envelope
 from protocol.errors import ReplyError
+from protocol.typing_table import TypingKey, TypingTable
 from rtserver.backends.config import TypingConfig
 
 log = structlog.get_logger("rtserver.typing")
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class _Key:
-    tenant: str
-    thread: str
-    user: str
-    session: str
-
-
 @dataclass(frozen=True, slots=True)
 class _Typing:
-    key: _Key
+    key: TypingKey
     typing: bool
 
 
@@ -65,15 +58,12 @@ class _Gone:
 class Typing:
     def __init__(self, bus, config: TypingConfig) -> None:
         self._bus = bus
-        self._timeout_s = config.timeout_s
         self._send, self._receive = trio.open_memory_channel(config.mailbox)
-        self._until: dict[_Key, float] = {}  # who is typing, until when
-        self._timers: list[tuple[float, _Key]] = []
-        self._shown: set[_Key] = set()  # keys whose last publication said typing
+        self._table = TypingTable(config.timeout_s)
 
     # -- the mailbox (called by connections) ---------------------------------------------
     async def typing(self, session: str, tenant: str, user: str, thread: str, typing: bool) -> None:
-        await self._send.send(_Typing(_Key(tenant, thread, user, session), typing))
+        await self._send.send(_Typing(TypingKey(tenant, thread, user, session), typing))
 
     async def gone(self, session: str) -> None:
         await self._send.send(_Gone(session))
@@ -81,54 +71,36 @@ class Typing:
     # -- the actor -----------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        table = self._table
         while True:
-            changed: dict[_Key, bool] = {}
-            with trio.move_on_at(self._timers[0][0] if self._timers else float("inf")):
+            due = table.next_due()
+            with trio.move_on_at(float("inf") if due is None else due):
                 message = await self._receive.receive()
                 while True:  # apply what is queued, then publish final states only
-                    self._apply(message, changed)
+                    self._apply(message)
                     try:
                         message = self._receive.receive_nowait()
                     except trio.WouldBlock:
                         break
-            self._expire(trio.current_time(), changed)
-            for key, typing in sorted(changed.items()):
-                if typing or key in self._shown:  # a start and stop within one burst: nothing
-                    await self._publish(key, typing)
-                if typing:
-                    self._shown.add(key)
-                else:
-                    self._shown.discard(key)
+            table.expire(trio.current_time())
+            announcements = table.announcements()
+            if announcements:
+                await self._publish(announcements)
 
-    def _apply(self, message: _Typing | _Gone, changed: dict[_Key, bool]) -> None:
+    def _apply(self, message: _Typing | _Gone) -> None:
         if isinstance(message, _Gone):
-            for key in [k for k in self._until if k.session == message.session]:
-                self._stop(key, changed)
-        elif not message.typing:
-            self._stop(message.key, changed)
+            self._table.gone(message.session)
+        elif message.typing:
+            self._table.start(message.key, trio.current_time())
         else:
-            key = message.key
-            changed[key] = True
-            until = self._until[key] = trio.current_time() + self._timeout_s
-            heapq.heappush(self._timers, (until, key))
+            self._table.stop(message.key)
 
-    def _stop(self, key: _Key, changed: dict[_Key, bool]) -> None:
-        if self._until.pop(key, None) is not None:
-            changed[key] = False
-
-    def _expire(self, now: float, changed: dict[_Key, bool]) -> None:
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            until, key = heapq.heappop(timers)
-            if self._until.get(key) == until:  # not refreshed nor stopped since
-                self._stop(key, changed)
-
-    async def _publish(self, key: _Key, typing: bool) -> None:
+    async def _publish(self, announcements: list[tuple[TypingKey, bool]]) -> None:
+        """Publish the burst's changes, all in one bus round trip."""
         try:
-            await self._bus.publish_ephemeral(Envelope(
-                event="thread:typing", tenant=key.tenant, rooms=[f"thread:{key.thread}"],
-                data={"threadId": key.thread, "userId": key.user, "typing": typing},
-                origin=key.session,
-            ))
+            await self._bus.publish_ephemeral(*(
+                Envelope(event="thread:typing", tenant=key.tenant, rooms=[f"thread:{key.thread}"],
+                         data={"threadId": key.thread, "userId": key.user, "typing": typing}, origin=key.session)
+                for key, typing in announcements))
         except ReplyError as exc:
-            log.warning("typing_publish_failed", error=exc.message, thread=key.thread)
+            log.warning("typing_publish_failed", error=exc.message, changes=len(announcements))
