@@ -13,7 +13,9 @@ Owns
     for (``presence:online`` / ``presence:away``) and its last heartbeat. Per (tenant,
     group, user): the view this node last put in the store. A closed one is kept, in the
     state it had, until its grace period ends; ``connected`` again within it (the next
-    poll of a session) takes it back as it was, with the state it asked for.
+    poll of a session) takes it back as it was, with the state it asked for. All of it is
+    a ``protocol.presence_table.PresenceTable``, pure state that takes ``now``; this actor
+    feeds it, puts what it says changed in the store and announces what the store says.
 Replies
     None. Changes of a user's combined state (all nodes together, decided by the store)
     are announced as ephemeral ``attendant:online|away|offline`` events to the
@@ -35,35 +37,23 @@ Blocking
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 import trio
 
 from protocol.envelope import Envelope
 from protocol.errors import ReplyError
-from protocol.presence import PresenceEntry, PresenceState, best
+from protocol.presence import PresenceEntry, PresenceState
+from protocol.presence_table import PresenceTable
 from rtserver.backends.bus import Bus
 from rtserver.backends.config import PresenceConfig
 from rtserver.backends.metrics import Metrics
 from rtserver.backends.presence import Change, PresenceKey, PresenceStore, View
 
 log = structlog.get_logger("rtserver.presence")
-
-
-@dataclass(slots=True)
-class _Connection:
-    keys: list[PresenceKey]
-    asked: PresenceState  # ONLINE unless the client switched to away
-    last_heartbeat: float
-    #: Open streams holding it (a session may briefly have two while reopening).
-    opened: int = 1
-    #: Once closed: its state then, held until ``closed_until`` (the grace period).
-    closed: PresenceState | None = None
-    closed_until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +81,6 @@ class _Disconnected:
     id: Hashable
 
 
-@dataclass(order=True, slots=True)
-class _Timer:
-    at: float
-    kind: str = field(compare=False)  # "away" or "grace"
-    connection_id: Hashable = field(compare=False)
-
-
 class Presence:
     def __init__(self, store: PresenceStore, bus: Bus, config: PresenceConfig, *, heartbeat_s: float,
                  holder: str, metrics: Metrics) -> None:
@@ -105,16 +88,12 @@ class Presence:
         self._metrics = metrics
         self._bus = bus
         self._config = config
-        self._away_after = heartbeat_s * config.away_after_heartbeats
         self._holder = holder
         self._send, self._receive = trio.open_memory_channel(config.mailbox)
-        self._connections: dict[Hashable, _Connection] = {}
-        self._by_key: dict[PresenceKey, set[Hashable]] = {}
-        self._views: dict[PresenceKey, View] = {}
-        self._timers: list[_Timer] = []
+        self._table = PresenceTable(away_after_s=heartbeat_s * config.away_after_heartbeats, grace_s=config.grace_s)
         # Wall-clock ms (shared by the nodes) derived from Trio's clock, anchored at start.
         self._anchor = (time.time(), 0.0)
-        metrics.presence_connections.set_function(lambda: len(self._connections))
+        metrics.presence_connections.set_function(lambda: len(self._table))
 
     # -- the mailbox (called by connections) ---------------------------------------------
     async def connected(self, connection_id: Hashable, tenant: str, user: str, groups: tuple[str, ...],
@@ -156,7 +135,8 @@ class Presence:
         renew_at = trio.current_time() + self._config.sweep_interval_s
         task_status.started()
         while True:
-            due = min(renew_at, self._timers[0].at if self._timers else renew_at)
+            timer_due = self._table.next_due()
+            due = renew_at if timer_due is None else min(renew_at, timer_due)
             message = None
             with trio.move_on_at(due):  # only the wait: a store call is never cut short
                 message = await self._receive.receive()
@@ -173,87 +153,26 @@ class Presence:
             if now >= renew_at:
                 renew_at = now + self._config.sweep_interval_s
                 await self._renew_and_sweep()
-            await self._update(self._expired_timers(now))
+            await self._update(self._table.expire(now))
 
     def _now_ms(self) -> int:
         wall, trio_start = self._anchor
         return int((wall + trio.current_time() - trio_start) * 1000)
 
     def _handle(self, message: object) -> set[PresenceKey]:
-        """Apply one message; the keys whose view may have changed."""
-        now = trio.current_time()
+        """Apply one message to the table; the keys whose view may have changed."""
+        now, table = trio.current_time(), self._table
         if isinstance(message, _Connected):
-            known = self._connections.get(message.id)
-            if known is not None:  # a session's next stream or poll: as it was
-                known.opened = 1 if known.closed is not None else known.opened + 1
-                known.closed, known.last_heartbeat = None, now
-                known.asked = message.asked or known.asked
-                self._arm("away", message.id, now + self._away_after)
-                return set(known.keys)
-            keys = [PresenceKey(message.tenant, group, message.user) for group in message.groups]
-            self._connections[message.id] = _Connection(keys, message.asked or PresenceState.ONLINE, now)
-            for key in keys:
-                self._by_key.setdefault(key, set()).add(message.id)
-            self._arm("away", message.id, now + self._away_after)
-            return set(keys)
-        connection = self._connections.get(message.id)
-        if connection is None or connection.closed is not None:
-            return set()
+            return table.connected(message.id, message.tenant, message.user, message.groups, message.asked, now)
         if isinstance(message, _Disconnected):
-            connection.opened -= 1
-            if connection.opened:
-                return set()
-            # Held as it was for the grace period: a reload or a reconnect within it
-            # (here or on another node) changes nothing anyone sees.
-            connection.closed = self._state(connection, now)
-            connection.closed_until = now + self._config.grace_s
-            self._arm("grace", message.id, connection.closed_until)
-        else:
-            if isinstance(message, _Switch):
-                connection.asked = message.state
-            connection.last_heartbeat = now  # a switch is a sign of life too
-            self._arm("away", message.id, now + self._away_after)
-        return set(connection.keys)
-
-    def _arm(self, kind: str, connection_id: int, at: float) -> None:
-        heapq.heappush(self._timers, _Timer(at, kind, connection_id))
-
-    def _expired_timers(self, now: float) -> set[PresenceKey]:
-        """Fire the timers due by ``now`` (stale ones change nothing); the keys to recompute."""
-        keys: set[PresenceKey] = set()
-        while self._timers and self._timers[0].at <= now:
-            timer = heapq.heappop(self._timers)
-            connection = self._connections.get(timer.connection_id)
-            if connection is None:
-                continue
-            keys.update(connection.keys)
-            if timer.kind == "grace":
-                if connection.closed is None or connection.closed_until > now:
-                    continue  # taken back by the session's next stream or poll
-                del self._connections[timer.connection_id]
-                for key in connection.keys:
-                    ids = self._by_key[key]
-                    ids.discard(timer.connection_id)
-                    if not ids:
-                        del self._by_key[key]
-        return keys
-
-    def _state(self, connection: _Connection, now: float) -> PresenceState:
-        if connection.closed is not None:
-            return connection.closed
-        fresh = now - connection.last_heartbeat < self._away_after
-        return connection.asked if fresh else PresenceState.AWAY
-
-    def _view(self, key: PresenceKey, now: float) -> View:
-        """This node's view of ``key`` now (closed connections in their grace count too)."""
-        connections = [self._connections[i] for i in self._by_key.get(key, ())]
-        return View(key, best(self._state(c, now) for c in connections),
-                    sum(c.closed is None for c in connections))
+            return table.disconnected(message.id, now)
+        if isinstance(message, _Switch):
+            return table.switch(message.id, message.state, now)
+        return table.heartbeat(message.id, now)
 
     async def _update(self, keys: set[PresenceKey]) -> None:
         """Put the views of ``keys`` that changed; announce what changed for the cluster."""
-        now = trio.current_time()
-        views = [view for key in sorted(keys) if (view := self._view(key, now)) != self._views.get(key)]
+        views = self._table.changed_views(keys, trio.current_time())
         if views:
             await self._put(views)
 
@@ -264,11 +183,7 @@ class Presence:
             log.warning("presence_store_failed", error=exc.message)
             self._metrics.presence_store_errors.inc()
             return
-        for view in views:
-            if view.state is PresenceState.OFFLINE:
-                self._views.pop(view.key, None)
-            else:
-                self._views[view.key] = view
+        self._table.put(views)
         await self._announce(changes)
 
     @property
@@ -277,8 +192,7 @@ class Presence:
 
     async def _renew_and_sweep(self) -> None:
         """Put every view again (renewing its lease, retrying what failed), then sweep."""
-        now = trio.current_time()
-        await self._put([self._view(key, now) for key in sorted(set(self._views) | set(self._by_key))])
+        await self._put(self._table.all_views(trio.current_time()))
         try:
             await self._announce(await self.store.sweep(self._now_ms()))
         except ReplyError as exc:

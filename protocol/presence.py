@@ -49,3 +49,19 @@ class PresenceEntry:
     def event(self) -> str:
         """The event announcing this entry: ``attendant:online|away|offline``."""
         return f"attendant:{self.state.value}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PresenceKey:
+    tenant: str
+    group: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """A holder's view of one user: its state there, and how many connections hold it."""
+
+    key: PresenceKey
+    state: PresenceState
+    connections: int

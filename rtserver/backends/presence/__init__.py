@@ -13,23 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from protocol.presence import PresenceEntry, PresenceState, best
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class PresenceKey:
-    tenant: str
-    group: str
-    user: str
-
-
-@dataclass(frozen=True, slots=True)
-class View:
-    """A holder's view of one user: its state there, and how many connections hold it."""
-
-    key: PresenceKey
-    state: PresenceState
-    connections: int
+from protocol.presence import PresenceEntry, PresenceKey, PresenceState, View, best
 
 
 Change = tuple[PresenceKey, PresenceEntry]
