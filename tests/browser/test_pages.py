@@ -10,6 +10,9 @@ from rtserver.client import open_client
 from tests.support.browser import in_browser
 
 TIMEOUT_MS = 15_000
+#: rtclient.js's longest pause between two attempts (``backoffMaxMs``, full jitter): after
+#: a network cut, the page may wait that long past the cut before its next attempt.
+BACKOFF_MAX_MS = 15_000
 
 
 def console_url(proxy, server, user="ana", transports=None) -> str:
@@ -18,8 +21,8 @@ def console_url(proxy, server, user="ana", transports=None) -> str:
     return f"http://127.0.0.1:{proxy.port}/console/#token={token}&thread=100{extra}"
 
 
-def wait_state(page, state: str) -> None:
-    page.wait_for_selector(f"#state.{state}", timeout=TIMEOUT_MS)
+def wait_state(page, state: str, timeout_ms: int = TIMEOUT_MS) -> None:
+    page.wait_for_selector(f"#state.{state}", timeout=timeout_ms)
 
 
 class Colleague:
@@ -113,7 +116,7 @@ def test_after_5_s_without_network_each_event_missed_shows_exactly_once(page, se
     for i, text in enumerate(texts):
         server.publish("thread:message", ["thread:100", "user:duda"] if i % 2 else ["thread:100"],
                        threadId="100", messageId=f"away-{i}", senderId="bea", text=text)
-    wait_state(page, "open")
+    wait_state(page, "open", timeout_ms=5_000 + BACKOFF_MAX_MS + TIMEOUT_MS)  # the cut, then one pause at most
     # published after the reconnect: a resume's repeats would come before it
     server.publish("thread:message", ["thread:100"], threadId="100", messageId="after", senderId="bea",
                    text="after the cut")
