@@ -4,6 +4,7 @@ health that comes back once Redis answers."""
 import contextlib
 
 import pytest
+import trio
 
 from rtserver.backends.config import BusConfig
 from rtserver.backends.redis_link import REFUSED, UNREACHABLE, BusUnavailable, RedisLink
@@ -50,3 +51,10 @@ async def test_scripts_are_loaded_when_redis_does_not_know_them(redis_url):
         script = "return redis.call('INCR', KEYS[1])"
         assert await link.scripts(script, [(["n"], []), (["n"], [])]) == [1, 2]
         assert await link.scripts(script, [(["n"], [])]) == [3]
+
+
+async def test_a_reconnect_never_leaves_callers_without_a_client(redis_url, nursery):
+    async with connected(redis_url) as link:
+        nursery.start_soon(link.connect)  # a reconnect in flight (the bus does one after a failure)
+        await trio.lowlevel.checkpoint()  # it has started, not finished
+        assert await link.call("PING") == b"PONG"  # served by the previous client meanwhile

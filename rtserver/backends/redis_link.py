@@ -77,9 +77,12 @@ class RedisLink:
     async def connect(self) -> None:
         """A fresh command client: a bounded pool per server that makes callers wait for a
         free connection (a burst of handshakes queues instead of opening, or being
-        refused, a connection each)."""
-        self.close()
-        self._redis = await self.answer(0.0, Redis.connect, self._url, self._config.redis_pool_size)
+        refused, a connection each). The previous client serves calls until the fresh
+        one is ready, then is closed: a reconnect never leaves callers without a client."""
+        fresh = await self.answer(0.0, Redis.connect, self._url, self._config.redis_pool_size)
+        previous, self._redis = self._redis, fresh
+        if previous is not None:
+            previous.close()
         self.healthy = True
 
     def close(self) -> None:

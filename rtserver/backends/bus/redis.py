@@ -299,7 +299,6 @@ class RedisBus:
     async def _serve_feeds(self, positions: dict[str, str], on_ready: Callable[[], None]) -> None:
         """One connected period: fresh connections (none to a server that went away),
         epochs and positions established again, then read."""
-        self.link.close()
         readers: list[tuple[Connection, list[int]]] = []
         pubsub = None
         try:
