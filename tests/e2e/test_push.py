@@ -166,7 +166,9 @@ async def test_users_with_no_live_connection_get_a_discreet_notice_on_each_platf
     assert device == APNS_TOKEN and headers["apns-topic"] == rig.apns.topic and headers["apns-priority"] == "10"
     assert payload == {"aps": {"alert": {"title": "New activity", "body": "Open the app to see what changed."}},
                        "event": "appointment.created", "id": event_id, "tenant": "t1"}
-    for request in rig.fcm.requests + rig.apns.requests:  # nothing of the event's payload left
+    # Nothing of the event's payload left in what the providers were sent (the token
+    # exchange's signed assertion is random base64: not a notice, not checked).
+    for request in [r for r in rig.fcm.requests if r.path != "/token"] + rig.apns.requests:
         assert not any(value.encode() in request.body for value in ("p-111", "pr-222", "booked", "sl1"))
     assert {r.http_version for r in rig.apns.requests} == {"2"}
     metrics = rig.dispatcher.metrics
