@@ -15,14 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import time
+import shutil
+import tempfile
 
 import redis
 import trio
 from stack import free_port
 
 from rtserver.backends.redis_client import Redis
+from tests.support.redis_servers import start_redis
 
 PAD = "x" * 150
 
@@ -105,18 +106,11 @@ async def with_native(url: str, last: bytes, calls: int) -> dict:
 
 
 def main(args) -> None:
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    port, folder = free_port(), tempfile.mkdtemp(prefix="rt-bench-")
+    server = start_redis(port, folder)
     try:
         url = f"redis://127.0.0.1:{port}/0"
         backbone = redis.Redis.from_url(url)
-        for _ in range(50):
-            try:
-                backbone.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.1)
         pipe = backbone.pipeline(transaction=False)
         for i in range(5000):
             pipe.xadd("s", {"event": "rt.probe", "data": json.dumps({"s": i, "p": PAD})})
@@ -129,6 +123,7 @@ def main(args) -> None:
     finally:
         server.terminate()
         server.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
