@@ -29,7 +29,7 @@ import math
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import structlog
@@ -38,20 +38,24 @@ import trio
 from actors.liveness import Liveness
 from actors.presence import Presence
 from actors.registry import Registry
-from actors.room import Promote, Room
+from actors.room import Promote, Recovery, Room
 from actors.typing import Typing
 from actors.writer import Writer
 from protocol.catalog import Catalog, Namespace
 from protocol.cursors import Cursor, shard_of
-from protocol.envelope import Inbound, StoredEvent
+from protocol.envelope import Inbound
 from protocol.errors import CloseCode, Disconnect, ReplyError
 from protocol.frames import Emit, Evt, Hello, ServerFrame, error_frame
 from protocol.presence import PresenceState
 from protocol.rooms import RoomKind, parse_room, room_key
+from protocol.session import (
+    Answer, Join, Lost, ReadHead, ReadHistory, ReadSnapshots, RoomHistory, RoomSnapshot, Send,
+)
+from protocol.states import CONNECTION_TRANSITIONS, ConnectionState, advance
 from protocol.wires import FRAMES, Wire
 from rtserver.backends.auth import Claims, auto_rooms
 from rtserver.backends.boundary import contained
-from rtserver.backends.bus import HISTORY_PAGE, Bus, RoomHistory, read_rooms
+from rtserver.backends.bus import HISTORY_PAGE, Bus, read_rooms
 from rtserver.backends.config import Config
 from rtserver.backends.metrics import Metrics
 from rtserver.backends.schedules import ScheduleStore
@@ -64,8 +68,6 @@ TYPING = {"typing:start": True, "typing:stop": False}
 HANDED_TO_BACKBONE = frozenset({"mark_alert_read"})
 #: Presence commands of an SSE / long-poll session, forwarded to where it is served.
 SESSION_COMMANDS = frozenset({"heartbeat", *SWITCHES})
-#: Room kinds whose subscribers get a snapshot frame first.
-SNAPSHOT_KINDS = frozenset({RoomKind.PRESENCE, RoomKind.SCHEDULE})
 #: Not a close frame: the TCP connection ended without one (never sent, only logged).
 CONNECTION_LOST = Disconnect(1006, "connection lost", CloseCode.GOING_AWAY.action)
 
@@ -105,17 +107,6 @@ class Joining:
     presence: PresenceState | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RoomSnapshot:
-    """What a room hands a new subscriber first: a frame, and for a record of durable
-    events the cursor up to which it reflects every event and which later events it
-    already reflects."""
-
-    frame: Evt
-    cursor: Cursor | None = None
-    covers: Callable[[StoredEvent], bool] = lambda event: False
-
-
 def _snapshot_id() -> str:
     """A fresh id for a snapshot frame (clients drop repeated ids)."""
     return secrets.token_hex(8)
@@ -151,7 +142,7 @@ class Connection:
     session_spans_requests = False
     __slots__ = (
         "id", "session", "claims", "ns", "out", "_sock", "_s", "_wire", "_since", "_rooms", "_scope",
-        "_disconnect", "_peer_closed", "_expires_at", "_idle_s", "_present", "_typed", "_joining", "_live",
+        "_disconnect", "_peer_closed", "_expires_at", "_idle_s", "_present", "_typed", "_joining", "_live", "state",
     )
     _next_id = 0
 
@@ -188,6 +179,8 @@ class Connection:
         self._typed = False  # has typed: the typing actor is told when it closes
         self._live = False  # counted by the liveness actor
         self.out = None  # the transport's outbound queue: ``push(bytes)`` never blocks
+        #: Where it is in its life; moved only along ``CONNECTION_TRANSITIONS``.
+        self.state = ConnectionState.OPENING
 
     # -- control from outside ------------------------------------------------------------
     def close(self, disconnect: Disconnect) -> None:
@@ -201,6 +194,9 @@ class Connection:
 
     def connection_lost(self) -> None:
         self.close(CONNECTION_LOST)
+
+    def _move(self, state: ConnectionState) -> None:
+        self.state = advance(CONNECTION_TRANSITIONS, self.state, state)
 
     def _push_deadline(self) -> None:
         """One deadline for the token's expiry and the idle timeout (no scope per timer)."""
@@ -241,7 +237,9 @@ class Connection:
                 task_status.started()
                 with contained(metrics, self.transport, session=self.session) as failure:  # a bug ends this connection alone
                     try:
+                        self._move(ConnectionState.JOINING)
                         await self._start()
+                        self._move(ConnectionState.OPEN)
                         await self._serve()
                     except ReplyError as err:
                         if not err.temporary:
@@ -254,6 +252,7 @@ class Connection:
                 expired = trio.current_time() >= self._expires_at
                 self._disconnect = CloseCode.TOKEN_EXPIRED if expired else CloseCode.IDLE_TIMEOUT
         finally:
+            self._move(ConnectionState.CLOSING)
             for room in self._rooms.values():
                 room.remove(self.session)
             self._rooms.clear()
@@ -274,6 +273,7 @@ class Connection:
                 try:
                     await self._finish(disconnect)
                 finally:  # only now: a drain waits for the close the client is told
+                    self._move(ConnectionState.CLOSED)
                     self._s.connections.discard(self)
 
     async def _serve(self) -> None:
@@ -289,8 +289,8 @@ class Connection:
         """The rooms joined at the start: the token's own, then those the request named."""
         return list(dict.fromkeys(auto_rooms(self.claims, self.ns) + list(self._joining.rooms)))
 
-    def _started(self, rooms: list[str], recovered: bool | None, cursor: Cursor) -> None:
-        """Answer the start: the ``hello`` frame, before any event."""
+    def _answer(self, answer: Answer, rooms: list[str], ref: int | None) -> None:
+        """Answer a join before any event of its rooms: the start's ``hello`` here."""
         self._send(Hello(
             session=self.session,
             rooms=rooms,
@@ -298,15 +298,12 @@ class Connection:
             ns=self.ns.value,
             user=self.claims.user,
             expires_at=self.claims.exp,
-            recovered=recovered,
-            cursor=cursor.encode(),
+            recovered=answer.recovered,
+            cursor=answer.cursor.encode(),
         ))
 
     async def _start(self) -> None:
-        names = self._initial_rooms()
-        snapshot = self._snapshot if any(parse_room(n)[0] in SNAPSHOT_KINDS for n in names) else None
-        await self._join(names, self._since, lambda recovered, cursor: self._started(names, recovered, cursor),
-                         snapshot)
+        await self._join(self._initial_rooms(), self._since)
         if self.ns is Namespace.HUB and self.claims.presence_groups:
             self._present = True
             await self._s.presence.connected(self.presence_id, self.claims.tenant, self.claims.user,
@@ -321,9 +318,8 @@ class Connection:
 
     # -- snapshots ---------------------------------------------------------------------
     async def _snapshot(self, room: str, recovered: bool) -> RoomSnapshot | None:
-        """The snapshot a new subscriber of ``room`` gets first, if its kind has one (a
-        room the request calls new to the client counts as not recovered)."""
-        recovered = recovered and room not in self._joining.fresh
+        """The snapshot a new subscriber of ``room`` gets first, if its kind has one
+        (``recovered``: the client's cursor was resumed for this room)."""
         kind = parse_room(room)[0]
         if kind is RoomKind.PRESENCE:
             return await self._presence_snapshot(room, recovered)
@@ -367,93 +363,61 @@ class Connection:
             self._s.presence.switch_nowait(self.presence_id, SWITCHES[event])
 
     # -- joining, with resumption --------------------------------------------------------
-    async def _join(
-        self,
-        names: list[str],
-        since: Cursor | None,
-        answer: Callable[[bool | None, Cursor], None],
-        snapshot: Callable[[str, bool], Awaitable[RoomSnapshot | None]] | None = None,
-    ) -> None:
-        """Join ``names`` and ``answer`` (hello or ack) before any event of them.
-
-        Without ``since``, live events follow the answer. With ``since``, the answer says
-        whether the history reached back to it, the missed events follow, and the rooms
-        then deliver what arrived meanwhile (``Promote``) and go live, with no gap and no
-        duplicate. The history is replayed page by page under flow control: the next page
-        is read once the client's socket took the previous one, so a backlog of any size
-        within the retained history catches up without filling the outbound budget. With
-        ``snapshot`` (given the room's name and whether the history reached back; it may
-        answer None), each room's snapshot frame follows the answer, read after the room
-        began holding live events for this connection; when snapshots have cursors, the
-        history after the oldest of them (or after ``since``, if older) that no snapshot
-        already covers follows, so snapshots, resumed rooms and live events join with no
-        gap and no duplicate.
-        """
-        rooms: dict[str, Room] = {}
-        for name in names:
-            rooms[name] = self._s.registry.open_room(room_key(self.claims.tenant, name))
-        if since is None and snapshot is None:
-            head = await self._s.bus.head(self._shard)
+    async def _join(self, names: list[str], since: Cursor | None, ref: int | None = None) -> None:
+        """Join ``names`` (resuming from ``since``, if given) by carrying out the steps of
+        ``protocol.session.Join``: the answer before any event of the rooms (``hello`` at
+        the start, the ``ack`` of ``ref`` for a ``sub``), the snapshots, the missed events a
+        page at a time (the next read once the client's socket took the previous one), and
+        the hand-over to the rooms' live delivery."""
+        join = Join(names, since, self._joining.fresh)
+        rooms = {name: self._s.registry.open_room(room_key(self.claims.tenant, name)) for name in names}
+        recoveries: dict[str, Recovery] = {}
+        answered = False
+        step = join.step
+        try:
+            while not step.final:
+                if type(step) is Send:
+                    if step.answer is not None:
+                        self._answer(step.answer, names, ref)
+                        answered = True
+                    for frame in step.frames:
+                        self._send(frame)
+                    step = join.sent()
+                elif type(step) is ReadHistory:
+                    if step.flushed_first:
+                        await self.out.wait_flushed()
+                    step = join.history_read(await self._history_page(names, step.since))
+                elif type(step) is ReadHead:
+                    step = join.head_read(await self._s.bus.head(self._shard))
+                elif type(step) is ReadSnapshots:
+                    step = join.snapshots_read(
+                        [snap for room, recovered in step.rooms if (snap := await self._snapshot(room, recovered))])
+                else:  # Hold
+                    limit = self._s.config.bus.max_history
+                    for name, room in rooms.items():
+                        recoveries[name] = room.begin_recovery(self.session, self._wire, self.out.push, limit,
+                                                               self.slow_consumer)
+                        self._rooms[name] = room
+                    step = join.holding()
+        except BaseException:
+            if not answered:  # the rooms must not hold events for a join never answered
+                for name, room in recoveries.items():
+                    self._rooms.pop(name, None)
+                    room.remove(self.session)
+            raise
+        if join.snapshot_history_lost:
+            self._log("snapshot_history_lost", rooms=names)  # live events follow the snapshots
+        if type(step) is Lost:
+            self._log("history_lost_while_replaying", rooms=names)
+            self.slow_consumer()
+        elif step.held:
+            for name, room in rooms.items():
+                await room.promote(Promote(recoveries[name], step.after, on_done=self._room_caught_up))
+        else:
             for name, room in rooms.items():
                 room.add(self.session, self._wire, self.out.push)
                 self._rooms[name] = room
                 self._room_caught_up()
-            answer(None, head)  # no await since add: the answer precedes every live event
-            return
-        buffers = {}
-        for name, room in rooms.items():
-            buffers[name] = room.begin_recovery(self.session, self._s.config.bus.max_history)
-            self._rooms[name] = room
-        try:
-            recovered, start, page = None, since, None
-            if since is not None:
-                page = await self._history_page(names, since)
-                recovered = page is not None
-            snapshots: list[RoomSnapshot] = []
-            if snapshot is not None:
-                snapshots = [snap for name in rooms if (snap := await snapshot(name, bool(recovered)))]
-                oldest = min((snap.cursor for snap in snapshots if snap.cursor is not None),
-                             key=lambda cursor: cursor.offset, default=None)
-                if oldest is not None and (page is None or oldest.offset < since.offset):
-                    start, page = oldest, await self._history_page(names, oldest)
-                    if page is None:
-                        self._log("snapshot_history_lost", rooms=names)  # live events follow
-            head = page.cursor if page is not None else await self._s.bus.head(self._shard)
-        except BaseException:  # nothing was answered: the rooms must not hold events for it
-            for name, room in rooms.items():
-                self._rooms.pop(name, None)
-                room.remove(self.session)
-            raise
-        # When more pages follow, the answer's cursor is where the replay starts: a client
-        # cut off during it resumes from the last event it got, or from there.
-        answer(recovered, start if page is not None and page.more else head)
-        for snap in snapshots:
-            self._send(snap.frame)
-
-        def missed(history: RoomHistory) -> list[tuple[StoredEvent, str]]:
-            return [(event, name) for event, name in history.events if not any(s.covers(event) for s in snapshots)]
-
-        while page is not None and page.more:
-            for event, name in missed(page):
-                self._send(event.frame(name))
-            await self.out.wait_flushed()  # flow control: the client took this page
-            page = await self._history_page(names, page.cursor)
-            if page is None:  # trimmed while replaying: the client resumes from what it got
-                self._log("history_lost_while_replaying", rooms=names)
-                self.slow_consumer()
-                return
-        replay = missed(page) if page is not None else []
-        if len(rooms) > 1:  # in stream order across the rooms, so that no cursor passes a missed event
-            for event, name in replay:
-                self._send(event.frame(name))
-            replay = []
-        after = page.cursor.offset if page is not None else None
-        for name, room in rooms.items():
-            await room.promote(Promote(
-                self.session, buffers[name], self._wire, self.out.push, after,
-                on_overflow=self.slow_consumer, replay=tuple(event for event, _ in replay),
-                on_done=self._room_caught_up,
-            ))
 
     def _room_caught_up(self) -> None:
         """A room of ``_join`` has pushed what it buffered and delivers live from now on."""

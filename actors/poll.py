@@ -38,11 +38,12 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import trio
 
-from actors.connection import CONNECTION_LOST, Connection, HttpSession, RoomSnapshot
+from actors.connection import CONNECTION_LOST, Connection, HttpSession
 from protocol.cursors import Cursor
 from protocol.errors import CloseCode, Disconnect
 from protocol.httpstreams import poll_body
 from protocol.rooms import RoomKind, parse_room
+from protocol.session import Answer, RoomSnapshot
 from protocol.wires import POLL_JSON
 
 
@@ -115,9 +116,10 @@ class PollRequest(HttpSession):
         self._promoting = len(rooms)
         return rooms
 
-    def _started(self, rooms: list[str], recovered: bool | None, cursor: Cursor) -> None:
-        self._cursor = cursor.encode()
-        self._recovered = recovered
+    def _answer(self, answer: Answer, rooms: list[str], ref: int | None) -> None:
+        """The start's answer is the poll's own: its cursor and ``recovered`` go in the body."""
+        self._cursor = answer.cursor.encode()
+        self._recovered = answer.recovered
 
     def _room_caught_up(self) -> None:
         self._promoting -= 1
@@ -127,7 +129,7 @@ class PollRequest(HttpSession):
     async def _snapshot(self, room: str, recovered: bool) -> RoomSnapshot | None:
         # A poll resumed from its cursor is the same client as the poll before: presence
         # changes since then are best-effort (ephemeral), as on any reconnect.
-        if recovered and parse_room(room)[0] is RoomKind.PRESENCE and room not in self._joining.fresh:
+        if recovered and parse_room(room)[0] is RoomKind.PRESENCE:
             return None
         return await super()._snapshot(room, recovered)
 

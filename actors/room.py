@@ -8,8 +8,10 @@ Mailbox
     history. Other membership changes are synchronous calls (``add``, ``remove``,
     ``begin_recovery``), so they take effect between two broadcasts.
 Owns
-    Its members, grouped by wire (each member is the ``push`` of an outbound queue), the
-    recovery buffers of members still reading their history, and its coalescing state
+    Its members, each in a ``MemberState``: LIVE ones grouped by wire (each the ``push``
+    of an outbound queue); RECOVERING ones (reading their history: their live events are
+    buffered) and CATCHING_UP ones (skipping live events their history had), each a
+    ``Recovery``; and its coalescing state
     (``protocol.coalesce``: held events per key, and their offsets in the shard's
     ``HeldOffsets`` shared by the node's rooms of that shard).
 Replies
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -40,6 +42,8 @@ from protocol.cursors import Offset
 from protocol.envelope import StoredEvent
 from protocol.frames import Evt
 from protocol.rooms import room_name
+from protocol.session import hand_over
+from protocol.states import MEMBER_TRANSITIONS, MemberState, advance
 from protocol.wires import Wire
 from rtserver.backends.metrics import Metrics
 
@@ -47,42 +51,44 @@ Push = Callable[[bytes], None]
 log = structlog.get_logger("rtserver.room")
 
 
-class RecoveryBuffer:
-    """Live events that reached a member while it was reading its history (bounded)."""
+class Recovery:
+    """A member of the room on its way to live delivery (``MemberState``): reading its
+    history while the room buffers its live events (bounded), then skipping live events
+    up to its history's end."""
 
-    __slots__ = ("events", "limit", "overflowed")
+    __slots__ = ("member", "wire", "push", "on_overflow", "state", "events", "limit", "overflowed", "after")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, member: str, wire: Wire, push: Push, limit: int, on_overflow: Callable[[], None]) -> None:
+        self.member = member
+        self.wire = wire
+        self.push = push
+        self.on_overflow = on_overflow
+        self.state = MemberState.RECOVERING
         self.events: list[StoredEvent] = []
         self.limit = limit
         self.overflowed = False
+        self.after: Offset | None = None  # CATCHING_UP: live events up to here are skipped
 
-    def add(self, event: StoredEvent) -> None:
+    def buffer(self, event: StoredEvent) -> None:
         if len(self.events) >= self.limit:
             self.overflowed = True
         else:
             self.events.append(event)
 
+    def move(self, state: MemberState) -> None:
+        self.state = advance(MEMBER_TRANSITIONS, self.state, state)
+
 
 @dataclass(frozen=True, slots=True)
 class Promote:
-    """A recovering member read its history up to ``after``: deliver what was buffered
-    since (newer than ``after``; everything when None) and make it a live member.
+    """A recovering member read its history up to ``after`` (None: it read none): hand it
+    over to live delivery (``protocol.session.hand_over``).
 
     Sent through the mailbox, so events routed before it were buffered and events after
-    it are live. An event can still be on its way from the bus (in the registry's feed)
-    while already in the history, so the member skips live events up to ``after`` until
-    the first newer one: nothing is missed and nothing is sent twice."""
+    it are live."""
 
-    member: str
-    buffer: RecoveryBuffer
-    wire: Wire
-    push: Push
+    recovery: Recovery
     after: Offset | None
-    on_overflow: Callable[[], None]
-    #: History events of this room to send first (up to ``after``), when the member read
-    #: only this room: sent here, an event merged into a frame not sent yet is skipped.
-    replay: tuple[StoredEvent, ...] = ()
     #: Called once the room has handled this message (whether or not the member is still
     #: there): what it had buffered is pushed by then.
     on_done: Callable[[], None] | None = None
@@ -114,30 +120,45 @@ class Room:
         #: routed to a room that has not taken them from its mailbox yet (``Registry.route``).
         self.held_offsets = held_offsets
         self.mailbox, self._inbox = trio.open_memory_channel[StoredEvent | Promote](mailbox)
+        #: Members by state: LIVE ones grouped by wire; RECOVERING and CATCHING_UP ones.
         self._members: dict[Wire, dict[str, Push]] = {}
-        self._recovering: dict[str, RecoveryBuffer] = {}
-        self._catching_up: dict[str, tuple[Wire, Push, Offset]] = {}
+        self._recovering: dict[str, Recovery] = {}
+        self._catching_up: dict[str, Recovery] = {}
+        #: Members handed over while events were held here, with their history's end: a
+        #: merged frame of events all within it is not theirs (they had each in the replay).
+        self._replayed: dict[str, Offset] = {}
         self._idle_at = math.inf  # when an empty room stops
         self._wait = trio.CancelScope()
 
     # -- membership (synchronous) ------------------------------------------------------
     def add(self, member: str, wire: Wire, push: Push) -> None:
+        """Make ``member`` a LIVE member at once (its answer then precedes any event)."""
         self._members.setdefault(wire, {})[member] = push
-        self._recovering.pop(member, None)
         self._rearm()
 
-    def begin_recovery(self, member: str, limit: int) -> RecoveryBuffer:
-        """Buffer this member's live events until ``add`` (history read first)."""
-        buffer = self._recovering[member] = RecoveryBuffer(limit)
+    def begin_recovery(self, member: str, wire: Wire, push: Push, limit: int,
+                       on_overflow: Callable[[], None]) -> Recovery:
+        """Make ``member`` a RECOVERING member: its live events are buffered (at most
+        ``limit``; more calls ``on_overflow`` at the hand-over) until ``Promote``."""
+        recovery = self._recovering[member] = Recovery(member, wire, push, limit, on_overflow)
         self._rearm()
-        return buffer
+        return recovery
 
     def remove(self, member: str) -> None:
+        """``member`` is GONE, whatever its state."""
         for members in self._members.values():
             members.pop(member, None)
-        self._recovering.pop(member, None)
-        self._catching_up.pop(member, None)
+        for joining in (self._recovering, self._catching_up):
+            if (recovery := joining.pop(member, None)) is not None:
+                recovery.move(MemberState.GONE)
+        self._replayed.pop(member, None)
         self._rearm()
+
+    def member_state(self, member: str) -> MemberState:
+        """Where ``member`` is in this room (GONE when not a member)."""
+        if (recovery := self._recovering.get(member) or self._catching_up.get(member)) is not None:
+            return recovery.state
+        return MemberState.LIVE if any(member in members for members in self._members.values()) else MemberState.GONE
 
     @property
     def empty(self) -> bool:
@@ -211,37 +232,41 @@ class Room:
                 message.on_done()
 
     def _promote_member(self, message: Promote) -> None:
-        if self._recovering.get(message.member) is not message.buffer:
+        recovery = message.recovery
+        if self._recovering.get(recovery.member) is not recovery:
             return  # the member left (or started over) meanwhile
-        del self._recovering[message.member]
-        if message.buffer.overflowed:
-            message.on_overflow()
+        del self._recovering[recovery.member]
+        if recovery.overflowed:
+            recovery.move(MemberState.GONE)
+            recovery.on_overflow()
             return
-        for event in message.replay:
-            if not self._held(event):
-                message.push(message.wire.frame(event.frame(self.name)))
-        after = message.after
-        for event in message.buffer.events:
-            if after is None or event.offset is None or event.offset > after:
-                after = None  # buffered events are in bus order: all later ones are newer
-                if not self._held(event):  # else the merged frame will bring it
-                    message.push(message.wire.frame(self._frame(event)))
-        if after is None:
-            self._members.setdefault(message.wire, {})[message.member] = message.push
+        deliver, skip_to = hand_over(recovery.events, message.after, self._held)
+        for event in deliver:
+            recovery.push(recovery.wire.frame(self._frame(event)))
+        if message.after is not None and self._coalescer.held:
+            self._replayed[recovery.member] = message.after
+        if skip_to is None:
+            self._go_live(recovery)
         else:
-            self._catching_up[message.member] = (message.wire, message.push, after)
+            recovery.after = skip_to
+            recovery.move(MemberState.CATCHING_UP)
+            self._catching_up[recovery.member] = recovery
+
+    def _go_live(self, recovery: Recovery) -> None:
+        recovery.move(MemberState.LIVE)
+        self._members.setdefault(recovery.wire, {})[recovery.member] = recovery.push
 
     def _release_caught_up(self, event: StoredEvent) -> None:
         """Make live the catching-up members for which ``event`` is newer than their history."""
         if event.offset is None:  # ephemeral: never in a history, says nothing of the stream
-            for member, (wire, push, _) in self._catching_up.items():
+            for member, recovery in self._catching_up.items():
                 if member != event.envelope.origin:
-                    push(wire.frame(event.frame(self.name)))
+                    recovery.push(recovery.wire.frame(event.frame(self.name)))
             return
-        for member, (wire, push, after) in list(self._catching_up.items()):
-            if event.offset > after:
+        for member, recovery in list(self._catching_up.items()):
+            if event.offset > recovery.after:
                 del self._catching_up[member]
-                self._members.setdefault(wire, {})[member] = push
+                self._go_live(recovery)
 
     def _held(self, event: StoredEvent) -> bool:
         rule = self._rules.get(event.envelope.event)
@@ -256,8 +281,8 @@ class Room:
 
     def fan_out(self, event: StoredEvent) -> None:
         """Deliver ``event`` to every member now, or hold it to coalesce; never blocks."""
-        for buffer in self._recovering.values():
-            buffer.add(event)
+        for recovery in self._recovering.values():
+            recovery.buffer(event)
         if self._catching_up:
             self._release_caught_up(event)
         rule = self._rules.get(event.envelope.event)
@@ -282,24 +307,30 @@ class Room:
             evt = held.frame(self.name, cursor)
             if self._catching_up and last.offset is not None:
                 self._release_caught_up(last)  # those for whom it is new go live and get it below
-                for wire, push, _ in self._catching_up.values():
-                    push(wire.frame(evt))  # it stands for history events they skipped as held
-            self._deliver(evt, last)
+            replayed = self._replayed
+            skip = () if not replayed or last.offset is None else {
+                member for member, through in replayed.items() if last.offset <= through}
+            self._deliver(evt, last, skip)
+        if not self._coalescer.held:
+            self._replayed.clear()  # what is held from now on came after every hand-over
 
-    def _deliver(self, evt: Evt, event: StoredEvent) -> None:
-        """Encode ``evt`` once per wire and push it to every member but its origin."""
+    def _deliver(self, evt: Evt, event: StoredEvent, skip: Collection[str] = ()) -> None:
+        """Encode ``evt`` once per wire and push it to every live member but its origin
+        (and those in ``skip``)."""
         envelope = event.envelope
         origin = envelope.origin
+        if origin is not None:
+            skip = {origin, *skip}
         delivered = 0
         for wire, members in self._members.items():
             if not members:
                 continue
             frame = wire.frame(evt)
-            if origin is not None and origin in members:
+            if skip and any(member in members for member in skip):
                 for member, push in members.items():
-                    if member != origin:
+                    if member not in skip:
                         push(frame)
-                delivered += len(members) - 1
+                        delivered += 1
                 continue
             for push in members.values():
                 push(frame)

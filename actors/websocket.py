@@ -35,13 +35,14 @@ import wsproto.connection
 import wsproto.events as ws_events
 
 from actors.connection import (
-    CONNECTION_LOST, SNAPSHOT_KINDS, SWITCHES, TYPING, Connection, ConnectionServices, Joining, emit_anywhere,
+    CONNECTION_LOST, SWITCHES, TYPING, Connection, ConnectionServices, Joining, emit_anywhere,
 )
 from actors.writer import OutboundQueue
 from protocol.catalog import Namespace
 from protocol.cursors import Cursor
 from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
 from protocol.frames import Ack, Emit, Ping, Pong, Sub, Unsub
+from protocol.session import Answer
 from protocol.wires import Wire
 from protocol.wsframes import close_frame
 from rtserver.backends.auth import Claims, authorize_room
@@ -196,7 +197,7 @@ class WebSocketConnection(Connection):
 
     # -- commands ----------------------------------------------------------------------
     async def _on_sub(self, frame: Sub) -> None:
-        kind = authorize_room(self.claims, self.ns, frame.room)
+        authorize_room(self.claims, self.ns, frame.room)
         since = Cursor.parse(frame.since) if frame.since else None
         if frame.room not in self._rooms and len(self._rooms) >= self._s.config.connection.max_rooms:
             raise ReplyError(ReplyCode.TOO_MANY_ROOMS, "too many rooms on this connection")
@@ -205,12 +206,15 @@ class WebSocketConnection(Connection):
             return
         if frame.room in self._rooms:
             self._rooms.pop(frame.room).remove(self.session)
-
-        def ack(recovered: bool | None, cursor: Cursor) -> None:
-            self._send(Ack(ref=frame.ref, room=frame.room, recovered=recovered, cursor=cursor.encode()))
-
-        await self._join([frame.room], since, ack, self._snapshot if kind in SNAPSHOT_KINDS else None)
+        await self._join([frame.room], since, frame.ref)
         self._log("sub", room=frame.room, since=frame.since)
+
+    def _answer(self, answer: Answer, rooms: list[str], ref: int | None) -> None:
+        """A ``sub`` (``ref``) is answered by its ``ack``; the start by ``hello``."""
+        if ref is None:
+            super()._answer(answer, rooms, ref)
+        else:
+            self._send(Ack(ref=ref, room=rooms[0], recovered=answer.recovered, cursor=answer.cursor.encode()))
 
     def _on_unsub(self, frame: Unsub) -> None:
         room = self._rooms.pop(frame.room, None)

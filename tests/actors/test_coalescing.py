@@ -90,6 +90,14 @@ async def test_a_cursor_never_passes_a_held_event_so_a_resume_gets_it(nursery, a
         assert (await again.recv())["recovered"] is True
         replay.append(await again.recv())
     assert [(f["event"], f["id"]) for f in replay] == [("priority_update", held.event.id), ("new_patient", alert["id"])]
+    # The replay brought the held update: when its window ends, its merged frame is not sent
+    # again, even once a newer event made the resumed member live.
+    newer = await h.publish(["patient:p1"], event="priority_update", patientId="p2", newPriority=5)
+    assert (await again.recv())["id"] == newer.event.id
+    await trio.sleep(2)
+    sentinel = await h.publish(["tenant:t1"], event="new_patient", patientId="p10")
+    assert (await again.recv())["id"] == sentinel.event.id
+    assert [(await client.recv())["id"] for _ in range(2)] == [newer.event.id, held.event.id]  # it had not got it
 
 
 async def test_job_progress_is_latest_wins_per_job(nursery, autojump_clock):
