@@ -171,7 +171,7 @@ def cmd_push(args: argparse.Namespace) -> None:
 
     config, bus = _on_redis(args, "push")
     try:
-        dispatcher = Dispatcher(config.push, bus)
+        dispatcher = Dispatcher.on_redis(config.push, bus)
     except ValueError as exc:
         raise SystemExit(f"rtserver push: {exc}") from None
 

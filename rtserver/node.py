@@ -1,8 +1,9 @@
 """A node: one rtserver process, with its bus, actors, listener and HTTP app.
 
 ``Node.run`` starts, in order, the bus, the writer, the registry (live feed -> rooms), the
-presence, typing and schedule projector actors (and with push on, the liveness actor), the
-HTTP frontend and the listener, then reports the bound port.
+presence, typing and schedule projector actors (and with push on, the liveness actor; on
+the memory bus, the push dispatcher too), the HTTP frontend and the listener, then reports
+the bound port.
 ``Node.drain`` is the SIGTERM path: stop accepting, mark not ready, close clients with the
 draining code in paced batches and wait for them, all within ``server.drain_deadline_s``.
 """
@@ -30,6 +31,7 @@ from rtserver.backends.metrics import Metrics
 from rtserver.gateway import Gateway
 from rtserver.http import HttpFrontend, create_app, create_asgi, post_handlers
 from rtserver.listener import Listener
+from rtserver.push import GROUP, Dispatcher, group_settings
 
 log = structlog.get_logger("rtserver.node")
 
@@ -41,7 +43,7 @@ class Node:
         self.catalog = config.catalog()
         self.verifier = TokenVerifier(config.auth)
         holder = secrets.token_hex(6)  # this node, in the stores shared by nodes
-        backends = open_backends(config, self.metrics, holder)
+        self.backends = backends = open_backends(config, self.metrics, holder)
         self.bus = backends.bus
         self.writer = Writer(
             self.metrics,
@@ -58,6 +60,12 @@ class Node:
         if backends.live_users is not None:
             self.liveness = Liveness(backends.live_users, config.push, holder=holder)
             self.metrics.connected_users.set_function(lambda: self.liveness.connected_users)
+        #: On the memory bus the node is the whole cluster: with push on, it pushes itself.
+        self.push: Dispatcher | None = None
+        if backends.devices is not None and not config.bus.redis_url:
+            self.push = Dispatcher(config.push, devices=backends.devices, live_users=backends.live_users,
+                                   group=backends.groups(GROUP, holder, **group_settings(config.push)),
+                                   registry=self.metrics.registry)
         self.connections: set[Connection] = set()
         self.services = services = ConnectionServices(
             config=config, bus=self.bus, registry=self.registry, writer=self.writer,
@@ -82,6 +90,8 @@ class Node:
             await nursery.start(self.schedules.run)
             if self.liveness is not None:
                 await nursery.start(self.liveness.run)
+            if self.push is not None:
+                await nursery.start(self.push.run)
             await nursery.start(self.http.run)
             self.port = await nursery.start(self.listener.run)
             log.info("listening", host=self.config.server.host, port=self.port)

@@ -48,7 +48,7 @@ def test_the_shipped_development_config_loads():
 
 def test_push_is_off_by_default_and_its_sections_are_checked():
     assert load_config(environ={}).push.enabled is False
-    with pytest.raises(ConfigError, match="needs the Redis bus"):
+    with pytest.raises(ConfigError, match="the node pushes itself, so it needs a provider"):
         load_config(environ={}, overrides={"push": {"enabled": True}})
     with pytest.raises(ConfigError, match="key_id, team_id and topic"):
         load_config(environ={}, overrides={"push": {"apns": {"key_file": "AuthKey.p8"}}})

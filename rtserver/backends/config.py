@@ -300,7 +300,7 @@ class ApnsConfig(_Section):
 
 class PushConfig(_Section):
     """Mobile push (``rtserver push``, and the nodes' device endpoint): a discreet notice,
-    ids only, for users with no live connection. Needs the Redis bus."""
+    ids only, for users with no live connection. On the memory bus the node pushes itself."""
 
     enabled: bool = False
     #: Event types pushed (``fnmatch`` patterns), when they go to a personal room (``user:``,
@@ -363,9 +363,10 @@ class Config(_Section):
 
     def __post_init__(self) -> None:
         self.catalog()  # an override naming an unknown event type is an error here
-        if self.push.enabled and not self.bus.redis_url:
-            raise ValueError("push.enabled needs the Redis bus (bus.redis_url): devices and "
-                             "connected users are kept there for the push dispatcher")
+        push = self.push
+        if push.enabled and not self.bus.redis_url and not (push.fcm.service_account_file or push.apns.key_file):
+            raise ValueError("push.enabled on the memory bus: the node pushes itself, so it needs a provider "
+                             "([push.fcm] service_account_file or [push.apns] key_file)")
 
 
     def catalog(self) -> Catalog:

@@ -1,6 +1,7 @@
 """``rtserver push``: a discreet notice to the phones of users with no live connection.
 
-Contract (one ``Dispatcher`` per process; several share the work through Redis)
+Contract (one ``Dispatcher`` per process; several share the work through Redis; on the
+memory bus the node runs the one dispatcher itself, on its memory stores)
   reads     the consumer group ``rt:push`` on every shard stream (created at ``$``), as
             consumer ``<host>-<pid>-<random>``: durable events whose type matches
             ``push.events`` and which name a personal room (``user:``, ``patient:``,
@@ -36,11 +37,13 @@ from protocol.envelope import StoredEvent
 from protocol.errors import ReplyError
 from protocol.push import Device, Notice, Platform, Verdict
 from rtserver.backends.auth import PERSONAL_KINDS
-from rtserver.backends.bus.groups import GroupWorker, ShardGroup, consumer_name
+from rtserver.backends.bus.groups import ConsumerGroup, GroupWorker, consumer_name
 from rtserver.backends.bus.redis import RedisBus
+from rtserver.backends.bus.redis_groups import RedisGroup
 from rtserver.backends.config import PushConfig
 from rtserver.backends.metrics import watch_bus
 from rtserver.backends.push_store import DeviceStore, LiveUsers
+from rtserver.backends.push_store.redis import RedisDevices, RedisLiveUsers
 from rtserver.backends.retry import attempt_delay_s
 from rtserver.push.providers import configured_providers
 
@@ -54,8 +57,9 @@ BACKOFF_MAX_S = 30.0
 
 
 class PushMetrics:
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        """On ``registry`` (a node's, when it pushes itself), else on one of its own."""
+        r = self.registry = registry or CollectorRegistry()
         self.sent = Counter("rt_push_sent_total", "Notices a provider accepted", ["platform"], registry=r)
         self.failures = Counter("rt_push_failures_total", "Failed attempts, by reason (the provider's code)",
                                 ["platform", "reason"], registry=r)
@@ -77,25 +81,38 @@ def personal_rooms_of(event: StoredEvent) -> list[str]:
     return [room for room in event.envelope.rooms if room.partition(":")[0] in _PERSONAL]
 
 
-class Dispatcher:
-    """Pushes for one Redis (see the module's contract)."""
+def group_settings(config: PushConfig) -> dict:
+    """How the dispatcher reads its consumer group (new entries only: a push is news)."""
+    return {"batch": config.batch, "claim_idle_s": config.claim_idle_s, "poll_s": config.poll_s, "start": "$"}
 
-    def __init__(self, config: PushConfig, bus: RedisBus) -> None:
+
+class Dispatcher:
+    """Pushes for one bus (see the module's contract), through ``group`` (created at ``$``)."""
+
+    def __init__(self, config: PushConfig, *, devices: DeviceStore, live_users: LiveUsers, group: ConsumerGroup,
+                 registry: CollectorRegistry | None = None) -> None:
         if not config.enabled:
             raise ValueError("push is not enabled ([push] enabled = true)")
         self._providers = configured_providers(config)
         if not self._providers:
             raise ValueError("no push provider configured ([push.fcm] service_account_file, [push.apns] key_file)")
         self._config = config
-        self._bus = bus
-        self.metrics = PushMetrics()
-        watch_bus(self.metrics.registry, bus)
-        self.devices = DeviceStore(bus.link, bus.shards, ttl_s=config.device_ttl_s, max_per_user=config.max_devices_per_user)
-        self._live = LiveUsers(bus.link, bus.shards)
-        self._group = ShardGroup(bus, GROUP, consumer_name(), batch=config.batch, claim_idle_s=config.claim_idle_s,
-                                 poll_s=config.poll_s, start="$")
+        self.metrics = PushMetrics(registry)
+        self.devices = devices
+        self._live = live_users
+        self._group = group
         self._slots = {platform: trio.CapacityLimiter(config.max_concurrency) for platform in self._providers}
         self._http: dict[Platform, httpx.AsyncClient] = {}
+
+    @classmethod
+    def on_redis(cls, config: PushConfig, bus: RedisBus) -> Dispatcher:
+        """The dispatcher of an ``rtserver push`` process, beside the nodes on ``bus``."""
+        dispatcher = cls(config, devices=RedisDevices(bus.link, bus.shards, ttl_s=config.device_ttl_s,
+                                                      max_per_user=config.max_devices_per_user),
+                         live_users=RedisLiveUsers(bus.link, bus.shards),
+                         group=RedisGroup(bus, GROUP, consumer_name(), **group_settings(config)))
+        watch_bus(dispatcher.metrics.registry, bus)
+        return dispatcher
 
     def _wanted(self, event: StoredEvent) -> bool:
         return (any(fnmatch.fnmatchcase(event.envelope.event, p) for p in self._config.events)

@@ -32,8 +32,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from protocol.envelope import StoredEvent
 from protocol.webhooks import delivery_body, signed_headers
-from rtserver.backends.bus.groups import GroupWorker, ShardGroup, consumer_name
+from rtserver.backends.bus.groups import GroupWorker, consumer_name
 from rtserver.backends.bus.redis import RedisBus
+from rtserver.backends.bus.redis_groups import RedisGroup
 from rtserver.backends.config import WebhookSubscription, WebhooksConfig
 from rtserver.backends.metrics import watch_bus
 from rtserver.backends.redis_client import stream_entries
@@ -110,7 +111,7 @@ class Destination:
         self._config = config
         self.subscription = subscription
         self._metrics = metrics
-        self._group = ShardGroup(bus, group_name(subscription), consumer, batch=config.batch,
+        self._group = RedisGroup(bus, group_name(subscription), consumer, batch=config.batch,
                                  claim_idle_s=config.claim_idle_s, poll_s=config.poll_s, start="$")
         self._slots = trio.CapacityLimiter(subscription.max_concurrency)
         self._http: httpx.AsyncClient | None = None

@@ -1,6 +1,7 @@
-"""Mobile push end to end: devices registered through a real node on Redis, the push
-dispatcher, and local stand-ins for FCM and APNs (TLS, HTTP/2 for APNs) that check each
-request's shape and credentials as the providers do."""
+"""Mobile push end to end: devices registered through a real node, the push dispatcher
+(``rtserver push`` beside nodes on Redis; the node itself on the memory bus), and local
+stand-ins for FCM and APNs (TLS, HTTP/2 for APNs) that check each request's shape and
+credentials as the providers do."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from protocol.cursors import shard_of
 from rtserver.backends.bus.redis import RedisBus, stream_key
 from rtserver.backends.config import ConfigError
 from rtserver.backends.push_store import LiveUsers
+from rtserver.backends.push_store.redis import RedisLiveUsers
 from rtserver.client import open_client
 from rtserver.node import Node
 from rtserver.push import GROUP, Dispatcher
@@ -37,7 +39,9 @@ class Rig:
     fcm: FcmStandIn
     apns: ApnsStandIn
     dispatcher: Dispatcher
-    redis_url: str
+    #: Who is connected, as the dispatcher reads it.
+    live: LiveUsers
+    redis_url: str | None
 
     def patient_token(self, user: str = "pat-1", patient: str = "p-111") -> str:
         return self.server.token(user, roles=("patient",), patientTaxId=patient)
@@ -59,7 +63,12 @@ class Rig:
 
     def settled(self) -> bool:
         """Whether the dispatcher read every entry of the tenant's stream and acknowledged each."""
-        redis, stream = plain_redis(self.redis_url), stream_key(shard_of("t1", 16))
+        shard = shard_of("t1", 16)
+        if self.redis_url is None:
+            bus = self.server.node.bus
+            group = bus.groups.get(GROUP)
+            return group is not None and not group[shard].pending and group[shard].delivered == bus.last(shard)
+        redis, stream = plain_redis(self.redis_url), stream_key(shard)
         groups = [g for g in redis.xinfo_groups(stream) if g["name"] == GROUP.encode()]
         return bool(groups) and not groups[0]["pending"] and (
             groups[0]["last-delivered-id"] == redis.xinfo_stream(stream)["last-generated-id"])
@@ -75,13 +84,14 @@ async def wait_until_async(read, wanted, timeout: float = 10) -> None:
             await trio.sleep(0.02)
 
 
-async def start_rig(nursery, tmp_path, redis_url: str, **push) -> Rig:
-    flush_redis(redis_url)
+async def start_rig(nursery, tmp_path, redis_url: str | None, **push) -> Rig:
+    """Push on a node on Redis with an ``rtserver push`` dispatcher beside it, or (without
+    ``redis_url``) on a node on the memory bus that pushes itself."""
     credentials = Credentials(tmp_path)
     fcm, apns = FcmStandIn(credentials), ApnsStandIn(credentials)
     await nursery.start(fcm.serve)
     await nursery.start(apns.serve)
-    config = server_config(bus={"redis_url": redis_url}, push={
+    config = server_config(bus={"redis_url": redis_url or ""}, push={
         "enabled": True, "quiet_s": 0, "live_grace_s": 0.2, "live_renew_s": 1, "timeout_s": 5,
         "backoff_initial_s": 0.05, "poll_s": 0.02, "max_devices_per_user": 2,
         "fcm": {"service_account_file": fcm.service_account_file(), "endpoint": fcm.url,
@@ -91,23 +101,30 @@ async def start_rig(nursery, tmp_path, redis_url: str, **push) -> Rig:
         **push})
     node = Node(config)
     server = Server(node, await nursery.start(node.run))
-    bus = RedisBus.for_config(config)
-    dispatcher = Dispatcher(config.push, bus)
+    if redis_url is None:
+        dispatcher, live = node.push, node.backends.live_users
+    else:
+        bus = RedisBus.for_config(config)
+        dispatcher, live = Dispatcher.on_redis(config.push, bus), RedisLiveUsers(node.bus.link, node.bus.shards)
 
-    async def run_dispatcher(task_status=trio.TASK_STATUS_IGNORED) -> None:
-        async with bus.commands():
-            await dispatcher.run(task_status=task_status)
+        async def run_dispatcher(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            async with bus.commands():
+                await dispatcher.run(task_status=task_status)
 
-    await nursery.start(run_dispatcher)
-    rig = Rig(server, fcm, apns, dispatcher, redis_url)
+        await nursery.start(run_dispatcher)
+    rig = Rig(server, fcm, apns, dispatcher, live, redis_url)
     await rig.appointment(rooms=("tenant:t1",))  # the groups exist (created at $) once this is read
     await wait_until(rig.settled)
     return rig
 
 
-@pytest.fixture
-async def rig(nursery, tmp_path, redis_url) -> Rig:
-    return await start_rig(nursery, tmp_path, redis_url)
+@pytest.fixture(params=["redis", "memory"])
+async def rig(request, nursery, tmp_path) -> Rig:
+    if request.param == "redis":
+        redis_url = request.getfixturevalue("redis_url")
+        flush_redis(redis_url)
+        return await start_rig(nursery, tmp_path, redis_url)
+    return await start_rig(nursery, tmp_path, None)
 
 
 async def test_devices_register_through_an_authenticated_endpoint(rig):
@@ -177,7 +194,7 @@ async def test_users_with_no_live_connection_get_a_discreet_notice_on_each_platf
 
 async def test_a_connected_user_gets_no_push_until_their_connection_is_gone(rig):
     await rig.register("portal", rig.patient_token(), "fcm", FCM_TOKEN)
-    live = LiveUsers(rig.server.node.bus.link, rig.server.node.bus.shards)
+    live = rig.live
     async with open_client(rig.server.ws("portal"), rig.patient_token()) as client:
         await wait_until_async(lambda: live.connected("t1", ["pat-1"]), {"pat-1"})
         assert b"\nrt_connected_users 1.0" in rig.server.node.metrics.render()
@@ -195,11 +212,12 @@ async def test_a_connected_user_gets_no_push_until_their_connection_is_gone(rig)
 
 
 async def test_every_transport_on_any_node_counts_as_connected(nursery, tmp_path, redis_url):
+    flush_redis(redis_url)
     rig = await start_rig(nursery, tmp_path, redis_url, live_grace_s=3)
     other = Node(rig.server.node.config)  # a second node on the same Redis
     other_server = Server(other, await nursery.start(other.run))
     await rig.register("portal", rig.patient_token(), "fcm", FCM_TOKEN)
-    live = LiveUsers(rig.server.node.bus.link, rig.server.node.bus.shards)
+    live = rig.live
     async with open_sse(other_server.http, rig.patient_token(), ns="portal") as sse:
         await sse.next()  # hello
         await wait_until_async(lambda: live.connected("t1", ["pat-1"]), {"pat-1"})
@@ -269,6 +287,7 @@ async def test_provider_failures_are_retried_and_expired_credentials_renewed(rig
 
 
 async def test_after_a_push_a_user_is_quiet_for_a_while(nursery, tmp_path, redis_url):
+    flush_redis(redis_url)
     rig = await start_rig(nursery, tmp_path, redis_url, quiet_s=30)
     await rig.register("portal", rig.patient_token(), "fcm", FCM_TOKEN)
     ids = [await rig.appointment() for _ in range(3)]
@@ -286,8 +305,8 @@ async def test_push_is_off_by_default(nursery, redis_url, tmp_path):
         answer = await http.post("/hub/push/devices", json={"platform": "apns", "token": APNS_TOKEN},
                                  headers={"authorization": f"Bearer {server.token()}"})
     assert answer.status_code == 404 and "not enabled" in answer.json()["message"]
-    with pytest.raises(ConfigError, match="needs the Redis bus"):
-        server_config(push={"enabled": True})
+    with pytest.raises(ConfigError, match="needs a provider"):
+        server_config(push={"enabled": True})  # on the memory bus, the node would push itself
     config = tmp_path / "push.toml"
     config.write_text(f'[bus]\nredis_url = "{redis_url}"\n[push]\nenabled = true\n')
     refused = subprocess.run([sys.executable, "-m", "rtserver", "push", "--config", str(config)],

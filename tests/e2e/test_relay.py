@@ -183,10 +183,10 @@ async def test_concurrent_writers_committing_out_of_order_lose_nothing_and_keep_
     async with trio.open_nursery() as writers:
         for name in range(8):
             writers.start_soon(writer, name)
-    ids = await outbox.wait_stream(len(committed))
-    await trio.sleep(0.5)
-    entries = outbox.redis.xrange(T1_STREAM)
-    assert sorted(ids) == sorted(committed) and len(entries) == len(committed)
+    [sentinel] = await outbox.commit_rows(1)  # committed after every writer: relayed after all of theirs
+    ids = await outbox.wait_stream(len(committed) + 1)
+    assert ids[-1] == sentinel and sorted(ids[:-1]) == sorted(committed)  # nothing more, nothing twice
+    entries = outbox.redis.xrange(T1_STREAM)[:-1]
     versions: dict[str, list[int]] = {}
     for _, fields in entries:
         data = json.loads(fields[b"data"])

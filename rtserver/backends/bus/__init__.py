@@ -27,6 +27,7 @@ import trio
 
 from protocol.cursors import Cursor, shard_of
 from protocol.envelope import Envelope, Inbound, StoredEvent
+from protocol.session import RoomHistory
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,20 +51,6 @@ class History:
 
 #: History events read per bus call.
 HISTORY_PAGE = 500
-
-
-@dataclass(frozen=True, slots=True)
-class RoomHistory:
-    """A tenant's rooms after a cursor: (event, room) pairs in stream order, one per room
-    an event went to."""
-
-    events: list[tuple[StoredEvent, str]]
-    #: False when the history cannot reach back (trimmed, another epoch, another shard).
-    recovered: bool
-    #: Where the pairs end (the shard's head when not recovered).
-    cursor: Cursor
-    #: True when ``limit`` was reached before the end of the history.
-    more: bool
 
 
 class Bus(Protocol):

@@ -16,14 +16,13 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 import trio
 
 from protocol.envelope import StoredEvent
 from protocol.errors import ReplyError
-from rtserver.backends.bus.redis import RedisBus, stream_key
-from rtserver.backends.redis_client import stream_entries
 from rtserver.backends.retry import Backoff
 
 log = structlog.get_logger("rtserver.bus.groups")
@@ -40,101 +39,23 @@ class Batch:
     entry_ids: list[str] = field(default_factory=list)
 
 
-class _GroupLost(Exception):
-    """A stream was lost with its group (``NOGROUP``): the groups are made again."""
-
-
-def _is_group_lost(error: Exception) -> bool:
-    return "NOGROUP" in str(error)
-
-
-def _raised(answers: list) -> list:
-    """The answers of a pipeline that kept ``NOGROUP`` answers in place; ``_GroupLost``
-    when there is one."""
-    if any(isinstance(answer, Exception) for answer in answers):
-        raise _GroupLost
-    return answers
-
-
-class ShardGroup:
-    def __init__(self, bus: RedisBus, group: str, consumer: str, *, batch: int, claim_idle_s: float,
-                 poll_s: float, start: str = "0") -> None:
-        """``start``: where a group created now begins (``0``: the whole retained stream;
-        ``$``: new entries only)."""
-        self._bus = bus
-        self.group = group
-        self.consumer = consumer
-        self._batch = batch
-        self.claim_idle_s = claim_idle_s
-        self._poll_s = poll_s
-        self._start = start
-        self._grouped: set[int] = set()  # shards whose group this consumer made sure exists
-        self._claim_at = 0.0
-
-    async def _ensure_groups(self) -> None:
-        missing = [s for s in range(self._bus.shards) if s not in self._grouped]
-        if not missing:
-            return
-        await self._bus.link.execute([("XGROUP", "CREATE", stream_key(shard), self.group, self._start, "MKSTREAM")
-                                 for shard in missing], keep=lambda error: "BUSYGROUP" in str(error))  # made already
-        self._grouped.update(missing)
+class ConsumerGroup(Protocol):
+    group: str
+    consumer: str
+    claim_idle_s: float
 
     async def read(self) -> list[Batch]:
-        """New entries of every shard for this consumer (and, every ``claim_idle_s``, the
-        entries a stopped consumer left pending); polls every ``poll_s`` when idle."""
-        while True:
-            try:
-                await self._ensure_groups()
-                batches = await self._claim() if trio.current_time() >= self._claim_at else []
-                batches += await self._read_new()
-            except _GroupLost:
-                self._grouped.clear()  # a stream was lost with its group: make them again
-                continue
-            if batches:
-                return batches
-            await trio.sleep(self._poll_s)
-
-    async def _read_new(self) -> list[Batch]:
-        reads = [("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", self._batch, "STREAMS",
-                  stream_key(shard), ">") for shard in range(self._bus.shards)]
-        batches = []
-        for shard, answer in enumerate(_raised(await self._bus.link.execute(reads, keep=_is_group_lost))):
-            for _key, entries in answer or ():
-                if entries:
-                    batches.append(self._parsed(shard, stream_entries(entries)))
-        return batches
-
-    async def _claim(self) -> list[Batch]:
-        self._claim_at = trio.current_time() + self.claim_idle_s
-        claims = [("XAUTOCLAIM", stream_key(shard), self.group, self.consumer, int(self.claim_idle_s * 1000), "0-0",
-                   "COUNT", self._batch) for shard in range(self._bus.shards)]
-        batches = []
-        for shard, answer in enumerate(_raised(await self._bus.link.execute(claims, keep=_is_group_lost))):
-            claimed, deleted = stream_entries(answer[1]), answer[2] if len(answer) > 2 else []
-            if claimed or deleted:  # deleted: trimmed before anyone handled them, to settle
-                batch = self._parsed(shard, claimed)
-                batch.entry_ids += [d.decode() for d in deleted]
-                batches.append(batch)
-                log.info("group_entries_claimed", group=self.group, shard=shard, claimed=len(claimed),
-                         deleted=len(deleted))
-        return batches
-
-    def _parsed(self, shard: int, entries) -> Batch:
-        events = []
-        for entry_id, fields in entries:
-            event = self._bus.parse_entry(shard, entry_id, fields) if fields else None
-            if event is not None:  # the nodes' live readers dead-letter the others
-                events.append(event)
-        return Batch(shard, events, [e.decode() for e, _ in entries])
+        """Entries of every shard nobody in the group was given yet, and those another
+        consumer left pending for ``claim_idle_s``; waits (polling) until there are some."""
+        ...
 
     async def ack(self, shard: int, entry_ids: list[str]) -> None:
-        if entry_ids:
-            await self._bus.link.call("XACK", stream_key(shard), self.group, *entry_ids)
+        """These entries are handled: nobody is given them again."""
+        ...
 
     async def touch(self, shard: int, entry_ids: list[str]) -> None:
         """Reset the idle time of entries this consumer still works on (nobody claims them)."""
-        if entry_ids:
-            await self._bus.link.call("XCLAIM", stream_key(shard), self.group, self.consumer, 0, *entry_ids, "JUSTID")
+        ...
 
 
 def consumer_name() -> str:
@@ -154,7 +75,7 @@ class GroupWorker:
     acknowledgement lost with it leaves its entry to be claimed and handled again.
     """
 
-    def __init__(self, group: ShardGroup, *, in_flight: int, select: Callable[[StoredEvent], bool],
+    def __init__(self, group: ConsumerGroup, *, in_flight: int, select: Callable[[StoredEvent], bool],
                  handle: Callable[[StoredEvent], Awaitable[bool]]) -> None:
         self._group = group
         self._select = select

@@ -4,7 +4,8 @@ Per shard: a list of stored events (bounded by ``retention``; trimming remembers
 newest offset it dropped, so an older cursor answers ``recovered=False``), an epoch drawn
 at start (a restarted process is a new stream), and a bounded window of seen ids.
 Appending waits when a live subscriber's channel is full: publishers slow down, nothing
-is dropped.
+is dropped. The bus also holds its consumer groups' state (``MemoryGroup``), as a Redis
+stream does.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import bisect
 import collections
 import secrets
 import time
+from dataclasses import dataclass, field
 
 import trio
 
 from protocol.cursors import Cursor, Offset, shard_of
 from protocol.envelope import Envelope, Inbound, StoredEvent
 from rtserver.backends.bus import AppendResult, History, broadcast, ephemeral_event, live_feed
+from rtserver.backends.bus.groups import Batch
 from rtserver.backends.config import BusConfig
 
 _ZERO = Offset(0, 0)
@@ -45,6 +48,8 @@ class MemoryBus:
         self.epoch = epoch or secrets.token_hex(4)
         self._shards = [_Shard() for _ in range(config.shards)]
         self._subscribers: list[trio.MemorySendChannel[StoredEvent]] = []
+        #: Consumer groups by name: per shard, what was given out and is pending.
+        self.groups: dict[str, list[_GroupShard]] = {}
 
     def ready(self) -> bool:
         return True
@@ -139,3 +144,94 @@ class MemoryBus:
 
     def subscribe(self, capacity: int):
         return live_feed(self._subscribers, capacity)
+
+    def retained_after(self, shard: int, offset: Offset, limit: int) -> list[StoredEvent]:
+        """At most ``limit`` retained events of ``shard`` after ``offset`` (from the oldest
+        retained one when ``offset`` was trimmed away)."""
+        state = self._shards[shard]
+        lo = bisect.bisect_right(state.events, offset, lo=state.start, key=lambda e: e.offset)
+        return state.events[lo : lo + limit]
+
+    def last(self, shard: int) -> Offset:
+        return self._shards[shard].last
+
+
+@dataclass(slots=True)
+class _Pending:
+    consumer: str
+    since: float  # trio time it was given (or touched)
+    event: StoredEvent
+
+
+@dataclass(slots=True)
+class _GroupShard:
+    delivered: Offset  # the newest entry given out
+    pending: dict[str, _Pending] = field(default_factory=dict)  # entry id -> whose, since when
+
+
+class MemoryGroup:
+    """A consumer group of the memory bus (the contract: ``rtserver.backends.bus.groups``)."""
+
+    def __init__(self, bus: MemoryBus, group: str, consumer: str, *, batch: int, claim_idle_s: float,
+                 poll_s: float, start: str = "0") -> None:
+        """``start``: where a group created now begins (``0``: the whole retained stream;
+        ``$``: new entries only)."""
+        self._bus = bus
+        self.group = group
+        self.consumer = consumer
+        self._batch = batch
+        self.claim_idle_s = claim_idle_s
+        self._poll_s = poll_s
+        self._start = start
+        self._claim_at = 0.0
+
+    @property
+    def _shards(self) -> list[_GroupShard]:
+        """The group's state, made at the first read of any of its consumers (as on Redis)."""
+        bus = self._bus
+        if self.group not in bus.groups:
+            bus.groups[self.group] = [_GroupShard(bus.last(shard) if self._start == "$" else _ZERO)
+                                      for shard in range(bus.shards)]
+        return bus.groups[self.group]
+
+    async def read(self) -> list[Batch]:
+        while True:
+            now = trio.current_time()
+            batches = self._claim(now) if now >= self._claim_at else []
+            for shard, state in enumerate(self._shards):
+                events = self._bus.retained_after(shard, state.delivered, self._batch)
+                if events:
+                    state.delivered = events[-1].offset
+                    for event in events:
+                        state.pending[str(event.offset)] = _Pending(self.consumer, now, event)
+                    batches.append(Batch(shard, events, [str(event.offset) for event in events]))
+            if batches:
+                await trio.lowlevel.checkpoint()
+                return batches
+            await trio.sleep(self._poll_s)
+
+    def _claim(self, now: float) -> list[Batch]:
+        self._claim_at = now + self.claim_idle_s
+        batches = []
+        for shard, state in enumerate(self._shards):
+            idle = [(entry_id, pending) for entry_id, pending in state.pending.items()
+                    if now - pending.since >= self.claim_idle_s][:self._batch]
+            for _, pending in idle:
+                pending.consumer, pending.since = self.consumer, now
+            if idle:
+                batches.append(Batch(shard, [p.event for _, p in idle], [entry_id for entry_id, _ in idle]))
+        return batches
+
+    async def ack(self, shard: int, entry_ids: list[str]) -> None:
+        pending = self._shards[shard].pending
+        for entry_id in entry_ids:
+            pending.pop(entry_id, None)
+        await trio.lowlevel.checkpoint()
+
+    async def touch(self, shard: int, entry_ids: list[str]) -> None:
+        now = trio.current_time()
+        pending = self._shards[shard].pending
+        for entry_id in entry_ids:
+            if (entry := pending.get(entry_id)) is not None:
+                entry.consumer, entry.since = self.consumer, now
+        await trio.lowlevel.checkpoint()

@@ -1,5 +1,5 @@
-"""What the nodes and the push dispatcher share in Redis: registered devices, connected
-users, and each user's quiet period.
+"""The push stores in Redis, shared by the nodes and the push dispatcher (the contract:
+``rtserver.backends.push_store``).
 
 Keys, under the tenant's shard hash tag (one slot per tenant, so a Redis Cluster works):
 
@@ -77,7 +77,7 @@ def _key(shards: int, kind: str, tenant: str, name: str) -> str:
 HOLD_BATCH = 5000
 
 
-class DeviceStore:
+class RedisDevices:
     def __init__(self, link: RedisLink, shards: int, *, ttl_s: int, max_per_user: int) -> None:
         self._link = link
         self._shards = shards
@@ -91,8 +91,6 @@ class DeviceStore:
         return _key(self._shards, "room", tenant, room)
 
     async def register(self, tenant: str, user: str, rooms: list[str], registration: Registration) -> list[str]:
-        """Register (or renew) a device of ``user`` for ``rooms`` (``user:<user>`` first); the
-        tokens of the user's devices forgotten to stay within the limit."""
         device = Device(registration.platform, user, rooms, int(time.time() * 1000))
         keys = [self._device_key(tenant, registration.token), *(self._room_key(tenant, r) for r in rooms)]
         [forgotten] = await self._link.scripts(_REGISTER, [(keys, [
@@ -100,14 +98,11 @@ class DeviceStore:
         return [t.decode() for t in forgotten]
 
     async def unregister(self, tenant: str, user: str, rooms: list[str], token: str) -> bool:
-        """Forget ``token`` if it is ``user``'s device; whether it was."""
         keys = [self._device_key(tenant, token), *(self._room_key(tenant, r) for r in rooms)]
         [removed] = await self._link.scripts(_UNREGISTER, [(keys, [token, user])])
         return bool(removed)
 
     async def devices(self, tenant: str, rooms: list[str]) -> dict[str, Device]:
-        """The devices registered for any of ``rooms``, by token; stale index entries found
-        on the way are removed."""
         indexes = await self._link.execute([("HGETALL", self._room_key(tenant, room)) for room in rooms])
         indexed = [(room, token.decode(), record)
                    for room, flat in zip(rooms, indexes)
@@ -126,21 +121,17 @@ class DeviceStore:
         return found
 
     async def drop(self, tenant: str, token: str, device: Device) -> None:
-        """Forget a device a provider called invalid."""
         await self._link.execute([("DEL", self._device_key(tenant, token)),
                                  *(("HDEL", self._room_key(tenant, room), token) for room in device.rooms)])
 
     async def quiet(self, tenant: str, user: str, quiet_s: float) -> bool:
-        """Start ``user``'s quiet period unless one is running; whether it started (push)."""
         if quiet_s <= 0:
             return True
         return bool(await self._link.call("SET", _key(self._shards, "quiet", tenant, user), b"1",
                                          "PX", int(quiet_s * 1000), "NX"))
 
 
-class LiveUsers:
-    """Which users have a connection on some node: each node (``holder``) holds a lease
-    per user it serves."""
+class RedisLiveUsers:
 
     def __init__(self, link: RedisLink, shards: int) -> None:
         self._link = link
@@ -148,8 +139,6 @@ class LiveUsers:
 
     async def hold(self, holder: str, connected: list[tuple[str, str]], gone: list[tuple[str, str]], *,
                    lease_s: float, grace_s: float) -> None:
-        """Hold the ``connected`` (tenant, user) pairs for ``lease_s``; let the ``gone`` ones
-        go after ``grace_s``."""
         now = time.time()
         leases = [(pair, now + lease_s) for pair in connected] + [(pair, now + grace_s) for pair in gone]
         for start in range(0, len(leases), HOLD_BATCH):
@@ -160,7 +149,6 @@ class LiveUsers:
             await self._link.execute(commands)
 
     async def connected(self, tenant: str, users: list[str]) -> set[str]:
-        """Those of ``users`` some node holds now."""
         now = int(time.time() * 1000)
         counts = await self._link.execute([("ZCOUNT", _key(self._shards, "live", tenant, user), now, "+inf")
                                           for user in users])

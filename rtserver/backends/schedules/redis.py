@@ -24,8 +24,9 @@ import contextlib
 from protocol.coalesce import offset_before
 from protocol.cursors import Cursor, Offset, shard_of
 from protocol.schedules import Snapshot, Update, decode_item, item_encoder
-from rtserver.backends.bus.groups import Batch, ShardGroup
+from rtserver.backends.bus.groups import Batch
 from rtserver.backends.bus.redis import RedisBus, stream_key
+from rtserver.backends.bus.redis_groups import RedisGroup
 from rtserver.backends.config import SchedulesConfig
 
 GROUP = "rt:schedules"
@@ -79,7 +80,7 @@ class RedisSchedules:
     def __init__(self, bus: RedisBus, config: SchedulesConfig, consumer: str) -> None:
         self._bus = bus
         self._config = config
-        self._group = ShardGroup(bus, GROUP, consumer, batch=config.batch, claim_idle_s=config.claim_idle_s,
+        self._group = RedisGroup(bus, GROUP, consumer, batch=config.batch, claim_idle_s=config.claim_idle_s,
                                  poll_s=config.poll_ms / 1000)
 
     def opened(self) -> contextlib.AbstractContextManager[None]:
