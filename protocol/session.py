@@ -11,7 +11,7 @@ out the step it is given and reports what came of it::
     while not step.final:
         step = <carry out step, then call the method it names with the result>
 
-The promises (docs/protocol.md, Resuming), each a test in tests/protocol/test_session.py:
+The promises (docs/protocol.md, Cursors and resumption), each a test in tests/protocol/test_session.py:
 
 * the answer comes before any event of the rooms; it says whether the history reached
   back to the cursor (``recovered``; None without a cursor) and carries the cursor to

@@ -16,7 +16,6 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import structlog
 import trio
@@ -39,23 +38,35 @@ class Batch:
     entry_ids: list[str] = field(default_factory=list)
 
 
-class ConsumerGroup(Protocol):
-    group: str
-    consumer: str
-    claim_idle_s: float
+class ConsumerGroup:
+    """One consumer (``consumer``) of the group ``group`` on every shard of a bus: the
+    interface, and the settings every implementation shares."""
+
+    def __init__(self, group: str, consumer: str, *, batch: int, claim_idle_s: float, poll_s: float,
+                 start: str = "0") -> None:
+        """``batch``: entries read per shard per read; ``poll_s``: the pause between reads
+        that found nothing; ``start``: where a group made now begins (``0``: the whole
+        retained stream; ``$``: new entries only)."""
+        self.group = group
+        self.consumer = consumer
+        self._batch = batch
+        self.claim_idle_s = claim_idle_s
+        self._poll_s = poll_s
+        self._start = start
+        self._claim_at = 0.0  # when to look for entries left pending next
 
     async def read(self) -> list[Batch]:
         """Entries of every shard nobody in the group was given yet, and those another
         consumer left pending for ``claim_idle_s``; waits (polling) until there are some."""
-        ...
+        raise NotImplementedError
 
     async def ack(self, shard: int, entry_ids: list[str]) -> None:
         """These entries are handled: nobody is given them again."""
-        ...
+        raise NotImplementedError
 
     async def touch(self, shard: int, entry_ids: list[str]) -> None:
         """Reset the idle time of entries this consumer still works on (nobody claims them)."""
-        ...
+        raise NotImplementedError
 
 
 def consumer_name() -> str:

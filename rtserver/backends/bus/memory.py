@@ -21,7 +21,7 @@ import trio
 from protocol.cursors import Cursor, Offset, shard_of
 from protocol.envelope import Envelope, Inbound, StoredEvent
 from rtserver.backends.bus import AppendResult, History, broadcast, ephemeral_event, live_feed
-from rtserver.backends.bus.groups import Batch
+from rtserver.backends.bus.groups import Batch, ConsumerGroup
 from rtserver.backends.config import BusConfig
 
 _ZERO = Offset(0, 0)
@@ -169,21 +169,12 @@ class _GroupShard:
     pending: dict[str, _Pending] = field(default_factory=dict)  # entry id -> whose, since when
 
 
-class MemoryGroup:
+class MemoryGroup(ConsumerGroup):
     """A consumer group of the memory bus (the contract: ``rtserver.backends.bus.groups``)."""
 
-    def __init__(self, bus: MemoryBus, group: str, consumer: str, *, batch: int, claim_idle_s: float,
-                 poll_s: float, start: str = "0") -> None:
-        """``start``: where a group created now begins (``0``: the whole retained stream;
-        ``$``: new entries only)."""
+    def __init__(self, bus: MemoryBus, group: str, consumer: str, **settings) -> None:
+        super().__init__(group, consumer, **settings)
         self._bus = bus
-        self.group = group
-        self.consumer = consumer
-        self._batch = batch
-        self.claim_idle_s = claim_idle_s
-        self._poll_s = poll_s
-        self._start = start
-        self._claim_at = 0.0
 
     @property
     def _shards(self) -> list[_GroupShard]:

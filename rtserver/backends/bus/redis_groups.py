@@ -12,7 +12,7 @@ from __future__ import annotations
 import structlog
 import trio
 
-from rtserver.backends.bus.groups import Batch
+from rtserver.backends.bus.groups import Batch, ConsumerGroup
 from rtserver.backends.bus.redis import RedisBus, stream_key
 from rtserver.backends.redis_client import stream_entries
 
@@ -35,20 +35,11 @@ def _raised(answers: list) -> list:
     return answers
 
 
-class RedisGroup:
-    def __init__(self, bus: RedisBus, group: str, consumer: str, *, batch: int, claim_idle_s: float,
-                 poll_s: float, start: str = "0") -> None:
-        """``start``: where a group created now begins (``0``: the whole retained stream;
-        ``$``: new entries only)."""
+class RedisGroup(ConsumerGroup):
+    def __init__(self, bus: RedisBus, group: str, consumer: str, **settings) -> None:
+        super().__init__(group, consumer, **settings)
         self._bus = bus
-        self.group = group
-        self.consumer = consumer
-        self._batch = batch
-        self.claim_idle_s = claim_idle_s
-        self._poll_s = poll_s
-        self._start = start
         self._grouped: set[int] = set()  # shards whose group this consumer made sure exists
-        self._claim_at = 0.0
 
     async def _ensure_groups(self) -> None:
         missing = [s for s in range(self._bus.shards) if s not in self._grouped]
@@ -59,8 +50,6 @@ class RedisGroup:
         self._grouped.update(missing)
 
     async def read(self) -> list[Batch]:
-        """New entries of every shard for this consumer (and, every ``claim_idle_s``, the
-        entries a stopped consumer left pending); polls every ``poll_s`` when idle."""
         while True:
             try:
                 await self._ensure_groups()
@@ -111,6 +100,5 @@ class RedisGroup:
             await self._bus.link.call("XACK", stream_key(shard), self.group, *entry_ids)
 
     async def touch(self, shard: int, entry_ids: list[str]) -> None:
-        """Reset the idle time of entries this consumer still works on (nobody claims them)."""
         if entry_ids:
             await self._bus.link.call("XCLAIM", stream_key(shard), self.group, self.consumer, 0, *entry_ids, "JUSTID")
