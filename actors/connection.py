@@ -44,8 +44,8 @@ from actors.writer import Writer
 from protocol.catalog import Catalog, Namespace
 from protocol.cursors import Cursor, shard_of
 from protocol.envelope import Inbound
-from protocol.errors import CloseCode, Disconnect, ReplyError
-from protocol.frames import Emit, Evt, Hello, ServerFrame, error_frame
+from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
+from protocol.frames import ClientFrame, Emit, Evt, Hello, Ping, ServerFrame, Sub, Unsub, error_frame
 from protocol.presence import PresenceState
 from protocol.rooms import RoomKind, parse_room, room_key
 from protocol.session import (
@@ -53,7 +53,7 @@ from protocol.session import (
 )
 from protocol.states import CONNECTION_TRANSITIONS, ConnectionState, advance
 from protocol.wires import FRAMES, Wire
-from rtserver.backends.auth import Claims, auto_rooms
+from rtserver.backends.auth import Claims, authorize_room, auto_rooms
 from rtserver.backends.boundary import contained
 from rtserver.backends.bus import HISTORY_PAGE, Bus, read_rooms
 from rtserver.backends.config import Config
@@ -289,8 +289,9 @@ class Connection:
         """The rooms joined at the start: the token's own, then those the request named."""
         return list(dict.fromkeys(auto_rooms(self.claims, self.ns) + list(self._joining.rooms)))
 
-    def _answer(self, answer: Answer, rooms: list[str], ref: int | None) -> None:
-        """Answer a join before any event of its rooms: the start's ``hello`` here."""
+    def _answer(self, answer: Answer, rooms: list[str], sub: Sub | None) -> None:
+        """Answer a join before any event of its rooms: the start's ``hello`` here (a
+        ``sub``'s answer is the transport's)."""
         self._send(Hello(
             session=self.session,
             rooms=rooms,
@@ -363,10 +364,10 @@ class Connection:
             self._s.presence.switch_nowait(self.presence_id, SWITCHES[event])
 
     # -- joining, with resumption --------------------------------------------------------
-    async def _join(self, names: list[str], since: Cursor | None, ref: int | None = None) -> None:
+    async def _join(self, names: list[str], since: Cursor | None, sub: Sub | None = None) -> None:
         """Join ``names`` (resuming from ``since``, if given) by carrying out the steps of
         ``protocol.session.Join``: the answer before any event of the rooms (``hello`` at
-        the start, the ``ack`` of ``ref`` for a ``sub``), the snapshots, the missed events a
+        the start, the answer to ``sub`` for a ``sub``), the snapshots, the missed events a
         page at a time (the next read once the client's socket took the previous one), and
         the hand-over to the rooms' live delivery."""
         join = Join(names, since, self._joining.fresh)
@@ -378,7 +379,7 @@ class Connection:
             while not step.final:
                 if type(step) is Send:
                     if step.answer is not None:
-                        self._answer(step.answer, names, ref)
+                        self._answer(step.answer, names, sub)
                         answered = True
                     for frame in step.frames:
                         self._send(frame)
@@ -438,6 +439,120 @@ class Connection:
 
     def _send_error(self, err: ReplyError, ref: int | None) -> None:
         self._send(error_frame(err, ref))
+
+
+class TokenBucket:
+    """Inbound rate limit: ``rate`` tokens per second, at most ``burst`` saved."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp", "refused_in_a_row")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = trio.current_time()
+        self.refused_in_a_row = 0
+
+    def take(self) -> bool:
+        now = trio.current_time()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.refused_in_a_row = 0
+            return True
+        self.refused_in_a_row += 1
+        return False
+
+
+class CommandConnection(Connection):
+    """A connection whose client sends commands over its own socket (``sub``, ``unsub``,
+    ``emit``, ``ping``): the WebSocket and Socket.IO transports. Commands run one at a
+    time; each is answered by the transport (``_done``, ``_refused``), a ``sub`` before any
+    event of its room."""
+
+    __slots__ = ("_bucket",)
+
+    def __init__(self, sock: socket.socket, **kwargs) -> None:
+        super().__init__(sock, **kwargs)
+        cfg = self._s.config.connection
+        self._bucket = TokenBucket(cfg.inbound_rate, cfg.inbound_burst)
+
+    def _within_rate(self) -> bool:
+        """Whether the client may send one more command now; past the limit it is refused,
+        and closed after ``rate_limit_close_after`` refusals in a row."""
+        if self._bucket.take():
+            return True
+        self._s.metrics.rate_limited.inc()
+        if self._bucket.refused_in_a_row >= self._s.config.connection.rate_limit_close_after:
+            self.close(CloseCode.RATE_LIMITED)
+        return False
+
+    async def _command(self, frame: ClientFrame) -> None:
+        """Carry out one command and answer it (a refusal too)."""
+        self._s.metrics.count_inbound(frame, self._s.catalog)
+        try:
+            if isinstance(frame, Sub):
+                await self._on_sub(frame)
+            elif isinstance(frame, Unsub):
+                self._on_unsub(frame)
+            elif isinstance(frame, Emit):
+                await self._on_emit(frame)
+            elif isinstance(frame, Ping):
+                self._done(frame)
+        except ReplyError as err:
+            self._log("command_refused", op=type(frame).__name__.lower(), code=int(err.code), error=err.message)
+            self._refused(err, frame)
+
+    def _done(self, frame: ClientFrame, answer: Answer | None = None) -> None:
+        """Answer a command carried out (a ``sub``: with its join's ``answer``, if it joined)."""
+        raise NotImplementedError
+
+    def _refused(self, err: ReplyError, frame: ClientFrame | None) -> None:
+        """Answer a command refused (None: one that could not be read)."""
+        raise NotImplementedError
+
+    def _answer(self, answer: Answer, rooms: list[str], sub: Sub | None) -> None:
+        if sub is None:
+            super()._answer(answer, rooms, sub)
+        else:
+            self._done(sub, answer)
+
+    async def _on_sub(self, frame: Sub) -> None:
+        authorize_room(self.claims, self.ns, frame.room)
+        since = Cursor.parse(frame.since) if frame.since else None
+        if frame.room not in self._rooms and len(self._rooms) >= self._s.config.connection.max_rooms:
+            raise ReplyError(ReplyCode.TOO_MANY_ROOMS, "too many rooms on this connection")
+        if frame.room in self._rooms and since is None:
+            self._done(frame)
+            return
+        if frame.room in self._rooms:
+            self._rooms.pop(frame.room).remove(self.session)
+        await self._join([frame.room], since, frame)
+        self._log("sub", room=frame.room, since=frame.since)
+
+    def _on_unsub(self, frame: Unsub) -> None:
+        room = self._rooms.pop(frame.room, None)
+        if room is None:
+            raise ReplyError(ReplyCode.NOT_SUBSCRIBED, f"not subscribed to {frame.room!r}")
+        room.remove(self.session)
+        self._done(frame)
+        self._log("unsub", room=frame.room)
+
+    def _joined(self, room: str) -> None:
+        if room not in self._rooms:
+            raise ReplyError(ReplyCode.NOT_SUBSCRIBED, f"{room!r} is not a room you have joined")
+
+    async def _on_emit(self, frame: Emit) -> None:
+        self._s.catalog.check_emit(self.ns, frame.event, frame.data, frame.room, self._joined)
+        if self._present and frame.event == "heartbeat":
+            await self._s.presence.heartbeat(self.presence_id)
+        elif self._present and frame.event in SWITCHES:
+            await self._s.presence.switch(self.presence_id, SWITCHES[frame.event])
+        else:
+            self._typed = self._typed or frame.event in TYPING
+            await emit_anywhere(self._s, self.claims, self.session, frame)
+        self._done(frame)
 
 
 class HttpSession(Connection):

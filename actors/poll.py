@@ -41,6 +41,7 @@ import trio
 from actors.connection import CONNECTION_LOST, Connection, HttpSession
 from protocol.cursors import Cursor
 from protocol.errors import CloseCode, Disconnect
+from protocol.frames import Sub
 from protocol.httpstreams import poll_body
 from protocol.rooms import RoomKind, parse_room
 from protocol.session import Answer, RoomSnapshot
@@ -116,7 +117,7 @@ class PollRequest(HttpSession):
         self._promoting = len(rooms)
         return rooms
 
-    def _answer(self, answer: Answer, rooms: list[str], ref: int | None) -> None:
+    def _answer(self, answer: Answer, rooms: list[str], sub: Sub | None) -> None:
         """The start's answer is the poll's own: its cursor and ``recovered`` go in the body."""
         self._cursor = answer.cursor.encode()
         self._recovered = answer.recovered

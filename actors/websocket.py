@@ -34,51 +34,25 @@ import trio
 import wsproto.connection
 import wsproto.events as ws_events
 
-from actors.connection import (
-    CONNECTION_LOST, SWITCHES, TYPING, Connection, ConnectionServices, Joining, emit_anywhere,
-)
+from actors.connection import CONNECTION_LOST, CommandConnection, ConnectionServices, Joining
 from actors.writer import OutboundQueue
 from protocol.catalog import Namespace
 from protocol.cursors import Cursor
 from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
-from protocol.frames import Ack, Emit, Ping, Pong, Sub, Unsub
+from protocol.frames import Ack, ClientFrame, Emit, Ping, Pong
 from protocol.session import Answer
 from protocol.wires import Wire
 from protocol.wsframes import close_frame
-from rtserver.backends.auth import Claims, authorize_room
+from rtserver.backends.auth import Claims
 from rtserver.backends.sockets import half_close_and_wait_eof
 
 #: Seconds the close handshake may take before the socket is closed anyway.
 CLOSE_TIMEOUT_S = 2.0
 
 
-class TokenBucket:
-    """Inbound rate limit: ``rate`` tokens per second, at most ``burst`` saved."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp", "refused_in_a_row")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.stamp = trio.current_time()
-        self.refused_in_a_row = 0
-
-    def take(self) -> bool:
-        now = trio.current_time()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            self.refused_in_a_row = 0
-            return True
-        self.refused_in_a_row += 1
-        return False
-
-
-class WebSocketConnection(Connection):
+class WebSocketConnection(CommandConnection):
     transport = "websocket"
-    __slots__ = ("_ws", "_bucket", "_partial", "_partial_size")
+    __slots__ = ("_ws", "_partial", "_partial_size")
 
     def __init__(
         self,
@@ -97,7 +71,6 @@ class WebSocketConnection(Connection):
         super().__init__(sock, services=services, claims=claims, ns=ns, wire=wire, session=session, since=since,
                          idle_s=cfg.idle_timeout_s, joining=joining)
         self._ws = ws
-        self._bucket = TokenBucket(cfg.inbound_rate, cfg.inbound_burst)
         self._partial: list[bytes] | None = None  # a message arriving in fragments
         self._partial_size = 0
         self.out = OutboundQueue(sock, services.writer, max_frames=cfg.outbound_max_frames,
@@ -166,75 +139,28 @@ class WebSocketConnection(Connection):
         return False
 
     async def _on_message(self, data: bytes) -> None:
-        metrics = self._s.metrics
-        if not self._bucket.take():
-            metrics.rate_limited.inc()
-            if self._bucket.refused_in_a_row >= self._s.config.connection.rate_limit_close_after:
-                self.close(CloseCode.RATE_LIMITED)
-                return
-            self._send_error(ReplyError(ReplyCode.RATE_LIMITED, "too many commands"), None)
+        if not self._within_rate():
+            if self._disconnect is None:
+                self._send_error(ReplyError(ReplyCode.RATE_LIMITED, "too many commands"), None)
             return
         try:
             frame = self._wire.codec.decode(data)
         except ReplyError as err:
-            metrics.messages_in.labels("invalid").inc()
-            self._send_error(err, None)
+            self._s.metrics.messages_in.labels("invalid").inc()
+            self._refused(err, None)
             return
-        metrics.count_inbound(frame, self._s.catalog)
-        try:
-            if isinstance(frame, Sub):
-                await self._on_sub(frame)
-            elif isinstance(frame, Unsub):
-                self._on_unsub(frame)
-            elif isinstance(frame, Emit):
-                await self._on_emit(frame)
-            elif isinstance(frame, Ping):
-                self._send(Pong(ref=frame.ref))
-        except ReplyError as err:
-            self._log("command_refused", op=type(frame).__name__.lower(), code=int(err.code),
-                      error=err.message)
-            self._send_error(err, frame.ref)
+        await self._command(frame)
 
-    # -- commands ----------------------------------------------------------------------
-    async def _on_sub(self, frame: Sub) -> None:
-        authorize_room(self.claims, self.ns, frame.room)
-        since = Cursor.parse(frame.since) if frame.since else None
-        if frame.room not in self._rooms and len(self._rooms) >= self._s.config.connection.max_rooms:
-            raise ReplyError(ReplyCode.TOO_MANY_ROOMS, "too many rooms on this connection")
-        if frame.room in self._rooms and since is None:
+    # -- answers -----------------------------------------------------------------------
+    def _done(self, frame: ClientFrame, answer: Answer | None = None) -> None:
+        if isinstance(frame, Ping):
+            self._send(Pong(ref=frame.ref))
+        elif isinstance(frame, Emit):
+            self._send(Ack(ref=frame.ref, room=frame.room, event=frame.event))
+        elif answer is not None:
+            self._send(Ack(ref=frame.ref, room=frame.room, recovered=answer.recovered, cursor=answer.cursor.encode()))
+        else:
             self._send(Ack(ref=frame.ref, room=frame.room))
-            return
-        if frame.room in self._rooms:
-            self._rooms.pop(frame.room).remove(self.session)
-        await self._join([frame.room], since, frame.ref)
-        self._log("sub", room=frame.room, since=frame.since)
 
-    def _answer(self, answer: Answer, rooms: list[str], ref: int | None) -> None:
-        """A ``sub`` (``ref``) is answered by its ``ack``; the start by ``hello``."""
-        if ref is None:
-            super()._answer(answer, rooms, ref)
-        else:
-            self._send(Ack(ref=ref, room=rooms[0], recovered=answer.recovered, cursor=answer.cursor.encode()))
-
-    def _on_unsub(self, frame: Unsub) -> None:
-        room = self._rooms.pop(frame.room, None)
-        if room is None:
-            raise ReplyError(ReplyCode.NOT_SUBSCRIBED, f"not subscribed to {frame.room!r}")
-        room.remove(self.session)
-        self._send(Ack(ref=frame.ref, room=frame.room))
-        self._log("unsub", room=frame.room)
-
-    def _joined(self, room: str) -> None:
-        if room not in self._rooms:
-            raise ReplyError(ReplyCode.NOT_SUBSCRIBED, f"{room!r} is not a room you have joined")
-
-    async def _on_emit(self, frame: Emit) -> None:
-        self._s.catalog.check_emit(self.ns, frame.event, frame.data, frame.room, self._joined)
-        if self._present and frame.event == "heartbeat":
-            await self._s.presence.heartbeat(self.id)
-        elif self._present and frame.event in SWITCHES:
-            await self._s.presence.switch(self.id, SWITCHES[frame.event])
-        else:
-            self._typed = self._typed or frame.event in TYPING
-            await emit_anywhere(self._s, self.claims, self.session, frame)
-        self._send(Ack(ref=frame.ref, room=frame.room, event=frame.event))
+    def _refused(self, err: ReplyError, frame: ClientFrame | None) -> None:
+        self._send_error(err, frame.ref if frame is not None else None)

@@ -5,8 +5,12 @@ A broadcast is encoded once per wire and the same bytes go to every connection u
 
 from __future__ import annotations
 
-from protocol.frames import JSON, MSGPACK, Codec, ServerFrame
+import fnmatch
+
+from protocol import socketio
+from protocol.frames import JSON, MSGPACK, Codec, Evt, ServerFrame
 from protocol.httpstreams import sse_message
+from protocol.socketio_events import event_args
 from protocol.wsframes import data_frame
 
 
@@ -53,6 +57,32 @@ WS_MSGPACK = WebSocketWire("ws-msgpack", MSGPACK)
 WS_WIRES = {JSON.name: WS_JSON, MSGPACK.name: WS_MSGPACK}
 SSE_JSON = SseWire("sse-json", JSON)
 POLL_JSON = PollWire("poll-json", JSON)
+
+
+class SocketIOWire(Wire):
+    """Socket.IO ``EVENT`` packets of one namespace, each an Engine.IO ``message`` in a
+    WebSocket text frame (``protocol.socketio_events.event_args``). An event type the
+    namespace does not carry (its ``events`` patterns) encodes to nothing."""
+
+    __slots__ = ("namespace", "_patterns", "_carried")
+
+    def __init__(self, namespace: str, events: list[str]) -> None:
+        super().__init__(f"socketio{namespace}", JSON)
+        self.namespace = namespace
+        self._patterns = tuple(events)
+        self._carried: dict[str, bool] = {}  # event type -> carried (the catalog bounds it)
+
+    def carries(self, event: str) -> bool:
+        carried = self._carried.get(event)
+        if carried is None:
+            carried = self._carried[event] = not self._patterns or any(
+                fnmatch.fnmatchcase(event, pattern) for pattern in self._patterns)
+        return carried
+
+    def frame(self, frame: ServerFrame) -> bytes:
+        if type(frame) is not Evt or not self.carries(frame.event):
+            return b""
+        return data_frame(b"4" + socketio.encode(socketio.PacketType.EVENT, self.namespace, event_args(frame)))
 
 
 class FrameWire(Wire):

@@ -56,6 +56,7 @@ from wsproto import ConnectionType
 
 from actors.connection import Connection, ConnectionServices, Joining
 from actors.poll import PollRequest
+from actors.socketio import EngineIOSocket
 from actors.sse import SseStream
 from actors.websocket import WebSocketConnection
 from protocol.catalog import Namespace
@@ -65,7 +66,7 @@ from protocol.errors import CloseCode, ReplyCode, ReplyError
 from protocol.presence import PresenceState
 from protocol.rooms import is_identifier
 from protocol.upgrade import UpgradeRefused, accept_response, check_upgrade, subprotocols
-from protocol.wires import WS_JSON, WS_WIRES
+from protocol.wires import WS_JSON, WS_WIRES, SocketIOWire
 from protocol.wsframes import close_frame
 from rtserver.backends.auth import AuthError, Claims, TokenVerifier, admission, authorize_room
 from rtserver.backends.boundary import contained, internal_error_body
@@ -179,6 +180,11 @@ class Listener:
         for path, handler in post_handlers.items():
             self.routes[path] = Route(functools.partial(self._post, handler=handler, where=_where(path)),
                                       method=b"POST", cross_origin=path.endswith("/commands"))
+        sio = services.config.socketio
+        #: One wire per Socket.IO namespace: a broadcast is encoded once per namespace.
+        self._sio_wires = {path: SocketIOWire(path, settings.events) for path, settings in sio.namespaces.items()}
+        if sio.enabled:
+            self.routes[sio.path] = Route(self._socketio, upgrade=True)
         self._sock: socket.socket | None = None
         self._accepting = trio.CancelScope()
 
@@ -533,6 +539,46 @@ class Listener:
             sock.close()
             return None
         return connection
+
+    # -- Socket.IO ---------------------------------------------------------------------------
+    async def _socketio(self, exchange: Exchange) -> Next:
+        """An Engine.IO v4 WebSocket (``?EIO=4&transport=websocket``): an ``EngineIOSocket``
+        actor takes it; its namespaces are admitted one by one, by their CONNECT packets."""
+        sock, parser, request = exchange.sock, exchange.parser, exchange.request
+        query = dict(parse_qsl(urlsplit(request.target.decode("latin-1")).query))
+        refusal = None
+        if query.get("EIO") != "4":
+            refusal = (400, "Engine.IO v4 only (EIO=4)")
+        elif query.get("transport") != "websocket":
+            refusal = (400, "transport=websocket only (socket.io-client: transports: ['websocket'])")
+        else:
+            try:
+                check_upgrade(request.method, request.http_version, request.headers)
+            except UpgradeRefused as refused:
+                refusal = (refused.status, refused.message)
+        headers = _headers(request)
+        if refusal is None and not origin_allowed(headers.get("origin"), headers.get("host", ""),
+                                                  self._config.allowed_origins):
+            refusal = (403, "origin not allowed")
+        if refusal is not None:
+            await self._respond(sock, parser, refusal[0], error_body(*refusal), [(b"connection", b"close")])
+            await _linger_close(sock)
+            return Next.CLOSE
+        ws = wsproto.connection.Connection(ConnectionType.SERVER)
+        if exchange.rest:
+            ws.receive_data(bytes(exchange.rest))
+        engine = EngineIOSocket(sock, ws, services=self._services, verifier=self._verifier,
+                                config=self._services.config.socketio, wires=self._sio_wires,
+                                headers=headers, query=query)
+        if not _send_quietly(sock, accept_response(request.headers, None)):
+            sock.close()
+            return Next.CLOSE
+        self._nursery.start_soon(self._run_engine, engine)
+        return Next.HANDED_OVER
+
+    async def _run_engine(self, engine: EngineIOSocket) -> None:
+        with contained(self._services.metrics, "socketio"):
+            await engine.run()
 
     def _reject(self, sock: socket.socket, parser: h11.Connection, status: int, message: str) -> None:
         body = error_body(status, message)

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from protocol.catalog import Catalog
+from protocol.catalog import Catalog, Namespace
 from rtserver.backends.redis_client import Endpoint
 
 ENV_PREFIX = "RTSERVER_"
@@ -341,6 +341,48 @@ class PushConfig(_Section):
     apns: ApnsConfig = ApnsConfig()
 
 
+class SocketIONamespace(_Section):
+    """One Socket.IO namespace (``docs/socketio.md``): whom it admits and what it carries."""
+
+    #: The rtserver namespace whose audience and rooms it has (``hub``: staff; ``portal``:
+    #: patients and professionals).
+    ns: str = "hub"
+    #: Event types it carries (``fnmatch`` patterns); empty: every event of its rooms.
+    events: list[str] = []
+
+    def __post_init__(self) -> None:
+        if self.ns not in {n.value for n in Namespace}:
+            raise ValueError(f"socketio namespace: ns is one of {sorted(n.value for n in Namespace)}")
+
+
+class SocketIOConfig(_Section):
+    """Socket.IO v5 / Engine.IO v4 clients (socket.io-client v4) at ``path``."""
+
+    enabled: bool = True
+    path: str = "/socket.io/"
+    #: The Engine.IO heartbeat: the server pings this often; a pong must follow within the timeout.
+    ping_interval_ms: int = 25_000
+    ping_timeout_ms: int = 20_000
+    #: Largest Engine.IO payload (bytes) a client may send.
+    max_payload: int = 1_000_000
+    #: Namespaces by path (the seeds' frontends use ``/hub``, ``/portal`` and ``/alerts``).
+    namespaces: dict[str, SocketIONamespace] = msgspec.field(default_factory=lambda: {
+        "/hub": SocketIONamespace(ns="hub"),
+        "/portal": SocketIONamespace(ns="portal"),
+        "/alerts": SocketIONamespace(ns="hub", events=[
+            "critical_alert", "conversation_update", "priority_update", "patient_status_change", "new_patient"]),
+    })
+
+    def __post_init__(self) -> None:
+        if not (self.path.startswith("/") and self.path.endswith("/")):
+            raise ValueError("socketio.path starts and ends with /")
+        if self.ping_interval_ms <= 0 or self.ping_timeout_ms <= 0 or self.max_payload <= 0:
+            raise ValueError("socketio: ping_interval_ms, ping_timeout_ms and max_payload are positive")
+        for name in self.namespaces:
+            if not name.startswith("/") or name == "/":
+                raise ValueError(f"socketio.namespaces: {name!r} is not a namespace path like /hub")
+
+
 class LogConfig(_Section):
     level: str = "info"
 
@@ -357,6 +399,7 @@ class Config(_Section):
     outbox: OutboxConfig = OutboxConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     push: PushConfig = PushConfig()
+    socketio: SocketIOConfig = SocketIOConfig()
     log: LogConfig = LogConfig()
     #: Catalog allow-list overrides: event type -> list of allowed payload fields.
     catalog_fields: dict[str, list[str]] = {}

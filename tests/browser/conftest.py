@@ -6,7 +6,8 @@ offline emulation does not)."""
 from __future__ import annotations
 
 import pytest
-from tests.support.browser import RunningServer, TcpProxy, start_rtserver
+from tests.support.browser import RunningServer, start_rtserver
+from tests.support.net import TcpProxy
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,392 @@
+"""Socket.IO actors: one Engine.IO v4 socket over WebSocket, and a session per namespace it connects.
+
+Contract
+--------
+Mailbox
+    ``EngineIOSocket``: the client's socket (wsproto), read one frame at a time; Engine.IO
+    ``pong`` answers its pings, Socket.IO packets are decoded (``protocol.socketio``,
+    bounded) and a ``CONNECT`` starts a ``SocketIOSession``, an ``EVENT`` becomes an rt.v1
+    command (``protocol.socketio_events``) sent to its namespace's session (a bounded
+    channel), a ``DISCONNECT`` ends that session. ``SocketIOSession``: that channel, one
+    command at a time, as a WebSocket connection carries out its frames.
+Owns
+    The socket, its wsproto state and its one outbound queue (the namespaces share it, so
+    the byte budget and the slow-consumer close are per socket, as on the rt.v1
+    WebSocket), the heartbeat, and its sessions by namespace. Each session is a
+    ``CommandConnection`` of its own: claims, rooms, presence, token expiry.
+Replies
+    The Engine.IO ``open`` packet first; ``2`` (ping) every ``ping_interval_ms``. Per
+    namespace: ``CONNECT {sid, pid}`` (or ``CONNECT_ERROR {message, data: {code, action}}``),
+    the events of its rooms as ``EVENT`` packets encoded once per namespace
+    (``protocol.wires.SocketIOWire``), ``ACK``s to the client's ack ids.
+Failure
+    A packet that breaks the protocol, a missed pong, a slow consumer or the client's close
+    end the whole socket (a WebSocket close; socket.io-client reconnects and recovers); a
+    session that must end on its own (token expired, a ``DISCONNECT``) leaves the others
+    be. An unexpected exception ends this socket alone.
+Blocking
+    On its socket's readability; a session on the bus while it resumes.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import socket
+
+import structlog
+import trio
+import wsproto.connection
+import wsproto.events as ws_events
+
+from actors.connection import CONNECTION_LOST, CommandConnection, ConnectionServices
+from actors.writer import OutboundQueue
+from protocol import engineio, socketio
+from protocol.catalog import Namespace
+from protocol.cursors import Cursor
+from protocol.engineio import EngineIOError
+from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
+from protocol.frames import ClientFrame
+from protocol.session import Answer
+from protocol.socketio import PacketType, SocketIOError
+from protocol.socketio_events import ack_answer, client_frame, error_answer
+from protocol.wires import SocketIOWire
+from protocol.wsframes import close_frame, data_frame
+from rtserver.backends.auth import AuthError, TokenVerifier, admission
+from rtserver.backends.boundary import contained
+from rtserver.backends.config import SocketIOConfig
+from rtserver.backends.sockets import half_close_and_wait_eof
+
+log = structlog.get_logger("rtserver.socketio")
+
+#: Commands a session may have waiting (the socket's reading waits beyond).
+SESSION_MAILBOX = 16
+#: Seconds the close handshake may take before the socket is closed anyway.
+CLOSE_TIMEOUT_S = 2.0
+#: Close codes after which the client should reconnect: the whole socket closes, so that
+#: socket.io-client reconnects by itself and recovers.
+_RECONNECT = frozenset({CloseCode.SERVER_DRAINING, CloseCode.SLOW_CONSUMER, CloseCode.RATE_LIMITED,
+                        CloseCode.INTERNAL_ERROR, CloseCode.TRY_AGAIN_LATER, CloseCode.GOING_AWAY})
+
+
+def message(packet: bytes) -> bytes:
+    """A Socket.IO packet as an Engine.IO ``message`` in a WebSocket text frame."""
+    return data_frame(b"4" + packet)
+
+
+def new_pid(cursor: Cursor) -> str:
+    """A private session id for connection state recovery: random, and the cursor to
+    resume from if the client comes back before any event gave it an offset."""
+    return f"{secrets.token_urlsafe(9)}~{cursor.encode()}"
+
+
+def resume_point(auth: dict) -> tuple[str | None, Cursor | None]:
+    """The pid a reconnecting client sends and the cursor it resumes from (its offset, or
+    the pid's own); (None, None) for a first connection or unreadable ones."""
+    pid, offset = auth.get("pid"), auth.get("offset")
+    if not isinstance(pid, str) or "~" not in pid:
+        return None, None
+    text = offset if isinstance(offset, str) and offset else pid.partition("~")[2]
+    try:
+        return pid, Cursor.parse(text)
+    except ReplyError:
+        return None, None
+
+
+class SocketIOSession(CommandConnection):
+    """One namespace of an Engine.IO socket (see the module's contract)."""
+
+    transport = "socketio"
+    __slots__ = ("_socket", "namespace", "_commands", "_inbox", "_pid")
+
+    def __init__(self, sock: socket.socket, *, socket_: EngineIOSocket, namespace: str, wire: SocketIOWire,
+                 pid: str | None, **session) -> None:
+        super().__init__(sock, wire=wire, idle_s=0, **session)
+        self._socket = socket_
+        self.namespace = namespace
+        self._pid = pid
+        self._commands, self._inbox = trio.open_memory_channel[ClientFrame](SESSION_MAILBOX)
+        self.out = socket_.namespace_out
+
+    def event(self, name: str, args: list, ack_id: int | None) -> None:
+        """A client ``EVENT``: queue its command (never blocks), or answer why it is refused.
+        A client past the rate limit, or with too many commands waiting, is closed."""
+        try:
+            frame = client_frame(name, args, ack_id)
+        except ReplyError as err:
+            self._refused(err, None, ack_id)
+            return
+        if not self._within_rate():
+            if self._disconnect is None:
+                self._refused(ReplyError(ReplyCode.RATE_LIMITED, "too many commands"), frame)
+            return
+        try:
+            self._commands.send_nowait(frame)
+        except trio.WouldBlock:
+            self.close(CloseCode.RATE_LIMITED)
+        except trio.ClosedResourceError:
+            pass  # ending
+
+    async def _serve(self) -> None:
+        async for frame in self._inbox:
+            await self._command(frame)
+
+    async def _finish(self, disconnect: Disconnect) -> None:
+        self._commands.close()
+        self._socket.session_ended(self, disconnect)
+
+    def _send_packet(self, packet_type: PacketType, data: object = None, ack_id: int | None = None) -> None:
+        self.out.push(message(socketio.encode(packet_type, self.namespace, data, ack_id)))
+
+    # -- answers -------------------------------------------------------------------------
+    def _answer(self, answer: Answer, rooms: list[str], sub) -> None:
+        if sub is not None:
+            return super()._answer(answer, rooms, sub)
+        pid = self._pid if answer.recovered and self._pid else new_pid(answer.cursor)
+        self._send_packet(PacketType.CONNECT, {"sid": self.session, "pid": pid})
+
+    def _done(self, frame: ClientFrame, answer: Answer | None = None) -> None:
+        if frame.ref is not None:
+            if answer is None:
+                self._send_packet(PacketType.ACK, [ack_answer(frame)], frame.ref)
+            else:
+                self._send_packet(PacketType.ACK, [ack_answer(frame, answer.recovered, answer.cursor.encode())],
+                                  frame.ref)
+
+    def _refused(self, err: ReplyError, frame: ClientFrame | None, ack_id: int | None = None) -> None:
+        ack_id = frame.ref if frame is not None else ack_id
+        if ack_id is not None:
+            self._send_packet(PacketType.ACK, [error_answer(err)], ack_id)
+
+
+class NamespaceOut:
+    """The socket's outbound queue as its sessions push to it: what a namespace does not
+    carry encodes to nothing (``SocketIOWire``) and is dropped here."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, queue: OutboundQueue) -> None:
+        self._queue = queue
+
+    def push(self, frame: bytes) -> None:
+        if frame:
+            self._queue.push(frame)
+
+    async def wait_flushed(self) -> None:
+        await self._queue.wait_flushed()
+
+
+class EngineIOSocket:
+    """One Engine.IO WebSocket and its Socket.IO sessions (see the module's contract)."""
+
+    def __init__(self, sock: socket.socket, ws: wsproto.connection.Connection, *, services: ConnectionServices,
+                 verifier: TokenVerifier, config: SocketIOConfig, wires: dict[str, SocketIOWire],
+                 headers: dict[str, str], query: dict[str, str]) -> None:
+        self.sid = secrets.token_urlsafe(15)
+        self._sock = sock
+        self._ws = ws
+        self._s = services
+        self._verifier = verifier
+        self._config = config
+        self._wires = wires
+        self._headers = headers
+        self._query = query
+        cfg = services.config.connection
+        self.out = OutboundQueue(sock, services.writer, max_frames=cfg.outbound_max_frames,
+                                 max_bytes=cfg.outbound_max_bytes, owner=self)
+        self.namespace_out = NamespaceOut(self.out)
+        self._sessions: dict[str, SocketIOSession] = {}
+        self._binary: tuple[socketio.Packet, int] | None = None  # a packet waiting for attachments, its size so far
+        self._pong_due = math.inf
+        self._scope = trio.CancelScope()
+        self._disconnect: Disconnect | None = None
+        self._peer_closed = False
+        self._nursery: trio.Nursery | None = None
+
+    # -- QueueOwner, and control from outside --------------------------------------------
+    def close(self, disconnect: Disconnect) -> None:
+        if self._disconnect is None:
+            self._disconnect = disconnect
+        self._scope.cancel()
+
+    def slow_consumer(self) -> None:
+        self.close(CloseCode.SLOW_CONSUMER)
+
+    def connection_lost(self) -> None:
+        self.close(CONNECTION_LOST)
+
+    def session_ended(self, session: SocketIOSession, disconnect: Disconnect) -> None:
+        """A session's ``finally``: forget it; tell the client, as its close asks."""
+        if self._sessions.get(session.namespace) is session:
+            del self._sessions[session.namespace]
+        if disconnect in _RECONNECT:
+            self.close(disconnect)  # the client reconnects and recovers
+        elif disconnect is not CloseCode.NORMAL and disconnect is not CONNECTION_LOST and not self.out.closed:
+            session.out.push(message(socketio.encode(PacketType.DISCONNECT, session.namespace)))
+
+    # -- the actor -------------------------------------------------------------------------
+    async def run(self) -> None:
+        cfg = self._config
+        self.out.push(data_frame(engineio.open_packet(engineio.Handshake(
+            self.sid, [], cfg.ping_interval_ms, cfg.ping_timeout_ms, cfg.max_payload))))
+        try:
+            async with trio.open_nursery() as sessions:
+                self._nursery = sessions
+                with self._scope:
+                    async with trio.open_nursery() as reading:
+                        reading.start_soon(self._heartbeat)
+                        await self._read()
+                        reading.cancel_scope.cancel()
+                for session in list(self._sessions.values()):
+                    session.close(self._disconnect or CONNECTION_LOST)
+        finally:
+            await self._finish()
+
+    async def _finish(self) -> None:
+        disconnect = self._disconnect or CloseCode.NORMAL
+        out, sock = self.out, self._sock
+        with trio.CancelScope(shield=True):
+            if disconnect is CloseCode.SLOW_CONSUMER:
+                out.discard()
+            if disconnect is not CONNECTION_LOST:
+                out.push_final(close_frame(disconnect.code, disconnect.reason))
+                with trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await out.wait_flushed()
+                    if not self._peer_closed:
+                        await half_close_and_wait_eof(sock)
+            out.detach()
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+
+    async def _heartbeat(self) -> None:
+        """Ping every ``ping_interval_ms``; a pong missing ``ping_timeout_ms`` later ends the socket."""
+        interval, timeout = self._config.ping_interval_ms / 1000, self._config.ping_timeout_ms / 1000
+        while True:
+            await trio.sleep(interval)
+            self.out.push(data_frame(engineio.encode_text(engineio.PacketType.PING)))
+            self._pong_due = trio.current_time() + timeout
+            await trio.sleep_until(self._pong_due)
+            if self._pong_due != math.inf:
+                log.info("socketio_ping_timeout", sid=self.sid)
+                self.close(CONNECTION_LOST)
+                return
+
+    async def _read(self) -> None:
+        sock, ws = self._sock, self._ws
+        chunk = self._s.config.connection.read_chunk_bytes
+        limit = self._s.config.server.max_inbound_message_bytes
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = sock.recv(chunk)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._peer_closed = True
+                self._disconnect = self._disconnect or CONNECTION_LOST
+                return
+            try:
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, ws_events.Message):
+                        if not event.message_finished or len(event.data) > limit:
+                            self._disconnect = CloseCode.MESSAGE_TOO_BIG
+                            return
+                        await self._on_packet(engineio.decode_packet(event.data))
+                    elif isinstance(event, ws_events.Ping):
+                        self.out.push(ws.send(event.response()))
+                    elif isinstance(event, ws_events.CloseConnection):
+                        self._peer_closed = True
+                        self._disconnect = self._disconnect or CloseCode.NORMAL
+                        return
+            except (wsproto.utilities.RemoteProtocolError, EngineIOError, SocketIOError) as exc:
+                log.info("socketio_protocol_error", sid=self.sid, error=str(exc))
+                self._disconnect = CloseCode.PROTOCOL_ERROR
+                return
+            if self._disconnect is not None:
+                return
+
+    async def _on_packet(self, packet: engineio.Packet) -> None:
+        if packet.type is engineio.PacketType.PONG:
+            self._pong_due = math.inf
+        elif packet.type is engineio.PacketType.PING and packet.data == "probe":
+            self.out.push(data_frame(engineio.encode_text(engineio.PacketType.PONG, "probe")))
+        elif packet.type is engineio.PacketType.CLOSE:
+            self._disconnect = CloseCode.NORMAL
+        elif packet.type is engineio.PacketType.MESSAGE:
+            if isinstance(packet.data, bytes):
+                self._on_attachment(packet.data)
+            elif self._binary is not None:
+                raise SocketIOError("a text packet while attachments are awaited")
+            else:
+                decoded = socketio.decode(packet.data)
+                if decoded.complete:
+                    await self._on_socketio(decoded)
+                else:
+                    self._binary = (decoded, 0)
+        elif packet.type is not engineio.PacketType.UPGRADE and packet.type is not engineio.PacketType.NOOP:
+            raise EngineIOError(f"unexpected {packet.type.name} packet")
+        if self._binary is not None and self._binary[0].complete:
+            decoded, self._binary = self._binary[0], None
+            await self._on_socketio(decoded)
+
+    def _on_attachment(self, data: bytes) -> None:
+        if self._binary is None:
+            raise SocketIOError("an attachment no packet announced")
+        packet, size = self._binary
+        size += len(data)
+        if size > self._s.config.server.max_inbound_message_bytes:
+            raise SocketIOError("attachments over the message limit")
+        socketio.attach(packet, data)
+        self._binary = (packet, size)
+
+    # -- Socket.IO -------------------------------------------------------------------------
+    async def _on_socketio(self, packet: socketio.Packet) -> None:
+        session = self._sessions.get(packet.namespace)
+        if packet.type is PacketType.CONNECT:
+            if session is None:
+                await self._connect(packet.namespace, packet.data or {})
+            return
+        if session is None:
+            return  # a packet for a namespace not (or no longer) connected: dropped, as Socket.IO does
+        if packet.type is PacketType.DISCONNECT:
+            session.close(CloseCode.NORMAL)
+        elif packet.type in (PacketType.EVENT, PacketType.BINARY_EVENT):
+            session.event(packet.data[0], packet.data[1:], packet.id)
+        # ACKs from the client answer nothing the server asks: ignored
+
+    async def _connect(self, namespace: str, auth: dict) -> None:
+        """A ``CONNECT``: admit its token to the namespace and start its session, or refuse
+        with ``CONNECT_ERROR``."""
+        settings = self._config.namespaces.get(namespace)
+        if settings is None:
+            self._connect_error(namespace, "Invalid namespace", None)
+            return
+        token = auth.get("token")
+        headers, query = (({}, {"access_token": token}) if isinstance(token, str) and token
+                          else (self._headers, self._query))
+        ns = Namespace(settings.ns)
+        try:
+            claims = admission(self._verifier, headers, query, [], ns)
+        except AuthError as exc:
+            self._s.metrics.auth_failures.labels(exc.disconnect.reason).inc()
+            self._connect_error(namespace, exc.message, exc.disconnect)
+            return
+        pid, since = resume_point(auth)
+        session = SocketIOSession(
+            self._sock, socket_=self, namespace=namespace, wire=self._wires[namespace], pid=pid,
+            services=self._s, claims=claims, ns=ns, session=secrets.token_urlsafe(12), since=since)
+        self._sessions[namespace] = session
+        self._nursery.start_soon(self._run_session, session)
+
+    async def _run_session(self, session: SocketIOSession) -> None:
+        with contained(self._s.metrics, session.transport, session=session.session):
+            await session.run()
+
+    def _connect_error(self, namespace: str, text: str, disconnect: Disconnect | None) -> None:
+        data = {"message": text}
+        if disconnect is not None:
+            data["data"] = {"code": disconnect.code, "action": disconnect.action.value}
+        self.out.push(message(socketio.encode(PacketType.CONNECT_ERROR, namespace, data)))
