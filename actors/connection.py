@@ -58,6 +58,7 @@ from rtserver.backends.boundary import contained
 from rtserver.backends.bus import HISTORY_PAGE, Bus, read_rooms
 from rtserver.backends.config import Config
 from rtserver.backends.metrics import Metrics
+from rtserver.backends.recovery import RecoveryStore
 from rtserver.backends.schedules import ScheduleStore
 
 #: Presence switches a staff client may emit.
@@ -130,6 +131,8 @@ class ConnectionServices:
     schedules: ScheduleStore
     #: With push on: who is connected (push goes to users who are not).
     liveness: Liveness | None = None
+    #: Socket.IO sessions' rooms, for their recovery on any node.
+    recovery: RecoveryStore | None = None
 
 
 class Connection:

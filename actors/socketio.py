@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import secrets
 import socket
+import time
 
 import structlog
 import trio
@@ -46,13 +47,13 @@ from protocol.catalog import Namespace
 from protocol.cursors import Cursor
 from protocol.engineio import EngineIOError
 from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
-from protocol.frames import ClientFrame
+from protocol.frames import ClientFrame, Sub, Unsub
 from protocol.session import Answer
 from protocol.socketio import PacketType, SocketIOError
 from protocol.socketio_events import ack_answer, client_frame, error_answer
 from protocol.wires import SocketIOWire
 from protocol.wsframes import close_frame, data_frame
-from rtserver.backends.auth import AuthError, TokenVerifier, admission
+from rtserver.backends.auth import AuthError, TokenVerifier, admission, authorize_room, auto_rooms
 from rtserver.backends.boundary import contained
 from rtserver.backends.config import SocketIOConfig
 from rtserver.backends.sockets import half_close_and_wait_eof
@@ -63,6 +64,8 @@ log = structlog.get_logger("rtserver.socketio")
 SESSION_MAILBOX = 16
 #: Seconds the close handshake may take before the socket is closed anyway.
 CLOSE_TIMEOUT_S = 2.0
+#: How long the rooms of a session whose token never expires are kept, seconds.
+KEPT_WITHOUT_EXPIRY_S = 86_400.0
 #: Close codes after which the client should reconnect: the whole socket closes, so that
 #: socket.io-client reconnects by itself and recovers.
 _RECONNECT = frozenset({CloseCode.SERVER_DRAINING, CloseCode.SLOW_CONSUMER, CloseCode.RATE_LIMITED,
@@ -97,14 +100,15 @@ class SocketIOSession(CommandConnection):
     """One namespace of an Engine.IO socket (see the module's contract)."""
 
     transport = "socketio"
-    __slots__ = ("_socket", "namespace", "_commands", "_inbox", "_pid")
+    __slots__ = ("_socket", "namespace", "_commands", "_inbox", "_pid", "_restored")
 
     def __init__(self, sock: socket.socket, *, socket_: EngineIOSocket, namespace: str, wire: SocketIOWire,
                  pid: str | None, **session) -> None:
         super().__init__(sock, wire=wire, idle_s=0, **session)
         self._socket = socket_
         self.namespace = namespace
-        self._pid = pid
+        self._pid = pid  # as the client sent it; then as answered
+        self._restored: list[str] = []  # the rooms recalled for a recovery
         self._commands, self._inbox = trio.open_memory_channel[ClientFrame](SESSION_MAILBOX)
         self.out = socket_.namespace_out
 
@@ -114,6 +118,7 @@ class SocketIOSession(CommandConnection):
         try:
             frame = client_frame(name, args, ack_id)
         except ReplyError as err:
+            self._log("command_refused", op=name[:64], code=int(err.code), error=err.message)
             self._refused(err, None, ack_id)
             return
         if not self._within_rate():
@@ -127,9 +132,42 @@ class SocketIOSession(CommandConnection):
         except trio.ClosedResourceError:
             pass  # ending
 
+    async def _start(self) -> None:
+        """A client that comes back (``pid``) gets the rooms it had subscribed to again,
+        authorized anew, resumed from its offset with the token's own."""
+        sent = self._pid
+        if sent is not None and self._since is not None:
+            self._restored = await self._s.recovery.recall(sent)
+        await super()._start()
+        if self._restored and self._pid != sent:  # not recovered: kept under the new pid
+            await self._remember_rooms()
+
+    def _initial_rooms(self) -> list[str]:
+        rooms = super()._initial_rooms()
+        for room in self._restored:
+            if room not in rooms and len(rooms) < self._s.config.connection.max_rooms:
+                try:
+                    authorize_room(self.claims, self.ns, room)
+                except ReplyError:
+                    continue
+                rooms.append(room)
+        return rooms
+
     async def _serve(self) -> None:
         async for frame in self._inbox:
             await self._command(frame)
+            if isinstance(frame, Sub | Unsub):
+                await self._remember_rooms()
+
+    async def _remember_rooms(self) -> None:
+        """Keep the rooms subscribed beyond the token's own, for a recovery on any node."""
+        own = set(auto_rooms(self.claims, self.ns))
+        lifetime = self.claims.exp - time.time() if self.claims.exp is not None else KEPT_WITHOUT_EXPIRY_S
+        try:
+            await self._s.recovery.remember(self._pid, [room for room in self._rooms if room not in own],
+                                            lifetime + self._s.config.socketio.recovery_s)
+        except ReplyError as err:  # a recovery then resumes the token's rooms only: said in the log
+            self._log("socketio_rooms_not_kept", error=err.message)
 
     async def _finish(self, disconnect: Disconnect) -> None:
         self._commands.close()
@@ -142,8 +180,9 @@ class SocketIOSession(CommandConnection):
     def _answer(self, answer: Answer, rooms: list[str], sub) -> None:
         if sub is not None:
             return super()._answer(answer, rooms, sub)
-        pid = self._pid if answer.recovered and self._pid else new_pid(answer.cursor)
-        self._send_packet(PacketType.CONNECT, {"sid": self.session, "pid": pid})
+        if not (answer.recovered and self._pid):
+            self._pid = new_pid(answer.cursor)
+        self._send_packet(PacketType.CONNECT, {"sid": self.session, "pid": self._pid})
 
     def _done(self, frame: ClientFrame, answer: Answer | None = None) -> None:
         if frame.ref is not None:
@@ -197,6 +236,8 @@ class EngineIOSocket:
         self.namespace_out = NamespaceOut(self.out)
         self._sessions: dict[str, SocketIOSession] = {}
         self._binary: tuple[socketio.Packet, int] | None = None  # a packet waiting for attachments, its size so far
+        self._partial: list[bytes] = []  # a WebSocket message arriving in pieces
+        self._partial_size = 0
         self._pong_due = math.inf
         self._scope = trio.CancelScope()
         self._disconnect: Disconnect | None = None
@@ -291,10 +332,17 @@ class EngineIOSocket:
                 ws.receive_data(data)
                 for event in ws.events():
                     if isinstance(event, ws_events.Message):
-                        if not event.message_finished or len(event.data) > limit:
+                        data = event.data.encode() if isinstance(event.data, str) else event.data
+                        self._partial.append(data)
+                        self._partial_size += len(data)
+                        if self._partial_size > limit:
                             self._disconnect = CloseCode.MESSAGE_TOO_BIG
                             return
-                        await self._on_packet(engineio.decode_packet(event.data))
+                        if event.message_finished:
+                            whole = b"".join(self._partial)
+                            self._partial, self._partial_size = [], 0
+                            await self._on_packet(engineio.decode_packet(
+                                whole.decode() if isinstance(event.data, str) else whole))
                     elif isinstance(event, ws_events.Ping):
                         self.out.push(ws.send(event.response()))
                     elif isinstance(event, ws_events.CloseConnection):

@@ -71,6 +71,7 @@ class Node:
             config=config, bus=self.bus, registry=self.registry, writer=self.writer,
             metrics=self.metrics, catalog=self.catalog, connections=self.connections,
             presence=self.presence, typing=self.typing, schedules=backends.schedules, liveness=self.liveness,
+            recovery=backends.recovery,
         )
         self.gateway = Gateway(config, metrics=self.metrics, catalog=self.catalog, verifier=self.verifier,
                                bus=self.bus, presence=self.presence, devices=backends.devices, services=services)

@@ -365,6 +365,9 @@ class SocketIOConfig(_Section):
     ping_timeout_ms: int = 20_000
     #: Largest Engine.IO payload (bytes) a client may send.
     max_payload: int = 1_000_000
+    #: Seconds after its token expires that a session's subscribed rooms are still kept for
+    #: its connection state recovery (socket.io's ``maxDisconnectionDuration``).
+    recovery_s: float = 120.0
     #: Namespaces by path (the seeds' frontends use ``/hub``, ``/portal`` and ``/alerts``).
     namespaces: dict[str, SocketIONamespace] = msgspec.field(default_factory=lambda: {
         "/hub": SocketIONamespace(ns="hub"),

@@ -24,6 +24,7 @@ from rtserver.backends.presence import MemoryPresence, PresenceStore
 from rtserver.backends.presence.redis import RedisPresence
 from rtserver.backends.push_store import DeviceStore, LiveUsers, MemoryDevices, MemoryLiveUsers
 from rtserver.backends.push_store.redis import RedisDevices, RedisLiveUsers
+from rtserver.backends.recovery import MemoryRecovery, RecoveryStore, RedisRecovery
 from rtserver.backends.schedules import MemorySchedules, ScheduleStore
 from rtserver.backends.schedules.redis import RedisSchedules
 
@@ -38,6 +39,8 @@ class Backends:
     #: ``groups(name, consumer, *, batch, claim_idle_s, poll_s, start)``: a consumer group
     #: of the bus (``rtserver.backends.bus.groups``).
     groups: Callable[..., ConsumerGroup]
+    #: Socket.IO sessions' rooms, for their recovery on any node.
+    recovery: RecoveryStore
     #: With push on: the devices registered through ``/{ns}/push/devices``, and who is
     #: connected (``rtserver push`` pushes to the others).
     devices: DeviceStore | None = None
@@ -51,6 +54,7 @@ def open_backends(config: Config, metrics: Metrics, holder: str) -> Backends:
         bus = MemoryBus(config.bus)
         return Backends(
             bus, MemoryPresence(), MemorySchedules(bus, config.schedules.mailbox), partial(MemoryGroup, bus),
+            MemoryRecovery(),
             devices=MemoryDevices(ttl_s=push.device_ttl_s, max_per_user=push.max_devices_per_user)
             if push.enabled else None,
             live_users=MemoryLiveUsers() if push.enabled else None,
@@ -65,6 +69,7 @@ def open_backends(config: Config, metrics: Metrics, holder: str) -> Backends:
         RedisPresence(bus.link, bus.shards, config.presence.ttl_s),
         RedisSchedules(bus, config.schedules, consumer=holder),
         partial(RedisGroup, bus),
+        RedisRecovery(bus.link),
         devices=RedisDevices(bus.link, bus.shards, ttl_s=push.device_ttl_s, max_per_user=push.max_devices_per_user)
         if push.enabled else None,
         live_users=RedisLiveUsers(bus.link, bus.shards) if push.enabled else None,

@@ -5,7 +5,11 @@ state recovery on the same node and on another one (docs/socketio.md)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import trio
+from trio_websocket import ConnectionClosed, connect_websocket_url
 
 from rtserver.node import Node
 from tests.support.net import TcpProxy
@@ -92,18 +96,21 @@ async def test_a_namespace_carries_only_its_events_and_one_socket_holds_several(
     assert clients.events("alerts") == []  # the appointment came before the alert: it was not sent
 
 
-async def test_a_dropped_client_recovers_every_missed_event_once_in_order(server, clients):
+async def test_a_dropped_client_recovers_every_missed_event_once_in_order_its_subscriptions_too(server, clients):
     await connected(clients, server)
+    await clients.call("c1", "subscribe_patient", {"patientId": "p7"})
     await server.publish(alert(1))
     await clients.event("c1", "critical_alert")
     await clients.drop("c1")
     await clients.next("c1", "disconnect")
     for i in range(2, 6):
-        await server.publish(alert(i))
+        await server.publish(alert(i, "patient:p7" if i % 2 else "tenant:t1"))
     again = await clients.next("c1", "connect")
     assert again["recovered"] is True
-    assert [(await clients.event("c1", "critical_alert"))[0]["id"] for _ in range(4)] == ["a2", "a3", "a4", "a5"]
-    await server.publish(alert(6))
+    got = [await clients.event("c1", "critical_alert") for _ in range(4)]
+    assert [(data["id"], meta["room"]) for data, meta, _ in got] == [
+        ("a2", "tenant:t1"), ("a3", "patient:p7"), ("a4", "tenant:t1"), ("a5", "patient:p7")]
+    await server.publish(alert(6, "patient:p7"))  # still subscribed
     assert (await clients.event("c1", "critical_alert"))[0]["id"] == "a6"
 
 
@@ -122,14 +129,98 @@ async def test_recovery_works_on_another_node(nursery, redis_url, clients):
     proxy = TcpProxy(first.port)  # the balancer in front of both
     await clients.connect("c1", f"http://127.0.0.1:{proxy.port}/hub", {"token": first.token()})
     await clients.next("c1", "connect")
+    await clients.call("c1", "join:thread", {"threadId": "th1"})
     await first.publish(alert(1))
     await clients.event("c1", "critical_alert")
     proxy.target = ("127.0.0.1", second.port)
     proxy.cut(0.5)  # its node is gone: the client comes back through the balancer, on the other node
     await clients.next("c1", "disconnect")
-    for i in (2, 3):
-        await first.publish(alert(i))
+    await first.publish(alert(2))
+    await first.publish({"event": "thread:message", "tenant": "t1", "rooms": ["thread:th1"],
+                         "data": {"threadId": "th1", "messageId": "m1", "text": "hi"}})
     assert (await clients.next("c1", "connect"))["recovered"] is True
-    assert [(await clients.event("c1", "critical_alert"))[0]["id"] for _ in range(2)] == ["a2", "a3"]
+    assert (await clients.event("c1", "critical_alert"))[0]["id"] == "a2"
+    assert (await clients.event("c1", "thread:message"))[0]["messageId"] == "m1"
     await second.publish(alert(4))
     assert (await clients.event("c1", "critical_alert"))[0]["id"] == "a4"
+
+
+# -- Engine.IO and protocol limits, with a raw WebSocket client -------------------------
+@pytest.fixture
+async def quick(nursery) -> Server:
+    """A node whose Engine.IO heartbeat is quick (200 ms ping, 200 ms to pong)."""
+    node = Node(server_config(socketio={"ping_interval_ms": 200, "ping_timeout_ms": 200}))
+    return Server(node, await nursery.start(node.run))
+
+
+async def raw_socket(nursery, server: Server, token: str, ns: str = "/hub"):
+    """A WebSocket that has opened an Engine.IO session and connected ``ns``; its CONNECT answer."""
+    ws = await connect_websocket_url(nursery, f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket")
+    handshake = await ws.get_message()
+    assert handshake.startswith("0") and json.loads(handshake[1:])["pingInterval"] > 0
+    await ws.send_message(f'40{ns},{json.dumps({"token": token})}')
+    answer = await ws.get_message()
+    assert answer.startswith(f"40{ns},")
+    return ws, json.loads(answer[len(f"40{ns},"):])
+
+
+async def next_message(ws, skip_pings: bool = True) -> str:
+    while True:
+        message = await ws.get_message()
+        if not (skip_pings and message == "2"):
+            return message
+
+
+async def test_the_server_pings_a_client_that_pongs_stays_one_that_does_not_is_closed(nursery, quick):
+    ponging, _ = await raw_socket(nursery, quick, quick.token())
+    silent, _ = await raw_socket(nursery, quick, quick.token())
+    with trio.fail_after(5):
+        for _ in range(4):  # four heartbeats, answered
+            assert await ponging.get_message() == "2"
+            await ponging.send_message("3")
+        assert await silent.get_message() == "2"
+        with pytest.raises(ConnectionClosed):
+            await silent.get_message()  # no pong: closed
+    await quick.publish(alert(1))
+    with trio.fail_after(5):
+        assert json.loads((await next_message(ponging))[len("42/hub,"):])[1]["id"] == "a1"
+
+
+@pytest.mark.parametrize("packet", [
+    "42/hub,{}",  # an EVENT's payload is an array
+    '452-/hub,["x",{"_placeholder":true,"num":0}]',  # more attachments than placeholders
+    '451-/hub,["x",{"_placeholder":true,"num":{"toString":"0"}}]',  # the 2022 type confusion
+    '451-/hub,["x",{"_placeholder":true,"num":"0"}]',
+    "4" + "9" * 30,
+    "7",
+])
+async def test_a_packet_that_breaks_the_protocol_closes_that_socket_only(nursery, quick, packet):
+    bad, _ = await raw_socket(nursery, quick, quick.token())
+    good, _ = await raw_socket(nursery, quick, quick.token())
+    await bad.send_message(packet)
+    if "_placeholder" in packet:
+        for _ in range(int(packet[2])):  # the attachments it announced
+            await bad.send_message(b"\x00")
+    with trio.fail_after(5), pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await bad.get_message()
+    assert closed.value.reason.code == 1002
+    await quick.publish(alert(1))
+    with trio.fail_after(5):
+        assert "a1" in await next_message(good)
+
+
+async def test_drain_closes_the_socket_and_the_client_recovers_on_another_node(nursery, redis_url, clients):
+    flush_redis(redis_url)
+    first, second = await start_node(nursery, redis_url), await start_node(nursery, redis_url)
+    proxy = TcpProxy(first.port)
+    await clients.connect("c1", f"http://127.0.0.1:{proxy.port}/hub", {"token": first.token()})
+    await clients.next("c1", "connect")
+    await first.publish(alert(1))
+    await clients.event("c1", "critical_alert")
+    proxy.target = ("127.0.0.1", second.port)  # new connections go to the node that stays
+    nursery.start_soon(first.node.drain)
+    assert (await clients.next("c1", "disconnect"))["reason"] == "transport close"
+    await second.publish(alert(2))
+    assert (await clients.next("c1", "connect"))["recovered"] is True
+    assert (await clients.event("c1", "critical_alert"))[0]["id"] == "a2"

@@ -13,6 +13,7 @@ from rtserver.backends.presence import MemoryPresence
 from rtserver.backends.presence.redis import RedisPresence
 from rtserver.backends.push_store import MemoryDevices, MemoryLiveUsers
 from rtserver.backends.push_store.redis import RedisDevices, RedisLiveUsers
+from rtserver.backends.recovery import MemoryRecovery, RedisRecovery
 from rtserver.backends.schedules import MemorySchedules
 from rtserver.backends.schedules.redis import RedisSchedules
 from tests.support.redis_servers import flush_redis, plain_redis
@@ -58,6 +59,10 @@ class BusEnv:
     def live_users(self, bus):
         """The connected-users store that goes with ``bus``."""
         return MemoryLiveUsers() if self.redis_url is None else RedisLiveUsers(bus.link, bus.shards)
+
+    def recovery(self, bus):
+        """The Socket.IO recovery store that goes with ``bus``."""
+        return MemoryRecovery() if self.redis_url is None else RedisRecovery(bus.link)
 
     def group(self, bus, name: str, consumer: str, **settings):
         """A consumer of the consumer group ``name`` of ``bus``."""
