@@ -1,13 +1,15 @@
-"""The seeds' Socket.IO frontends on rtserver: socket.io-client v4 (Node, from npm) against
-a real node, WebSocket transport: namespaces with the token in ``auth``, refusals as
+"""The seeds' Socket.IO frontends on rtserver: socket.io-client v4 (Node, from npm) and
+python-socketio's client against a real node, WebSocket transport: namespaces with the token in ``auth``, refusals as
 ``connect_error``, events by name, the seeds' client events with acks, and connection
 state recovery on the same node and on another one (docs/socketio.md)."""
 
 from __future__ import annotations
 
 import json
+import queue
 
 import pytest
+import socketio
 import trio
 from trio_websocket import ConnectionClosed, connect_websocket_url
 
@@ -224,3 +226,27 @@ async def test_drain_closes_the_socket_and_the_client_recovers_on_another_node(n
     await second.publish(alert(2))
     assert (await clients.next("c1", "connect"))["recovered"] is True
     assert (await clients.event("c1", "critical_alert"))[0]["id"] == "a2"
+
+
+async def test_python_socketio_client_connects_subscribes_and_receives(nursery):
+    """python-socketio's own client (PyPI), in a thread: the same wire, another implementation.
+    (Its WebSocket library sends the server's own origin: allowed when no list is set.)"""
+    node = Node(server_config(server={"allowed_origins": []}))
+    server = Server(node, await nursery.start(node.run))
+    received: queue.Queue = queue.Queue()
+    client = socketio.Client(reconnection=False)
+    client.on("critical_alert", lambda *args: received.put(args), namespace="/hub")
+    await trio.to_thread.run_sync(lambda: client.connect(
+        server.http, namespaces=["/hub"], auth={"token": server.token()}, transports=["websocket"], wait_timeout=5))
+    try:
+        answer = await trio.to_thread.run_sync(
+            lambda: client.call("subscribe_patient", {"patientId": "p9"}, namespace="/hub", timeout=5))
+        assert answer["status"] == "subscribed" and answer["patientId"] == "p9"
+        published = await server.publish(alert(1, "patient:p9"))
+        data, meta, cursor = await trio.to_thread.run_sync(lambda: received.get(timeout=10))
+        assert (data["id"], meta["room"], cursor) == ("a1", "patient:p9", published.json()["cursor"])
+        refused = await trio.to_thread.run_sync(
+            lambda: client.call("subscribe", {"room": "tenant:t2"}, namespace="/hub", timeout=5))
+        assert refused["error"]["code"] == 103
+    finally:
+        await trio.to_thread.run_sync(client.disconnect)
