@@ -271,15 +271,18 @@ class EngineIOSocket:
         self.out.push(data_frame(engineio.open_packet(engineio.Handshake(
             self.sid, [], cfg.ping_interval_ms, cfg.ping_timeout_ms, cfg.max_payload))))
         try:
-            async with trio.open_nursery() as sessions:
-                self._nursery = sessions
-                with self._scope:
-                    async with trio.open_nursery() as reading:
-                        reading.start_soon(self._heartbeat)
-                        await self._read()
-                        reading.cancel_scope.cancel()
-                for session in list(self._sessions.values()):
-                    session.close(self._disconnect or CONNECTION_LOST)
+            with contained(self._s.metrics, "socketio", sid=self.sid) as failure:  # a bug ends this socket alone
+                async with trio.open_nursery() as sessions:
+                    self._nursery = sessions
+                    with self._scope:
+                        async with trio.open_nursery() as reading:
+                            reading.start_soon(self._heartbeat)
+                            await self._read()
+                            reading.cancel_scope.cancel()
+                    for session in list(self._sessions.values()):
+                        session.close(self._disconnect or CONNECTION_LOST)
+            if failure.id is not None:
+                self._disconnect = CloseCode.INTERNAL_ERROR
         finally:
             await self._finish()
 

@@ -328,3 +328,52 @@ def test_a_body_trickled_slower_than_the_request_deadline_is_cut_off_with_408(li
         answer = read_answer(sock)
     assert answer.status == 408 and answer.json()["error"] == 408  # the body never ends: only a deadline answers
     live_node.assert_serving()
+
+
+# -- Socket.IO ------------------------------------------------------------------------------
+_SIO_NAMESPACES = ["", "/hub,", "/portal,", "/alerts,", "/nope,", "/hub", "/" + "a" * 200 + ","]
+_placeholders = st.fixed_dictionaries({"_placeholder": st.sampled_from([True, False, 1, "true"]),
+                                       "num": st.sampled_from([0, 1, -1, 10, "0", 0.5, True, None, {"toString": "0"}])})
+socketio_texts = st.one_of(
+    st.text(max_size=120),
+    st.builds(lambda kind, ns, ack, payload: f"{kind}{ns}{ack}{payload}",
+              st.sampled_from("0123456789"), st.sampled_from(_SIO_NAMESPACES),
+              st.sampled_from(["", "7", "9" * 20]), st.just("") | json_values.map(json.dumps)),
+    st.builds(lambda count, ns, payload: f"5{count}-{ns}" + json.dumps(["x", payload]),
+              st.integers(0, 12), st.sampled_from(_SIO_NAMESPACES), st.lists(_placeholders, max_size=3)),
+    st.builds(lambda event, payload: "2/hub," + json.dumps([event, payload]),
+              st.sampled_from(["subscribe", "unsubscribe", "subscribe_patient", "join:thread", "typing:start",
+                               "heartbeat", "presence:online", "mark_alert_read", "ping", "x"]), json_values),
+)
+#: Well-formed packets a client may send in any order (connects, disconnects, acks, probes).
+_WELL_FORMED = ["41/hub,", "41/portal,", "41/nope,", "40/hub,{}", "40/portal,{}", '40/alerts,{"token":"x"}',
+                '42/hub,1["subscribe",{"room":"tenant:t1"}]', '42/hub,["unsubscribe",{"room":"tenant:t1"}]',
+                '42/hub,2["subscribe_patient",{"patientId":"p1"}]', "43/hub,1[]", "2", "3", "5", "6", "1", "2probe"]
+engineio_messages = st.one_of(
+    st.sampled_from(_WELL_FORMED),
+    st.tuples(st.sampled_from(["4", "4", "4", "4", "2", "3", "1", "5", "6", "0", "9", ""]), socketio_texts).map("".join),
+    st.binary(max_size=100),
+)
+
+
+@given(messages=st.lists(engineio_messages, min_size=1, max_size=5))
+def test_socketio_packets_get_an_answer_or_a_documented_close(live_node, messages):
+    client = WebSocket(live_node.port, "/socket.io/?EIO=4&transport=websocket")
+    try:
+        assert str(client.next_raw()).startswith("0{")
+        client.send_text("40/hub," + json.dumps({"token": live_node.token()}))
+        assert str(client.next_raw()).startswith("40/hub,{")
+        for message in messages:
+            if isinstance(message, bytes):
+                client.send_raw(masked_frame(0x2, message))
+            else:
+                client.send_raw(masked_frame(0x1, message.encode()))
+        client.send_raw(masked_frame(0x1, b"2probe"))  # answered after the others, unless closed before
+        while (message := client.next_raw()) is not None:
+            assert isinstance(message, str) and message[:1] in "01234", message  # Engine.IO packets
+            if message == "3probe":
+                break
+        assert client.close_code is None or client.close_code in DOCUMENTED_CLOSES, client.close_code
+    finally:
+        client.close()
+    live_node.assert_serving()

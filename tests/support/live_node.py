@@ -136,6 +136,16 @@ class WebSocket:
             if self.close_code is not None or self.accepted is False or not self._pump():
                 return None
 
+    def next_raw(self) -> str | bytes | None:
+        """The next message as sent (text or bytes); None once the connection closed."""
+        while True:
+            while self._events:
+                event = self._events.pop(0)
+                if isinstance(event, TextMessage | BytesMessage):
+                    return event.data
+            if self.close_code is not None or self.accepted is False or not self._pump():
+                return None
+
     def send_raw(self, data: bytes) -> None:
         """Send bytes; a connection the server already closed is left to be read."""
         try:
