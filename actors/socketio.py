@@ -30,7 +30,6 @@ Blocking
 
 from __future__ import annotations
 
-import math
 import secrets
 import socket
 import time
@@ -238,7 +237,7 @@ class EngineIOSocket:
         self._binary: tuple[socketio.Packet, int] | None = None  # a packet waiting for attachments, its size so far
         self._partial: list[bytes] = []  # a WebSocket message arriving in pieces
         self._partial_size = 0
-        self._pong_due = math.inf
+        self._ponged = trio.Event()  # the pong of the last ping came
         self._scope = trio.CancelScope()
         self._disconnect: Disconnect | None = None
         self._peer_closed = False
@@ -303,14 +302,19 @@ class EngineIOSocket:
             sock.close()
 
     async def _heartbeat(self) -> None:
-        """Ping every ``ping_interval_ms``; a pong missing ``ping_timeout_ms`` later ends the socket."""
+        """Ping every ``ping_interval_ms`` (the client expects one within interval + timeout);
+        a pong missing ``ping_timeout_ms`` after its ping ends the socket."""
         interval, timeout = self._config.ping_interval_ms / 1000, self._config.ping_timeout_ms / 1000
+        ping = data_frame(engineio.encode_text(engineio.PacketType.PING))
+        next_ping = trio.current_time() + interval
         while True:
-            await trio.sleep(interval)
-            self.out.push(data_frame(engineio.encode_text(engineio.PacketType.PING)))
-            self._pong_due = trio.current_time() + timeout
-            await trio.sleep_until(self._pong_due)
-            if self._pong_due != math.inf:
+            await trio.sleep_until(next_ping)
+            self._ponged = trio.Event()
+            self.out.push(ping)
+            due, next_ping = next_ping + timeout, next_ping + interval
+            with trio.move_on_at(due):
+                await self._ponged.wait()
+            if not self._ponged.is_set():
                 log.info("socketio_ping_timeout", sid=self.sid)
                 self.close(CONNECTION_LOST)
                 return
@@ -361,7 +365,7 @@ class EngineIOSocket:
 
     async def _on_packet(self, packet: engineio.Packet) -> None:
         if packet.type is engineio.PacketType.PONG:
-            self._pong_due = math.inf
+            self._ponged.set()
         elif packet.type is engineio.PacketType.PING and packet.data == "probe":
             self.out.push(data_frame(engineio.encode_text(engineio.PacketType.PONG, "probe")))
         elif packet.type is engineio.PacketType.CLOSE:

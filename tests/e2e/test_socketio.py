@@ -250,3 +250,9 @@ async def test_python_socketio_client_connects_subscribes_and_receives(nursery):
         assert refused["error"]["code"] == 103
     finally:
         await trio.to_thread.run_sync(client.disconnect)
+
+
+async def test_a_token_that_expires_ends_its_namespace_with_a_disconnect_the_app_acts_on(server, clients):
+    await clients.connect("c1", f"{server.http}/hub", {"token": server.token(ttl_s=1)})
+    await clients.next("c1", "connect")
+    assert (await clients.next("c1", "disconnect", timeout=10))["reason"] == "io server disconnect"
