@@ -6,9 +6,10 @@ Mailbox
     ``EngineIOSocket``: the client's socket (wsproto), read one frame at a time; Engine.IO
     ``pong`` answers its pings, Socket.IO packets are decoded (``protocol.socketio``,
     bounded) and a ``CONNECT`` starts a ``SocketIOSession``, an ``EVENT`` becomes an rt.v1
-    command (``protocol.socketio_events``) sent to its namespace's session (a bounded
-    channel), a ``DISCONNECT`` ends that session. ``SocketIOSession``: that channel, one
-    command at a time, as a WebSocket connection carries out its frames.
+    command (``protocol.socketio_events``) queued for its namespace's session (at most
+    ``SESSION_MAILBOX``), a ``DISCONNECT`` ends that session; the heartbeat is a deadline
+    of this reading. ``SocketIOSession``: its queue, one command at a time, as a WebSocket
+    connection carries out its frames.
 Owns
     The socket, its wsproto state and its one outbound queue (the namespaces share it, so
     the byte budget and the slow-consumer close are per socket, as on the rt.v1
@@ -52,14 +53,14 @@ from protocol.socketio import PacketType, SocketIOError
 from protocol.socketio_events import ack_answer, client_frame, error_answer
 from protocol.wires import SocketIOWire
 from protocol.wsframes import close_frame, data_frame
-from rtserver.backends.auth import AuthError, TokenVerifier, admission, authorize_room, auto_rooms
+from rtserver.backends.auth import AuthError, TokenVerifier, admission, authorize_room, auto_rooms, bearer_token
 from rtserver.backends.boundary import contained
 from rtserver.backends.config import SocketIOConfig
 from rtserver.backends.sockets import half_close_and_wait_eof
 
 log = structlog.get_logger("rtserver.socketio")
 
-#: Commands a session may have waiting (the socket's reading waits beyond).
+#: Commands a session may have waiting; a client that sends more is closed as rate limited.
 SESSION_MAILBOX = 16
 #: Seconds the close handshake may take before the socket is closed anyway.
 CLOSE_TIMEOUT_S = 2.0
@@ -69,6 +70,9 @@ KEPT_WITHOUT_EXPIRY_S = 86_400.0
 #: socket.io-client reconnects by itself and recovers.
 _RECONNECT = frozenset({CloseCode.SERVER_DRAINING, CloseCode.SLOW_CONSUMER, CloseCode.RATE_LIMITED,
                         CloseCode.INTERNAL_ERROR, CloseCode.TRY_AGAIN_LATER, CloseCode.GOING_AWAY})
+
+
+_PING = data_frame(engineio.encode_text(engineio.PacketType.PING))
 
 
 def message(packet: bytes) -> bytes:
@@ -99,7 +103,7 @@ class SocketIOSession(CommandConnection):
     """One namespace of an Engine.IO socket (see the module's contract)."""
 
     transport = "socketio"
-    __slots__ = ("_socket", "namespace", "_commands", "_inbox", "_pid", "_restored")
+    __slots__ = ("_socket", "namespace", "_commands", "_arrived", "_pid", "_restored")
 
     def __init__(self, sock: socket.socket, *, socket_: EngineIOSocket, namespace: str, wire: SocketIOWire,
                  pid: str | None, **session) -> None:
@@ -108,7 +112,8 @@ class SocketIOSession(CommandConnection):
         self.namespace = namespace
         self._pid = pid  # as the client sent it; then as answered
         self._restored: list[str] = []  # the rooms recalled for a recovery
-        self._commands, self._inbox = trio.open_memory_channel[ClientFrame](SESSION_MAILBOX)
+        self._commands: list[ClientFrame] = []  # waiting, oldest first (at most SESSION_MAILBOX)
+        self._arrived = trio.Event()
         self.out = socket_.namespace_out
 
     def event(self, name: str, args: list, ack_id: int | None) -> None:
@@ -124,12 +129,11 @@ class SocketIOSession(CommandConnection):
             if self._disconnect is None:
                 self._refused(ReplyError(ReplyCode.RATE_LIMITED, "too many commands"), frame)
             return
-        try:
-            self._commands.send_nowait(frame)
-        except trio.WouldBlock:
+        if len(self._commands) >= SESSION_MAILBOX:
             self.close(CloseCode.RATE_LIMITED)
-        except trio.ClosedResourceError:
-            pass  # ending
+            return
+        self._commands.append(frame)
+        self._arrived.set()
 
     async def _start(self) -> None:
         """A client that comes back (``pid``) gets the rooms it had subscribed to again,
@@ -153,10 +157,14 @@ class SocketIOSession(CommandConnection):
         return rooms
 
     async def _serve(self) -> None:
-        async for frame in self._inbox:
-            await self._command(frame)
-            if isinstance(frame, Sub | Unsub):
-                await self._remember_rooms()
+        while True:
+            await self._arrived.wait()
+            self._arrived = trio.Event()
+            while self._commands:
+                frame = self._commands.pop(0)
+                await self._command(frame)
+                if isinstance(frame, Sub | Unsub):
+                    await self._remember_rooms()
 
     async def _remember_rooms(self) -> None:
         """Keep the rooms subscribed beyond the token's own, for a recovery on any node."""
@@ -169,7 +177,7 @@ class SocketIOSession(CommandConnection):
             self._log("socketio_rooms_not_kept", error=err.message)
 
     async def _finish(self, disconnect: Disconnect) -> None:
-        self._commands.close()
+        self._commands.clear()
         self._socket.session_ended(self, disconnect)
 
     def _send_packet(self, packet_type: PacketType, data: object = None, ack_id: int | None = None) -> None:
@@ -217,6 +225,10 @@ class NamespaceOut:
 class EngineIOSocket:
     """One Engine.IO WebSocket and its Socket.IO sessions (see the module's contract)."""
 
+    __slots__ = ("sid", "_sock", "_ws", "_s", "_verifier", "_config", "_wires", "_token", "out", "namespace_out",
+                 "_sessions", "_binary", "_partial", "_partial_size", "_next_ping", "_pong_due", "_scope",
+                 "_disconnect", "_peer_closed", "_nursery")
+
     def __init__(self, sock: socket.socket, ws: wsproto.connection.Connection, *, services: ConnectionServices,
                  verifier: TokenVerifier, config: SocketIOConfig, wires: dict[str, SocketIOWire],
                  headers: dict[str, str], query: dict[str, str]) -> None:
@@ -227,8 +239,8 @@ class EngineIOSocket:
         self._verifier = verifier
         self._config = config
         self._wires = wires
-        self._headers = headers
-        self._query = query
+        #: The token of the WebSocket request (header or query), for a CONNECT without one.
+        self._token = bearer_token(headers, query, [])
         cfg = services.config.connection
         self.out = OutboundQueue(sock, services.writer, max_frames=cfg.outbound_max_frames,
                                  max_bytes=cfg.outbound_max_bytes, owner=self)
@@ -237,7 +249,8 @@ class EngineIOSocket:
         self._binary: tuple[socketio.Packet, int] | None = None  # a packet waiting for attachments, its size so far
         self._partial: list[bytes] = []  # a WebSocket message arriving in pieces
         self._partial_size = 0
-        self._ponged = trio.Event()  # the pong of the last ping came
+        self._next_ping = trio.current_time() + config.ping_interval_ms / 1000
+        self._pong_due: float | None = None  # when the pong of the last ping is late
         self._scope = trio.CancelScope()
         self._disconnect: Disconnect | None = None
         self._peer_closed = False
@@ -274,10 +287,7 @@ class EngineIOSocket:
                 async with trio.open_nursery() as sessions:
                     self._nursery = sessions
                     with self._scope:
-                        async with trio.open_nursery() as reading:
-                            reading.start_soon(self._heartbeat)
-                            await self._read()
-                            reading.cancel_scope.cancel()
+                        await self._read()
                     for session in list(self._sessions.values()):
                         session.close(self._disconnect or CONNECTION_LOST)
             if failure.id is not None:
@@ -301,30 +311,32 @@ class EngineIOSocket:
             trio.lowlevel.notify_closing(sock)
             sock.close()
 
-    async def _heartbeat(self) -> None:
-        """Ping every ``ping_interval_ms`` (the client expects one within interval + timeout);
-        a pong missing ``ping_timeout_ms`` after its ping ends the socket."""
-        interval, timeout = self._config.ping_interval_ms / 1000, self._config.ping_timeout_ms / 1000
-        ping = data_frame(engineio.encode_text(engineio.PacketType.PING))
-        next_ping = trio.current_time() + interval
-        while True:
-            await trio.sleep_until(next_ping)
-            self._ponged = trio.Event()
-            self.out.push(ping)
-            due, next_ping = next_ping + timeout, next_ping + interval
-            with trio.move_on_at(due):
-                await self._ponged.wait()
-            if not self._ponged.is_set():
-                log.info("socketio_ping_timeout", sid=self.sid)
-                self.close(CONNECTION_LOST)
-                return
+    def _beat(self, now: float) -> bool:
+        """The heartbeat's work due at ``now``: a ping every ``ping_interval_ms`` (the client
+        expects one within interval + timeout); False when a pong is ``ping_timeout_ms`` late."""
+        if self._pong_due is not None and now >= self._pong_due:
+            log.info("socketio_ping_timeout", sid=self.sid)
+            return False
+        if now >= self._next_ping:
+            self.out.push(_PING)
+            if self._pong_due is None:
+                self._pong_due = self._next_ping + self._config.ping_timeout_ms / 1000
+            self._next_ping += self._config.ping_interval_ms / 1000
+        return True
 
     async def _read(self) -> None:
         sock, ws = self._sock, self._ws
         chunk = self._s.config.connection.read_chunk_bytes
         limit = self._s.config.server.max_inbound_message_bytes
         while True:
-            await trio.lowlevel.wait_readable(sock)
+            beat_at = self._next_ping if self._pong_due is None else min(self._next_ping, self._pong_due)
+            with trio.move_on_at(beat_at):
+                await trio.lowlevel.wait_readable(sock)
+            if trio.current_time() >= beat_at:
+                if not self._beat(trio.current_time()):
+                    self._disconnect = self._disconnect or CONNECTION_LOST
+                    return
+                continue
             try:
                 data = sock.recv(chunk)
             except BlockingIOError:
@@ -365,7 +377,7 @@ class EngineIOSocket:
 
     async def _on_packet(self, packet: engineio.Packet) -> None:
         if packet.type is engineio.PacketType.PONG:
-            self._ponged.set()
+            self._pong_due = None
         elif packet.type is engineio.PacketType.PING and packet.data == "probe":
             self.out.push(data_frame(engineio.encode_text(engineio.PacketType.PONG, "probe")))
         elif packet.type is engineio.PacketType.CLOSE:
@@ -420,11 +432,10 @@ class EngineIOSocket:
             self._connect_error(namespace, "Invalid namespace", None)
             return
         token = auth.get("token")
-        headers, query = (({}, {"access_token": token}) if isinstance(token, str) and token
-                          else (self._headers, self._query))
+        token = token if isinstance(token, str) and token else self._token
         ns = Namespace(settings.ns)
         try:
-            claims = admission(self._verifier, headers, query, [], ns)
+            claims = admission(self._verifier, {}, {"access_token": token} if token else {}, [], ns)
         except AuthError as exc:
             self._s.metrics.auth_failures.labels(exc.disconnect.reason).inc()
             self._connect_error(namespace, exc.message, exc.disconnect)
