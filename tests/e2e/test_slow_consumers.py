@@ -110,3 +110,36 @@ async def test_a_slow_sse_consumer_reads_whole_events_then_a_clean_close_event(s
     assert [p["data"]["s"] for p in payloads[1:-1]] == list(range(1, len(payloads) - 1))
     assert all(len(p["data"]["p"]) == PADDING for p in payloads[1:-1])
     assert events[-1].startswith("event: close") and payloads[-1]["code"] == 4001
+
+
+async def test_a_slow_socketio_consumer_reads_whole_packets_then_a_clean_4001(server):
+    """Socket.IO shares the socket's budget and close: whole EVENT packets, then 4001 (the
+    client reconnects and recovers from the last one)."""
+    sock = stalled_socket(server.port)
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    sock.sendall(client.send(Request(host="127.0.0.1", target="/socket.io/?EIO=4&transport=websocket")))
+    received = []
+
+    async def send(text: str, until: bytes) -> None:
+        client.receive_data(await read_until(sock, until))
+        received.extend(client.events())  # the 101 first: then the client may send
+        sock.setblocking(True)
+        sock.sendall(client.send(TextMessage(data=text)))
+
+    with trio.fail_after(30):
+        await send('40/hub,{"token":"%s"}' % server.token(), b'"pingTimeout"')
+        await send('42/hub,1["subscribe",{"room":"probe:1"}]', b'"pid"')
+        data = await read_until(sock, b'"subscribed"')  # in its room: then it stalls
+        await overflow(server)
+        data += await read_until(sock)
+    client.receive_data(data)
+    client.receive_data(None)
+    events, close = [], None
+    for event in [*received, *client.events()]:
+        if isinstance(event, TextMessage) and event.data.startswith("42/hub,"):
+            events.append(json.loads(event.data[len("42/hub,"):]))
+        elif isinstance(event, CloseConnection):
+            close = event.code
+    assert events and all(name == "rt.probe" and len(data["p"]) == PADDING for name, data, *_ in events)
+    assert [data["s"] for _, data, *_ in events] == list(range(1, len(events) + 1))
+    assert close == 4001

@@ -256,3 +256,13 @@ async def test_a_token_that_expires_ends_its_namespace_with_a_disconnect_the_app
     await clients.connect("c1", f"{server.http}/hub", {"token": server.token(ttl_s=1)})
     await clients.next("c1", "connect")
     assert (await clients.next("c1", "disconnect", timeout=10))["reason"] == "io server disconnect"
+
+
+async def test_the_token_may_come_in_the_query_or_the_authorization_header_instead_of_auth(server, clients):
+    await clients.connect("query", f"{server.http}/hub", {}, query={"access_token": server.token("q1")})
+    await clients.next("query", "connect")
+    await clients.connect("header", f"{server.http}/hub", {},
+                          extraHeaders={"Authorization": f"Bearer {server.token('h1')}"})
+    await clients.next("header", "connect")
+    await clients.connect("both", f"{server.http}/hub", {"token": "not-a-token"}, query={"access_token": server.token()})
+    assert (await clients.next("both", "connect_error"))["data"]["code"] == 4401  # auth.token comes first
