@@ -184,7 +184,7 @@ class SocketIOSession(CommandConnection):
         self.out.push(message(socketio.encode(packet_type, self.namespace, data, ack_id)))
 
     # -- answers -------------------------------------------------------------------------
-    def _answer(self, answer: Answer, rooms: list[str], sub) -> None:
+    def _answer(self, answer: Answer, rooms: list[str], sub: Sub | None) -> None:
         if sub is not None:
             return super()._answer(answer, rooms, sub)
         if not (answer.recovered and self._pid):
@@ -419,6 +419,7 @@ class EngineIOSocket:
         if session is None:
             return  # a packet for a namespace not (or no longer) connected: dropped, as Socket.IO does
         if packet.type is PacketType.DISCONNECT:
+            del self._sessions[packet.namespace]  # a CONNECT may follow at once: a new session
             session.close(CloseCode.NORMAL)
         elif packet.type in (PacketType.EVENT, PacketType.BINARY_EVENT):
             session.event(packet.data[0], packet.data[1:], packet.id)

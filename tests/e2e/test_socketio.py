@@ -14,6 +14,7 @@ import trio
 from trio_websocket import ConnectionClosed, connect_websocket_url
 
 from rtserver.node import Node
+from tests.support.live_node import WebSocket, masked_frame
 from tests.support.net import TcpProxy
 from tests.support.nodes import Server, server_config, start_node
 from tests.support.redis_servers import flush_redis
@@ -266,3 +267,22 @@ async def test_the_token_may_come_in_the_query_or_the_authorization_header_inste
     await clients.next("header", "connect")
     await clients.connect("both", f"{server.http}/hub", {"token": "not-a-token"}, query={"access_token": server.token()})
     assert (await clients.next("both", "connect_error"))["data"]["code"] == 4401  # auth.token comes first
+
+
+def disconnect_and_connect_in_one_write(port: int, token: str) -> tuple[dict, str | bytes | None]:
+    """Connect /hub, then DISCONNECT and CONNECT it again in one TCP write (blocking client)."""
+    client = WebSocket(port, "/socket.io/?EIO=4&transport=websocket")
+    try:
+        assert str(client.next_raw()).startswith("0{")
+        connect = f'40/hub,{json.dumps({"token": token})}'
+        client.send_text(connect)
+        first = json.loads(str(client.next_raw())[len("40/hub,"):])
+        client.send_raw(masked_frame(0x1, b"41/hub,") + masked_frame(0x1, connect.encode()))
+        return first, client.next_raw()
+    finally:
+        client.close()
+
+
+async def test_a_namespace_disconnected_then_connected_again_at_once_is_a_new_session(quick):
+    first, answer = await trio.to_thread.run_sync(disconnect_and_connect_in_one_write, quick.port, quick.token())
+    assert str(answer).startswith("40/hub,") and json.loads(answer[len("40/hub,"):])["sid"] != first["sid"]

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
-import struct
 import time
 from urllib.parse import quote, urlencode
 
@@ -18,7 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.errors import ReplyCode
-from tests.support.live_node import DOCUMENTED_CLOSES, REFUSALS, WebSocket, assert_documented_refusal, exchange, read_answer
+from tests.support.live_node import (
+    DOCUMENTED_CLOSES, REFUSALS, WebSocket, assert_documented_refusal, exchange, masked_frame, read_answer,
+)
 from tests.support.live_node import SECRET
 
 #: Statuses of an accepted request (the pages redirect, the static files may be cached).
@@ -119,20 +119,6 @@ def test_every_upgrade_is_accepted_or_refused_as_documented(live_node, upgrade, 
 
 
 # -- WebSocket frames ---------------------------------------------------------------------
-def masked_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    """A client frame (masked, as RFC 6455 requires of clients)."""
-    mask = os.urandom(4)
-    length = len(payload)
-    head = bytes([(0x80 if fin else 0) | opcode])
-    if length < 126:
-        head += bytes([0x80 | length])
-    elif length < 65536:
-        head += bytes([0x80 | 126]) + struct.pack(">H", length)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack(">Q", length)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 frames = st.fixed_dictionaries(
     {"op": st.sampled_from(["sub", "unsub", "emit", "ping", "nope"])},
     optional={"room": json_scalars | st.text(max_size=80), "event": json_scalars | st.text(max_size=40),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import struct
 import subprocess
 from dataclasses import dataclass, field
 import h11
@@ -91,6 +93,20 @@ def assert_documented_refusal(answer: Answer) -> None:
     assert answer.status in REFUSALS, (answer.status, answer.body[:300])
     body = answer.json()
     assert isinstance(body.get("error"), int) and isinstance(body.get("message"), str), body
+
+
+def masked_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A client frame (masked, as RFC 6455 requires of clients)."""
+    mask = os.urandom(4)
+    length = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if length < 126:
+        head += bytes([0x80 | length])
+    elif length < 65536:
+        head += bytes([0x80 | 126]) + struct.pack(">H", length)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack(">Q", length)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 class WebSocket:
