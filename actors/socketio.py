@@ -1,20 +1,24 @@
-"""Socket.IO actors: one Engine.IO v4 socket over WebSocket, and a session per namespace it connects.
+"""Socket.IO actors: an Engine.IO v4 session (over one WebSocket, or over long-polling requests),
+and a Socket.IO session per namespace it connects.
 
 Contract
 --------
 Mailbox
-    ``EngineIOSocket``: the client's socket (wsproto), read one frame at a time; Engine.IO
-    ``pong`` answers its pings, Socket.IO packets are decoded (``protocol.socketio``,
-    bounded) and a ``CONNECT`` starts a ``SocketIOSession``, an ``EVENT`` becomes an rt.v1
-    command (``protocol.socketio_events``) queued for its namespace's session (at most
-    ``SESSION_MAILBOX``), a ``DISCONNECT`` ends that session; the heartbeat is a deadline
-    of this reading. ``SocketIOSession``: its queue, one command at a time, as a WebSocket
+    ``EngineIOSocket``: the client's socket (wsproto), read one frame at a time, the
+    heartbeat a deadline of this reading. ``PollingEngine``: the packets of each POST, in
+    order (a GET waits for what is queued); its own task keeps the heartbeat. Either way
+    (``EngineIO``): a ``pong`` answers the last ping, Socket.IO packets are decoded
+    (``protocol.socketio``, bounded), a ``CONNECT`` starts a ``SocketIOSession``, an
+    ``EVENT`` becomes an rt.v1 command (``protocol.socketio_events``) queued for its
+    namespace's session (at most ``SESSION_MAILBOX``), a ``DISCONNECT`` ends that
+    session. ``SocketIOSession``: its queue, one command at a time, as a WebSocket
     connection carries out its frames.
 Owns
-    The socket, its wsproto state and its one outbound queue (the namespaces share it, so
-    the byte budget and the slow-consumer close are per socket, as on the rt.v1
-    WebSocket), the heartbeat, and its sessions by namespace. Each session is a
-    ``CommandConnection`` of its own: claims, rooms, presence, token expiry.
+    Its transport (the socket and its wsproto state, or the polling buffer), its one
+    outbound queue (the namespaces share it, so the byte budget and the slow-consumer
+    close are per Engine.IO session, as on the rt.v1 WebSocket), the heartbeat, and its
+    sessions by namespace. Each session is a ``CommandConnection`` of its own: claims,
+    rooms, presence, token expiry.
 Replies
     The Engine.IO ``open`` packet first; ``2`` (ping) every ``ping_interval_ms``. Per
     namespace: ``CONNECT {sid, pid}`` (or ``CONNECT_ERROR {message, data: {code, action}}``),
@@ -22,15 +26,18 @@ Replies
     (``protocol.wires.SocketIOWire``), ``ACK``s to the client's ack ids.
 Failure
     A packet that breaks the protocol, a missed pong, a slow consumer or the client's close
-    end the whole socket (a WebSocket close; socket.io-client reconnects and recovers); a
-    session that must end on its own (token expired, a ``DISCONNECT``) leaves the others
-    be. An unexpected exception ends this socket alone.
+    end the whole Engine.IO session (a WebSocket close, or a close packet to the pending
+    GET; socket.io-client reconnects and recovers); a session that must end on its own
+    (token expired, a ``DISCONNECT``) leaves the others be. An unexpected exception ends
+    this Engine.IO session alone.
 Blocking
-    On its socket's readability; a session on the bus while it resumes.
+    On its socket's readability (polling: a GET on its queue); a session on the bus while
+    it resumes.
 """
 
 from __future__ import annotations
 
+import base64
 import secrets
 import socket
 import time
@@ -53,7 +60,7 @@ from protocol.socketio import PacketType, SocketIOError
 from protocol.socketio_events import ack_answer, client_frame, error_answer
 from protocol.wires import SocketIOWire
 from protocol.wsframes import close_frame, data_frame
-from rtserver.backends.auth import AuthError, TokenVerifier, admission, authorize_room, auto_rooms, bearer_token
+from rtserver.backends.auth import AuthError, TokenVerifier, admission, authorize_room, auto_rooms
 from rtserver.backends.boundary import contained
 from rtserver.backends.config import SocketIOConfig
 from rtserver.backends.sockets import half_close_and_wait_eof
@@ -105,7 +112,7 @@ class SocketIOSession(CommandConnection):
     transport = "socketio"
     __slots__ = ("_socket", "namespace", "_commands", "_arrived", "_pid", "_restored")
 
-    def __init__(self, sock: socket.socket, *, socket_: EngineIOSocket, namespace: str, wire: SocketIOWire,
+    def __init__(self, sock: socket.socket | None, *, socket_: EngineIO, namespace: str, wire: SocketIOWire,
                  pid: str | None, **session) -> None:
         super().__init__(sock, wire=wire, idle_s=0, **session)
         self._socket = socket_
@@ -222,39 +229,38 @@ class NamespaceOut:
         await self._queue.wait_flushed()
 
 
-class EngineIOSocket:
-    """One Engine.IO WebSocket and its Socket.IO sessions (see the module's contract)."""
+class EngineIO:
+    """An Engine.IO session and its Socket.IO namespaces, whatever carries its packets (a
+    WebSocket, or long-polling requests): the packets it is given, the sessions it starts,
+    the heartbeat's schedule."""
 
-    __slots__ = ("sid", "_sock", "_ws", "_s", "_verifier", "_config", "_wires", "_token", "out", "namespace_out",
-                 "_sessions", "_binary", "_partial", "_partial_size", "_next_ping", "_pong_due", "_scope",
-                 "_disconnect", "_peer_closed", "_nursery")
+    __slots__ = ("sid", "_s", "_verifier", "_config", "_wires", "_token", "out", "namespace_out", "_sessions",
+                 "_binary", "_next_ping", "_pong_due", "_scope", "_disconnect", "_nursery")
 
-    def __init__(self, sock: socket.socket, ws: wsproto.connection.Connection, *, services: ConnectionServices,
-                 verifier: TokenVerifier, config: SocketIOConfig, wires: dict[str, SocketIOWire],
-                 headers: dict[str, str], query: dict[str, str]) -> None:
+    def __init__(self, out, *, services: ConnectionServices, verifier: TokenVerifier, config: SocketIOConfig,
+                 wires: dict[str, SocketIOWire], token: str | None) -> None:
         self.sid = secrets.token_urlsafe(15)
-        self._sock = sock
-        self._ws = ws
         self._s = services
         self._verifier = verifier
         self._config = config
         self._wires = wires
-        #: The token of the WebSocket request (header or query), for a CONNECT without one.
-        self._token = bearer_token(headers, query, [])
-        cfg = services.config.connection
-        self.out = OutboundQueue(sock, services.writer, max_frames=cfg.outbound_max_frames,
-                                 max_bytes=cfg.outbound_max_bytes, owner=self)
-        self.namespace_out = NamespaceOut(self.out)
+        #: The token of the request that opened it (header or query), for a CONNECT without one.
+        self._token = token
+        self.out = out
+        self.namespace_out = NamespaceOut(out)
         self._sessions: dict[str, SocketIOSession] = {}
         self._binary: tuple[socketio.Packet, int] | None = None  # a packet waiting for attachments, its size so far
-        self._partial: list[bytes] = []  # a WebSocket message arriving in pieces
-        self._partial_size = 0
         self._next_ping = trio.current_time() + config.ping_interval_ms / 1000
         self._pong_due: float | None = None  # when the pong of the last ping is late
         self._scope = trio.CancelScope()
         self._disconnect: Disconnect | None = None
-        self._peer_closed = False
         self._nursery: trio.Nursery | None = None
+
+    def handshake(self, upgrades: list[str]) -> bytes:
+        """The ``open`` packet."""
+        cfg = self._config
+        return engineio.open_packet(engineio.Handshake(self.sid, upgrades, cfg.ping_interval_ms, cfg.ping_timeout_ms,
+                                                       cfg.max_payload))
 
     # -- QueueOwner, and control from outside --------------------------------------------
     def close(self, disconnect: Disconnect) -> None:
@@ -277,39 +283,18 @@ class EngineIOSocket:
         elif disconnect is not CloseCode.NORMAL and disconnect is not CONNECTION_LOST and not self.out.closed:
             session.out.push(message(socketio.encode(PacketType.DISCONNECT, session.namespace)))
 
-    # -- the actor -------------------------------------------------------------------------
-    async def run(self) -> None:
-        cfg = self._config
-        self.out.push(data_frame(engineio.open_packet(engineio.Handshake(
-            self.sid, [], cfg.ping_interval_ms, cfg.ping_timeout_ms, cfg.max_payload))))
-        try:
-            with contained(self._s.metrics, "socketio", sid=self.sid) as failure:  # a bug ends this socket alone
-                async with trio.open_nursery() as sessions:
-                    self._nursery = sessions
-                    with self._scope:
-                        await self._read()
-                    for session in list(self._sessions.values()):
-                        session.close(self._disconnect or CONNECTION_LOST)
-            if failure.id is not None:
-                self._disconnect = CloseCode.INTERNAL_ERROR
-        finally:
-            await self._finish()
-
-    async def _finish(self) -> None:
-        disconnect = self._disconnect or CloseCode.NORMAL
-        out, sock = self.out, self._sock
-        with trio.CancelScope(shield=True):
-            if disconnect is CloseCode.SLOW_CONSUMER:
-                out.discard()
-            if disconnect is not CONNECTION_LOST:
-                out.push_final(close_frame(disconnect.code, disconnect.reason))
-                with trio.move_on_after(CLOSE_TIMEOUT_S):
-                    await out.wait_flushed()
-                    if not self._peer_closed:
-                        await half_close_and_wait_eof(sock)
-            out.detach()
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
+    async def _serve(self, transport) -> None:
+        """Run ``transport`` (the loop that gives this session its packets) with the
+        namespace sessions beside it; a bug ends this session alone (1011)."""
+        with contained(self._s.metrics, "socketio", sid=self.sid) as failure:
+            async with trio.open_nursery() as sessions:
+                self._nursery = sessions
+                with self._scope:
+                    await transport()
+                for session in list(self._sessions.values()):
+                    session.close(self._disconnect or CONNECTION_LOST)
+        if failure.id is not None:
+            self._disconnect = CloseCode.INTERNAL_ERROR
 
     def _beat(self, now: float) -> bool:
         """The heartbeat's work due at ``now``: a ping every ``ping_interval_ms`` (the client
@@ -323,57 +308,6 @@ class EngineIOSocket:
                 self._pong_due = self._next_ping + self._config.ping_timeout_ms / 1000
             self._next_ping += self._config.ping_interval_ms / 1000
         return True
-
-    async def _read(self) -> None:
-        sock, ws = self._sock, self._ws
-        chunk = self._s.config.connection.read_chunk_bytes
-        limit = self._s.config.server.max_inbound_message_bytes
-        while True:
-            beat_at = self._next_ping if self._pong_due is None else min(self._next_ping, self._pong_due)
-            with trio.move_on_at(beat_at):
-                await trio.lowlevel.wait_readable(sock)
-            if trio.current_time() >= beat_at:
-                if not self._beat(trio.current_time()):
-                    self._disconnect = self._disconnect or CONNECTION_LOST
-                    return
-                continue
-            try:
-                data = sock.recv(chunk)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                self._peer_closed = True
-                self._disconnect = self._disconnect or CONNECTION_LOST
-                return
-            try:
-                ws.receive_data(data)
-                for event in ws.events():
-                    if isinstance(event, ws_events.Message):
-                        data = event.data.encode() if isinstance(event.data, str) else event.data
-                        self._partial.append(data)
-                        self._partial_size += len(data)
-                        if self._partial_size > limit:
-                            self._disconnect = CloseCode.MESSAGE_TOO_BIG
-                            return
-                        if event.message_finished:
-                            whole = b"".join(self._partial)
-                            self._partial, self._partial_size = [], 0
-                            await self._on_packet(engineio.decode_packet(
-                                whole.decode() if isinstance(event.data, str) else whole))
-                    elif isinstance(event, ws_events.Ping):
-                        self.out.push(ws.send(event.response()))
-                    elif isinstance(event, ws_events.CloseConnection):
-                        self._peer_closed = True
-                        self._disconnect = self._disconnect or CloseCode.NORMAL
-                        return
-            except (wsproto.utilities.RemoteProtocolError, EngineIOError, SocketIOError) as exc:
-                log.info("socketio_protocol_error", sid=self.sid, error=str(exc))
-                self._disconnect = CloseCode.PROTOCOL_ERROR
-                return
-            if self._disconnect is not None:
-                return
 
     async def _on_packet(self, packet: engineio.Packet) -> None:
         if packet.type is engineio.PacketType.PONG:
@@ -443,7 +377,7 @@ class EngineIOSocket:
             return
         pid, since = resume_point(auth)
         session = SocketIOSession(
-            self._sock, socket_=self, namespace=namespace, wire=self._wires[namespace], pid=pid,
+            self.session_socket, socket_=self, namespace=namespace, wire=self._wires[namespace], pid=pid,
             services=self._s, claims=claims, ns=ns, session=secrets.token_urlsafe(12), since=since)
         self._sessions[namespace] = session
         self._nursery.start_soon(self._run_session, session)
@@ -457,3 +391,231 @@ class EngineIOSocket:
         if disconnect is not None:
             data["data"] = {"code": disconnect.code, "action": disconnect.action.value}
         self.out.push(message(socketio.encode(PacketType.CONNECT_ERROR, namespace, data)))
+
+
+class EngineIOSocket(EngineIO):
+    """An Engine.IO session over one WebSocket (see the module's contract)."""
+
+    __slots__ = ("_sock", "_ws", "_partial", "_partial_size", "_peer_closed")
+
+    def __init__(self, sock: socket.socket, ws: wsproto.connection.Connection, *, services: ConnectionServices,
+                 verifier: TokenVerifier, config: SocketIOConfig, wires: dict[str, SocketIOWire],
+                 token: str | None) -> None:
+        cfg = services.config.connection
+        out = OutboundQueue(sock, services.writer, max_frames=cfg.outbound_max_frames,
+                            max_bytes=cfg.outbound_max_bytes, owner=self)
+        super().__init__(out, services=services, verifier=verifier, config=config, wires=wires, token=token)
+        self._sock = sock
+        self._ws = ws
+        self._partial: list[bytes] = []  # a WebSocket message arriving in pieces
+        self._partial_size = 0
+        self._peer_closed = False
+
+    @property
+    def session_socket(self) -> socket.socket:
+        return self._sock
+
+    async def run(self) -> None:
+        self.out.push(data_frame(self.handshake([])))
+        try:
+            await self._serve(self._read)
+        finally:
+            await self._finish()
+
+    async def _finish(self) -> None:
+        disconnect = self._disconnect or CloseCode.NORMAL
+        out, sock = self.out, self._sock
+        with trio.CancelScope(shield=True):
+            if disconnect is CloseCode.SLOW_CONSUMER:
+                out.discard()
+            if disconnect is not CONNECTION_LOST:
+                out.push_final(close_frame(disconnect.code, disconnect.reason))
+                with trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await out.wait_flushed()
+                    if not self._peer_closed:
+                        await half_close_and_wait_eof(sock)
+            out.detach()
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+
+    async def _read(self) -> None:
+        sock, ws = self._sock, self._ws
+        chunk = self._s.config.connection.read_chunk_bytes
+        limit = self._s.config.server.max_inbound_message_bytes
+        while True:
+            beat_at = self._next_ping if self._pong_due is None else min(self._next_ping, self._pong_due)
+            with trio.move_on_at(beat_at):
+                await trio.lowlevel.wait_readable(sock)
+            if trio.current_time() >= beat_at:
+                if not self._beat(trio.current_time()):
+                    self._disconnect = self._disconnect or CONNECTION_LOST
+                    return
+                continue
+            try:
+                data = sock.recv(chunk)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._peer_closed = True
+                self._disconnect = self._disconnect or CONNECTION_LOST
+                return
+            try:
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, ws_events.Message):
+                        data = event.data.encode() if isinstance(event.data, str) else event.data
+                        self._partial.append(data)
+                        self._partial_size += len(data)
+                        if self._partial_size > limit:
+                            self._disconnect = CloseCode.MESSAGE_TOO_BIG
+                            return
+                        if event.message_finished:
+                            whole = b"".join(self._partial)
+                            self._partial, self._partial_size = [], 0
+                            await self._on_packet(engineio.decode_packet(
+                                whole.decode() if isinstance(event.data, str) else whole))
+                    elif isinstance(event, ws_events.Ping):
+                        self.out.push(ws.send(event.response()))
+                    elif isinstance(event, ws_events.CloseConnection):
+                        self._peer_closed = True
+                        self._disconnect = self._disconnect or CloseCode.NORMAL
+                        return
+            except (wsproto.utilities.RemoteProtocolError, EngineIOError, SocketIOError) as exc:
+                log.info("socketio_protocol_error", sid=self.sid, error=str(exc))
+                self._disconnect = CloseCode.PROTOCOL_ERROR
+                return
+            if self._disconnect is not None:
+                return
+
+
+class PollBuffer:
+    """An Engine.IO long-polling session's outbound packets until a GET takes them,
+    budgeted as a socket's queue. What is pushed is framed for WebSocket (a broadcast is
+    encoded once); the frame's header is dropped here."""
+
+    __slots__ = ("packets", "nbytes", "max_frames", "max_bytes", "closed", "_owner", "_arrived", "_taken")
+
+    def __init__(self, *, max_frames: int, max_bytes: int, owner: EngineIO) -> None:
+        self.packets: list[bytes] = []
+        self.nbytes = 0
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.closed = False
+        self._owner = owner
+        self._arrived = trio.Event()
+        self._taken = trio.Event()
+
+    def push(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        packet = ws_payload(frame)
+        self.packets.append(packet)
+        self.nbytes += len(packet)
+        if len(self.packets) > self.max_frames or self.nbytes > self.max_bytes:
+            self.closed = True
+            self._owner.slow_consumer()
+        self._arrived.set()
+
+    async def wait_flushed(self) -> None:
+        """Return once a GET took what is queued (flow control of a resume's pages)."""
+        while self.packets and not self.closed:
+            await self._taken.wait()
+
+    async def take(self) -> list[bytes]:
+        """What is queued, once there is some (or the session ended: nothing)."""
+        while not self.packets and not self.closed:
+            await self._arrived.wait()
+            self._arrived = trio.Event()
+        packets, self.packets, self.nbytes = self.packets, [], 0
+        self._taken.set()
+        self._taken = trio.Event()
+        return packets
+
+    def end(self) -> None:
+        self.closed = True
+        self._arrived.set()
+        self._taken.set()
+
+
+def ws_payload(frame: bytes) -> bytes:
+    """The payload of an unmasked WebSocket frame (``protocol.wsframes.data_frame``)."""
+    length = frame[1] & 0x7F
+    return frame[2:] if length < 126 else frame[4:] if length == 126 else frame[10:]
+
+
+class PollingEngine(EngineIO):
+    """An Engine.IO session over long-polling requests: a GET takes the packets queued
+    (waiting for some), a POST gives packets; one of each at a time (else 400, and the
+    session ends). Its own task keeps the heartbeat; it ends on a missed pong, a close
+    packet, or the node's draining, and is then forgotten by ``registry``."""
+
+    __slots__ = ("_registry", "_getting", "_posting")
+
+    def __init__(self, *, services: ConnectionServices, verifier: TokenVerifier, config: SocketIOConfig,
+                 wires: dict[str, SocketIOWire], token: str | None, registry: dict[str, PollingEngine]) -> None:
+        cfg = services.config.connection
+        out = PollBuffer(max_frames=cfg.outbound_max_frames, max_bytes=cfg.outbound_max_bytes, owner=self)
+        super().__init__(out, services=services, verifier=verifier, config=config, wires=wires, token=token)
+        self._registry = registry
+        self._getting = False
+        self._posting = False
+        registry[self.sid] = self
+
+    session_socket = None
+
+    async def run(self) -> None:
+        try:
+            await self._serve(self._keep_beating)
+        finally:
+            self._registry.pop(self.sid, None)
+            self.out.end()
+
+    async def _keep_beating(self) -> None:
+        while True:
+            beat_at = self._next_ping if self._pong_due is None else min(self._next_ping, self._pong_due)
+            await trio.sleep_until(beat_at)
+            if not self._beat(trio.current_time()):
+                self._disconnect = self._disconnect or CONNECTION_LOST
+                return
+            if self._disconnect is not None:
+                return
+
+    async def get(self) -> bytes:
+        """A GET's answer: the packets queued, once there are some; a close packet once the
+        session ended. ``EngineIOError`` for a second GET at once."""
+        if self._getting:
+            self.close(CloseCode.PROTOCOL_ERROR)
+            raise EngineIOError("one GET at a time")
+        self._getting = True
+        try:
+            packets = await self.out.take()
+        finally:
+            self._getting = False
+        if not packets:
+            return engineio.encode_text(engineio.PacketType.CLOSE)
+        return engineio.encode_payload([b"b" + base64.b64encode(p) if _is_binary(p) else p for p in packets])
+
+    async def post(self, body: bytes) -> None:
+        """The packets of a POST, handled in order. ``EngineIOError`` / ``SocketIOError``
+        for a second POST at once or one that breaks the protocol (the session ends)."""
+        if self._posting:
+            self.close(CloseCode.PROTOCOL_ERROR)
+            raise EngineIOError("one POST at a time")
+        self._posting = True
+        try:
+            for packet in engineio.decode_payload(body, self._config.max_payload):
+                await self._on_packet(packet)
+        except (EngineIOError, SocketIOError):
+            self.close(CloseCode.PROTOCOL_ERROR)
+            raise
+        finally:
+            self._posting = False
+        if self._disconnect is not None:
+            self.close(self._disconnect)
+
+
+def _is_binary(packet: bytes) -> bool:
+    """Server packets are text (Engine.IO type digit first)."""
+    return not packet[:1].isdigit()

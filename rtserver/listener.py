@@ -56,19 +56,21 @@ from wsproto import ConnectionType
 
 from actors.connection import Connection, ConnectionServices, Joining
 from actors.poll import PollRequest
-from actors.socketio import EngineIOSocket
+from actors.socketio import EngineIOSocket, PollingEngine
 from actors.sse import SseStream
 from actors.websocket import WebSocketConnection
 from protocol.catalog import Namespace
 from protocol.cors import cors_headers, origin_allowed, preflight_headers
 from protocol.cursors import Cursor
+from protocol.engineio import EngineIOError
 from protocol.errors import CloseCode, ReplyCode, ReplyError
 from protocol.presence import PresenceState
 from protocol.rooms import is_identifier
+from protocol.socketio import SocketIOError
 from protocol.upgrade import UpgradeRefused, accept_response, check_upgrade, subprotocols
 from protocol.wires import WS_JSON, WS_WIRES, SocketIOWire
 from protocol.wsframes import close_frame
-from rtserver.backends.auth import AuthError, Claims, TokenVerifier, admission, authorize_room
+from rtserver.backends.auth import AuthError, Claims, TokenVerifier, admission, authorize_room, bearer_token
 from rtserver.backends.boundary import contained, internal_error_body
 from rtserver.backends.config import ServerConfig
 from rtserver.backends.sockets import half_close_and_wait_eof
@@ -183,6 +185,8 @@ class Listener:
         sio = services.config.socketio
         #: One wire per Socket.IO namespace: a broadcast is encoded once per namespace.
         self._sio_wires = {path: SocketIOWire(path, settings.events) for path, settings in sio.namespaces.items()}
+        #: Engine.IO long-polling sessions of this node, by sid.
+        self._polling_engines: dict[str, PollingEngine] = {}
         if sio.enabled:
             self.routes[sio.path] = Route(self._socketio, upgrade=True)
         self._sock: socket.socket | None = None
@@ -359,10 +363,10 @@ class Listener:
         return 408
 
     async def _respond(self, sock: socket.socket, parser: h11.Connection, status: int, body: bytes | None,
-                       extra_headers: list[tuple[bytes, bytes]] = ()) -> bool:
-        """Send one JSON response (None: no body, a 204) (bounded); False when the
-        connection must close."""
-        content = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))] if body else []
+                       extra_headers: list[tuple[bytes, bytes]] = (), content_type: bytes = b"application/json") -> bool:
+        """Send one response, JSON unless said otherwise (None: no body, a 204) (bounded);
+        False when the connection must close."""
+        content = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))] if body else []
         response = parser.send(h11.Response(status_code=status, headers=[*content, *extra_headers]))
         if body:
             response += parser.send(h11.Data(data=body))
@@ -546,11 +550,15 @@ class Listener:
         actor takes it; its namespaces are admitted one by one, by their CONNECT packets."""
         sock, parser, request = exchange.sock, exchange.parser, exchange.request
         query = dict(parse_qsl(urlsplit(request.target.decode("latin-1")).query))
+        if query.get("EIO") == "4" and query.get("transport") == "polling":
+            return await self._polling(exchange, query)
         refusal = None
         if query.get("EIO") != "4":
             refusal = (400, "Engine.IO v4 only (EIO=4)")
         elif query.get("transport") != "websocket":
-            refusal = (400, "transport=websocket only (socket.io-client: transports: ['websocket'])")
+            refusal = (400, "transport is websocket or polling")
+        elif "sid" in query:
+            refusal = (400, "no upgrade from polling: open WebSocket sessions with transport=websocket")
         else:
             try:
                 check_upgrade(request.method, request.http_version, request.headers)
@@ -569,16 +577,63 @@ class Listener:
             ws.receive_data(bytes(exchange.rest))
         engine = EngineIOSocket(sock, ws, services=self._services, verifier=self._verifier,
                                 config=self._services.config.socketio, wires=self._sio_wires,
-                                headers=headers, query=query)
+                                token=bearer_token(headers, query, []))
         if not _send_quietly(sock, accept_response(request.headers, None)):
             sock.close()
             return Next.CLOSE
         self._nursery.start_soon(self._run_engine, engine)
         return Next.HANDED_OVER
 
-    async def _run_engine(self, engine: EngineIOSocket) -> None:
+    async def _run_engine(self, engine: EngineIOSocket | PollingEngine) -> None:
         with contained(self._services.metrics, "socketio"):
             await engine.run()
+
+    async def _polling(self, exchange: Exchange, query: dict[str, str]) -> Next:
+        """One Engine.IO long-polling request: the handshake (a GET without ``sid``), a GET
+        that takes the session's packets, a POST that gives it packets. Each answer closes
+        its connection."""
+        sock, parser, request = exchange.sock, exchange.parser, exchange.request
+        headers = _headers(request)
+        close = [(b"connection", b"close")]
+        origin = headers.get("origin")
+        if not origin_allowed(origin, headers.get("host", ""), self._config.allowed_origins):
+            await self._respond(sock, parser, 403, error_body(403, "origin not allowed"), close)
+            await _linger_close(sock)
+            return Next.CLOSE
+        answer_headers = [*cors_headers(origin), *close]
+        if request.method == b"OPTIONS":
+            await self._respond(sock, parser, 204, None, [*answer_headers, (b"access-control-allow-methods",
+                                                                          b"GET, POST")])
+            return Next.CLOSE
+        sid = query.get("sid")
+        engine = self._polling_engines.get(sid) if sid else None
+        if request.method == b"GET" and sid is None:
+            engine = PollingEngine(services=self._services, verifier=self._verifier,
+                                   config=self._services.config.socketio, wires=self._sio_wires,
+                                   token=bearer_token(headers, query, []), registry=self._polling_engines)
+            self._nursery.start_soon(self._run_engine, engine)
+            body = engine.handshake([])
+        elif engine is None or request.method not in (b"GET", b"POST"):
+            await self._respond(sock, parser, 400, b'{"code":1,"message":"Session ID unknown"}', answer_headers)
+            await _linger_close(sock)
+            return Next.CLOSE
+        else:
+            try:
+                if request.method == b"GET":
+                    body = await engine.get()
+                else:
+                    posted = await self._read_body(sock, parser, exchange.rest)
+                    if isinstance(posted, int):
+                        await self._respond(sock, parser, posted or 400, error_body(posted or 400, "bad body"),
+                                            answer_headers)
+                        return Next.CLOSE
+                    await engine.post(posted)
+                    body = b"ok"
+            except (EngineIOError, SocketIOError) as exc:
+                await self._respond(sock, parser, 400, error_body(400, str(exc)), answer_headers)
+                return Next.CLOSE
+        await self._respond(sock, parser, 200, body, answer_headers, content_type=b"text/plain; charset=UTF-8")
+        return Next.CLOSE
 
     def _reject(self, sock: socket.socket, parser: h11.Connection, status: int, message: str) -> None:
         body = error_body(status, message)

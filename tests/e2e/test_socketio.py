@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import queue
 
+import httpx
 import pytest
 import socketio
 import trio
@@ -229,7 +230,8 @@ async def test_drain_closes_the_socket_and_the_client_recovers_on_another_node(n
     assert (await clients.event("c1", "critical_alert"))[0]["id"] == "a2"
 
 
-async def test_python_socketio_client_connects_subscribes_and_receives(nursery):
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_python_socketio_client_connects_subscribes_and_receives(nursery, transport):
     """python-socketio's own client (PyPI), in a thread: the same wire, another implementation.
     (Its WebSocket library sends the server's own origin: allowed when no list is set.)"""
     node = Node(server_config(server={"allowed_origins": []}))
@@ -238,7 +240,7 @@ async def test_python_socketio_client_connects_subscribes_and_receives(nursery):
     client = socketio.Client(reconnection=False)
     client.on("critical_alert", lambda *args: received.put(args), namespace="/hub")
     await trio.to_thread.run_sync(lambda: client.connect(
-        server.http, namespaces=["/hub"], auth={"token": server.token()}, transports=["websocket"], wait_timeout=5))
+        server.http, namespaces=["/hub"], auth={"token": server.token()}, transports=[transport], wait_timeout=5))
     try:
         answer = await trio.to_thread.run_sync(
             lambda: client.call("subscribe_patient", {"patientId": "p9"}, namespace="/hub", timeout=5))
@@ -286,3 +288,33 @@ def disconnect_and_connect_in_one_write(port: int, token: str) -> tuple[dict, st
 async def test_a_namespace_disconnected_then_connected_again_at_once_is_a_new_session(quick):
     first, answer = await trio.to_thread.run_sync(disconnect_and_connect_in_one_write, quick.port, quick.token())
     assert str(answer).startswith("40/hub,") and json.loads(answer[len("40/hub,"):])["sid"] != first["sid"]
+
+
+# -- long-polling ------------------------------------------------------------------------
+async def test_a_polling_client_connects_subscribes_receives_and_recovers(server, clients):
+    await clients.connect("p1", f"{server.http}/hub", {"token": server.token()}, transports=["polling"])
+    assert (await clients.next("p1", "connect"))["recovered"] is False
+    answer = (await clients.call("p1", "subscribe_patient", {"patientId": "p7"}))["answer"]
+    assert answer["status"] == "subscribed"
+    await server.publish(alert(1, "patient:p7"))
+    data, meta, cursor = await clients.event("p1", "critical_alert")
+    assert (data["id"], meta["room"]) == ("a1", "patient:p7")
+    await clients.drop("p1")
+    await clients.next("p1", "disconnect")
+    for i in (2, 3):
+        await server.publish(alert(i, "patient:p7" if i == 2 else "tenant:t1"))
+    assert (await clients.next("p1", "connect"))["recovered"] is True
+    assert [(await clients.event("p1", "critical_alert"))[0]["id"] for _ in range(2)] == ["a2", "a3"]
+
+
+async def test_polling_answers_the_heartbeat_and_refuses_unknown_sessions(nursery, quick, clients):
+    await clients.connect("p1", f"{quick.http}/hub", {"token": quick.token()}, transports=["polling"])
+    await clients.next("p1", "connect")
+    await trio.sleep(1)  # five heartbeats of 200 ms, each answered over POST: still connected
+    await quick.publish(alert(1))
+    assert (await clients.event("p1", "critical_alert"))[0]["id"] == "a1"
+    async with httpx.AsyncClient(base_url=quick.http) as http:
+        unknown = await http.get("/socket.io/?EIO=4&transport=polling&sid=nope")
+        assert unknown.status_code == 400 and unknown.json() == {"code": 1, "message": "Session ID unknown"}
+        opened = await http.get("/socket.io/?EIO=4&transport=polling")
+        assert opened.status_code == 200 and opened.text.startswith("0{")

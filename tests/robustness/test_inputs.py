@@ -363,3 +363,20 @@ def test_socketio_packets_get_an_answer_or_a_documented_close(live_node, message
     finally:
         client.close()
     live_node.assert_serving()
+
+
+@given(bodies=st.lists(st.lists(engineio_messages, min_size=1, max_size=4).map(
+    lambda messages: b"\x1e".join(m if isinstance(m, bytes) else m.encode() for m in messages)), min_size=1, max_size=3))
+def test_socketio_polling_posts_are_answered_ok_or_400_and_the_session_ends_cleanly(live_node, bodies):
+    opened = live_node.request("GET", "/socket.io/?EIO=4&transport=polling")
+    assert opened.status == 200 and opened.body.startswith(b"0{"), opened
+    sid = json.loads(opened.body[1:])["sid"]
+    connect = ("40/hub," + json.dumps({"token": live_node.token()})).encode()
+    assert live_node.request("POST", f"/socket.io/?EIO=4&transport=polling&sid={sid}", connect).status == 200
+    for body in bodies:
+        answer = live_node.request("POST", f"/socket.io/?EIO=4&transport=polling&sid={sid}", body)
+        assert answer.status in (200, 400), answer
+        if answer.status == 400:  # the session ended (or never knew the sid again)
+            assert answer.body.startswith(b"{"), answer
+            break
+    live_node.assert_serving()
