@@ -38,6 +38,7 @@ Blocking
 from __future__ import annotations
 
 import base64
+import math
 import secrets
 import socket
 import time
@@ -216,17 +217,18 @@ class NamespaceOut:
     """The socket's outbound queue as its sessions push to it: what a namespace does not
     carry encodes to nothing (``SocketIOWire``) and is dropped here."""
 
-    __slots__ = ("_queue",)
+    __slots__ = ("queue",)
 
     def __init__(self, queue: OutboundQueue) -> None:
-        self._queue = queue
+        #: Where the frames go (a socket's queue, or a polling buffer until an upgrade).
+        self.queue = queue
 
     def push(self, frame: bytes) -> None:
         if frame:
-            self._queue.push(frame)
+            self.queue.push(frame)
 
     async def wait_flushed(self) -> None:
-        await self._queue.wait_flushed()
+        await self.queue.wait_flushed()
 
 
 class EngineIO:
@@ -393,63 +395,38 @@ class EngineIO:
         self.out.push(message(socketio.encode(PacketType.CONNECT_ERROR, namespace, data)))
 
 
-class EngineIOSocket(EngineIO):
-    """An Engine.IO session over one WebSocket (see the module's contract)."""
+class WebSocketTransport:
+    """An Engine.IO session's WebSocket: its frames read and handed to the session as
+    packets, and its close. With ``probing``, the client is upgrading from polling: its
+    ``2probe`` is answered ``3probe`` here, and its ``5`` switches the session to it."""
 
-    __slots__ = ("_sock", "_ws", "_partial", "_partial_size", "_peer_closed")
+    __slots__ = ("engine", "sock", "ws", "queue", "_partial", "_partial_size", "peer_closed")
 
-    def __init__(self, sock: socket.socket, ws: wsproto.connection.Connection, *, services: ConnectionServices,
-                 verifier: TokenVerifier, config: SocketIOConfig, wires: dict[str, SocketIOWire],
-                 token: str | None) -> None:
-        cfg = services.config.connection
-        out = OutboundQueue(sock, services.writer, max_frames=cfg.outbound_max_frames,
-                            max_bytes=cfg.outbound_max_bytes, owner=self)
-        super().__init__(out, services=services, verifier=verifier, config=config, wires=wires, token=token)
-        self._sock = sock
-        self._ws = ws
+    def __init__(self, engine: EngineIO, sock: socket.socket, ws: wsproto.connection.Connection,
+                 queue: OutboundQueue) -> None:
+        self.engine = engine
+        self.sock = sock
+        self.ws = ws
+        self.queue = queue
         self._partial: list[bytes] = []  # a WebSocket message arriving in pieces
         self._partial_size = 0
-        self._peer_closed = False
+        self.peer_closed = False
 
-    @property
-    def session_socket(self) -> socket.socket:
-        return self._sock
-
-    async def run(self) -> None:
-        self.out.push(data_frame(self.handshake([])))
-        try:
-            await self._serve(self._read)
-        finally:
-            await self._finish()
-
-    async def _finish(self) -> None:
-        disconnect = self._disconnect or CloseCode.NORMAL
-        out, sock = self.out, self._sock
-        with trio.CancelScope(shield=True):
-            if disconnect is CloseCode.SLOW_CONSUMER:
-                out.discard()
-            if disconnect is not CONNECTION_LOST:
-                out.push_final(close_frame(disconnect.code, disconnect.reason))
-                with trio.move_on_after(CLOSE_TIMEOUT_S):
-                    await out.wait_flushed()
-                    if not self._peer_closed:
-                        await half_close_and_wait_eof(sock)
-            out.detach()
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
-
-    async def _read(self) -> None:
-        sock, ws = self._sock, self._ws
-        chunk = self._s.config.connection.read_chunk_bytes
-        limit = self._s.config.server.max_inbound_message_bytes
+    async def read(self, *, beating: bool, probing: bool = False) -> Disconnect:
+        """Until the client goes or the session must end: why. ``beating``: the session's
+        heartbeat is a deadline of this reading."""
+        engine, sock, ws = self.engine, self.sock, self.ws
+        chunk = engine._s.config.connection.read_chunk_bytes
+        limit = engine._s.config.server.max_inbound_message_bytes
         while True:
-            beat_at = self._next_ping if self._pong_due is None else min(self._next_ping, self._pong_due)
+            beat_at = math.inf
+            if beating:
+                beat_at = engine._next_ping if engine._pong_due is None else min(engine._next_ping, engine._pong_due)
             with trio.move_on_at(beat_at):
                 await trio.lowlevel.wait_readable(sock)
             if trio.current_time() >= beat_at:
-                if not self._beat(trio.current_time()):
-                    self._disconnect = self._disconnect or CONNECTION_LOST
-                    return
+                if not engine._beat(trio.current_time()):
+                    return CONNECTION_LOST
                 continue
             try:
                 data = sock.recv(chunk)
@@ -458,9 +435,8 @@ class EngineIOSocket(EngineIO):
             except OSError:
                 data = b""
             if not data:
-                self._peer_closed = True
-                self._disconnect = self._disconnect or CONNECTION_LOST
-                return
+                self.peer_closed = True
+                return CONNECTION_LOST
             try:
                 ws.receive_data(data)
                 for event in ws.events():
@@ -469,25 +445,82 @@ class EngineIOSocket(EngineIO):
                         self._partial.append(data)
                         self._partial_size += len(data)
                         if self._partial_size > limit:
-                            self._disconnect = CloseCode.MESSAGE_TOO_BIG
-                            return
+                            return CloseCode.MESSAGE_TOO_BIG
                         if event.message_finished:
                             whole = b"".join(self._partial)
                             self._partial, self._partial_size = [], 0
-                            await self._on_packet(engineio.decode_packet(
-                                whole.decode() if isinstance(event.data, str) else whole))
+                            packet = engineio.decode_packet(whole.decode() if isinstance(event.data, str) else whole)
+                            if probing and packet.type is engineio.PacketType.PING and packet.data == "probe":
+                                self.queue.push(data_frame(engineio.encode_text(engineio.PacketType.PONG, "probe")))
+                                engine.probed()
+                            elif probing and packet.type is engineio.PacketType.UPGRADE:
+                                engine.upgraded(self.queue)
+                                probing = False
+                            elif probing:
+                                raise EngineIOError(f"{packet.type.name} packet before the upgrade")
+                            else:
+                                await engine._on_packet(packet)
                     elif isinstance(event, ws_events.Ping):
-                        self.out.push(ws.send(event.response()))
+                        self.queue.push(ws.send(event.response()))
                     elif isinstance(event, ws_events.CloseConnection):
-                        self._peer_closed = True
-                        self._disconnect = self._disconnect or CloseCode.NORMAL
-                        return
+                        self.peer_closed = True
+                        return CloseCode.NORMAL
             except (wsproto.utilities.RemoteProtocolError, EngineIOError, SocketIOError) as exc:
-                log.info("socketio_protocol_error", sid=self.sid, error=str(exc))
-                self._disconnect = CloseCode.PROTOCOL_ERROR
-                return
-            if self._disconnect is not None:
-                return
+                log.info("socketio_protocol_error", sid=engine.sid, error=str(exc))
+                return CloseCode.PROTOCOL_ERROR
+            if engine._disconnect is not None:  # a close packet, or the session ended meanwhile
+                return engine._disconnect
+
+    async def finish(self, disconnect: Disconnect) -> None:
+        """Tell the client why (a close frame, bounded) and release the socket."""
+        out, sock = self.queue, self.sock
+        with trio.CancelScope(shield=True):
+            if disconnect is CloseCode.SLOW_CONSUMER:
+                out.discard()
+            if disconnect is not CONNECTION_LOST:
+                out.push_final(close_frame(disconnect.code, disconnect.reason))
+                with trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await out.wait_flushed()
+                    if not self.peer_closed:
+                        await half_close_and_wait_eof(sock)
+            out.detach()
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+
+
+def socket_queue(sock: socket.socket, services: ConnectionServices, owner: EngineIO) -> OutboundQueue:
+    cfg = services.config.connection
+    return OutboundQueue(sock, services.writer, max_frames=cfg.outbound_max_frames,
+                         max_bytes=cfg.outbound_max_bytes, owner=owner)
+
+
+class EngineIOSocket(EngineIO):
+    """An Engine.IO session over one WebSocket (see the module's contract)."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, sock: socket.socket, ws: wsproto.connection.Connection, *, services: ConnectionServices,
+                 verifier: TokenVerifier, config: SocketIOConfig, wires: dict[str, SocketIOWire],
+                 token: str | None) -> None:
+        super().__init__(None, services=services, verifier=verifier, config=config, wires=wires, token=token)
+        self.out = socket_queue(sock, services, self)
+        self.namespace_out = NamespaceOut(self.out)
+        self._transport = WebSocketTransport(self, sock, ws, self.out)
+
+    @property
+    def session_socket(self) -> socket.socket:
+        return self._transport.sock
+
+    async def run(self) -> None:
+        self.out.push(data_frame(self.handshake([])))
+        try:
+            await self._serve(self._read)
+        finally:
+            await self._transport.finish(self._disconnect or CloseCode.NORMAL)
+
+    async def _read(self) -> None:
+        ended = await self._transport.read(beating=True)
+        self._disconnect = self._disconnect or ended
 
 
 class PollBuffer:
@@ -551,7 +584,7 @@ class PollingEngine(EngineIO):
     session ends). Its own task keeps the heartbeat; it ends on a missed pong, a close
     packet, or the node's draining, and is then forgotten by ``registry``."""
 
-    __slots__ = ("_registry", "_getting", "_posting")
+    __slots__ = ("_registry", "_getting", "_posting", "_upgrade", "_upgrading")
 
     def __init__(self, *, services: ConnectionServices, verifier: TokenVerifier, config: SocketIOConfig,
                  wires: dict[str, SocketIOWire], token: str | None, registry: dict[str, PollingEngine]) -> None:
@@ -561,6 +594,8 @@ class PollingEngine(EngineIO):
         self._registry = registry
         self._getting = False
         self._posting = False
+        self._upgrade: WebSocketTransport | None = None  # the WebSocket it moved to
+        self._upgrading = trio.CancelScope()  # around the WebSocket's reading
         registry[self.sid] = self
 
     session_socket = None
@@ -570,7 +605,45 @@ class PollingEngine(EngineIO):
             await self._serve(self._keep_beating)
         finally:
             self._registry.pop(self.sid, None)
-            self.out.end()
+            self._upgrading.cancel()
+            if isinstance(self.out, PollBuffer):
+                self.out.end()
+
+    def close(self, disconnect: Disconnect) -> None:
+        super().close(disconnect)
+        self._upgrading.cancel()
+
+    # -- the upgrade to WebSocket ----------------------------------------------------------
+    async def upgrade(self, sock: socket.socket, ws: wsproto.connection.Connection) -> None:
+        """A WebSocket opened for this session (``?sid=``): it answers the probe, and on
+        the client's ``5`` the session moves to it (what was queued for the next GET goes
+        first); the session then lives as long as this socket."""
+        if self._upgrade is not None or not isinstance(self.out, PollBuffer):  # one upgrade per session
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+            return
+        transport = self._upgrade = WebSocketTransport(self, sock, ws, socket_queue(sock, self._s, self))
+        ended = CONNECTION_LOST
+        try:
+            with self._upgrading:
+                ended = await transport.read(beating=False, probing=True)
+            if transport.queue is self.out:  # it was the session's transport: the session ends with it
+                self.close(ended)
+        finally:
+            await transport.finish(self._disconnect or ended)
+
+    def probed(self) -> None:
+        """The WebSocket answered the probe: the pending GET ends with a noop."""
+        self.out.push(data_frame(engineio.encode_text(engineio.PacketType.NOOP)))
+
+    def upgraded(self, queue: OutboundQueue) -> None:
+        """The client moved to the WebSocket: what was queued for polling leaves there first."""
+        polled = self.out
+        for packet in polled.packets:
+            queue.push(data_frame(packet))
+        polled.packets.clear()
+        polled.end()
+        self.out = self.namespace_out.queue = queue
 
     async def _keep_beating(self) -> None:
         while True:

@@ -557,8 +557,8 @@ class Listener:
             refusal = (400, "Engine.IO v4 only (EIO=4)")
         elif query.get("transport") != "websocket":
             refusal = (400, "transport is websocket or polling")
-        elif "sid" in query:
-            refusal = (400, "no upgrade from polling: open WebSocket sessions with transport=websocket")
+        elif "sid" in query and query["sid"] not in self._polling_engines:
+            refusal = (400, "Session ID unknown")
         else:
             try:
                 check_upgrade(request.method, request.http_version, request.headers)
@@ -575,14 +575,22 @@ class Listener:
         ws = wsproto.connection.Connection(ConnectionType.SERVER)
         if exchange.rest:
             ws.receive_data(bytes(exchange.rest))
-        engine = EngineIOSocket(sock, ws, services=self._services, verifier=self._verifier,
-                                config=self._services.config.socketio, wires=self._sio_wires,
-                                token=bearer_token(headers, query, []))
+        polling = self._polling_engines.get(query.get("sid", ""))
+        engine = None if polling else EngineIOSocket(
+            sock, ws, services=self._services, verifier=self._verifier, config=self._services.config.socketio,
+            wires=self._sio_wires, token=bearer_token(headers, query, []))
         if not _send_quietly(sock, accept_response(request.headers, None)):
             sock.close()
             return Next.CLOSE
-        self._nursery.start_soon(self._run_engine, engine)
+        if polling is not None:  # the upgrade of a polling session
+            self._nursery.start_soon(self._run_upgrade, polling, sock, ws)
+        else:
+            self._nursery.start_soon(self._run_engine, engine)
         return Next.HANDED_OVER
+
+    async def _run_upgrade(self, polling: PollingEngine, sock: socket.socket, ws: wsproto.connection.Connection) -> None:
+        with contained(self._services.metrics, "socketio"):
+            await polling.upgrade(sock, ws)
 
     async def _run_engine(self, engine: EngineIOSocket | PollingEngine) -> None:
         with contained(self._services.metrics, "socketio"):
@@ -612,7 +620,7 @@ class Listener:
                                    config=self._services.config.socketio, wires=self._sio_wires,
                                    token=bearer_token(headers, query, []), registry=self._polling_engines)
             self._nursery.start_soon(self._run_engine, engine)
-            body = engine.handshake([])
+            body = engine.handshake(["websocket"])
         elif engine is None or request.method not in (b"GET", b"POST"):
             await self._respond(sock, parser, 400, b'{"code":1,"message":"Session ID unknown"}', answer_headers)
             await _linger_close(sock)

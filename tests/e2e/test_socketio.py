@@ -256,7 +256,7 @@ async def test_python_socketio_client_connects_subscribes_and_receives(nursery, 
 
 
 async def test_a_token_that_expires_ends_its_namespace_with_a_disconnect_the_app_acts_on(server, clients):
-    await clients.connect("c1", f"{server.http}/hub", {"token": server.token(ttl_s=1)})
+    await clients.connect("c1", f"{server.http}/hub", {"token": server.token(ttl_s=2)})  # exp is in whole seconds: 1-2 s left
     await clients.next("c1", "connect")
     assert (await clients.next("c1", "disconnect", timeout=10))["reason"] == "io server disconnect"
 
@@ -318,3 +318,19 @@ async def test_polling_answers_the_heartbeat_and_refuses_unknown_sessions(nurser
         assert unknown.status_code == 400 and unknown.json() == {"code": 1, "message": "Session ID unknown"}
         opened = await http.get("/socket.io/?EIO=4&transport=polling")
         assert opened.status_code == 200 and opened.text.startswith("0{")
+
+
+async def test_a_client_on_default_transports_starts_polling_then_upgrades_to_websocket(server, clients):
+    await clients.connect("d1", f"{server.http}/hub", {"token": server.token()}, transports=["polling", "websocket"])
+    await clients.next("d1", "connect")
+    answer = (await clients.call("d1", "subscribe_patient", {"patientId": "p7"}))["answer"]
+    assert answer["status"] == "subscribed"
+    assert (await clients.next("d1", "upgrade"))["transport"] == "websocket"
+    await server.publish(alert(1, "patient:p7"))
+    assert (await clients.event("d1", "critical_alert"))[0]["id"] == "a1"
+    assert (await clients.call("d1", "heartbeat"))["answer"] == {"status": "ok"}
+    await clients.drop("d1")
+    await clients.next("d1", "disconnect")
+    await server.publish(alert(2))
+    assert (await clients.next("d1", "connect"))["recovered"] is True
+    assert (await clients.event("d1", "critical_alert"))[0]["id"] == "a2"

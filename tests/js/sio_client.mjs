@@ -14,6 +14,9 @@ function connect({ id, url, auth, options }) {
   socket.on("connect_error", (err) => report({ id, type: "connect_error", message: err.message, data: err.data ?? null }));
   socket.on("disconnect", (reason) => report({ id, type: "disconnect", reason }));
   socket.onAny((event, ...args) => report({ id, type: "event", event, args }));
+  socket.io.on("open", () => {
+    socket.io.engine.on("upgrade", (transport) => report({ id, type: "upgrade", transport: transport.name }));
+  });
 }
 
 async function emit({ id, event, args, seq }) {
