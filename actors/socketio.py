@@ -81,6 +81,7 @@ _RECONNECT = frozenset({CloseCode.SERVER_DRAINING, CloseCode.SLOW_CONSUMER, Clos
 
 
 _PING = data_frame(engineio.encode_text(engineio.PacketType.PING))
+NOOP_PACKET = engineio.encode_text(engineio.PacketType.NOOP)
 
 
 def message(packet: bytes) -> bytes:
@@ -634,13 +635,14 @@ class PollingEngine(EngineIO):
 
     def probed(self) -> None:
         """The WebSocket answered the probe: the pending GET ends with a noop."""
-        self.out.push(data_frame(engineio.encode_text(engineio.PacketType.NOOP)))
+        self.out.push(data_frame(NOOP_PACKET))
 
     def upgraded(self, queue: OutboundQueue) -> None:
         """The client moved to the WebSocket: what was queued for polling leaves there first."""
         polled = self.out
         for packet in polled.packets:
-            queue.push(data_frame(packet))
+            if packet != NOOP_PACKET:  # the noop was the pending GET's
+                queue.push(data_frame(packet))
         polled.packets.clear()
         polled.end()
         self.out = self.namespace_out.queue = queue
@@ -658,6 +660,8 @@ class PollingEngine(EngineIO):
     async def get(self) -> bytes:
         """A GET's answer: the packets queued, once there are some; a close packet once the
         session ended. ``EngineIOError`` for a second GET at once."""
+        if not isinstance(self.out, PollBuffer):
+            raise EngineIOError("this session moved to its WebSocket")
         if self._getting:
             self.close(CloseCode.PROTOCOL_ERROR)
             raise EngineIOError("one GET at a time")
@@ -666,13 +670,16 @@ class PollingEngine(EngineIO):
             packets = await self.out.take()
         finally:
             self._getting = False
-        if not packets:
-            return engineio.encode_text(engineio.PacketType.CLOSE)
+        if not packets:  # it ended: quietly when the client closed it, else say so
+            closed_by_client = self._disconnect is CloseCode.NORMAL
+            return engineio.encode_text(engineio.PacketType.NOOP if closed_by_client else engineio.PacketType.CLOSE)
         return engineio.encode_payload([b"b" + base64.b64encode(p) if _is_binary(p) else p for p in packets])
 
     async def post(self, body: bytes) -> None:
         """The packets of a POST, handled in order. ``EngineIOError`` / ``SocketIOError``
         for a second POST at once or one that breaks the protocol (the session ends)."""
+        if not isinstance(self.out, PollBuffer):
+            raise EngineIOError("this session moved to its WebSocket")
         if self._posting:
             self.close(CloseCode.PROTOCOL_ERROR)
             raise EngineIOError("one POST at a time")

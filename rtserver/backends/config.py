@@ -382,8 +382,8 @@ class SocketIOConfig(_Section):
         if self.ping_interval_ms <= 0 or self.ping_timeout_ms <= 0 or self.max_payload <= 0:
             raise ValueError("socketio: ping_interval_ms, ping_timeout_ms and max_payload are positive")
         for name in self.namespaces:
-            if not name.startswith("/") or name == "/":
-                raise ValueError(f"socketio.namespaces: {name!r} is not a namespace path like /hub")
+            if not name.startswith("/"):
+                raise ValueError(f"socketio.namespaces: {name!r} is not a namespace path like /hub (or /)")
 
 
 class LogConfig(_Section):
