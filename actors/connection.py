@@ -135,7 +135,27 @@ class ConnectionServices:
     recovery: RecoveryStore | None = None
 
 
-class Connection:
+class Closable:
+    """What anyone may tell an actor that owns a cancel scope (``_scope``) and a reason
+    (``_disconnect``): to end, and why (the first reason given wins); its outbound queue's
+    overflow and broken socket end it too."""
+
+    __slots__ = ()
+
+    def close(self, disconnect: Disconnect) -> None:
+        """End with ``disconnect`` (the first reason given wins)."""
+        if self._disconnect is None:
+            self._disconnect = disconnect
+        self._scope.cancel()
+
+    def slow_consumer(self) -> None:
+        self.close(CloseCode.SLOW_CONSUMER)
+
+    def connection_lost(self) -> None:
+        self.close(CONNECTION_LOST)
+
+
+class Connection(Closable):
     """The shared part of the connection actors (see the module docstring)."""
 
     #: The ``transport`` label of the connection metrics.
@@ -184,19 +204,6 @@ class Connection:
         self.out = None  # the transport's outbound queue: ``push(bytes)`` never blocks
         #: Where it is in its life; moved only along ``CONNECTION_TRANSITIONS``.
         self.state = ConnectionState.OPENING
-
-    # -- control from outside ------------------------------------------------------------
-    def close(self, disconnect: Disconnect) -> None:
-        """End this connection with ``disconnect`` (the first reason given wins)."""
-        if self._disconnect is None:
-            self._disconnect = disconnect
-        self._scope.cancel()
-
-    def slow_consumer(self) -> None:
-        self.close(CloseCode.SLOW_CONSUMER)
-
-    def connection_lost(self) -> None:
-        self.close(CONNECTION_LOST)
 
     def _move(self, state: ConnectionState) -> None:
         self.state = advance(CONNECTION_TRANSITIONS, self.state, state)

@@ -48,7 +48,8 @@ import trio
 import wsproto.connection
 import wsproto.events as ws_events
 
-from actors.connection import CONNECTION_LOST, CommandConnection, ConnectionServices
+from actors.connection import CONNECTION_LOST, Closable, CommandConnection, ConnectionServices
+from actors.websocket import close_websocket
 from actors.writer import OutboundQueue
 from protocol import engineio, socketio
 from protocol.catalog import Namespace
@@ -60,18 +61,15 @@ from protocol.session import Answer
 from protocol.socketio import PacketType, SocketIOError
 from protocol.socketio_events import ack_answer, client_frame, error_answer
 from protocol.wires import SocketIOWire
-from protocol.wsframes import close_frame, data_frame
+from protocol.wsframes import data_frame
 from rtserver.backends.auth import AuthError, TokenVerifier, admission, authorize_room, auto_rooms
 from rtserver.backends.boundary import contained
 from rtserver.backends.config import SocketIOConfig
-from rtserver.backends.sockets import half_close_and_wait_eof
 
 log = structlog.get_logger("rtserver.socketio")
 
 #: Commands a session may have waiting; a client that sends more is closed as rate limited.
 SESSION_MAILBOX = 16
-#: Seconds the close handshake may take before the socket is closed anyway.
-CLOSE_TIMEOUT_S = 2.0
 #: How long the rooms of a session whose token never expires are kept, seconds.
 KEPT_WITHOUT_EXPIRY_S = 86_400.0
 #: Close codes after which the client should reconnect: the whole socket closes, so that
@@ -232,7 +230,7 @@ class NamespaceOut:
         await self.queue.wait_flushed()
 
 
-class EngineIO:
+class EngineIO(Closable):
     """An Engine.IO session and its Socket.IO namespaces, whatever carries its packets (a
     WebSocket, or long-polling requests): the packets it is given, the sessions it starts,
     the heartbeat's schedule."""
@@ -264,18 +262,6 @@ class EngineIO:
         cfg = self._config
         return engineio.open_packet(engineio.Handshake(self.sid, upgrades, cfg.ping_interval_ms, cfg.ping_timeout_ms,
                                                        cfg.max_payload))
-
-    # -- QueueOwner, and control from outside --------------------------------------------
-    def close(self, disconnect: Disconnect) -> None:
-        if self._disconnect is None:
-            self._disconnect = disconnect
-        self._scope.cancel()
-
-    def slow_consumer(self) -> None:
-        self.close(CloseCode.SLOW_CONSUMER)
-
-    def connection_lost(self) -> None:
-        self.close(CONNECTION_LOST)
 
     def session_ended(self, session: SocketIOSession, disconnect: Disconnect) -> None:
         """A session's ``finally``: forget it; tell the client, as its close asks."""
@@ -474,19 +460,8 @@ class WebSocketTransport:
 
     async def finish(self, disconnect: Disconnect) -> None:
         """Tell the client why (a close frame, bounded) and release the socket."""
-        out, sock = self.queue, self.sock
         with trio.CancelScope(shield=True):
-            if disconnect is CloseCode.SLOW_CONSUMER:
-                out.discard()
-            if disconnect is not CONNECTION_LOST:
-                out.push_final(close_frame(disconnect.code, disconnect.reason))
-                with trio.move_on_after(CLOSE_TIMEOUT_S):
-                    await out.wait_flushed()
-                    if not self.peer_closed:
-                        await half_close_and_wait_eof(sock)
-            out.detach()
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
+            await close_websocket(self.sock, self.queue, disconnect, peer_closed=self.peer_closed)
 
 
 def socket_queue(sock: socket.socket, services: ConnectionServices, owner: EngineIO) -> OutboundQueue:

@@ -50,6 +50,22 @@ from rtserver.backends.sockets import half_close_and_wait_eof
 CLOSE_TIMEOUT_S = 2.0
 
 
+async def close_websocket(sock: socket.socket, out: OutboundQueue, disconnect: Disconnect, *, peer_closed: bool) -> None:
+    """Tell a WebSocket client ``disconnect`` (a close frame after whole frames; none when
+    the connection is already lost), bounded by ``CLOSE_TIMEOUT_S``, and release the socket."""
+    if disconnect is CloseCode.SLOW_CONSUMER:
+        out.discard()
+    if disconnect is not CONNECTION_LOST:
+        out.push_final(close_frame(disconnect.code, disconnect.reason))
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            await out.wait_flushed()
+            if not peer_closed:
+                await half_close_and_wait_eof(sock)
+    out.detach()
+    trio.lowlevel.notify_closing(sock)
+    sock.close()
+
+
 class WebSocketConnection(CommandConnection):
     transport = "websocket"
     __slots__ = ("_ws", "_partial", "_partial_size")
@@ -77,18 +93,7 @@ class WebSocketConnection(CommandConnection):
                                  max_bytes=cfg.outbound_max_bytes, owner=self)
 
     async def _finish(self, disconnect: Disconnect) -> None:
-        out, sock = self.out, self._sock
-        if disconnect is CloseCode.SLOW_CONSUMER:
-            out.discard()
-        if disconnect is not CONNECTION_LOST:
-            out.push_final(close_frame(disconnect.code, disconnect.reason))
-            with trio.move_on_after(CLOSE_TIMEOUT_S):
-                await out.wait_flushed()
-                if not self._peer_closed:
-                    await half_close_and_wait_eof(sock)
-        out.detach()
-        trio.lowlevel.notify_closing(sock)
-        sock.close()
+        await close_websocket(self._sock, self.out, disconnect, peer_closed=self._peer_closed)
 
     # -- reading -----------------------------------------------------------------------
     async def _serve(self) -> None:
