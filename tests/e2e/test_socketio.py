@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 
 import httpx
 import pytest
@@ -334,3 +335,22 @@ async def test_a_client_on_default_transports_starts_polling_then_upgrades_to_we
     await server.publish(alert(2))
     assert (await clients.next("d1", "connect"))["recovered"] is True
     assert (await clients.event("d1", "critical_alert"))[0]["id"] == "a2"
+
+
+async def test_commands_past_the_inbound_rate_are_refused_then_the_socket_is_closed(nursery):
+    node = Node(server_config(connection={"inbound_rate": 1.0, "inbound_burst": 2, "rate_limit_close_after": 3}))
+    server = Server(node, await nursery.start(node.run))
+    ws, _ = await raw_socket(nursery, server, server.token())
+    for ref in range(10):
+        await ws.send_message(f'42/hub,{ref}["heartbeat"]')
+    answers = []
+    with trio.fail_after(5), pytest.raises(ConnectionClosed) as closed:
+        while True:
+            answers.append(await next_message(ws))
+    by_id = {}  # acks are matched by id: a refusal may come before the answer to an earlier command
+    for answer in answers:
+        ack_id, payload = re.fullmatch(r"43/hub,(\d+)(.*)", answer).groups()
+        by_id[int(ack_id)] = json.loads(payload)
+    assert by_id[0] == by_id[1] == [{"status": "ok"}]  # the burst
+    assert by_id[2] == [{"error": {"code": 200, "message": "too many commands"}}]
+    assert closed.value.reason.code == 4002  # after rate_limit_close_after refusals in a row
