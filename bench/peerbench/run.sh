@@ -1,6 +1,6 @@
 #!/bin/bash
 # rtserver beside the peers in ../shared/peerbench (the figures of bench/RESULTS.md).
-#   bench/peerbench/run.sh          single node: max, rate and idle vs Socket.IO, ws, nchan (~12 min)
+#   bench/peerbench/run.sh          single node (rt.v1 and Socket.IO clients): max, rate and idle vs Socket.IO, ws, nchan (~16 min)
 #   bench/peerbench/run.sh redis    across nodes through Redis vs Socket.IO + redis adapter (~10 min)
 # Output: $PEERBENCH_RESULTS (default bench/results/<tag>-*.jsonl) and a markdown report.
 set -euo pipefail
@@ -18,11 +18,11 @@ COMMON="--retry-contaminated 1 --max-foreign 0.10"
 OUT="$PEERBENCH_RESULTS/$TAG"
 case "$MODE" in
 single)
-  $B fanout --mode max -n 1000 -m 5000 --reps 3 --peers rtserver,sio-node,ws-node,nchan --run-timeout 300 \
+  $B fanout --mode max -n 1000 -m 5000 --reps 3 --peers rtserver,rtserver-sio,sio-node,ws-node,nchan --run-timeout 300 \
      $COMMON --out "$OUT-max.jsonl"
-  $B fanout --mode rate -n 1000 --rate 200 --duration 10 --reps 3 --peers rtserver,sio-node,nchan \
+  $B fanout --mode rate -n 1000 --rate 200 --duration 10 --reps 3 --peers rtserver,rtserver-sio,sio-node,nchan \
      --run-timeout 25 --drain-max 15 $COMMON --out "$OUT-rate.jsonl"
-  $B idle -k 5000 --reps 3 --peers rtserver,sio-node,nchan --retry-contaminated 0 --out "$OUT-idle.jsonl" ;;
+  $B idle -k 5000 --reps 3 --peers rtserver,rtserver-sio,sio-node,nchan --retry-contaminated 0 --out "$OUT-idle.jsonl" ;;
 redis)
   $B fanout --mode max -n 1000 -m 5000 --reps 3 --peers rtserver-redis-2n,sio-node-redis-2n,sio-node \
      --run-timeout 300 $COMMON --out "$OUT-max.jsonl"
