@@ -605,6 +605,8 @@ class PollingEngine(EngineIO):
                 ended = await transport.read(beating=False, probing=True)
             if transport.queue is self.out:  # it was the session's transport: the session ends with it
                 self.close(ended)
+            else:  # the probe failed: the session goes on polling, and may try again
+                self._upgrade = None
         finally:
             await transport.finish(self._disconnect or ended)
 
