@@ -37,11 +37,12 @@ Blocking
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import math
 import secrets
 import socket
 import time
+from collections.abc import Iterator
 
 import structlog
 import trio
@@ -560,7 +561,7 @@ class PollingEngine(EngineIO):
     session ends). Its own task keeps the heartbeat; it ends on a missed pong, a close
     packet, or the node's draining, and is then forgotten by ``registry``."""
 
-    __slots__ = ("_registry", "_getting", "_posting", "_upgrade", "_upgrading")
+    __slots__ = ("_registry", "_serving", "_upgrade", "_upgrading")
 
     def __init__(self, *, services: ConnectionServices, verifier: TokenVerifier, config: SocketIOConfig,
                  wires: dict[str, SocketIOWire], token: str | None, registry: dict[str, PollingEngine]) -> None:
@@ -568,8 +569,7 @@ class PollingEngine(EngineIO):
         out = PollBuffer(max_frames=cfg.outbound_max_frames, max_bytes=cfg.outbound_max_bytes, owner=self)
         super().__init__(out, services=services, verifier=verifier, config=config, wires=wires, token=token)
         self._registry = registry
-        self._getting = False
-        self._posting = False
+        self._serving: set[str] = set()  # the methods of the requests being served ("GET", "POST")
         self._upgrade: WebSocketTransport | None = None  # the WebSocket it moved to
         self._upgrading = trio.CancelScope()  # around the WebSocket's reading
         registry[self.sid] = self
@@ -634,45 +634,40 @@ class PollingEngine(EngineIO):
             if self._disconnect is not None:
                 return
 
-    async def get(self) -> bytes:
-        """A GET's answer: the packets queued, once there are some; a close packet once the
-        session ended. ``EngineIOError`` for a second GET at once."""
+    @contextlib.contextmanager
+    def _alone(self, method: str) -> Iterator[None]:
+        """Serve a GET or a POST of this session, one of each at a time: a second one at
+        once, or one after the upgrade, is ``EngineIOError`` (the first also ends the session)."""
         if not isinstance(self.out, PollBuffer):
             raise EngineIOError("this session moved to its WebSocket")
-        if self._getting:
+        if method in self._serving:
             self.close(CloseCode.PROTOCOL_ERROR)
-            raise EngineIOError("one GET at a time")
-        self._getting = True
+            raise EngineIOError(f"one {method} at a time")
+        self._serving.add(method)
         try:
-            packets = await self.out.take()
+            yield
         finally:
-            self._getting = False
-        if not packets:  # it ended: quietly when the client closed it, else say so
+            self._serving.discard(method)
+
+    async def get(self) -> bytes:
+        """A GET's answer: the packets queued, once there are some; once the session ended,
+        a noop when the client closed it, else a close packet."""
+        with self._alone("GET"):
+            packets = await self.out.take()
+        if not packets:
             closed_by_client = self._disconnect is CloseCode.NORMAL
             return engineio.encode_text(engineio.PacketType.NOOP if closed_by_client else engineio.PacketType.CLOSE)
-        return engineio.encode_payload([b"b" + base64.b64encode(p) if _is_binary(p) else p for p in packets])
+        return engineio.encode_payload(packets)  # server packets are text
 
     async def post(self, body: bytes) -> None:
-        """The packets of a POST, handled in order. ``EngineIOError`` / ``SocketIOError``
-        for a second POST at once or one that breaks the protocol (the session ends)."""
-        if not isinstance(self.out, PollBuffer):
-            raise EngineIOError("this session moved to its WebSocket")
-        if self._posting:
-            self.close(CloseCode.PROTOCOL_ERROR)
-            raise EngineIOError("one POST at a time")
-        self._posting = True
-        try:
-            for packet in engineio.decode_payload(body, self._config.max_payload):
-                await self._on_packet(packet)
-        except (EngineIOError, SocketIOError):
-            self.close(CloseCode.PROTOCOL_ERROR)
-            raise
-        finally:
-            self._posting = False
+        """The packets of a POST, handled in order; one that breaks the protocol ends the
+        session (``EngineIOError`` / ``SocketIOError``)."""
+        with self._alone("POST"):
+            try:
+                for packet in engineio.decode_payload(body, self._config.max_payload):
+                    await self._on_packet(packet)
+            except (EngineIOError, SocketIOError):
+                self.close(CloseCode.PROTOCOL_ERROR)
+                raise
         if self._disconnect is not None:
             self.close(self._disconnect)
-
-
-def _is_binary(packet: bytes) -> bool:
-    """Server packets are text (Engine.IO type digit first)."""
-    return not packet[:1].isdigit()

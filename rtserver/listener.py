@@ -588,7 +588,8 @@ class Listener:
             self._nursery.start_soon(self._run_engine, engine)
         return Next.HANDED_OVER
 
-    async def _run_upgrade(self, polling: PollingEngine, sock: socket.socket, ws: wsproto.connection.Connection) -> None:
+    async def _run_upgrade(self, polling: PollingEngine, sock: socket.socket,
+                           ws: wsproto.connection.Connection) -> None:
         with contained(self._services.metrics, "socketio"):
             await polling.upgrade(sock, ws)
 
@@ -609,9 +610,13 @@ class Listener:
             await _linger_close(sock)
             return Next.CLOSE
         answer_headers = [*cors_headers(origin), *close]
-        if request.method == b"OPTIONS":
-            await self._respond(sock, parser, 204, None, [*answer_headers, (b"access-control-allow-methods",
-                                                                          b"GET, POST")])
+        if request.method == b"OPTIONS":  # a preflight, answered as for the other HTTP transports
+            allowed = preflight_headers(origin, headers.get("access-control-request-headers", "")) if origin else []
+            if allowed is None:
+                refused = error_body(403, "preflight asks for what this endpoint does not take")
+                await self._respond(sock, parser, 403, refused, close)
+            else:
+                await self._respond(sock, parser, 204, None, [*allowed, *close])
             return Next.CLOSE
         sid = query.get("sid")
         engine = self._polling_engines.get(sid) if sid else None

@@ -356,3 +356,36 @@ async def test_commands_past_the_inbound_rate_are_refused_then_the_socket_is_clo
     assert by_id[0] == by_id[1] == [{"status": "ok"}]  # the burst
     assert by_id[2] == [{"error": {"code": 200, "message": "too many commands"}}]
     assert closed.value.reason.code == 4002  # after rate_limit_close_after refusals in a row
+
+
+async def test_a_second_poll_at_once_is_refused_and_ends_the_session(server):
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        opened = await http.get("/socket.io/?EIO=4&transport=polling")
+        url = f"/socket.io/?EIO=4&transport=polling&sid={json.loads(opened.text[1:])['sid']}"
+        answers = []
+
+        async def poll() -> None:
+            answers.append(await http.get(url))
+
+        async with trio.open_nursery() as polls:  # nothing is queued: the first waits, whichever it is
+            polls.start_soon(poll)
+            polls.start_soon(poll)
+        refused, ended = sorted(answers, key=lambda answer: answer.status_code, reverse=True)
+        assert refused.status_code == 400 and "one GET at a time" in refused.text
+        assert ended.status_code == 200 and ended.text == "1"  # the session ended: a close packet
+        assert (await http.get(url)).status_code == 400  # and is forgotten
+
+
+async def test_a_polling_preflight_is_answered_for_allowed_origins_and_headers_only(server):
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        ok = await http.options("/socket.io/?EIO=4&transport=polling", headers={
+            "origin": "http://good.example", "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type"})
+        assert ok.status_code == 204 and ok.headers["access-control-allow-origin"] == "http://good.example"
+        odd = await http.options("/socket.io/?EIO=4&transport=polling", headers={
+            "origin": "http://good.example", "access-control-request-method": "POST",
+            "access-control-request-headers": "x-anything"})
+        assert odd.status_code == 403
+        elsewhere = await http.options("/socket.io/?EIO=4&transport=polling", headers={
+            "origin": "http://evil.example", "access-control-request-method": "POST"})
+        assert elsewhere.status_code == 403
