@@ -50,6 +50,7 @@ import wsproto.connection
 import wsproto.events as ws_events
 
 from actors.connection import CONNECTION_LOST, Closable, CommandConnection, ConnectionServices
+from actors.socketio_relay import relay, relay_room, relayed_request, reply_to
 from actors.websocket import close_websocket
 from actors.writer import OutboundQueue
 from protocol import engineio, socketio
@@ -57,13 +58,15 @@ from protocol.catalog import Namespace
 from protocol.cursors import Cursor
 from protocol.engineio import EngineIOError
 from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
-from protocol.frames import ClientFrame, Sub, Unsub
+from protocol.frames import ClientFrame, Evt, Sub, Unsub
+from protocol.polling_relay import Handover, Method, NamespaceState, Relayed, RelayReply, event_cursor
 from protocol.session import Answer
 from protocol.socketio import PacketType, SocketIOError
 from protocol.socketio_events import ack_answer, client_frame, error_answer
-from protocol.wires import SocketIOWire
+from protocol.states import ConnectionState
+from protocol.wires import FRAMES, SocketIOWire
 from protocol.wsframes import data_frame
-from rtserver.backends.auth import AuthError, TokenVerifier, admission, authorize_room, auto_rooms
+from rtserver.backends.auth import AuthError, Claims, TokenVerifier, admission, authorize_room, auto_rooms
 from rtserver.backends.boundary import contained
 from rtserver.backends.config import SocketIOConfig
 
@@ -111,17 +114,24 @@ class SocketIOSession(CommandConnection):
     """One namespace of an Engine.IO socket (see the module's contract)."""
 
     transport = "socketio"
-    __slots__ = ("_socket", "namespace", "_commands", "_arrived", "_pid", "_restored")
+    __slots__ = ("_socket", "namespace", "_commands", "_arrived", "_settled", "_pid", "_token", "_cursor",
+                 "_restored", "_handed_over")
 
     def __init__(self, sock: socket.socket | None, *, socket_: EngineIO, namespace: str, wire: SocketIOWire,
-                 pid: str | None, **session) -> None:
+                 pid: str | None, token: str, handed_over: list[str] | None = None, **session) -> None:
+        """``handed_over``: the rooms of a session another node handed over (its client
+        is connected already: no ``CONNECT`` answer; ``pid`` and ``since`` are its own)."""
         super().__init__(sock, wire=wire, idle_s=0, **session)
         self._socket = socket_
         self.namespace = namespace
         self._pid = pid  # as the client sent it; then as answered
-        self._restored: list[str] = []  # the rooms recalled for a recovery
+        self._token = token  # admitted with: admitted again by a node it is handed over to
+        self._cursor = ""  # the connect's answer's
+        self._handed_over = handed_over is not None
+        self._restored: list[str] = handed_over or []  # the rooms recalled for a recovery
         self._commands: list[ClientFrame] = []  # waiting, oldest first (at most SESSION_MAILBOX)
         self._arrived = trio.Event()
+        self._settled = trio.Event()  # set while no command is waiting or being carried out
         self.out = socket_.namespace_out
 
     def event(self, name: str, args: list, ack_id: int | None) -> None:
@@ -142,12 +152,14 @@ class SocketIOSession(CommandConnection):
             return
         self._commands.append(frame)
         self._arrived.set()
+        if self._settled.is_set():
+            self._settled = trio.Event()
 
     async def _start(self) -> None:
         """A client that comes back (``pid``) gets the rooms it had subscribed to again,
         authorized anew, resumed from its offset with the token's own."""
         sent = self._pid
-        if sent is not None and self._since is not None:
+        if sent is not None and self._since is not None and not self._handed_over:
             self._restored = await self._s.recovery.recall(sent)
         await super()._start()
         if self._restored and self._pid != sent:  # not recovered: kept under the new pid
@@ -166,6 +178,7 @@ class SocketIOSession(CommandConnection):
 
     async def _serve(self) -> None:
         while True:
+            self._settled.set()
             await self._arrived.wait()
             self._arrived = trio.Event()
             while self._commands:
@@ -174,12 +187,16 @@ class SocketIOSession(CommandConnection):
                 if isinstance(frame, Sub | Unsub):
                     await self._remember_rooms()
 
+    def _subscribed(self) -> list[str]:
+        """The rooms subscribed beyond the token's own."""
+        own = set(auto_rooms(self.claims, self.ns))
+        return [room for room in self._rooms if room not in own]
+
     async def _remember_rooms(self) -> None:
         """Keep the rooms subscribed beyond the token's own, for a recovery on any node."""
-        own = set(auto_rooms(self.claims, self.ns))
         lifetime = self.claims.exp - time.time() if self.claims.exp is not None else KEPT_WITHOUT_EXPIRY_S
         try:
-            await self._s.recovery.remember(self._pid, [room for room in self._rooms if room not in own],
+            await self._s.recovery.remember(self._pid, self._subscribed(),
                                             lifetime + self._s.config.socketio.recovery_s)
         except ReplyError as err:  # a recovery then resumes the token's rooms only: said in the log
             self._log("socketio_rooms_not_kept", error=err.message)
@@ -188,6 +205,17 @@ class SocketIOSession(CommandConnection):
         self._commands.clear()
         self._socket.session_ended(self, disconnect)
 
+    async def settled(self) -> None:
+        """Return once it is open and no command is waiting or being carried out."""
+        while not self._settled.is_set():
+            await self._settled.wait()
+
+    def handover_state(self, cursor: str | None) -> NamespaceState:
+        """What another node needs to carry this session on; ``cursor``: of the last
+        durable event a GET took (None: none did, it resumes from the connect's answer)."""
+        return NamespaceState(self.namespace, self.session, self._pid or "", self._token, cursor or self._cursor,
+                              self._subscribed())
+
     def _send_packet(self, packet_type: PacketType, data: object = None, ack_id: int | None = None) -> None:
         self.out.push(message(socketio.encode(packet_type, self.namespace, data, ack_id)))
 
@@ -195,6 +223,11 @@ class SocketIOSession(CommandConnection):
     def _answer(self, answer: Answer, rooms: list[str], sub: Sub | None) -> None:
         if sub is not None:
             return super()._answer(answer, rooms, sub)
+        self._cursor = answer.cursor.encode()
+        if self._handed_over:  # its client is connected: told nothing, unless it must recover by itself
+            if not answer.recovered:
+                self._socket.close(CloseCode.TRY_AGAIN_LATER)
+            return
         if not (answer.recovered and self._pid):
             self._pid = new_pid(answer.cursor)
         self._send_packet(PacketType.CONNECT, {"sid": self.session, "pid": self._pid})
@@ -273,16 +306,18 @@ class EngineIO(Closable):
         elif disconnect is not CloseCode.NORMAL and disconnect is not CONNECTION_LOST and not self.out.closed:
             session.out.push(message(socketio.encode(PacketType.DISCONNECT, session.namespace)))
 
-    async def _serve(self, transport) -> None:
+    async def _serve(self, transport, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run ``transport`` (the loop that gives this session its packets) with the
         namespace sessions beside it; a bug ends this session alone (1011)."""
         with contained(self._s.metrics, "socketio", sid=self.sid) as failure:
             async with trio.open_nursery() as sessions:
                 self._nursery = sessions
+                task_status.started()
                 with self._scope:
                     await transport()
                 for session in list(self._sessions.values()):
                     session.close(self._disconnect or CONNECTION_LOST)
+            self._nursery = None
         if failure.id is not None:
             self._disconnect = CloseCode.INTERNAL_ERROR
 
@@ -337,7 +372,7 @@ class EngineIO(Closable):
     async def _on_socketio(self, packet: socketio.Packet) -> None:
         session = self._sessions.get(packet.namespace)
         if packet.type is PacketType.CONNECT:
-            if session is None:
+            if session is None and self._disconnect is None:
                 await self._connect(packet.namespace, packet.data or {})
             return
         if session is None:
@@ -352,25 +387,33 @@ class EngineIO(Closable):
     async def _connect(self, namespace: str, auth: dict) -> None:
         """A ``CONNECT``: admit its token to the namespace and start its session, or refuse
         with ``CONNECT_ERROR``."""
+        token = auth.get("token")
+        token = token if isinstance(token, str) and token else self._token
+        admitted = self._admit(namespace, token)
+        if admitted is not None:
+            pid, since = resume_point(auth)
+            self._start_session(namespace, *admitted, token=token or "", pid=pid, since=since,
+                                session=secrets.token_urlsafe(12))
+
+    def _admit(self, namespace: str, token: str | None) -> tuple[Namespace, Claims] | None:
+        """The audience of ``namespace`` and the token's claims; None once refused (``CONNECT_ERROR``)."""
         settings = self._config.namespaces.get(namespace)
         if settings is None:
             self._connect_error(namespace, "Invalid namespace", None)
-            return
-        token = auth.get("token")
-        token = token if isinstance(token, str) and token else self._token
+            return None
         ns = Namespace(settings.ns)
         try:
-            claims = admission(self._verifier, {}, {"access_token": token} if token else {}, [], ns)
+            return ns, admission(self._verifier, {}, {"access_token": token} if token else {}, [], ns)
         except AuthError as exc:
             self._s.metrics.auth_failures.labels(exc.disconnect.reason).inc()
             self._connect_error(namespace, exc.message, exc.disconnect)
-            return
-        pid, since = resume_point(auth)
-        session = SocketIOSession(
-            self.session_socket, socket_=self, namespace=namespace, wire=self._wires[namespace], pid=pid,
-            services=self._s, claims=claims, ns=ns, session=secrets.token_urlsafe(12), since=since)
-        self._sessions[namespace] = session
-        self._nursery.start_soon(self._run_session, session)
+            return None
+
+    def _start_session(self, namespace: str, ns: Namespace, claims: Claims, **session) -> None:
+        started = SocketIOSession(self.session_socket, socket_=self, namespace=namespace, wire=self._wires[namespace],
+                                  services=self._s, claims=claims, ns=ns, **session)
+        self._sessions[namespace] = started
+        self._nursery.start_soon(self._run_session, started)
 
     async def _run_session(self, session: SocketIOSession) -> None:
         with contained(self._s.metrics, session.transport, session=session.session):
@@ -439,10 +482,10 @@ class WebSocketTransport:
                             self._partial, self._partial_size = [], 0
                             packet = engineio.decode_packet(whole.decode() if isinstance(event.data, str) else whole)
                             if probing and packet.type is engineio.PacketType.PING and packet.data == "probe":
+                                await engine.probed()
                                 self.queue.push(data_frame(engineio.encode_text(engineio.PacketType.PONG, "probe")))
-                                engine.probed()
                             elif probing and packet.type is engineio.PacketType.UPGRADE:
-                                engine.upgraded(self.queue)
+                                await engine.upgraded(self.queue)
                                 probing = False
                             elif probing:
                                 raise EngineIOError(f"{packet.type.name} packet before the upgrade")
@@ -488,16 +531,78 @@ class EngineIOSocket(EngineIO):
     def session_socket(self) -> socket.socket:
         return self._transport.sock
 
-    async def run(self) -> None:
-        self.out.push(data_frame(self.handshake([])))
+    #: Whether its client is upgrading from long-polling (``AdoptedSocket``).
+    probing = False
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        if not self.probing:
+            self.out.push(data_frame(self.handshake([])))
         try:
-            await self._serve(self._read)
+            await self._serve(self._read, task_status=task_status)
         finally:
             await self._transport.finish(self._disconnect or CloseCode.NORMAL)
 
     async def _read(self) -> None:
-        ended = await self._transport.read(beating=True)
+        ended = await self._transport.read(beating=True, probing=self.probing)
         self._disconnect = self._disconnect or ended
+
+
+class AdoptedSocket(EngineIOSocket):
+    """The WebSocket a long-polling session held by another node upgrades to: the probe
+    and the upgrade are relayed to that node (``actors.socketio_relay``), which hands the
+    session over (``Handover``); from then on it is an ``EngineIOSocket`` like any other.
+    No heartbeat before (the polling session keeps it), but the upgrade must be done
+    within ``ping_timeout_ms``."""
+
+    __slots__ = ("_held",)
+    probing = True
+
+    def __init__(self, sid: str, sock: socket.socket, ws: wsproto.connection.Connection, **engine) -> None:
+        super().__init__(sock, ws, **engine)
+        self.sid = sid
+        self._next_ping = math.inf
+        self._pong_due = trio.current_time() + self._config.ping_timeout_ms / 1000  # the upgrade's deadline
+        self._held = None  # its relay room, once it holds the session
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await super().run(task_status=task_status)
+        finally:
+            if self._held is not None:
+                self._held.remove(self.sid)
+
+    def _on_relayed(self, evt: Evt) -> None:
+        request = relayed_request(self.sid, evt)
+        if request is not None and self._nursery is not None:
+            self._nursery.start_soon(reply_to, self._s, self.sid, request,
+                                     RelayReply(400, "this session moved to its WebSocket"))
+
+    async def _relay(self, method: Method) -> RelayReply:
+        reply = await relay(self._s, self.sid, method, timeout_s=self._config.ping_timeout_ms / 1000)
+        if reply is None or reply.status != 200:
+            raise EngineIOError(reply.body if reply is not None else "Session ID unknown")
+        return reply
+
+    async def probed(self) -> None:
+        """The holder's pending GET ends with a noop (the client then pauses polling)."""
+        await self._relay(Method.PROBE)
+
+    async def upgraded(self, queue: OutboundQueue) -> None:
+        """The holder hands the session over: its packets leave first, its namespace
+        sessions carry on here (the same ids, resumed from their cursors), the heartbeat
+        starts; a polling request of the session relayed from now on is refused at once."""
+        handover = (await self._relay(Method.UPGRADE)).handover
+        self._held = relay_room(self._s, self.sid)
+        self._held.add(self.sid, FRAMES, self._on_relayed)
+        for packet in handover.packets if handover is not None else ():
+            queue.push(data_frame(packet.encode()))
+        for state in handover.namespaces if handover is not None else ():
+            admitted = self._admit(state.namespace, state.token or None)
+            if admitted is not None:
+                self._start_session(state.namespace, *admitted, token=state.token, pid=state.pid,
+                                    since=Cursor.parse(state.cursor), session=state.session, handed_over=state.rooms)
+        self._next_ping = trio.current_time() + self._config.ping_interval_ms / 1000
+        self._pong_due = None
 
 
 class PollBuffer:
@@ -505,10 +610,13 @@ class PollBuffer:
     budgeted as a socket's queue. What is pushed is framed for WebSocket (a broadcast is
     encoded once); the frame's header is dropped here."""
 
-    __slots__ = ("packets", "nbytes", "max_frames", "max_bytes", "closed", "_owner", "_arrived", "_taken")
+    __slots__ = ("packets", "nbytes", "max_frames", "max_bytes", "closed", "taken_cursors", "_owner", "_arrived",
+                 "_taken")
 
     def __init__(self, *, max_frames: int, max_bytes: int, owner: EngineIO) -> None:
         self.packets: list[bytes] = []
+        #: Per namespace, the cursor of the last durable event a GET took.
+        self.taken_cursors: dict[str, str] = {}
         self.nbytes = 0
         self.max_frames = max_frames
         self.max_bytes = max_bytes
@@ -539,6 +647,9 @@ class PollBuffer:
             await self._arrived.wait()
             self._arrived = trio.Event()
         packets, self.packets, self.nbytes = self.packets, [], 0
+        for packet in packets:
+            if (taken := event_cursor(packet)) is not None:
+                self.taken_cursors[taken[0]] = taken[1]
         self._taken.set()
         self._taken = trio.Event()
         return packets
@@ -559,9 +670,11 @@ class PollingEngine(EngineIO):
     """An Engine.IO session over long-polling requests: a GET takes the packets queued
     (waiting for some), a POST gives packets; one of each at a time (else 400, and the
     session ends). Its own task keeps the heartbeat; it ends on a missed pong, a close
-    packet, or the node's draining, and is then forgotten by ``registry``."""
+    packet, or the node's draining, and is then forgotten by ``registry``. On a bus that
+    spans nodes, the requests other nodes relay arrive through its room
+    (``protocol.polling_relay``) and are served as if they came here."""
 
-    __slots__ = ("_registry", "_serving", "_upgrade", "_upgrading")
+    __slots__ = ("_registry", "_serving", "_upgrade", "_upgrading", "_moved", "_relays")
 
     def __init__(self, *, services: ConnectionServices, verifier: TokenVerifier, config: SocketIOConfig,
                  wires: dict[str, SocketIOWire], token: str | None, registry: dict[str, PollingEngine]) -> None:
@@ -572,29 +685,47 @@ class PollingEngine(EngineIO):
         self._serving: set[str] = set()  # the methods of the requests being served ("GET", "POST")
         self._upgrade: WebSocketTransport | None = None  # the WebSocket it moved to
         self._upgrading = trio.CancelScope()  # around the WebSocket's reading
+        self._moved = False  # handed over to another node
+        self._relays: trio.Nursery | None = None  # where relayed requests are served
         registry[self.sid] = self
 
     session_socket = None
 
-    async def run(self) -> None:
-        try:
-            await self._serve(self._keep_beating)
-        finally:
-            self._registry.pop(self.sid, None)
-            self._upgrading.cancel()
-            if isinstance(self.out, PollBuffer):
-                self.out.end()
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the session; reports once it takes requests (relayed ones too)."""
+        room = relay_room(self._s, self.sid) if self._s.bus.spans_nodes else None
+        async with trio.open_nursery() as relays:  # outlives the session: a relayed GET answers its end
+            self._relays = relays
+            if room is not None:
+                room.add(self.sid, FRAMES, self._on_relayed)
+            try:
+                await self._serve(self._keep_beating, task_status=task_status)
+            finally:
+                if room is not None:
+                    room.remove(self.sid)
+                self._relays = None
+                self._registry.pop(self.sid, None)
+                self._upgrading.cancel()
+                if isinstance(self.out, PollBuffer):
+                    self.out.end()
 
     def close(self, disconnect: Disconnect) -> None:
         super().close(disconnect)
         self._upgrading.cancel()
 
     # -- the upgrade to WebSocket ----------------------------------------------------------
+    def _check_upgradable(self) -> None:
+        """One upgrade per session, here or on another node: ``EngineIOError`` for a second."""
+        if self._moved or self._upgrade is not None or not isinstance(self.out, PollBuffer):
+            raise EngineIOError("this session is upgrading or upgraded")
+
     async def upgrade(self, sock: socket.socket, ws: wsproto.connection.Connection) -> None:
         """A WebSocket opened for this session (``?sid=``): it answers the probe, and on
         the client's ``5`` the session moves to it (what was queued for the next GET goes
         first); the session then lives as long as this socket."""
-        if self._upgrade is not None or not isinstance(self.out, PollBuffer):  # one upgrade per session
+        try:
+            self._check_upgradable()
+        except EngineIOError:
             trio.lowlevel.notify_closing(sock)
             sock.close()
             return
@@ -610,11 +741,11 @@ class PollingEngine(EngineIO):
         finally:
             await transport.finish(self._disconnect or ended)
 
-    def probed(self) -> None:
-        """The WebSocket answered the probe: the pending GET ends with a noop."""
+    async def probed(self) -> None:
+        """A WebSocket answers the probe: the pending GET ends with a noop."""
         self.out.push(data_frame(NOOP_PACKET))
 
-    def upgraded(self, queue: OutboundQueue) -> None:
+    async def upgraded(self, queue: OutboundQueue) -> None:
         """The client moved to the WebSocket: what was queued for polling leaves there first."""
         polled = self.out
         for packet in polled.packets:
@@ -638,7 +769,7 @@ class PollingEngine(EngineIO):
     def _alone(self, method: str) -> Iterator[None]:
         """Serve a GET or a POST of this session, one of each at a time: a second one at
         once, or one after the upgrade, is ``EngineIOError`` (the first also ends the session)."""
-        if not isinstance(self.out, PollBuffer):
+        if self._moved or not isinstance(self.out, PollBuffer):
             raise EngineIOError("this session moved to its WebSocket")
         if method in self._serving:
             self.close(CloseCode.PROTOCOL_ERROR)
@@ -671,3 +802,47 @@ class PollingEngine(EngineIO):
                 raise
         if self._disconnect is not None:
             self.close(self._disconnect)
+
+    # -- requests relayed by other nodes ---------------------------------------------------
+    def _on_relayed(self, evt: Evt) -> None:
+        """A request of this session another node relayed (from its room: never blocks)."""
+        request = relayed_request(self.sid, evt)
+        if request is not None and self._relays is not None:
+            self._relays.start_soon(self._serve_relayed, request)
+
+    async def _serve_relayed(self, request: Relayed) -> None:
+        """Carry out ``request`` as if it came here; its reply to the node that relayed it."""
+        reply = RelayReply(200)
+        try:
+            if request.method is Method.GET:
+                reply = RelayReply(200, (await self.get()).decode())
+            elif request.method is Method.POST:
+                await self.post(request.body.encode())
+                reply = RelayReply(200, "ok")
+            elif request.method is Method.PROBE:
+                self._check_upgradable()
+                await self.probed()
+            else:
+                reply = RelayReply(200, handover=await self._hand_over())
+        except (EngineIOError, SocketIOError) as exc:
+            reply = RelayReply(400, str(exc))
+        await reply_to(self._s, self.sid, request, reply)
+
+    async def _hand_over(self) -> Handover:
+        """The client upgraded on another node: end here quietly and hand the session
+        over. Its namespace sessions settle first (within half the ping timeout); the
+        packets queued go along, except durable events, which resume from the cursors."""
+        self._check_upgradable()
+        self._moved = True
+        with trio.move_on_after(self._config.ping_timeout_ms / 2000):
+            for session in list(self._sessions.values()):
+                await session.settled()
+        polled = self.out
+        handover = Handover(
+            [packet.decode() for packet in polled.packets if packet != NOOP_PACKET and event_cursor(packet) is None],
+            [session.handover_state(polled.taken_cursors.get(session.namespace))
+             for session in self._sessions.values() if session.state is ConnectionState.OPEN])
+        polled.packets.clear()
+        polled.end()
+        self.close(CONNECTION_LOST)
+        return handover

@@ -56,7 +56,8 @@ from wsproto import ConnectionType
 
 from actors.connection import Connection, ConnectionServices, Joining
 from actors.poll import PollRequest
-from actors.socketio import EngineIOSocket, PollingEngine
+from actors.socketio import AdoptedSocket, EngineIOSocket, PollingEngine
+from actors.socketio_relay import relay
 from actors.sse import SseStream
 from actors.websocket import WebSocketConnection
 from protocol.catalog import Namespace
@@ -64,6 +65,7 @@ from protocol.cors import cors_headers, origin_allowed, preflight_headers
 from protocol.cursors import Cursor
 from protocol.engineio import EngineIOError
 from protocol.errors import CloseCode, ReplyCode, ReplyError
+from protocol.polling_relay import Method
 from protocol.presence import PresenceState
 from protocol.rooms import is_identifier
 from protocol.socketio import SocketIOError
@@ -81,6 +83,8 @@ log = structlog.get_logger("rtserver.listener")
 #: Longest session id a client may give back (``?session=``).
 MAX_SESSION_ID = 64
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+#: Engine.IO's answer to a request of a session no node holds (its client starts a new one).
+UNKNOWN_SESSION = b'{"code":1,"message":"Session ID unknown"}'
 HEAD_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 #: Why a fast POST's body was refused, by status.
 _BODY_REFUSALS = {400: "malformed request body framing", 408: "the request body did not arrive in time",
@@ -557,7 +561,7 @@ class Listener:
             refusal = (400, "Engine.IO v4 only (EIO=4)")
         elif query.get("transport") != "websocket":
             refusal = (400, "transport is websocket or polling")
-        elif "sid" in query and query["sid"] not in self._polling_engines:
+        elif "sid" in query and not (query["sid"] in self._polling_engines or self._held_elsewhere(query["sid"])):
             refusal = (400, "Session ID unknown")
         else:
             try:
@@ -575,10 +579,16 @@ class Listener:
         ws = wsproto.connection.Connection(ConnectionType.SERVER)
         if exchange.rest:
             ws.receive_data(bytes(exchange.rest))
-        polling = self._polling_engines.get(query.get("sid", ""))
-        engine = None if polling else EngineIOSocket(
-            sock, ws, services=self._services, verifier=self._verifier, config=self._services.config.socketio,
-            wires=self._sio_wires, token=bearer_token(headers, query, []))
+        sid = query.get("sid")
+        polling = self._polling_engines.get(sid or "")
+        engine_args = dict(services=self._services, verifier=self._verifier, config=self._services.config.socketio,
+                           wires=self._sio_wires, token=bearer_token(headers, query, []))
+        if polling is not None:
+            engine = None
+        elif sid is not None:  # its polling session is held by another node
+            engine = AdoptedSocket(sid, sock, ws, **engine_args)
+        else:
+            engine = EngineIOSocket(sock, ws, **engine_args)
         if not _send_quietly(sock, accept_response(request.headers, None)):
             sock.close()
             return Next.CLOSE
@@ -593,9 +603,15 @@ class Listener:
         with contained(self._services.metrics, "socketio"):
             await polling.upgrade(sock, ws)
 
-    async def _run_engine(self, engine: EngineIOSocket | PollingEngine) -> None:
+    async def _run_engine(self, engine: EngineIOSocket | PollingEngine, *,
+                          task_status=trio.TASK_STATUS_IGNORED) -> None:
         with contained(self._services.metrics, "socketio"):
-            await engine.run()
+            await engine.run(task_status=task_status)
+
+    def _held_elsewhere(self, sid: str) -> bool:
+        """Whether a session this node does not hold may be held by another (its requests
+        are then relayed there: docs/socketio.md, No sticky sessions)."""
+        return self._services.bus.spans_nodes and is_identifier(sid)
 
     async def _polling(self, exchange: Exchange, query: dict[str, str]) -> Next:
         """One Engine.IO long-polling request: the handshake (a GET without ``sid``), a GET
@@ -624,22 +640,29 @@ class Listener:
             engine = PollingEngine(services=self._services, verifier=self._verifier,
                                    config=self._services.config.socketio, wires=self._sio_wires,
                                    token=bearer_token(headers, query, []), registry=self._polling_engines)
-            self._nursery.start_soon(self._run_engine, engine)
+            await self._nursery.start(self._run_engine, engine)
             body = engine.handshake(["websocket"])
-        elif engine is None or request.method not in (b"GET", b"POST"):
-            await self._respond(sock, parser, 400, b'{"code":1,"message":"Session ID unknown"}', answer_headers)
+        elif request.method not in (b"GET", b"POST") or (engine is None and not self._held_elsewhere(sid or "")):
+            await self._respond(sock, parser, 400, UNKNOWN_SESSION, answer_headers)
             await _linger_close(sock)
             return Next.CLOSE
         else:
+            posted = b""
+            if request.method == b"POST":
+                posted = await self._read_body(sock, parser, exchange.rest)
+                if isinstance(posted, int):
+                    await self._respond(sock, parser, posted or 400, error_body(posted or 400, "bad body"),
+                                        answer_headers)
+                    return Next.CLOSE
             try:
-                if request.method == b"GET":
+                if engine is None:
+                    status, body = await self._relay_polling(sid, request.method, posted)
+                    if status != 200:
+                        await self._respond(sock, parser, status, body, answer_headers)
+                        return Next.CLOSE
+                elif request.method == b"GET":
                     body = await engine.get()
                 else:
-                    posted = await self._read_body(sock, parser, exchange.rest)
-                    if isinstance(posted, int):
-                        await self._respond(sock, parser, posted or 400, error_body(posted or 400, "bad body"),
-                                            answer_headers)
-                        return Next.CLOSE
                     await engine.post(posted)
                     body = b"ok"
             except (EngineIOError, SocketIOError) as exc:
@@ -647,6 +670,27 @@ class Listener:
                 return Next.CLOSE
         await self._respond(sock, parser, 200, body, answer_headers, content_type=b"text/plain; charset=UTF-8")
         return Next.CLOSE
+
+    async def _relay_polling(self, sid: str, method: bytes, posted: bytes) -> tuple[int, bytes]:
+        """A GET or POST of a session another node may hold, relayed to it: the status and
+        body to answer (400 as for an unknown session when no node answers)."""
+        cfg = self._services.config.socketio
+        if method == b"GET":
+            waited_s = (cfg.ping_interval_ms + cfg.ping_timeout_ms) / 1000  # a GET gets a ping within the interval
+            reply = await relay(self._services, sid, Method.GET, timeout_s=waited_s)
+        else:
+            if len(posted) > cfg.max_payload:
+                raise EngineIOError(f"payload over {cfg.max_payload} bytes")
+            try:
+                text = posted.decode()
+            except UnicodeDecodeError:
+                raise EngineIOError("a payload is UTF-8 text") from None
+            reply = await relay(self._services, sid, Method.POST, text, timeout_s=cfg.ping_timeout_ms / 1000)
+        if reply is None:
+            return 400, UNKNOWN_SESSION
+        if reply.status != 200:
+            return reply.status, error_body(reply.status, reply.body)
+        return 200, reply.body.encode()
 
     def _reject(self, sock: socket.socket, parser: h11.Connection, status: int, message: str) -> None:
         body = error_body(status, message)

@@ -101,6 +101,10 @@ class Metrics:
             "rt_coalesced_events_total", "Events that got no frame of their own (a room merged them into a later one), by event type",
             ["event"], registry=r,
         )
+        self.socketio_relayed = Counter(
+            "rt_socketio_relayed_total", "Engine.IO long-polling requests this node relayed to the node holding "
+            "their session (a balancer without affinity), by method", ["method"], registry=r,
+        )
         self.schedule_projected = Gauge(
             "rt_schedule_projected_events", "Events this node projected into schedule records since start",
             registry=r,

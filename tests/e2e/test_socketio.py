@@ -16,18 +16,14 @@ import trio
 from trio_websocket import ConnectionClosed, connect_websocket_url
 
 from rtserver.node import Node
+from tests.support.events import alert
 from tests.support.live_node import WebSocket, masked_frame
 from tests.support.net import TcpProxy
 from tests.support.nodes import Server, server_config, start_node
 from tests.support.redis_servers import flush_redis
 from tests.support.socketio_clients import open_socketio_clients
 
-ALERT = {"event": "critical_alert", "tenant": "t1", "rooms": ["tenant:t1"],
-         "data": {"id": "a1", "patientId": "p1", "type": "symptom", "severity": "high"}}
-
-
-def alert(i: int, room: str = "tenant:t1") -> dict:
-    return {**ALERT, "rooms": [room], "data": {**ALERT["data"], "id": f"a{i}"}}
+ALERT = alert(1)
 
 
 @pytest.fixture

@@ -12,3 +12,17 @@ def metric_value(metric: MetricWrapperBase, **labels: str) -> float:
             if sample.labels == labels and sample.name in (family.name, f"{family.name}_total"):
                 return sample.value
     return 0.0
+
+
+async def scraped(base_url: str, name: str, **labels: str) -> float:
+    """The value of sample ``name`` with ``labels`` on the node's ``/metrics`` (0 when absent)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{base_url}/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0

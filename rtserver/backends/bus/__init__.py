@@ -55,6 +55,8 @@ HISTORY_PAGE = 500
 
 class Bus(Protocol):
     shards: int
+    #: Whether other nodes may share this bus (a session may be held on another node).
+    spans_nodes: bool
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Connect and feed the live subscribers until cancelled (reports when ready)."""

@@ -42,6 +42,8 @@ class _Shard:
 
 
 class MemoryBus:
+    spans_nodes = False
+
     def __init__(self, config: BusConfig, *, epoch: str | None = None) -> None:
         self.shards = config.shards
         self._config = config

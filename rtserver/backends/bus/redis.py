@@ -220,6 +220,8 @@ DEAD_LETTERS_KEPT = 10_000
 
 
 class RedisBus:
+    spans_nodes = True
+
     def __init__(
         self,
         config: BusConfig,
