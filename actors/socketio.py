@@ -12,7 +12,9 @@ Mailbox
     ``EVENT`` becomes an rt.v1 command (``protocol.socketio_events``) queued for its
     namespace's session (at most ``SESSION_MAILBOX``), a ``DISCONNECT`` ends that
     session. ``SocketIOSession``: its queue, one command at a time, as a WebSocket
-    connection carries out its frames.
+    connection carries out its frames. On a bus spanning nodes, a ``PollingEngine`` also
+    serves the requests other nodes relay to its room (``actors.socketio_relay``), and an
+    ``AdoptedSocket`` is the WebSocket a session held elsewhere upgrades to.
 Owns
     Its transport (the socket and its wsproto state, or the polling buffer), its one
     outbound queue (the namespaces share it, so the byte budget and the slow-consumer
@@ -27,7 +29,8 @@ Replies
 Failure
     A packet that breaks the protocol, a missed pong, a slow consumer or the client's close
     end the whole Engine.IO session (a WebSocket close, or a close packet to the pending
-    GET; socket.io-client reconnects and recovers); a session that must end on its own
+    GET; socket.io-client reconnects and recovers), and so does a relayed probe or
+    upgrade that no node answers in time; a session that must end on its own
     (token expired, a ``DISCONNECT``) leaves the others be. An unexpected exception ends
     this Engine.IO session alone.
 Blocking
