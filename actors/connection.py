@@ -15,7 +15,9 @@ The transports are actors of their own, each file opening with its contract:
   or poll serving that session applies them here;
 * the run skeleton: ``_start`` (join, answer), ``_serve`` (the transport's own loop),
   and in ``finally`` leaving the rooms, presence and typing, then ``_finish`` (the
-  transport's close: a close frame, an SSE ``close`` event, a poll answer).
+  transport's close: a close frame, an SSE ``close`` event, a poll answer). A session a
+  transport drives from its own task (a Socket.IO namespace) takes the same steps without
+  a task of its own: ``open``, ``carry_out`` of each command, ``end``.
 
 Failure: an unexpected exception is logged with a correlation id, counted
 (``rt_internal_errors_total{where=<transport>}``) and ends this connection with 1011,
@@ -235,56 +237,91 @@ class Connection(Closable):
 
     # -- the actor ---------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        metrics = self._s.metrics
-        metrics.connections.labels(self.ns.value, self.transport).inc()
-        self._s.connections.add(self)
-        self._log("connect", transport=self.transport, wire=self._wire.name)
+        self._opened()
         try:
             with self._scope:
-                if self.claims.exp is not None:
-                    self._expires_at = trio.current_time() + max(0.0, self.claims.exp - time.time())
                 self._push_deadline()
                 task_status.started()
-                with contained(metrics, self.transport, session=self.session) as failure:  # a bug ends this connection alone
-                    try:
-                        self._move(ConnectionState.JOINING)
-                        await self._start()
-                        self._move(ConnectionState.OPEN)
-                        await self._serve()
-                    except ReplyError as err:
-                        if not err.temporary:
-                            raise  # a refusal nobody answered: a bug
-                        self._log("start_failed", error=err.message)  # the bus, at the start
-                        self._disconnect = CloseCode.TRY_AGAIN_LATER
-                if failure.id is not None:
-                    self._disconnect = CloseCode.INTERNAL_ERROR
+                await self.carry_out(self._open_and_serve)
             if self._disconnect is None and self._scope.cancelled_caught:
                 expired = trio.current_time() >= self._expires_at
                 self._disconnect = CloseCode.TOKEN_EXPIRED if expired else CloseCode.IDLE_TIMEOUT
         finally:
-            self._move(ConnectionState.CLOSING)
-            for room in self._rooms.values():
-                room.remove(self.session)
-            self._rooms.clear()
-            if self._present or self._typed or self._live:
-                with trio.CancelScope(shield=True), trio.move_on_after(2.0):
-                    if self._live:
-                        await self._s.liveness.closed(self.claims.tenant, self.claims.user)
-                    if self._present:
-                        await self._s.presence.disconnected(self.presence_id)
-                    if self._typed:
-                        await self._s.typing.gone(self.session)
-            disconnect = self._disconnect or CloseCode.NORMAL
-            metrics.connections.labels(self.ns.value, self.transport).dec()
-            metrics.disconnects.labels(disconnect.reason).inc()
-            self._log("disconnect", code=disconnect.code, reason=disconnect.reason,
-                      by_client=self._peer_closed)
-            with trio.CancelScope(shield=True):
-                try:
-                    await self._finish(disconnect)
-                finally:  # only now: a drain waits for the close the client is told
-                    self._move(ConnectionState.CLOSED)
-                    self._s.connections.discard(self)
+            await self.end()
+
+    @property
+    def expires_at(self) -> float:
+        """When its token expires (trio time; inf without ``exp``)."""
+        return self._expires_at
+
+    @property
+    def closing(self) -> bool:
+        """Whether it was told to end (``close``), or one of its steps ended it."""
+        return self._disconnect is not None
+
+    def _opened(self) -> None:
+        self._s.metrics.connections.labels(self.ns.value, self.transport).inc()
+        self._s.connections.add(self)
+        self._log("connect", transport=self.transport, wire=self._wire.name)
+        if self.claims.exp is not None:
+            self._expires_at = trio.current_time() + max(0.0, self.claims.exp - time.time())
+
+    async def open(self) -> None:
+        """Start a session its transport drives (no task of its own): join and answer.
+        It may be ``closing`` after, as after any step."""
+        self._opened()
+        await self.carry_out(self._begin)
+
+    async def _begin(self) -> None:
+        self._move(ConnectionState.JOINING)
+        await self._start()
+        self._move(ConnectionState.OPEN)
+
+    async def _open_and_serve(self) -> None:
+        await self._begin()
+        await self._serve()
+
+    async def carry_out(self, step, *args) -> None:
+        """Run one step of its work, ``await step(*args)``: a bug ends this connection
+        alone (1011, logged and counted), a temporary failure of the bus at the start with
+        1013; never its caller."""
+        with contained(self._s.metrics, self.transport, session=self.session) as failure:
+            try:
+                await step(*args)
+            except ReplyError as err:
+                if not err.temporary:
+                    raise  # a refusal nobody answered: a bug
+                self._log("start_failed", error=err.message)  # the bus, at the start
+                self._disconnect = self._disconnect or CloseCode.TRY_AGAIN_LATER
+        if failure.id is not None:
+            self._disconnect = CloseCode.INTERNAL_ERROR
+
+    async def end(self) -> None:
+        """Leave its rooms, presence and typing, then tell the client why (``_finish``)."""
+        metrics = self._s.metrics
+        self._move(ConnectionState.CLOSING)
+        for room in self._rooms.values():
+            room.remove(self.session)
+        self._rooms.clear()
+        if self._present or self._typed or self._live:
+            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                if self._live:
+                    await self._s.liveness.closed(self.claims.tenant, self.claims.user)
+                if self._present:
+                    await self._s.presence.disconnected(self.presence_id)
+                if self._typed:
+                    await self._s.typing.gone(self.session)
+        disconnect = self._disconnect or CloseCode.NORMAL
+        metrics.connections.labels(self.ns.value, self.transport).dec()
+        metrics.disconnects.labels(disconnect.reason).inc()
+        self._log("disconnect", code=disconnect.code, reason=disconnect.reason,
+                  by_client=self._peer_closed)
+        with trio.CancelScope(shield=True):
+            try:
+                await self._finish(disconnect)
+            finally:  # only now: a drain waits for the close the client is told
+                self._move(ConnectionState.CLOSED)
+                self._s.connections.discard(self)
 
     async def _serve(self) -> None:
         """The transport's loop, until the client goes or the connection must end."""

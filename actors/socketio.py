@@ -5,15 +5,17 @@ Contract
 --------
 Mailbox
     ``EngineIOSocket``: the client's socket (wsproto), read one frame at a time, the
-    heartbeat a deadline of this reading. ``PollingEngine``: the packets of each POST, in
-    order (a GET waits for what is queued); its own task keeps the heartbeat. Either way
-    (``EngineIO``): a ``pong`` answers the last ping, Socket.IO packets are decoded
-    (``protocol.socketio``, bounded), a ``CONNECT`` starts a ``SocketIOSession``, an
-    ``EVENT`` becomes an rt.v1 command (``protocol.socketio_events``) queued for its
-    namespace's session (at most ``SESSION_MAILBOX``), a ``DISCONNECT`` ends that
-    session. ``SocketIOSession``: its queue, one command at a time, as a WebSocket
-    connection carries out its frames. On a bus spanning nodes, a ``PollingEngine`` also
-    serves the requests other nodes relay to its room (``actors.socketio_relay``), and an
+    heartbeat and the tokens' expiry deadlines of this reading. ``PollingEngine``: the
+    packets of each POST, in order (a GET waits for what is queued); its own task keeps
+    the heartbeat and the expiry. Either way (``EngineIO``): a ``pong`` answers the last
+    ping, Socket.IO packets are decoded (``protocol.socketio``, bounded), a ``CONNECT``
+    opens a ``SocketIOSession``, an ``EVENT`` becomes an rt.v1 command
+    (``protocol.socketio_events``) its namespace's session carries out at once, as a
+    WebSocket connection carries out its frames, a ``DISCONNECT`` ends that session. The
+    sessions have no task of their own: the socket's task (a POST's, on polling) drives
+    them (``actors.connection``: ``open``, ``carry_out``, ``end``), so an idle socket is
+    one parked task. On a bus spanning nodes, a ``PollingEngine`` also serves the
+    requests other nodes relay to its room (``actors.socketio_relay``), and an
     ``AdoptedSocket`` is the WebSocket a session held elsewhere upgrades to.
 Owns
     Its transport (the socket and its wsproto state, or the polling buffer), its one
@@ -31,11 +33,11 @@ Failure
     end the whole Engine.IO session (a WebSocket close, or a close packet to the pending
     GET; socket.io-client reconnects and recovers), and so does a relayed probe or
     upgrade that no node answers in time; a session that must end on its own
-    (token expired, a ``DISCONNECT``) leaves the others be. An unexpected exception ends
-    this Engine.IO session alone.
+    (token expired, a ``DISCONNECT``) leaves the others be. An unexpected exception in a
+    session's step ends that session alone (1011); elsewhere, this Engine.IO session alone.
 Blocking
-    On its socket's readability (polling: a GET on its queue); a session on the bus while
-    it resumes.
+    On its socket's readability (polling: a GET on its queue); on a session's command
+    while it runs (a resume reads the bus), as an rt.v1 WebSocket does.
 """
 
 from __future__ import annotations
@@ -75,8 +77,6 @@ from rtserver.backends.config import SocketIOConfig
 
 log = structlog.get_logger("rtserver.socketio")
 
-#: Commands a session may have waiting; a client that sends more is closed as rate limited.
-SESSION_MAILBOX = 16
 #: How long the rooms of a session whose token never expires are kept, seconds.
 KEPT_WITHOUT_EXPIRY_S = 86_400.0
 #: Close codes after which the client should reconnect: the whole socket closes, so that
@@ -117,8 +117,7 @@ class SocketIOSession(CommandConnection):
     """One namespace of an Engine.IO socket (see the module's contract)."""
 
     transport = "socketio"
-    __slots__ = ("_socket", "namespace", "_commands", "_arrived", "_settled", "_pid", "_token", "_cursor",
-                 "_restored", "_handed_over")
+    __slots__ = ("_socket", "namespace", "_pid", "_token", "_cursor", "_restored", "_handed_over")
 
     def __init__(self, sock: socket.socket | None, *, socket_: EngineIO, namespace: str, wire: SocketIOWire,
                  pid: str | None, token: str, handed_over: list[str] | None = None, **session) -> None:
@@ -132,14 +131,18 @@ class SocketIOSession(CommandConnection):
         self._cursor = ""  # the connect's answer's
         self._handed_over = handed_over is not None
         self._restored: list[str] = handed_over or []  # the rooms recalled for a recovery
-        self._commands: list[ClientFrame] = []  # waiting, oldest first (at most SESSION_MAILBOX)
-        self._arrived = trio.Event()
-        self._settled = trio.Event()  # set while no command is waiting or being carried out
         self.out = socket_.namespace_out
 
-    def event(self, name: str, args: list, ack_id: int | None) -> None:
-        """A client ``EVENT``: queue its command (never blocks), or answer why it is refused.
-        A client past the rate limit, or with too many commands waiting, is closed."""
+    def close(self, disconnect: Disconnect) -> None:
+        """End with ``disconnect``; one after which the client should reconnect (a drain, a
+        slow consumer) ends its whole Engine.IO session at once."""
+        super().close(disconnect)
+        if disconnect in _RECONNECT:
+            self._socket.close(disconnect)
+
+    async def event(self, name: str, args: list, ack_id: int | None) -> None:
+        """A client ``EVENT``: its command carried out and answered, or refused. A client
+        past the rate limit is closed."""
         try:
             frame = client_frame(name, args, ack_id)
         except ReplyError as err:
@@ -150,13 +153,12 @@ class SocketIOSession(CommandConnection):
             if self._disconnect is None:
                 self._refused(ReplyError(ReplyCode.RATE_LIMITED, "too many commands"), frame)
             return
-        if len(self._commands) >= SESSION_MAILBOX:
-            self.close(CloseCode.RATE_LIMITED)
-            return
-        self._commands.append(frame)
-        self._arrived.set()
-        if self._settled.is_set():
-            self._settled = trio.Event()
+        await self.carry_out(self._carry_out_command, frame)
+
+    async def _carry_out_command(self, frame: ClientFrame) -> None:
+        await self._command(frame)
+        if isinstance(frame, Sub | Unsub):
+            await self._remember_rooms()
 
     async def _start(self) -> None:
         """A client that comes back (``pid``) gets the rooms it had subscribed to again,
@@ -179,17 +181,6 @@ class SocketIOSession(CommandConnection):
                 rooms.append(room)
         return rooms
 
-    async def _serve(self) -> None:
-        while True:
-            self._settled.set()
-            await self._arrived.wait()
-            self._arrived = trio.Event()
-            while self._commands:
-                frame = self._commands.pop(0)
-                await self._command(frame)
-                if isinstance(frame, Sub | Unsub):
-                    await self._remember_rooms()
-
     def _subscribed(self) -> list[str]:
         """The rooms subscribed beyond the token's own."""
         own = set(auto_rooms(self.claims, self.ns))
@@ -205,13 +196,7 @@ class SocketIOSession(CommandConnection):
             self._log("socketio_rooms_not_kept", error=err.message)
 
     async def _finish(self, disconnect: Disconnect) -> None:
-        self._commands.clear()
         self._socket.session_ended(self, disconnect)
-
-    async def settled(self) -> None:
-        """Return once it is open and no command is waiting or being carried out."""
-        while not self._settled.is_set():
-            await self._settled.wait()
 
     def handover_state(self, cursor: str | None) -> NamespaceState:
         """What another node needs to carry this session on; ``cursor``: of the last
@@ -273,7 +258,7 @@ class EngineIO(Closable):
     the heartbeat's schedule."""
 
     __slots__ = ("sid", "_s", "_verifier", "_config", "_wires", "_token", "out", "namespace_out", "_sessions",
-                 "_binary", "_next_ping", "_pong_due", "_scope", "_disconnect", "_nursery")
+                 "_binary", "_next_ping", "_pong_due", "_scope", "_disconnect")
 
     def __init__(self, out, *, services: ConnectionServices, verifier: TokenVerifier, config: SocketIOConfig,
                  wires: dict[str, SocketIOWire], token: str | None) -> None:
@@ -292,7 +277,6 @@ class EngineIO(Closable):
         self._pong_due: float | None = None  # when the pong of the last ping is late
         self._scope = trio.CancelScope()
         self._disconnect: Disconnect | None = None
-        self._nursery: trio.Nursery | None = None
 
     def handshake(self, upgrades: list[str]) -> bytes:
         """The ``open`` packet."""
@@ -301,28 +285,57 @@ class EngineIO(Closable):
                                                        cfg.max_payload))
 
     def session_ended(self, session: SocketIOSession, disconnect: Disconnect) -> None:
-        """A session's ``finally``: forget it; tell the client, as its close asks."""
-        if self._sessions.get(session.namespace) is session:
-            del self._sessions[session.namespace]
+        """A session's close: tell the client, as its reason asks."""
         if disconnect in _RECONNECT:
             self.close(disconnect)  # the client reconnects and recovers
         elif disconnect is not CloseCode.NORMAL and disconnect is not CONNECTION_LOST and not self.out.closed:
             session.out.push(message(socketio.encode(PacketType.DISCONNECT, session.namespace)))
 
     async def _serve(self, transport, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Run ``transport`` (the loop that gives this session its packets) with the
-        namespace sessions beside it; a bug ends this session alone (1011)."""
+        """Run ``transport`` (the loop that gives this session its packets, driving the
+        namespace sessions), then end the sessions left; a bug ends this Engine.IO
+        session alone (1011)."""
         with contained(self._s.metrics, "socketio", sid=self.sid) as failure:
-            async with trio.open_nursery() as sessions:
-                self._nursery = sessions
-                task_status.started()
-                with self._scope:
-                    await transport()
-                for session in list(self._sessions.values()):
-                    session.close(self._disconnect or CONNECTION_LOST)
-            self._nursery = None
+            task_status.started()
+            await transport()
         if failure.id is not None:
             self._disconnect = CloseCode.INTERNAL_ERROR
+        with contained(self._s.metrics, "socketio", sid=self.sid):
+            for session in list(self._sessions.values()):
+                session.close(self._disconnect or CONNECTION_LOST)
+                await self._end_session(session)
+
+    async def _end_session(self, session: SocketIOSession) -> None:
+        """Forget ``session`` and end it (once)."""
+        if self._sessions.get(session.namespace) is session:
+            del self._sessions[session.namespace]
+            await session.end()
+
+    async def _settle(self, session: SocketIOSession) -> None:
+        """After a step of ``session``: end it if that step closed it."""
+        if session.closing:
+            await self._end_session(session)
+
+    def _may_end_sessions(self) -> bool:
+        """Whether no request is driving a session right now (long-polling: a POST)."""
+        return True
+
+    def _wake_at(self) -> float:
+        """When the heartbeat or a token's expiry needs this session next."""
+        at = self._next_ping if self._pong_due is None else min(self._next_ping, self._pong_due)
+        for session in self._sessions.values():
+            if not session.closing:
+                at = min(at, session.expires_at)
+        return at
+
+    async def _expire(self, now: float) -> None:
+        """End the sessions whose token expired by ``now`` (a ``DISCONNECT`` the app acts
+        on), and those closed meanwhile, unless a request is driving them (it ends them)."""
+        for session in list(self._sessions.values()):
+            if now >= session.expires_at:
+                session.close(CloseCode.TOKEN_EXPIRED)
+            if session.closing and self._may_end_sessions():
+                await self._end_session(session)
 
     def _beat(self, now: float) -> bool:
         """The heartbeat's work due at ``now``: a ping every ``ping_interval_ms`` (the client
@@ -381,10 +394,10 @@ class EngineIO(Closable):
         if session is None:
             return  # a packet for a namespace not (or no longer) connected: dropped, as Socket.IO does
         if packet.type is PacketType.DISCONNECT:
-            del self._sessions[packet.namespace]  # a CONNECT may follow at once: a new session
-            session.close(CloseCode.NORMAL)
+            session.close(CloseCode.NORMAL)  # a CONNECT may follow at once: a new session
         elif packet.type in (PacketType.EVENT, PacketType.BINARY_EVENT):
-            session.event(packet.data[0], packet.data[1:], packet.id)
+            await session.event(packet.data[0], packet.data[1:], packet.id)
+        await self._settle(session)
         # ACKs from the client answer nothing the server asks: ignored
 
     async def _connect(self, namespace: str, auth: dict) -> None:
@@ -395,8 +408,8 @@ class EngineIO(Closable):
         admitted = self._admit(namespace, token)
         if admitted is not None:
             pid, since = resume_point(auth)
-            self._start_session(namespace, *admitted, token=token or "", pid=pid, since=since,
-                                session=secrets.token_urlsafe(12))
+            await self._start_session(namespace, *admitted, token=token or "", pid=pid, since=since,
+                                      session=secrets.token_urlsafe(12))
 
     def _admit(self, namespace: str, token: str | None) -> tuple[Namespace, Claims] | None:
         """The audience of ``namespace`` and the token's claims; None once refused (``CONNECT_ERROR``)."""
@@ -412,15 +425,12 @@ class EngineIO(Closable):
             self._connect_error(namespace, exc.message, exc.disconnect)
             return None
 
-    def _start_session(self, namespace: str, ns: Namespace, claims: Claims, **session) -> None:
+    async def _start_session(self, namespace: str, ns: Namespace, claims: Claims, **session) -> None:
         started = SocketIOSession(self.session_socket, socket_=self, namespace=namespace, wire=self._wires[namespace],
                                   services=self._s, claims=claims, ns=ns, **session)
         self._sessions[namespace] = started
-        self._nursery.start_soon(self._run_session, started)
-
-    async def _run_session(self, session: SocketIOSession) -> None:
-        with contained(self._s.metrics, session.transport, session=session.session):
-            await session.run()
+        await started.open()
+        await self._settle(started)
 
     def _connect_error(self, namespace: str, text: str, disconnect: Disconnect | None) -> None:
         data = {"message": text}
@@ -431,14 +441,15 @@ class EngineIO(Closable):
 
 class WebSocketTransport:
     """An Engine.IO session's WebSocket: its frames read and handed to the session as
-    packets, and its close. With ``probing``, the client is upgrading from polling: its
+    packets, and its close. While ``probing``, the client is upgrading from polling: its
     ``2probe`` is answered ``3probe`` here, and its ``5`` switches the session to it."""
 
-    __slots__ = ("engine", "sock", "ws", "queue", "_partial", "_partial_size", "peer_closed")
+    __slots__ = ("engine", "sock", "ws", "queue", "probing", "_partial", "_partial_size", "peer_closed")
 
     def __init__(self, engine: EngineIO, sock: socket.socket, ws: wsproto.connection.Connection,
-                 queue: OutboundQueue) -> None:
+                 queue: OutboundQueue, *, probing: bool = False) -> None:
         self.engine = engine
+        self.probing = probing
         self.sock = sock
         self.ws = ws
         self.queue = queue
@@ -446,64 +457,79 @@ class WebSocketTransport:
         self._partial_size = 0
         self.peer_closed = False
 
-    async def read(self, *, beating: bool, probing: bool = False) -> Disconnect:
+    async def read(self, *, beating: bool) -> Disconnect:
         """Until the client goes or the session must end: why. ``beating``: the session's
-        heartbeat is a deadline of this reading."""
-        engine, sock, ws = self.engine, self.sock, self.ws
-        chunk = engine._s.config.connection.read_chunk_bytes
-        limit = engine._s.config.server.max_inbound_message_bytes
-        while True:
-            beat_at = math.inf
+        heartbeat and its tokens' expiry are the deadline of this reading, and its close
+        (``engine._scope``) is the scope of each round: one scope while it waits."""
+        engine, sock = self.engine, self.sock
+        while engine._disconnect is None:
+            wake_at = engine._wake_at() if beating else math.inf
+            scope = trio.CancelScope(deadline=wake_at)
             if beating:
-                beat_at = engine._next_ping if engine._pong_due is None else min(engine._next_ping, engine._pong_due)
-            with trio.move_on_at(beat_at):
+                engine._scope = scope
+            with scope:
                 await trio.lowlevel.wait_readable(sock)
-            if trio.current_time() >= beat_at:
-                if not engine._beat(trio.current_time()):
+                scope.deadline = math.inf  # from here on, only a close ends the round
+                ended = await self._receive()
+                if ended is not None:
+                    return ended
+            now = trio.current_time()
+            if now >= wake_at:
+                if not engine._beat(now):
                     return CONNECTION_LOST
-                continue
-            try:
-                data = sock.recv(chunk)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                self.peer_closed = True
-                return CONNECTION_LOST
-            try:
-                ws.receive_data(data)
-                for event in ws.events():
-                    if isinstance(event, ws_events.Message):
-                        data = event.data.encode() if isinstance(event.data, str) else event.data
-                        self._partial.append(data)
-                        self._partial_size += len(data)
-                        if self._partial_size > limit:
-                            return CloseCode.MESSAGE_TOO_BIG
-                        if event.message_finished:
-                            whole = b"".join(self._partial)
-                            self._partial, self._partial_size = [], 0
-                            packet = engineio.decode_packet(whole.decode() if isinstance(event.data, str) else whole)
-                            if probing and packet.type is engineio.PacketType.PING and packet.data == "probe":
-                                await engine.probed()
-                                self.queue.push(data_frame(engineio.encode_text(engineio.PacketType.PONG, "probe")))
-                            elif probing and packet.type is engineio.PacketType.UPGRADE:
-                                await engine.upgraded(self.queue)
-                                probing = False
-                            elif probing:
-                                raise EngineIOError(f"{packet.type.name} packet before the upgrade")
-                            else:
-                                await engine._on_packet(packet)
-                    elif isinstance(event, ws_events.Ping):
-                        self.queue.push(ws.send(event.response()))
-                    elif isinstance(event, ws_events.CloseConnection):
-                        self.peer_closed = True
-                        return CloseCode.NORMAL
-            except (wsproto.utilities.RemoteProtocolError, EngineIOError, SocketIOError) as exc:
-                log.info("socketio_protocol_error", sid=engine.sid, error=str(exc))
-                return CloseCode.PROTOCOL_ERROR
-            if engine._disconnect is not None:  # a close packet, or the session ended meanwhile
-                return engine._disconnect
+                await engine._expire(now)
+        return engine._disconnect
+
+    async def _receive(self) -> Disconnect | None:
+        """Read what the readable socket holds and act on its messages; why the session
+        ends, if it must."""
+        engine, ws = self.engine, self.ws
+        try:
+            data = self.sock.recv(engine._s.config.connection.read_chunk_bytes)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            self.peer_closed = True
+            return CONNECTION_LOST
+        try:
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, ws_events.Message):
+                    part = event.data.encode() if isinstance(event.data, str) else event.data
+                    self._partial.append(part)
+                    self._partial_size += len(part)
+                    if self._partial_size > engine._s.config.server.max_inbound_message_bytes:
+                        return CloseCode.MESSAGE_TOO_BIG
+                    if event.message_finished:
+                        whole = b"".join(self._partial)
+                        self._partial, self._partial_size = [], 0
+                        await self._on_packet(engineio.decode_packet(
+                            whole.decode() if isinstance(event.data, str) else whole))
+                elif isinstance(event, ws_events.Ping):
+                    self.queue.push(ws.send(event.response()))
+                elif isinstance(event, ws_events.CloseConnection):
+                    self.peer_closed = True
+                    return CloseCode.NORMAL
+        except (wsproto.utilities.RemoteProtocolError, EngineIOError, SocketIOError) as exc:
+            log.info("socketio_protocol_error", sid=engine.sid, error=str(exc))
+            return CloseCode.PROTOCOL_ERROR
+        return engine._disconnect  # a close packet, or the session ended meanwhile
+
+    async def _on_packet(self, packet: engineio.Packet) -> None:
+        """One Engine.IO packet; while ``probing``, only the upgrade's."""
+        engine = self.engine
+        if not self.probing:
+            await engine._on_packet(packet)
+        elif packet.type is engineio.PacketType.PING and packet.data == "probe":
+            await engine.probed()
+            self.queue.push(data_frame(engineio.encode_text(engineio.PacketType.PONG, "probe")))
+        elif packet.type is engineio.PacketType.UPGRADE:
+            await engine.upgraded(self.queue)
+            self.probing = False
+        else:
+            raise EngineIOError(f"{packet.type.name} packet before the upgrade")
 
     async def finish(self, disconnect: Disconnect) -> None:
         """Tell the client why (a close frame, bounded) and release the socket."""
@@ -528,7 +554,7 @@ class EngineIOSocket(EngineIO):
         super().__init__(None, services=services, verifier=verifier, config=config, wires=wires, token=token)
         self.out = socket_queue(sock, services, self)
         self.namespace_out = NamespaceOut(self.out)
-        self._transport = WebSocketTransport(self, sock, ws, self.out)
+        self._transport = WebSocketTransport(self, sock, ws, self.out, probing=self.probing)
 
     @property
     def session_socket(self) -> socket.socket:
@@ -546,7 +572,7 @@ class EngineIOSocket(EngineIO):
             await self._transport.finish(self._disconnect or CloseCode.NORMAL)
 
     async def _read(self) -> None:
-        ended = await self._transport.read(beating=True, probing=self.probing)
+        ended = await self._transport.read(beating=True)
         self._disconnect = self._disconnect or ended
 
 
@@ -557,7 +583,7 @@ class AdoptedSocket(EngineIOSocket):
     No heartbeat before (the polling session keeps it), but the upgrade must be done
     within ``ping_timeout_ms``."""
 
-    __slots__ = ("_held",)
+    __slots__ = ("_held", "_relays")
     probing = True
 
     def __init__(self, sid: str, sock: socket.socket, ws: wsproto.connection.Connection, **engine) -> None:
@@ -566,19 +592,23 @@ class AdoptedSocket(EngineIOSocket):
         self._next_ping = math.inf
         self._pong_due = trio.current_time() + self._config.ping_timeout_ms / 1000  # the upgrade's deadline
         self._held = None  # its relay room, once it holds the session
+        self._relays: trio.Nursery | None = None  # where relayed requests are refused
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await super().run(task_status=task_status)
-        finally:
-            if self._held is not None:
-                self._held.remove(self.sid)
+        async with trio.open_nursery() as relays:
+            self._relays = relays
+            try:
+                await super().run(task_status=task_status)
+            finally:
+                if self._held is not None:
+                    self._held.remove(self.sid)
+                self._relays = None
 
     def _on_relayed(self, evt: Evt) -> None:
         request = relayed_request(self.sid, evt)
-        if request is not None and self._nursery is not None:
-            self._nursery.start_soon(reply_to, self._s, self.sid, request,
-                                     RelayReply(400, "this session moved to its WebSocket"))
+        if request is not None and self._relays is not None:
+            self._relays.start_soon(reply_to, self._s, self.sid, request,
+                                    RelayReply(400, "this session moved to its WebSocket"))
 
     async def _relay(self, method: Method) -> RelayReply:
         reply = await relay(self._s, self.sid, method, timeout_s=self._config.ping_timeout_ms / 1000)
@@ -602,8 +632,9 @@ class AdoptedSocket(EngineIOSocket):
         for state in handover.namespaces if handover is not None else ():
             admitted = self._admit(state.namespace, state.token or None)
             if admitted is not None:
-                self._start_session(state.namespace, *admitted, token=state.token, pid=state.pid,
-                                    since=Cursor.parse(state.cursor), session=state.session, handed_over=state.rooms)
+                await self._start_session(state.namespace, *admitted, token=state.token, pid=state.pid,
+                                          since=Cursor.parse(state.cursor), session=state.session,
+                                          handed_over=state.rooms)
         self._next_ping = trio.current_time() + self._config.ping_interval_ms / 1000
         self._pong_due = None
 
@@ -677,7 +708,7 @@ class PollingEngine(EngineIO):
     spans nodes, the requests other nodes relay arrive through its room
     (``protocol.polling_relay``) and are served as if they came here."""
 
-    __slots__ = ("_registry", "_serving", "_upgrade", "_upgrading", "_moved", "_relays")
+    __slots__ = ("_registry", "_serving", "_posted", "_upgrade", "_upgrading", "_moved", "_relays")
 
     def __init__(self, *, services: ConnectionServices, verifier: TokenVerifier, config: SocketIOConfig,
                  wires: dict[str, SocketIOWire], token: str | None, registry: dict[str, PollingEngine]) -> None:
@@ -686,6 +717,7 @@ class PollingEngine(EngineIO):
         super().__init__(out, services=services, verifier=verifier, config=config, wires=wires, token=token)
         self._registry = registry
         self._serving: set[str] = set()  # the methods of the requests being served ("GET", "POST")
+        self._posted = trio.Event()  # set when a POST was served
         self._upgrade: WebSocketTransport | None = None  # the WebSocket it moved to
         self._upgrading = trio.CancelScope()  # around the WebSocket's reading
         self._moved = False  # handed over to another node
@@ -732,11 +764,11 @@ class PollingEngine(EngineIO):
             trio.lowlevel.notify_closing(sock)
             sock.close()
             return
-        transport = self._upgrade = WebSocketTransport(self, sock, ws, socket_queue(sock, self._s, self))
+        transport = self._upgrade = WebSocketTransport(self, sock, ws, socket_queue(sock, self._s, self), probing=True)
         ended = CONNECTION_LOST
         try:
             with self._upgrading:
-                ended = await transport.read(beating=False, probing=True)
+                ended = await transport.read(beating=False)
             if transport.queue is self.out:  # it was the session's transport: the session ends with it
                 self.close(ended)
             else:  # the probe failed: the session goes on polling, and may try again
@@ -759,14 +791,22 @@ class PollingEngine(EngineIO):
         self.out = self.namespace_out.queue = queue
 
     async def _keep_beating(self) -> None:
+        with self._scope:
+            await self._beat_until_ended()
+
+    async def _beat_until_ended(self) -> None:
         while True:
-            beat_at = self._next_ping if self._pong_due is None else min(self._next_ping, self._pong_due)
-            await trio.sleep_until(beat_at)
-            if not self._beat(trio.current_time()):
+            await trio.sleep_until(self._wake_at())
+            now = trio.current_time()
+            if not self._beat(now):
                 self._disconnect = self._disconnect or CONNECTION_LOST
                 return
+            await self._expire(now)
             if self._disconnect is not None:
                 return
+
+    def _may_end_sessions(self) -> bool:
+        return "POST" not in self._serving
 
     @contextlib.contextmanager
     def _alone(self, method: str) -> Iterator[None]:
@@ -782,6 +822,8 @@ class PollingEngine(EngineIO):
             yield
         finally:
             self._serving.discard(method)
+            if method == "POST":
+                self._posted.set()
 
     async def get(self) -> bytes:
         """A GET's answer: the packets queued, once there are some; once the session ended,
@@ -833,13 +875,14 @@ class PollingEngine(EngineIO):
 
     async def _hand_over(self) -> Handover:
         """The client upgraded on another node: end here quietly and hand the session
-        over. Its namespace sessions settle first (within half the ping timeout); the
+        over. A POST being served finishes first (within half the ping timeout); the
         packets queued go along, except durable events, which resume from the cursors."""
         self._check_upgradable()
         self._moved = True
         with trio.move_on_after(self._config.ping_timeout_ms / 2000):
-            for session in list(self._sessions.values()):
-                await session.settled()
+            while "POST" in self._serving:
+                self._posted = trio.Event()
+                await self._posted.wait()
         polled = self.out
         handover = Handover(
             [packet.decode() for packet in polled.packets if packet != NOOP_PACKET and event_cursor(packet) is None],
