@@ -72,7 +72,7 @@ from protocol.states import ConnectionState
 from protocol.wires import FRAMES, SocketIOWire
 from protocol.wsframes import data_frame
 from rtserver.backends.auth import AuthError, Claims, TokenVerifier, admission, authorize_room, auto_rooms
-from rtserver.backends.boundary import contained
+from rtserver.backends.boundary import Failure, contained
 from rtserver.backends.config import SocketIOConfig
 
 log = structlog.get_logger("rtserver.socketio")
@@ -127,7 +127,7 @@ class SocketIOSession(CommandConnection):
         self._socket = socket_
         self.namespace = namespace
         self._pid = pid  # as the client sent it; then as answered
-        self._token = token  # admitted with: admitted again by a node it is handed over to
+        self._token = token  # admitted with, if it may be handed over: admitted again there
         self._cursor = ""  # the connect's answer's
         self._handed_over = handed_over is not None
         self._restored: list[str] = handed_over or []  # the rooms recalled for a recovery
@@ -278,6 +278,9 @@ class EngineIO(Closable):
         self._scope = trio.CancelScope()
         self._disconnect: Disconnect | None = None
 
+    #: Whether its sessions may move to another node (``Handover``: they keep their tokens).
+    hands_over = False
+
     def handshake(self, upgrades: list[str]) -> bytes:
         """The ``open`` packet."""
         cfg = self._config
@@ -291,13 +294,13 @@ class EngineIO(Closable):
         elif disconnect is not CloseCode.NORMAL and disconnect is not CONNECTION_LOST and not self.out.closed:
             session.out.push(message(socketio.encode(PacketType.DISCONNECT, session.namespace)))
 
-    async def _serve(self, transport, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Run ``transport`` (the loop that gives this session its packets, driving the
-        namespace sessions), then end the sessions left; a bug ends this Engine.IO
-        session alone (1011)."""
-        with contained(self._s.metrics, "socketio", sid=self.sid) as failure:
-            task_status.started()
-            await transport()
+    def _boundary(self) -> contained:
+        """Around the loop that gives this session its packets (and drives the namespace
+        sessions): a bug ends this Engine.IO session alone (1011: ``_served``)."""
+        return contained(self._s.metrics, "socketio", sid=self.sid)
+
+    async def _served(self, failure: Failure) -> None:
+        """After that loop: end the sessions left."""
         if failure.id is not None:
             self._disconnect = CloseCode.INTERNAL_ERROR
         with contained(self._s.metrics, "socketio", sid=self.sid):
@@ -408,8 +411,8 @@ class EngineIO(Closable):
         admitted = self._admit(namespace, token)
         if admitted is not None:
             pid, since = resume_point(auth)
-            await self._start_session(namespace, *admitted, token=token or "", pid=pid, since=since,
-                                      session=secrets.token_urlsafe(12))
+            await self._start_session(namespace, *admitted, token=(token or "") if self.hands_over else "",
+                                      pid=pid, since=since, session=secrets.token_urlsafe(12))
 
     def _admit(self, namespace: str, token: str | None) -> tuple[Namespace, Claims] | None:
         """The audience of ``namespace`` and the token's claims; None once refused (``CONNECT_ERROR``)."""
@@ -567,13 +570,13 @@ class EngineIOSocket(EngineIO):
         if not self.probing:
             self.out.push(data_frame(self.handshake([])))
         try:
-            await self._serve(self._read, task_status=task_status)
+            with self._boundary() as failure:
+                task_status.started()
+                ended = await self._transport.read(beating=True)
+                self._disconnect = self._disconnect or ended
+            await self._served(failure)
         finally:
             await self._transport.finish(self._disconnect or CloseCode.NORMAL)
-
-    async def _read(self) -> None:
-        ended = await self._transport.read(beating=True)
-        self._disconnect = self._disconnect or ended
 
 
 class AdoptedSocket(EngineIOSocket):
@@ -725,6 +728,7 @@ class PollingEngine(EngineIO):
         registry[self.sid] = self
 
     session_socket = None
+    hands_over = True
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve the session; reports once it takes requests (relayed ones too)."""
@@ -734,7 +738,10 @@ class PollingEngine(EngineIO):
             if room is not None:
                 room.add(self.sid, FRAMES, self._on_relayed)
             try:
-                await self._serve(self._keep_beating, task_status=task_status)
+                with self._boundary() as failure:
+                    task_status.started()
+                    await self._keep_beating()
+                await self._served(failure)
             finally:
                 if room is not None:
                     room.remove(self.sid)
