@@ -110,6 +110,10 @@ class Joining:
     presence: PresenceState | None = None
 
 
+#: What a connection whose request asks for nothing beyond its token joins (shared).
+NOTHING_MORE = Joining()
+
+
 def _snapshot_id() -> str:
     """A fresh id for a snapshot frame (clients drop repeated ids)."""
     return secrets.token_hex(8)
@@ -193,7 +197,7 @@ class Connection(Closable):
         self._s = services
         self._wire = wire
         self._since = since
-        self._joining = joining or Joining()
+        self._joining = joining or NOTHING_MORE
         self._rooms: dict[str, Room] = {}  # room name -> room
         self._scope = trio.CancelScope()
         self._expires_at = math.inf  # trio time of the token's exp

@@ -130,7 +130,7 @@ class SocketIOSession(CommandConnection):
         self._token = token  # admitted with, if it may be handed over: admitted again there
         self._cursor = ""  # the connect's answer's
         self._handed_over = handed_over is not None
-        self._restored: list[str] = handed_over or []  # the rooms recalled for a recovery
+        self._restored: list[str] | tuple[()] = handed_over or ()  # the rooms recalled for a recovery
         self.out = socket_.namespace_out
 
     def close(self, disconnect: Disconnect) -> None:
@@ -157,8 +157,14 @@ class SocketIOSession(CommandConnection):
 
     async def _carry_out_command(self, frame: ClientFrame) -> None:
         await self._command(frame)
-        if isinstance(frame, Sub | Unsub):
+        if isinstance(frame, Sub | Unsub) and self._s.bus.spans_nodes:  # another node recovers it, even if this one dies
             await self._remember_rooms()
+
+    async def end(self) -> None:
+        if self.state is ConnectionState.OPEN and not self._s.bus.spans_nodes:
+            with trio.CancelScope(shield=True):  # one node: its rooms are kept once it ends, not copied while it lives
+                await self._remember_rooms()
+        await super().end()
 
     async def _start(self) -> None:
         """A client that comes back (``pid``) gets the rooms it had subscribed to again,
@@ -456,7 +462,7 @@ class WebSocketTransport:
         self.sock = sock
         self.ws = ws
         self.queue = queue
-        self._partial: list[bytes] = []  # a WebSocket message arriving in pieces
+        self._partial: list[bytes] | None = None  # a WebSocket message arriving in pieces
         self._partial_size = 0
         self.peer_closed = False
 
@@ -501,15 +507,16 @@ class WebSocketTransport:
             for event in ws.events():
                 if isinstance(event, ws_events.Message):
                     part = event.data.encode() if isinstance(event.data, str) else event.data
-                    self._partial.append(part)
                     self._partial_size += len(part)
                     if self._partial_size > engine._s.config.server.max_inbound_message_bytes:
                         return CloseCode.MESSAGE_TOO_BIG
-                    if event.message_finished:
-                        whole = b"".join(self._partial)
-                        self._partial, self._partial_size = [], 0
-                        await self._on_packet(engineio.decode_packet(
-                            whole.decode() if isinstance(event.data, str) else whole))
+                    if not event.message_finished:
+                        self._partial = [*(self._partial or ()), part]
+                        continue
+                    whole = part if self._partial is None else b"".join([*self._partial, part])
+                    self._partial, self._partial_size = None, 0
+                    await self._on_packet(engineio.decode_packet(
+                        whole.decode() if isinstance(event.data, str) else whole))
                 elif isinstance(event, ws_events.Ping):
                     self.queue.push(ws.send(event.response()))
                 elif isinstance(event, ws_events.CloseConnection):
