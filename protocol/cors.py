@@ -6,7 +6,10 @@ catch up and send commands when its origin is allowed: every answer then names i
 ``Access-Control-Request-Method``) is answered with the methods and headers these
 endpoints take. A request from an origin that is not allowed is refused (403), as a
 WebSocket upgrade from it is. Tokens travel in headers or the query, never in cookies, so
-no credentials mode is offered.
+rt.v1's transports offer no credentials mode; Socket.IO's long-polling allows credentials
+(``Access-Control-Allow-Credentials``) to the origins it serves, as Socket.IO servers
+configured with ``credentials: true`` do, since clients written for them may send
+``withCredentials`` requests (a cookie is never read).
 """
 
 from __future__ import annotations
@@ -28,19 +31,24 @@ def origin_allowed(origin: str | None, host: str, allowed: list[str]) -> bool:
     return not allowed and urlsplit(origin).netloc == host
 
 
-def cors_headers(origin: str | None) -> list[tuple[bytes, bytes]]:
-    """The headers that let the page of ``origin`` (already allowed) read an answer."""
+def cors_headers(origin: str | None, *, credentials: bool = False) -> list[tuple[bytes, bytes]]:
+    """The headers that let the page of ``origin`` (already allowed) read an answer (one
+    to a request made with credentials too, with ``credentials``)."""
     if origin is None:
         return []
-    return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"origin")]
+    headers = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"origin")]
+    if credentials:
+        headers.append((b"access-control-allow-credentials", b"true"))
+    return headers
 
 
-def preflight_headers(origin: str, requested_headers: str) -> list[tuple[bytes, bytes]] | None:
+def preflight_headers(origin: str, requested_headers: str, *,
+                      credentials: bool = False) -> list[tuple[bytes, bytes]] | None:
     """The answer's headers to a preflight of an allowed ``origin``; None when it asks to
     send a header these endpoints do not take."""
     asked = {name.strip().lower() for name in requested_headers.split(",") if name.strip()}
     if not asked <= ALLOWED_REQUEST_HEADERS:
         return None
-    return [*cors_headers(origin), (b"access-control-allow-methods", b"GET, POST"),
+    return [*cors_headers(origin, credentials=credentials), (b"access-control-allow-methods", b"GET, POST"),
             (b"access-control-allow-headers", ", ".join(sorted(asked)).encode()),
             (b"access-control-max-age", b"%d" % PREFLIGHT_MAX_AGE_S)]

@@ -625,9 +625,10 @@ class Listener:
             await self._respond(sock, parser, 403, error_body(403, "origin not allowed"), close)
             await _linger_close(sock)
             return Next.CLOSE
-        answer_headers = [*cors_headers(origin), *close]
+        answer_headers = [*cors_headers(origin, credentials=True), *close]
         if request.method == b"OPTIONS":  # a preflight, answered as for the other HTTP transports
-            allowed = preflight_headers(origin, headers.get("access-control-request-headers", "")) if origin else []
+            requested = headers.get("access-control-request-headers", "")
+            allowed = preflight_headers(origin, requested, credentials=True) if origin else []
             if allowed is None:
                 refused = error_body(403, "preflight asks for what this endpoint does not take")
                 await self._respond(sock, parser, 403, refused, close)

@@ -23,8 +23,12 @@ import { io } from "./socket.io.esm.min.js";
 const params = new URLSearchParams(location.hash.slice(1));
 const socket = io(params.get("url") + "/alerts", {
   auth: { token: params.get("token") },
-  transports: ["websocket", "polling"],
+  transports: (params.get("transports") || "websocket,polling").split(","),
+  withCredentials: params.get("credentials") === "1",
   reconnectionDelay: 200, reconnectionDelayMax: 1000,
+});
+socket.io.on("open", () => {
+  socket.io.engine.on("upgrade", (transport) => { document.body.dataset.transport = transport.name; });
 });
 socket.on("connect", () => {
   document.body.dataset.state = "connected";
@@ -56,8 +60,9 @@ def app_url(tmp_path_factory) -> str:
     httpd.shutdown()
 
 
-def open_page(page, app_url: str, proxy, token: str) -> None:
-    page.goto(f"{app_url}/index.html#url=http://127.0.0.1:{proxy.port}&token={token}")
+def open_page(page, app_url: str, proxy, token: str, **options: str) -> None:
+    extra = "".join(f"&{name}={value}" for name, value in options.items())
+    page.goto(f"{app_url}/index.html#url=http://127.0.0.1:{proxy.port}&token={token}{extra}")
 
 
 def alert_ids(page) -> list[str]:
@@ -91,3 +96,15 @@ def test_a_refused_token_reaches_the_page_as_connect_error_with_its_code(page, a
     page.wait_for_selector("body[data-error]", state="attached", timeout=TIMEOUT_MS)
     error = page.eval_on_selector("body", "b => b.dataset.error")
     assert error.startswith("invalid token") and error.endswith(" 4401"), error
+
+
+@in_browser
+def test_a_page_of_another_origin_polls_with_credentials_then_upgrades(page, app_url, server, proxy):
+    """socket.io-client's default transports with ``withCredentials``, as a page of a Socket.IO
+    server configured with ``cors: {credentials: true}`` connects: the browser reads the
+    cross-origin polling answers only if they allow credentials."""
+    open_page(page, app_url, proxy, server.token("ana"), transports="polling,websocket", credentials="1")
+    page.wait_for_selector("body[data-state=connected]", state="attached", timeout=TIMEOUT_MS)
+    page.wait_for_selector("body[data-transport=websocket]", state="attached", timeout=TIMEOUT_MS)
+    server.publish("critical_alert", ["tenant:t1"], id="a1", patientId="p1", severity="high")
+    page.wait_for_selector('#alerts li:has-text("a1")', timeout=TIMEOUT_MS)

@@ -372,12 +372,16 @@ async def test_a_second_poll_at_once_is_refused_and_ends_the_session(server):
         assert (await http.get(url)).status_code == 400  # and is forgotten
 
 
-async def test_a_polling_preflight_is_answered_for_allowed_origins_and_headers_only(server):
+async def test_a_polling_preflight_is_answered_for_allowed_origins_and_headers_only_credentials_allowed(server):
     async with httpx.AsyncClient(base_url=server.http) as http:
         ok = await http.options("/socket.io/?EIO=4&transport=polling", headers={
             "origin": "http://good.example", "access-control-request-method": "POST",
             "access-control-request-headers": "content-type"})
         assert ok.status_code == 204 and ok.headers["access-control-allow-origin"] == "http://good.example"
+        assert ok.headers["access-control-allow-credentials"] == "true"
+        opened = await http.get("/socket.io/?EIO=4&transport=polling", headers={"origin": "http://good.example"})
+        assert opened.headers["access-control-allow-origin"] == "http://good.example"
+        assert opened.headers["access-control-allow-credentials"] == "true"
         odd = await http.options("/socket.io/?EIO=4&transport=polling", headers={
             "origin": "http://good.example", "access-control-request-method": "POST",
             "access-control-request-headers": "x-anything"})
