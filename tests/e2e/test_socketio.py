@@ -21,7 +21,7 @@ from tests.support.live_node import WebSocket, masked_frame
 from tests.support.net import TcpProxy
 from tests.support.nodes import Server, server_config, start_node
 from tests.support.redis_servers import flush_redis
-from tests.support.socketio_clients import open_socketio_clients
+from tests.support.socketio_clients import next_message, open_socketio_clients
 
 ALERT = alert(1)
 
@@ -163,15 +163,6 @@ async def raw_socket(nursery, server: Server, token: str, ns: str = "/hub"):
     answer = await ws.get_message()
     assert answer.startswith(f"40{ns},")
     return ws, json.loads(answer[len(f"40{ns},"):])
-
-
-async def next_message(ws) -> str:
-    """The next message that is not a ping (pings are answered, as a client does)."""
-    while True:
-        message = await ws.get_message()
-        if message != "2":
-            return message
-        await ws.send_message("3")
 
 
 async def test_the_server_pings_a_client_that_pongs_stays_one_that_does_not_is_closed(nursery, quick):

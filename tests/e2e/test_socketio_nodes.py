@@ -19,7 +19,7 @@ from tests.support.metrics import scraped
 from tests.support.net import wait_port
 from tests.support.nodes import Server, start_node
 from tests.support.redis_servers import flush_redis
-from tests.support.socketio_clients import open_socketio_clients
+from tests.support.socketio_clients import next_message, open_socketio_clients
 
 
 @pytest.fixture
@@ -49,15 +49,6 @@ async def poll_until(http: httpx.AsyncClient, nodes: list[Server], sid: str, pre
                 if packet.startswith(prefix):
                     return seen
     raise AssertionError(f"no {prefix!r} packet")
-
-
-async def next_message(ws) -> str:
-    """The next WebSocket message that is not a ping (pings are answered)."""
-    while True:
-        message = await ws.get_message()
-        if message != "2":
-            return message
-        await ws.send_message("3")
 
 
 async def test_each_request_of_a_polling_session_may_land_on_any_node_and_its_upgrade_on_another(nursery, nodes):

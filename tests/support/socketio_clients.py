@@ -83,3 +83,13 @@ async def open_socketio_clients(nursery: trio.Nursery) -> SocketIOClients:
         ["node", str(DRIVER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ},
         check=False, task_status=task_status))
     return SocketIOClients(process)
+
+
+async def next_message(ws) -> str:
+    """The next message of a raw Engine.IO WebSocket (trio-websocket) that is not a ping
+    (pings are answered, as a client does)."""
+    while True:
+        message = await ws.get_message()
+        if message != "2":
+            return message
+        await ws.send_message("3")
