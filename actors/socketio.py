@@ -721,10 +721,14 @@ class PollingEngine(EngineIO):
     __slots__ = ("_registry", "_serving", "_posted", "_upgrade", "_upgrading", "_moved", "_relays")
 
     def __init__(self, *, services: ConnectionServices, verifier: TokenVerifier, config: SocketIOConfig,
-                 wires: dict[str, SocketIOWire], token: str | None, registry: dict[str, PollingEngine]) -> None:
+                 wires: dict[str, SocketIOWire], token: str | None, registry: dict[str, PollingEngine],
+                 sid: str) -> None:
+        """``sid``: drawn by the node, which knows its own from any other's (``registry``
+        holds the sessions it serves)."""
         cfg = services.config.connection
         out = PollBuffer(max_frames=cfg.outbound_max_frames, max_bytes=cfg.outbound_max_bytes, owner=self)
         super().__init__(out, services=services, verifier=verifier, config=config, wires=wires, token=token)
+        self.sid = sid
         self._registry = registry
         self._serving: set[str] = set()  # the methods of the requests being served ("GET", "POST")
         self._posted = trio.Event()  # set when a POST was served

@@ -191,6 +191,9 @@ class Listener:
         self._sio_wires = {path: SocketIOWire(path, settings.events) for path, settings in sio.namespaces.items()}
         #: Engine.IO long-polling sessions of this node, by sid.
         self._polling_engines: dict[str, PollingEngine] = {}
+        #: Begins the id of every polling session this node opens: a request for one it no
+        #: longer serves is answered here, never relayed.
+        self._sid_prefix = secrets.token_urlsafe(6)
         if sio.enabled:
             self.routes[sio.path] = Route(self._socketio, upgrade=True)
         self._sock: socket.socket | None = None
@@ -610,8 +613,10 @@ class Listener:
 
     def _held_elsewhere(self, sid: str) -> bool:
         """Whether a session this node does not hold may be held by another (its requests
-        are then relayed there: docs/socketio.md, No sticky sessions)."""
-        return self._services.bus.spans_nodes and is_identifier(sid)
+        are then relayed there: docs/socketio.md, No sticky sessions): one another node
+        opened. One this node opened and no longer serves has ended, or moved to a
+        WebSocket: its polling is over either way."""
+        return self._services.bus.spans_nodes and is_identifier(sid) and not sid.startswith(self._sid_prefix)
 
     async def _polling(self, exchange: Exchange, query: dict[str, str]) -> Next:
         """One Engine.IO long-polling request: the handshake (a GET without ``sid``), a GET
@@ -640,7 +645,8 @@ class Listener:
         if request.method == b"GET" and sid is None:
             engine = PollingEngine(services=self._services, verifier=self._verifier,
                                    config=self._services.config.socketio, wires=self._sio_wires,
-                                   token=bearer_token(headers, query, []), registry=self._polling_engines)
+                                   token=bearer_token(headers, query, []), registry=self._polling_engines,
+                                   sid=self._sid_prefix + secrets.token_urlsafe(12))
             await self._nursery.start(self._run_engine, engine)
             body = engine.handshake(["websocket"])
         elif request.method not in (b"GET", b"POST") or (engine is None and not self._held_elsewhere(sid or "")):

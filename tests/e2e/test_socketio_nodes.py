@@ -95,8 +95,10 @@ async def test_each_request_of_a_polling_session_may_land_on_any_node_and_its_up
             ("critical_alert", "a2"), ("critical_alert", "a3"), ("thread:message", "m1")]
         await ws.send_message('42/hub,3["heartbeat"]')
         assert await next_message(ws) == '43/hub,3[{"status":"ok"}]'
-        moved = await http.get(polling(first, sid))
-        assert moved.status_code == 400
+        ended_here = await http.get(polling(first, sid))  # the node that opened it answers at once
+        assert ended_here.status_code == 400 and ended_here.json() == {"code": 1, "message": "Session ID unknown"}
+        moved = await http.get(polling(second, sid))  # another asks the node holding it now
+        assert moved.status_code == 400 and "moved to its WebSocket" in moved.text
     assert await scraped(third.http, "rt_socketio_relayed_total", method="UPGRADE") == 1
 
 
