@@ -77,6 +77,8 @@ from rtserver.backends.config import SocketIOConfig
 
 log = structlog.get_logger("rtserver.socketio")
 
+#: While a polling session upgrades, how often a pending GET is ended with a noop, seconds.
+NUDGE_S = 0.1
 #: How long the rooms of a session whose token never expires are kept, seconds.
 KEPT_WITHOUT_EXPIRY_S = 86_400.0
 #: Close codes after which the client should reconnect: the whole socket closes, so that
@@ -718,7 +720,7 @@ class PollingEngine(EngineIO):
     spans nodes, the requests other nodes relay arrive through its room
     (``protocol.polling_relay``) and are served as if they came here."""
 
-    __slots__ = ("_registry", "_serving", "_posted", "_upgrade", "_upgrading", "_moved", "_relays")
+    __slots__ = ("_registry", "_serving", "_posted", "_upgrade", "_upgrading", "_moved", "_relays", "_nudging")
 
     def __init__(self, *, services: ConnectionServices, verifier: TokenVerifier, config: SocketIOConfig,
                  wires: dict[str, SocketIOWire], token: str | None, registry: dict[str, PollingEngine],
@@ -735,6 +737,7 @@ class PollingEngine(EngineIO):
         self._upgrade: WebSocketTransport | None = None  # the WebSocket it moved to
         self._upgrading = trio.CancelScope()  # around the WebSocket's reading
         self._moved = False  # handed over to another node
+        self._nudging = False  # GETs are ended with noops while an upgrade is under way
         self._relays: trio.Nursery | None = None  # where relayed requests are served
         registry[self.sid] = self
 
@@ -795,8 +798,22 @@ class PollingEngine(EngineIO):
             await transport.finish(self._disconnect or ended)
 
     async def probed(self) -> None:
-        """A WebSocket answers the probe: the pending GET ends with a noop."""
+        """A WebSocket answers the probe: the pending GET ends with a noop, and so does
+        each GET after it until the upgrade is done (the client pauses polling, then
+        sends ``5``, only once the GET it has out returns; one may be sent just after the
+        first noop), for ``ping_timeout_ms`` at most."""
         self.out.push(data_frame(NOOP_PACKET))
+        if not self._nudging and self._relays is not None:
+            self._nudging = True
+            self._relays.start_soon(self._nudge_polls)
+
+    async def _nudge_polls(self) -> None:
+        with trio.move_on_after(self._config.ping_timeout_ms / 1000):
+            while isinstance(self.out, PollBuffer) and not self.out.closed and not self._moved:
+                if "GET" in self._serving and not self.out.packets:
+                    self.out.push(data_frame(NOOP_PACKET))
+                await trio.sleep(NUDGE_S)
+        self._nudging = False
 
     async def upgraded(self, queue: OutboundQueue) -> None:
         """The client moved to the WebSocket: what was queued for polling leaves there first."""

@@ -363,6 +363,28 @@ async def test_a_second_poll_at_once_is_refused_and_ends_the_session(server):
         assert (await http.get(url)).status_code == 400  # and is forgotten
 
 
+async def test_while_the_client_upgrades_each_poll_it_still_sends_ends_with_a_noop(nursery, server):
+    """socket.io-client sends ``5`` only once the GET it has out returns, and it may send one
+    just after the probe's first noop: that one must not wait for the next ping (25 s)."""
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        opened = await http.get("/socket.io/?EIO=4&transport=polling")
+        sid = json.loads(opened.text[1:])["sid"]
+        url = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
+        connect = f'40/hub,{json.dumps({"token": server.token()})}'
+        assert (await http.post(url, content=connect)).text == "ok"
+        assert (await http.get(url)).text.startswith("40/hub,")
+        ws = await connect_websocket_url(
+            nursery, f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket&sid={sid}")
+        await ws.send_message("2probe")
+        assert await ws.get_message() == "3probe"
+        with trio.fail_after(5):
+            assert (await http.get(url)).text == "6"  # the probe's noop
+            assert (await http.get(url)).text == "6"  # a GET sent after it
+        await ws.send_message("5")
+        await ws.send_message('42/hub,1["heartbeat"]')
+        assert await next_message(ws) == '43/hub,1[{"status":"ok"}]'
+
+
 async def test_a_polling_preflight_is_answered_for_allowed_origins_and_headers_only_credentials_allowed(server):
     async with httpx.AsyncClient(base_url=server.http) as http:
         ok = await http.options("/socket.io/?EIO=4&transport=polling", headers={
