@@ -23,12 +23,16 @@ def _config(args: argparse.Namespace) -> Config:
         overrides["server"]["port"] = args.port
     if getattr(args, "redis_url", None):
         overrides["bus"]["redis_url"] = args.redis_url
+    if getattr(args, "workers", None) is not None:
+        overrides["server"]["workers"] = args.workers
     if getattr(args, "postgres_dsn", None):
         overrides["outbox"] = {"postgres_dsn": args.postgres_dsn}
     return load_config(args.config, overrides=overrides)
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, worker: int | None = None) -> None:
+    """One node until SIGTERM or SIGINT, then its drain; ``worker``: its index among the
+    workers of ``serve --workers`` (it then serves its metrics on a port of its own)."""
     from rtserver.backends.boundary import contained
     from rtserver.node import Node
 
@@ -37,6 +41,8 @@ async def _serve(config: Config) -> None:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(node.run)
             host = config.server.host
+            if worker is not None:
+                _serve_worker_metrics(config, worker, node.metrics.registry)
             print(f"rtserver listening on http://{host}:{port}  (WebSocket ws://{host}:{port}/hub/ws)",
                   file=sys.stderr, flush=True)
             async for _ in signals:
@@ -46,12 +52,35 @@ async def _serve(config: Config) -> None:
                 break
 
 
+def _serve_worker_metrics(config: Config, worker: int, registry) -> None:
+    """Worker ``worker``'s ``/metrics`` on ``server.worker_metrics_port + worker`` (0: a free
+    port), said in its ``worker_started`` log line."""
+    import os
+
+    import structlog
+    from prometheus_client import start_http_server
+
+    base = config.server.worker_metrics_port
+    server, _ = start_http_server(base + worker if base else 0, addr=config.server.host, registry=registry)
+    structlog.get_logger("rtserver.workers").info("worker_started", worker=worker, pid=os.getpid(),
+                                                  metrics_port=server.server_port)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from rtserver.backends.logs import configure_logging
 
     config = _config(args)
     configure_logging(config.log.level)
-    trio.run(_serve, config)
+    if args.worker_index is None and config.server.workers > 1:
+        from rtserver.workers import Supervisor
+
+        def command(port: int, i: int) -> list[str]:
+            return [sys.executable, "-m", "rtserver", "serve", *(["--config", args.config] if args.config else []),
+                    "--host", config.server.host, "--port", str(port), "--redis-url", config.bus.redis_url,
+                    "--workers", str(config.server.workers), "--worker-index", str(i)]
+
+        raise SystemExit(trio.run(Supervisor(config, command).run))
+    trio.run(_serve, config, args.worker_index)
 
 
 def _base_url(args: argparse.Namespace, config: Config, port: int | None = None) -> str:
@@ -270,6 +299,9 @@ def main(argv: list[str] | None = None) -> None:
     serve = sub.add_parser("serve", parents=[common], help="run a node")
     serve.add_argument("--redis-url", default=os.environ.get("RTSERVER_REDIS_URL"),
                        help="share a Redis with other nodes (env RTSERVER_REDIS_URL); none: embedded bus")
+    serve.add_argument("--workers", type=int, default=os.environ.get("RTSERVER_WORKERS"),
+                       help="processes sharing the port, one per core (env RTSERVER_WORKERS; above 1 needs Redis)")
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     serve.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", parents=[common], help="mint a development HS256 token")

@@ -203,6 +203,8 @@ class Listener:
         """Listen and accept until ``stop_accepting``; reports the bound port."""
         sock = socket.socket(socket.AF_INET6 if ":" in self._config.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self._config.workers > 1:  # each worker its own accept queue on the shared port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((self._config.host, self._config.port))
         sock.listen(self._config.backlog)
         sock.setblocking(False)

@@ -48,6 +48,16 @@ class ServerConfig(_Section):
     drain_pace_ms: int = 50
     #: Listen backlog.
     backlog: int = 4096
+    #: Processes serving ``port`` (``rtserver serve --workers``), each with its own
+    #: ``SO_REUSEPORT`` listener; above 1 needs ``bus.redis_url``.
+    workers: int = 1
+    #: With several workers, worker ``i`` also serves its ``/metrics`` on this port + ``i``
+    #: (0: a free port each, logged as ``worker_started``).
+    worker_metrics_port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("server.workers is at least 1")
 
 
 class AuthConfig(_Section):
@@ -409,6 +419,9 @@ class Config(_Section):
 
     def __post_init__(self) -> None:
         self.catalog()  # an override naming an unknown event type is an error here
+        if self.server.workers > 1 and not self.bus.redis_url:
+            raise ValueError("server.workers above 1 needs bus.redis_url: each worker is a process of its own, and "
+                             "only a shared Redis bus carries one worker's events to another's clients")
         push = self.push
         if push.enabled and not self.bus.redis_url and not (push.fcm.service_account_file or push.apns.key_file):
             raise ValueError("push.enabled on the memory bus: the node pushes itself, so it needs a provider "
