@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 from rtserver.client import open_client
 from tests.support.events import appointment
 from tests.support.metrics import scraped
-from tests.support.net import free_port, wait_port
+from tests.support.net import free_port, free_ports_in_a_row, wait_port
 from tests.support.nodes import SECRET, Server
 from tests.support.redis_servers import flush_redis
 
@@ -26,23 +25,11 @@ CLIENTS = 16
 TOTAL = 60
 
 
-def consecutive_free_ports() -> int:
-    """A free port whose next one is free too."""
-    while True:
-        port = free_port()
-        try:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-
-
 class Workers:
     """``rtserver serve --workers 2`` and the JSON lines it (and its workers) log."""
 
     def __init__(self, tmp_path, redis_url: str) -> None:
-        self.port, self.metrics_port = free_port(), consecutive_free_ports()
+        self.port, self.metrics_port = free_port(), free_ports_in_a_row(2)
         config = tmp_path / "rt.toml"
         config.write_text(f'[auth]\nhs256_secret = "{SECRET}"\n[server]\nworker_metrics_port = {self.metrics_port}\n'
                           f'drain_deadline_s = 5.0\n')

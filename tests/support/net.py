@@ -13,6 +13,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports_in_a_row(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports."""
+    while True:
+        first = free_port()
+        try:
+            for port in range(first + 1, first + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+
+
 async def wait_port(port: int) -> None:
     """Until something accepts TCP connections on loopback ``port`` (20 s at most)."""
     import trio
