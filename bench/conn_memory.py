@@ -6,7 +6,10 @@ traceback passes through rtserver's own code), grouped by the line of rtserver, 
 protocol nearest to the allocation. The clients (trio-websocket) live in this process too;
 their own allocations pass through none of those files and are left out.
 
-    .venv/bin/python bench/conn_memory.py --clients 1000 --kind ws|socketio
+    .venv/bin/python bench/conn_memory.py --clients 1000 --kind ws|socketio [--users each]
+
+``--users each``: every client is a user of its own (its own ``user:`` room, presence
+entry and liveness), as consoles connect; by default all are the same user.
 """
 
 from __future__ import annotations
@@ -36,31 +39,32 @@ def our_frame(traceback) -> str:
     return ""
 
 
-async def open_clients(nursery, server: Server, kind: str, count: int) -> list:
+async def open_clients(nursery, server: Server, kind: str, count: int, each_user: bool, first: int = 0) -> list:
     clients = []
-    for i in range(count):
+    for i in range(first, first + count):
+        token = server.token(f"u{i}") if each_user else server.token()
         if kind == "ws":
-            ws = await connect_websocket_url(nursery, f"ws://127.0.0.1:{server.port}/hub/ws?access_token={server.token()}")
+            ws = await connect_websocket_url(nursery, f"ws://127.0.0.1:{server.port}/hub/ws?access_token={token}")
             await ws.get_message()  # hello
         else:
             ws = await connect_websocket_url(nursery, f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket")
             await ws.get_message()  # open
-            await ws.send_message('40/hub,{"token":"%s"}' % server.token())
+            await ws.send_message('40/hub,{"token":"%s"}' % token)
             await ws.get_message()  # CONNECT
         clients.append(ws)
     return clients
 
 
-async def main(kind: str, count: int) -> None:
+async def main(kind: str, count: int, each_user: bool) -> None:
     async with trio.open_nursery() as nursery:
         node = Node(server_config(server={"allowed_origins": []}))
         server = Server(node, await nursery.start(node.run))
-        await open_clients(nursery, server, kind, 20)  # warm: rooms, caches
+        await open_clients(nursery, server, kind, 20, each_user, first=count)  # warm: rooms, caches
         await trio.sleep(0.5)
         gc.collect()
         tracemalloc.start(40)
         before = tracemalloc.take_snapshot()
-        await open_clients(nursery, server, kind, count)
+        await open_clients(nursery, server, kind, count, each_user)
         await trio.sleep(1.0)
         gc.collect()
         after = tracemalloc.take_snapshot()
@@ -80,6 +84,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--kind", choices=["ws", "socketio"], default="ws")
+    parser.add_argument("--users", choices=["one", "each"], default="one")
     args = parser.parse_args()
     configure_logging("warning")
-    trio.run(main, args.kind, args.clients)
+    trio.run(main, args.kind, args.clients, args.users == "each")

@@ -3,6 +3,10 @@
 Subscribers connect to /hub/ws with a staff token and ``sub`` to ``probe:{room}``; the
 publisher POSTs ``rt.probe`` events (durable, never coalesced) to /v1/publish with a
 service token. Tokens are HS256, minted here with the stdlib from the bench secret.
+
+Each subscriber is a user of its own, as consoles connect (a token per client in
+``{run_dir}/urls.txt``, peerbench's ``url_file``): its own ``user:`` room, presence and
+liveness count. ``RTSERVER_BENCH_ONE_USER=1`` connects every client as the same user instead.
 """
 
 import base64
@@ -31,13 +35,30 @@ def mint(claims: dict) -> str:
     return f"{header}.{payload}.{_b64(signature)}"
 
 
-TOKEN = mint({"sub": "bench-sub", "healthUnitTaxId": "t1", "roles": ["attendant"]})
+def staff(user: str) -> str:
+    return mint({"sub": user, "healthUnitTaxId": "t1", "roles": ["attendant"]})
+
+
+TOKEN = staff("bench-sub")
 SERVICE_TOKEN = mint({"sub": "bench-pub", "roles": ["service"]})
+#: Subscribers of a run whose count peerbench does not say.
+DEFAULT_CLIENTS = 1000
+
+
+def write_user_urls(ctx, url: str) -> None:
+    """``{run_dir}/urls.txt``: ``url`` once per subscriber, its ``{token}`` a user's own
+    (all the same user with RTSERVER_BENCH_ONE_USER=1)."""
+    one_user = os.environ.get("RTSERVER_BENCH_ONE_USER") == "1"
+    with open(os.path.join(ctx.run_dir, "urls.txt"), "w") as f:
+        for i in range(getattr(ctx, "clients", None) or DEFAULT_CLIENTS):
+            token = TOKEN if one_user else staff(f"bench-sub-{i}")
+            f.write(url.format(port=ctx.port, token=token) + "\n")
 
 
 def prepare(ctx):
     with open(os.path.join(ctx.run_dir, "rtserver.toml"), "w") as f:
         f.write(f'[auth]\nhs256_secret = "{SECRET}"\n[server]\nhost = "127.0.0.1"\nport = {ctx.port}\n')
+    write_user_urls(ctx, "ws://127.0.0.1:{port}/hub/ws?access_token={token}")
 
 
 def processes(ctx):
@@ -51,6 +72,7 @@ def processes(ctx):
 
 SUB = {
     "url": "ws://127.0.0.1:{port}/hub/ws?access_token=" + TOKEN,
+    "url_file": "{run_dir}/urls.txt",
     "proto": "json-sub",
     "sub_frame": '{"op":"sub","room":"probe:{room}","ref":1}',
     "sub_ack": '"op":"ack"',
