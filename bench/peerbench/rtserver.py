@@ -7,6 +7,8 @@ service token. Tokens are HS256, minted here with the stdlib from the bench secr
 Each subscriber is a user of its own, as consoles connect (a token per client in
 ``{run_dir}/urls.txt``, peerbench's ``url_file``): its own ``user:`` room, presence and
 liveness count. ``RTSERVER_BENCH_ONE_USER=1`` connects every client as the same user instead.
+``RTSERVER_BENCH_ALG=RS256`` signs the subscribers' tokens with an RSA key drawn for the run
+(its public key in the node's configuration) instead of HS256.
 """
 
 import base64
@@ -35,8 +37,33 @@ def mint(claims: dict) -> str:
     return f"{header}.{payload}.{_b64(signature)}"
 
 
-def staff(user: str) -> str:
-    return mint({"sub": user, "healthUnitTaxId": "t1", "roles": ["attendant"]})
+def mint_rs256(claims: dict, key) -> str:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    header = _b64(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+    payload = _b64(json.dumps({**claims, "exp": int(time.time()) + 86400}).encode())
+    signature = key.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{header}.{payload}.{_b64(signature)}"
+
+
+def staff(user: str, rsa_key=None) -> str:
+    claims = {"sub": user, "healthUnitTaxId": "t1", "roles": ["attendant"]}
+    return mint(claims) if rsa_key is None else mint_rs256(claims, rsa_key)
+
+
+def rsa_key_for(ctx):
+    """With RTSERVER_BENCH_ALG=RS256: a fresh RSA key, its public half in ``{run_dir}``."""
+    if os.environ.get("RTSERVER_BENCH_ALG", "HS256") != "RS256":
+        return None
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with open(os.path.join(ctx.run_dir, "bench-public.pem"), "wb") as f:
+        f.write(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+    return key
 
 
 TOKEN = staff("bench-sub")
@@ -45,20 +72,23 @@ SERVICE_TOKEN = mint({"sub": "bench-pub", "roles": ["service"]})
 DEFAULT_CLIENTS = 1000
 
 
-def write_user_urls(ctx, url: str) -> None:
+def write_user_urls(ctx, url: str, rsa_key) -> None:
     """``{run_dir}/urls.txt``: ``url`` once per subscriber, its ``{token}`` a user's own
-    (all the same user with RTSERVER_BENCH_ONE_USER=1)."""
+    (all the same user with RTSERVER_BENCH_ONE_USER=1), signed with ``rsa_key`` if any."""
     one_user = os.environ.get("RTSERVER_BENCH_ONE_USER") == "1"
     with open(os.path.join(ctx.run_dir, "urls.txt"), "w") as f:
         for i in range(getattr(ctx, "clients", None) or DEFAULT_CLIENTS):
-            token = TOKEN if one_user else staff(f"bench-sub-{i}")
+            token = staff("bench-sub", rsa_key) if one_user else staff(f"bench-sub-{i}", rsa_key)
             f.write(url.format(port=ctx.port, token=token) + "\n")
 
 
-def prepare(ctx):
+def prepare(ctx, url: str = "ws://127.0.0.1:{port}/hub/ws?access_token={token}"):
+    """The node's configuration and the subscribers' ``url`` (its ``{token}`` each one's)."""
+    rsa_key = rsa_key_for(ctx)
+    public_key = f'public_key_file = "{os.path.join(ctx.run_dir, "bench-public.pem")}"\n' if rsa_key else ""
     with open(os.path.join(ctx.run_dir, "rtserver.toml"), "w") as f:
-        f.write(f'[auth]\nhs256_secret = "{SECRET}"\n[server]\nhost = "127.0.0.1"\nport = {ctx.port}\n')
-    write_user_urls(ctx, "ws://127.0.0.1:{port}/hub/ws?access_token={token}")
+        f.write(f'[auth]\nhs256_secret = "{SECRET}"\n{public_key}[server]\nhost = "127.0.0.1"\nport = {ctx.port}\n')
+    write_user_urls(ctx, url, rsa_key)
 
 
 def processes(ctx):

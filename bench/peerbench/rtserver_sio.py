@@ -20,8 +20,7 @@ DESC = "rtserver (Trio), embedded memory bus, one process; Socket.IO v5 subscrib
 
 
 def prepare(ctx):
-    _base.prepare(ctx)
-    _base.write_user_urls(ctx, "ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket&access_token={token}")
+    _base.prepare(ctx, "ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket&access_token={token}")
 
 
 def processes(ctx):
