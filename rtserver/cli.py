@@ -66,22 +66,6 @@ def _serve_worker_metrics(config: Config, worker: int, registry) -> None:
                                                   metrics_port=server.server_port)
 
 
-#: The collector's thresholds for a serving process: the young generation every 50,000
-#: allocations (Python's default: 2,000), full collections rarer. A connect storm allocates
-#: thousands of long-lived objects per client; with the defaults, 8,000 clients connecting
-#: spent 1.8 s of 8.3 s in the collector, with these 0.3 s (bench/RESULTS.md §14).
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def _tune_gc() -> None:
-    """What the process holds once loaded (modules, configuration) leaves the collector's
-    scans for good; then ``GC_THRESHOLDS``."""
-    import gc
-
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 def cmd_serve(args: argparse.Namespace) -> None:
     from rtserver.backends.logs import configure_logging
 
@@ -96,7 +80,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
                     "--workers", str(config.server.workers), "--worker-index", str(i)]
 
         raise SystemExit(trio.run(Supervisor(config, command).run))
-    _tune_gc()
     trio.run(_serve, config, args.worker_index)
 
 
