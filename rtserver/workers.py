@@ -45,6 +45,8 @@ def reserve_port(host: str) -> socket.socket:
 
 
 class Supervisor:
+    """The process that keeps ``server.workers`` workers running on one port (see the module)."""
+
     def __init__(self, config: Config, command: Callable[[int, int], list[str]]) -> None:
         """``command(port, i)``: the command line of worker ``i`` serving ``port``."""
         self._config = config
