@@ -659,10 +659,11 @@ class PollBuffer:
     __slots__ = ("packets", "nbytes", "max_frames", "max_bytes", "closed", "taken_cursors", "_owner", "_arrived",
                  "_taken")
 
-    def __init__(self, *, max_frames: int, max_bytes: int, owner: EngineIO) -> None:
+    def __init__(self, *, max_frames: int, max_bytes: int, owner: EngineIO, tracks_cursors: bool) -> None:
+        """``tracks_cursors``: whether the session may be handed over (a bus spanning nodes)."""
         self.packets: list[bytes] = []
-        #: Per namespace, the cursor of the last durable event a GET took.
-        self.taken_cursors: dict[str, str] = {}
+        #: Per namespace, the cursor of the last durable event a GET took (None: not tracked).
+        self.taken_cursors: dict[str, str] | None = {} if tracks_cursors else None
         self.nbytes = 0
         self.max_frames = max_frames
         self.max_bytes = max_bytes
@@ -693,9 +694,10 @@ class PollBuffer:
             await self._arrived.wait()
             self._arrived = trio.Event()
         packets, self.packets, self.nbytes = self.packets, [], 0
-        for packet in packets:
-            if (taken := event_cursor(packet)) is not None:
-                self.taken_cursors[taken[0]] = taken[1]
+        if self.taken_cursors is not None:
+            for packet in packets:
+                if (taken := event_cursor(packet)) is not None:
+                    self.taken_cursors[taken[0]] = taken[1]
         self._taken.set()
         self._taken = trio.Event()
         return packets
@@ -728,7 +730,8 @@ class PollingEngine(EngineIO):
         """``sid``: drawn by the node, which knows its own from any other's (``registry``
         holds the sessions it serves)."""
         cfg = services.config.connection
-        out = PollBuffer(max_frames=cfg.outbound_max_frames, max_bytes=cfg.outbound_max_bytes, owner=self)
+        out = PollBuffer(max_frames=cfg.outbound_max_frames, max_bytes=cfg.outbound_max_bytes, owner=self,
+                         tracks_cursors=services.bus.spans_nodes)
         super().__init__(out, services=services, verifier=verifier, config=config, wires=wires, token=token)
         self.sid = sid
         self._registry = registry
