@@ -40,7 +40,7 @@ import trio
 from actors.liveness import Liveness
 from actors.presence import Presence
 from actors.registry import Registry
-from actors.room import Promote, Recovery, Room
+from actors.room import Recovery, Room
 from actors.typing import Typing
 from actors.writer import Writer
 from protocol.catalog import Catalog, Namespace
@@ -464,7 +464,8 @@ class Connection(Closable):
             self.slow_consumer()
         elif step.held:
             for name, room in rooms.items():
-                await room.promote(Promote(recoveries[name], step.after, on_done=self._room_caught_up))
+                room.promote(recoveries[name], step.after)
+                self._room_caught_up()
         else:
             for name, room in rooms.items():
                 room.add(self.session, self._wire, self.out.push)

@@ -1,4 +1,4 @@
-"""Registry actor: routes live bus events to the room actors that have members.
+"""Registry actor: routes live bus events to the rooms that have members on this node.
 
 Contract
 --------
@@ -6,20 +6,26 @@ Mailbox
     The bus's live feed: a bounded channel of ``StoredEvent`` (capacity ``rooms.mailbox``).
     ``open_room`` is called by connection actors.
 Owns
-    The map of room key -> running ``Room``; the nursery the rooms run in.
+    The map of room key -> open ``Room``, and the rooms themselves: they are state driven
+    by this actor's task, not tasks of their own (an idle room costs a few dicts), each
+    taking its events in bus order and woken at the time it asked for (the end of a
+    coalescing window, its linger once empty).
 Replies
-    ``open_room`` returns the room (started on the first join with ``start_soon``: its
-    mailbox takes messages at once).
+    ``open_room`` returns the room (opened on the first join: it takes events at once).
 Failure
-    The bus feed closing ends it; an exception ends the node. A room that stops
-    unregisters itself first, so a later join starts a new one.
+    The bus feed closing ends it; an exception (its own or a room's) ends the node. A
+    room that stops unregisters itself first, so a later join opens a new one.
 Blocking
-    Waits on the live feed and, when a room's mailbox is full, on that room (the bus
-    then slows its publishers: nothing is dropped). Rooms never block on clients, so a
-    full mailbox only ever means the process is out of CPU.
+    Only on the live feed and the next room's wake-up: rooms never block (they push to
+    outbound queues), so a full feed only ever means the process is out of CPU, and the
+    bus then slows its publishers: nothing is dropped.
 """
 
 from __future__ import annotations
+
+import heapq
+import itertools
+import math
 
 import trio
 
@@ -46,73 +52,81 @@ class Registry:
         #: Per shard: the durable events held by this node's rooms (see protocol.coalesce).
         self._held_offsets = [HeldOffsets() for _ in range(bus.shards)]
         self._rooms: dict[str, Room] = {}
-        self._nursery: trio.Nursery | None = None
+        #: When each room asked to be woken, and a heap of (time, order, room) for it;
+        #: an entry whose time is no longer the room's is skipped when it comes up.
+        self._wake_times: dict[Room, float] = {}
+        self._wakeups: list[tuple[float, int, Room]] = []
+        self._order = itertools.count()
+        self._sleep = trio.CancelScope()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         with self._bus.subscribe(self._config.mailbox) as feed:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                nursery.start_soon(self._wake_rooms)
                 task_status.started()
                 async for event in feed:
-                    await self.route(event)
+                    self.route(event)
                 nursery.cancel_scope.cancel()
 
-    async def route(self, event: StoredEvent) -> None:
-        """Hand ``event`` to each of its rooms open here, in bus order.
-
-        A durable event counts as held in its shard's ``HeldOffsets`` from here until its
-        room takes it from the mailbox: rooms run as tasks of their own, so a newer event
-        may leave through another room first, and its frame must not carry a cursor past
-        this one (a client of both rooms would resume after an event it never got).
-        """
+    def route(self, event: StoredEvent) -> None:
+        """Hand ``event`` to each of its rooms open here (in bus order: each fans it out
+        before the next event is routed)."""
         envelope = event.envelope
         rooms = self._rooms
-        offset = event.offset
         for name in envelope.rooms:
             room = rooms.get(room_key(envelope.tenant, name))
-            if room is None:
-                continue
-            if offset is not None:
-                room.held_offsets.add(offset)
-            try:
-                room.mailbox.send_nowait(event)
-            except trio.WouldBlock:
-                try:
-                    await room.mailbox.send(event)
-                except BaseException:
-                    if offset is not None:
-                        room.held_offsets.remove(offset)
-                    raise
-            except trio.ClosedResourceError:
-                if offset is not None:
-                    room.held_offsets.remove(offset)
+            if room is not None:
+                room.take(event)
 
     def get(self, key: str) -> Room | None:
         return self._rooms.get(key)
 
     def open_room(self, key: str) -> Room:
-        """The room for ``key``, started if needed (its mailbox takes messages at once;
-        its task runs from the next scheduling round)."""
+        """The room for ``key``, opened if needed."""
         room = self._rooms.get(key)
         if room is None:
-            room = Room(
+            room = self._rooms[key] = Room(
                 key,
-                mailbox=self._config.mailbox,
                 linger_s=self._config.linger_s,
                 metrics=self._metrics,
                 fanned_out_at=self._fanned_out_at,
+                wake_at=self._wake_at,
                 on_stop=self._forget,
                 rules=self._rules,
                 window_s=self._config.coalesce_window_ms / 1000,
                 held_offsets=self._held_offsets[shard_of(key.partition("/")[0], self._bus.shards)],
             )
-            self._rooms[key] = room
-            self._nursery.start_soon(room.run)
         return room
 
     def _forget(self, room: Room) -> None:
+        self._wake_times.pop(room, None)
         if self._rooms.get(room.key) is room:
             del self._rooms[room.key]
+
+    # -- wake-ups ------------------------------------------------------------------------
+    def _wake_at(self, room: Room, when: float) -> None:
+        """Call ``room.wake`` at ``when`` (``math.inf``: never), instead of any earlier ask."""
+        if when == math.inf:
+            self._wake_times.pop(room, None)
+            return
+        if self._wake_times.get(room) == when:
+            return
+        self._wake_times[room] = when
+        heapq.heappush(self._wakeups, (when, next(self._order), room))
+        if when < self._sleep.deadline:
+            self._sleep.deadline = when
+
+    async def _wake_rooms(self) -> None:
+        wakeups = self._wakeups
+        while True:
+            with trio.CancelScope(deadline=wakeups[0][0] if wakeups else math.inf) as self._sleep:
+                await trio.sleep_forever()
+            now = trio.current_time()
+            while wakeups and wakeups[0][0] <= now:
+                when, _, room = heapq.heappop(wakeups)
+                if self._wake_times.get(room) == when:
+                    del self._wake_times[room]
+                    room.wake(now)
 
     def __len__(self) -> int:
         return len(self._rooms)

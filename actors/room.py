@@ -1,12 +1,14 @@
-"""Room actor: fans each event of one tenant-scoped room out to its members.
+"""Room: fans each event of one tenant-scoped room out to its members on this node.
 
 Contract
 --------
 Mailbox
-    A bounded memory channel (``rooms.mailbox``) of ``StoredEvent`` sent by the registry
-    in bus order, and ``Promote`` messages from members that finished reading their
-    history. Other membership changes are synchronous calls (``add``, ``remove``,
-    ``begin_recovery``), so they take effect between two broadcasts.
+    None of its own: a room is state driven by the registry's task (``actors.registry``),
+    which calls ``take`` for each of its events in bus order and ``wake`` at the time the
+    room asked for (the end of a coalescing window, or of its linger once empty).
+    Membership changes are synchronous calls from connections (``add``, ``remove``,
+    ``begin_recovery``, ``promote``), so they take effect between two events. A room
+    with one member and no traffic is a few dicts: no task, no channel.
 Owns
     Its members, each in a ``MemberState``: LIVE ones grouped by wire (each the ``push``
     of an outbound queue); RECOVERING ones (reading their history: their live events are
@@ -20,10 +22,11 @@ Replies
     itself as a slow consumer, nobody else waits). An event of a member's own (``origin``)
     is not pushed back to it.
 Failure
-    Ends when it has had no member for ``linger_s`` (it unregisters itself first, so the
-    registry starts a fresh one on the next join); an exception ends the node.
+    Stops when it has had no member for ``linger_s`` (it unregisters itself, so the
+    registry opens a fresh one on the next join); an exception ends the registry's task,
+    and so the node.
 Blocking
-    Only on its mailbox, bounded by the end of the first coalescing window held.
+    Never: every method returns at once.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
 
 import structlog
 import trio
@@ -79,30 +81,15 @@ class Recovery:
         self.state = advance(MEMBER_TRANSITIONS, self.state, state)
 
 
-@dataclass(frozen=True, slots=True)
-class Promote:
-    """A recovering member read its history up to ``after`` (None: it read none): hand it
-    over to live delivery (``protocol.session.hand_over``).
-
-    Sent through the mailbox, so events routed before it were buffered and events after
-    it are live."""
-
-    recovery: Recovery
-    after: Offset | None
-    #: Called once the room has handled this message (whether or not the member is still
-    #: there): what it had buffered is pushed by then.
-    on_done: Callable[[], None] | None = None
-
-
 class Room:
     def __init__(
         self,
         key: str,
         *,
-        mailbox: int,
         linger_s: float,
         metrics: Metrics,
         fanned_out_at: list[float],
+        wake_at: Callable[[Room, float], None],
         on_stop: Callable[[Room], None],
         rules: Mapping[str, CoalesceRule],
         window_s: float,
@@ -113,13 +100,13 @@ class Room:
         self._linger_s = linger_s
         self._metrics = metrics
         self._fanned_out_at = fanned_out_at
+        #: Asks the registry to call ``wake`` at a time (``math.inf``: never).
+        self._wake_at = wake_at
         self._on_stop = on_stop
         self._rules = rules
         self._coalescer = Coalescer(window_s)
-        #: This shard's held durable events on this node: those coalescing here, and those
-        #: routed to a room that has not taken them from its mailbox yet (``Registry.route``).
+        #: This shard's durable events held back by this node's rooms (coalescing).
         self.held_offsets = held_offsets
-        self.mailbox, self._inbox = trio.open_memory_channel[StoredEvent | Promote](mailbox)
         #: Members by state: LIVE ones grouped by wire; RECOVERING and CATCHING_UP ones.
         self._members: dict[Wire, dict[str, Push]] = {}
         self._recovering: dict[str, Recovery] = {}
@@ -128,7 +115,9 @@ class Room:
         #: merged frame of events all within it is not theirs (they had each in the replay).
         self._replayed: dict[str, Offset] = {}
         self._idle_at = math.inf  # when an empty room stops
-        self._wait = trio.CancelScope()
+        self.stopped = False
+        metrics.rooms.inc()
+        self._rearm()
 
     # -- membership (synchronous) ------------------------------------------------------
     def add(self, member: str, wire: Wire, push: Push) -> None:
@@ -139,7 +128,7 @@ class Room:
     def begin_recovery(self, member: str, wire: Wire, push: Push, limit: int,
                        on_overflow: Callable[[], None]) -> Recovery:
         """Make ``member`` a RECOVERING member: its live events are buffered (at most
-        ``limit``; more calls ``on_overflow`` at the hand-over) until ``Promote``."""
+        ``limit``; more calls ``on_overflow`` at the hand-over) until ``promote``."""
         recovery = self._recovering[member] = Recovery(member, wire, push, limit, on_overflow)
         self._rearm()
         return recovery
@@ -166,73 +155,56 @@ class Room:
 
     def _rearm(self) -> None:
         """Wake at the end of the first held window, or when an empty room has lingered."""
+        if self.stopped:  # a member still calling in after the room stopped
+            return
         if not self.empty:
             self._idle_at = math.inf
         elif self._idle_at == math.inf:
             self._idle_at = trio.current_time() + self._linger_s
         due = self._coalescer.next_due
-        self._wait.deadline = self._idle_at if due is None else min(due, self._idle_at)
+        self._wake_at(self, self._idle_at if due is None else min(due, self._idle_at))
 
-    # -- the actor --------------------------------------------------------------------
-    async def run(self) -> None:
-        """Started with ``start_soon`` (``Registry.open_room``): the mailbox and the
-        membership exist from construction, so a join never waits for the task to start."""
-        self._metrics.rooms.inc()
-        try:
-            while True:
-                with trio.CancelScope() as self._wait:
+    # -- driven by the registry -------------------------------------------------------
+    def wake(self, now: float) -> None:
+        """The time asked for has come: release the coalescing windows that ended, and stop
+        if the room has been empty for ``linger_s``."""
+        self._release_held(now)
+        if self.empty and now >= self._idle_at:
+            self._stop()
+        else:
+            self._rearm()
+
+    def _stop(self) -> None:
+        self.stopped = True
+        for held in self._coalescer.held.values():
+            if held.first.offset is not None:
+                self.held_offsets.remove(held.first.offset)
+        self._on_stop(self)
+        self._metrics.rooms.dec()
+
+    def take(self, event: StoredEvent) -> None:
+        """Deliver ``event`` to every member now, or hold it to coalesce; never blocks."""
+        for recovery in self._recovering.values():
+            recovery.buffer(event)
+        if self._catching_up:
+            self._release_caught_up(event)
+        rule = self._rules.get(event.envelope.event)
+        if rule is not None:
+            held = self._coalescer.offer(event, rule, trio.current_time())
+            if held is not None:
+                if held.first is event:
+                    if event.offset is not None:
+                        self.held_offsets.add(event.offset)
                     self._rearm()
-                    message = await self._inbox.receive()
-                if self._wait.cancelled_caught:
-                    now = trio.current_time()
-                    self._release_held(now)
-                    if self.empty and now >= self._idle_at:
-                        return
-                    continue
-                # Handle what is already queued before yielding, so frames batch per flush.
-                while True:
-                    self.take(message)
-                    try:
-                        message = self._inbox.receive_nowait()
-                    except trio.WouldBlock:
-                        break
-        finally:
-            for held in self._coalescer.held.values():
-                if held.first.offset is not None:
-                    self.held_offsets.remove(held.first.offset)
-            self._on_stop(self)
-            self.mailbox.close()
-            while True:  # what was routed here and will never be fanned out
-                try:
-                    message = self._inbox.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                if type(message) is not Promote and message.offset is not None:
-                    self.held_offsets.remove(message.offset)
-            self._inbox.close()
-            self._metrics.rooms.dec()
+                else:
+                    self._metrics.coalesced.labels(event.envelope.event).inc()
+                return
+        self._deliver(self._frame(event), event)
 
-    def take(self, message: StoredEvent | Promote) -> None:
-        """Handle one message of the mailbox."""
-        if type(message) is Promote:
-            self._promote(message)
-            return
-        if message.offset is not None:
-            self.held_offsets.remove(message.offset)  # routed here: from now on it is ours
-        self.fan_out(message)
-
-    async def promote(self, message: Promote) -> None:
-        await self.mailbox.send(message)
-
-    def _promote(self, message: Promote) -> None:
-        try:
-            self._promote_member(message)
-        finally:
-            if message.on_done is not None:
-                message.on_done()
-
-    def _promote_member(self, message: Promote) -> None:
-        recovery = message.recovery
+    def promote(self, recovery: Recovery, after: Offset | None) -> None:
+        """A recovering member read its history up to ``after`` (None: it read none): hand
+        it over to live delivery (``protocol.session.hand_over``). Events taken before this
+        call were buffered; those after it are live."""
         if self._recovering.get(recovery.member) is not recovery:
             return  # the member left (or started over) meanwhile
         del self._recovering[recovery.member]
@@ -240,11 +212,11 @@ class Room:
             recovery.move(MemberState.GONE)
             recovery.on_overflow()
             return
-        deliver, skip_to = hand_over(recovery.events, message.after, self._held)
+        deliver, skip_to = hand_over(recovery.events, after, self._held)
         for event in deliver:
             recovery.push(recovery.wire.frame(self._frame(event)))
-        if message.after is not None and self._coalescer.held:
-            self._replayed[recovery.member] = message.after
+        if after is not None and self._coalescer.held:
+            self._replayed[recovery.member] = after
         if skip_to is None:
             self._go_live(recovery)
         else:
@@ -278,25 +250,6 @@ class Room:
         if self.held_offsets and event.offset is not None:
             evt.cursor = self.held_offsets.cursor_for(event)
         return evt
-
-    def fan_out(self, event: StoredEvent) -> None:
-        """Deliver ``event`` to every member now, or hold it to coalesce; never blocks."""
-        for recovery in self._recovering.values():
-            recovery.buffer(event)
-        if self._catching_up:
-            self._release_caught_up(event)
-        rule = self._rules.get(event.envelope.event)
-        if rule is not None:
-            held = self._coalescer.offer(event, rule, trio.current_time())
-            if held is not None:
-                if held.first is event:
-                    if event.offset is not None:
-                        self.held_offsets.add(event.offset)
-                    self._rearm()
-                else:
-                    self._metrics.coalesced.labels(event.envelope.event).inc()
-                return
-        self._deliver(self._frame(event), event)
 
     def _release_held(self, now: float) -> None:
         for held in self._coalescer.pop_due(now):

@@ -14,7 +14,7 @@ Replies
     None. Each batch's updates (``protocol.schedules.updates``: the days, slots and
     appointments an event sets) are committed with the batch, atomically; a subscriber
     to ``schedule:{id}`` reads the record as a snapshot (``ScheduleStore.snapshot``).
-    The live side of a schedule room (digest frames) is the room actor's coalescing.
+    The live side of a schedule room (digest frames) is the room's coalescing.
 Failure
     A store that cannot be reached (Redis down) is retried with backoff; what was read
     and not committed stays pending in the group and is read again (by this node's

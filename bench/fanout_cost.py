@@ -68,8 +68,8 @@ async def measure(subscribers: int, events: int) -> list[dict]:
     pairs = loopback_pairs(subscribers)
     queues = [OutboundQueue(s, writer, max_frames=1 << 20, max_bytes=1 << 30, owner=_Owner()) for s, _ in pairs]
     clients = [c for _, c in pairs]
-    room = Room("t1/probe:bench", mailbox=16, linger_s=60, metrics=metrics,
-                fanned_out_at=writer.fanned_out_at, on_stop=lambda room: None,
+    room = Room("t1/probe:bench", linger_s=60, metrics=metrics, fanned_out_at=writer.fanned_out_at,
+                wake_at=lambda room, when: None, on_stop=lambda room: None,
                 rules=Catalog.default().coalesce_rules(), window_s=0.25, held_offsets=HeldOffsets())
     for i, q in enumerate(queues):
         room.add(f"member-{i}", WS_JSON, q.push)
@@ -80,7 +80,7 @@ async def measure(subscribers: int, events: int) -> list[dict]:
         for r in range(rounds):
             start = time.perf_counter()
             for i in range(batch):
-                room.fan_out(event(r * batch + i))
+                room.take(event(r * batch + i))
             fan_out_s += time.perf_counter() - start
             start = time.perf_counter()
             writer._flush_dirty()

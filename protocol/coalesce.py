@@ -47,8 +47,8 @@ def offset_before(offset: Offset) -> Offset:
 
 
 class HeldOffsets:
-    """Offsets of the durable events held anywhere in one shard's rooms on this node:
-    merging in a coalescer, or routed to a room that has not taken them yet."""
+    """Offsets of the durable events held back in one shard's rooms on this node (merging
+    in a coalescer): a frame's cursor must not pass them."""
 
     __slots__ = ("_heap", "_counts", "_safe")
 

@@ -111,9 +111,9 @@ class ConnectionConfig(_Section):
 
 
 class RoomsConfig(_Section):
-    #: Seconds an empty room actor lingers before it stops.
+    #: Seconds an empty room lingers before it stops.
     linger_s: float = 30.0
-    #: Room mailbox capacity (broadcasts and membership changes).
+    #: Capacity of the registry's live feed from the bus, events (full: the bus waits).
     mailbox: int = 4096
     #: Coalescing window, ms (docs/protocol.md, Coalescing): the digest window of a schedule's slot events and
     #: the latest-wins window of types whose catalog rule names no interval. The first
