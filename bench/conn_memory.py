@@ -75,7 +75,7 @@ async def main(kind: str, count: int, each_user: bool) -> None:
                 sites[site] += stat.size_diff
         total = sum(sites.values())
         print(f"{kind}: {total / count / 1024:.2f} KB of Python memory per connection on the server side")
-        for site, size in sites.most_common(15):
+        for site, size in sites.most_common(30):
             print(f"  {size / count:8.0f} B  {site}")
         nursery.cancel_scope.cancel()
 

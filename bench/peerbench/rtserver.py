@@ -72,23 +72,25 @@ SERVICE_TOKEN = mint({"sub": "bench-pub", "roles": ["service"]})
 DEFAULT_CLIENTS = 1000
 
 
-def write_user_urls(ctx, url: str, rsa_key) -> None:
+def write_user_urls(ctx, url: str, rsa_key, ports: list[int]) -> None:
     """``{run_dir}/urls.txt``: ``url`` once per subscriber, its ``{token}`` a user's own
-    (all the same user with RTSERVER_BENCH_ONE_USER=1), signed with ``rsa_key`` if any."""
+    (all the same user with RTSERVER_BENCH_ONE_USER=1), signed with ``rsa_key`` if any, its
+    ``{port}`` taken from ``ports`` in turn (the subscribers spread evenly over nodes)."""
     one_user = os.environ.get("RTSERVER_BENCH_ONE_USER") == "1"
     with open(os.path.join(ctx.run_dir, "urls.txt"), "w") as f:
         for i in range(getattr(ctx, "clients", None) or DEFAULT_CLIENTS):
             token = staff("bench-sub", rsa_key) if one_user else staff(f"bench-sub-{i}", rsa_key)
-            f.write(url.format(port=ctx.port, token=token) + "\n")
+            f.write(url.format(port=ports[i % len(ports)], token=token) + "\n")
 
 
-def prepare(ctx, url: str = "ws://127.0.0.1:{port}/hub/ws?access_token={token}"):
-    """The node's configuration and the subscribers' ``url`` (its ``{token}`` each one's)."""
+def prepare(ctx, url: str = "ws://127.0.0.1:{port}/hub/ws?access_token={token}", ports: list[int] | None = None):
+    """The node's configuration and the subscribers' ``url`` (its ``{token}`` each one's;
+    its ``{port}`` one of ``ports`` in turn, the node's own by default)."""
     rsa_key = rsa_key_for(ctx)
     public_key = f'public_key_file = "{os.path.join(ctx.run_dir, "bench-public.pem")}"\n' if rsa_key else ""
     with open(os.path.join(ctx.run_dir, "rtserver.toml"), "w") as f:
         f.write(f'[auth]\nhs256_secret = "{SECRET}"\n{public_key}[server]\nhost = "127.0.0.1"\nport = {ctx.port}\n')
-    write_user_urls(ctx, url, rsa_key)
+    write_user_urls(ctx, url, rsa_key, ports or [ctx.port])
 
 
 def processes(ctx):
