@@ -24,6 +24,7 @@ SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 class Stack:
     folder: str
     redis_url: str | None = None
+    redis_pid: int | None = None
     ports: list[int] = field(default_factory=list)  # the nodes', in start order
     pids: list[int] = field(default_factory=list)
 
@@ -45,6 +46,7 @@ async def stack(nodes: list[bool], toml: str = "") -> AsyncIterator[Stack]:
                 ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no", "--dir", folder], stdout=subprocess.DEVNULL))
             await wait_port(redis_port)
+            result.redis_pid = procs[-1].pid
             result.redis_url = f"redis://127.0.0.1:{redis_port}/0"
         serve = [sys.executable, "-m", "rtserver", "serve", "--config", config]
         for on_redis in nodes:
