@@ -4,12 +4,12 @@ Starts a redis-server and ``--nodes`` ``rtserver serve`` nodes on it, with no cl
 node reads every shard (one blocking ``XREAD``), so each event costs every node its read and
 parse even where no member of its rooms is connected. Two measures:
 
-1. **A shard's append ceiling**: ``redis-benchmark`` sending ``XADD`` of a real entry (an
+1. **CPU per event at a fixed rate**: ``--rate`` events/s appended to one shard for
+   ``--seconds`` (batches every 10 ms, redis-py); the CPU the redis-server and each node
+   used over that time, net of what each uses idle (measured first), per event.
+2. **A shard's append ceiling**: ``redis-benchmark`` sending ``XADD`` of a real entry (an
    ``rt.probe`` event, 200-byte payload, ``MAXLEN ~ 100000``) to one shard's stream,
    pipelined, while the nodes read it.
-2. **CPU per event at a fixed rate**: ``--rate`` events/s appended to one shard for
-   ``--seconds`` (batches every 10 ms, redis-py); the CPU the redis-server and each node
-   used over that time, per event.
 
     .venv/bin/python bench/bus_cost.py --nodes 3 --rate 5000 --seconds 10
 """
@@ -29,6 +29,8 @@ from rtserver.backends.bus.redis import _fields, stream_key
 
 ENVELOPE = Envelope(event="rt.probe", tenant="t1", rooms=["probe:1"], data={"p": "x" * 200})
 RETENTION = 100_000
+#: Seconds the idle CPU of every process is measured before the appends.
+IDLE_S = 5.0
 
 
 def xadd(shard_key: str) -> list[str]:
@@ -66,18 +68,33 @@ async def main(args) -> None:
         await trio.sleep(2)  # the nodes' feeds are reading
         port = int(s.redis_url.rsplit(":", 1)[1].split("/")[0])
         shard_key = stream_key(0)
+        pids = [s.redis_pid, *s.pids]
+        idle = await cpu_used(pids, trio.sleep, IDLE_S)
+        started = time.perf_counter()
+        sent = 0
+
+        async def append() -> None:
+            nonlocal sent
+            sent = await trio.to_thread.run_sync(append_at_rate, s.redis_url, shard_key, args.rate, args.seconds)
+            await trio.sleep(1)  # the nodes read the last batches
+
+        used = await cpu_used(pids, append)
+        # Net of what each process uses idle (heartbeats, blocking reads timing out).
+        net = [u - i * (time.perf_counter() - started) / IDLE_S for u, i in zip(used, idle, strict=True)]
+        print(f"{sent:,} events at {args.rate:,}/s over {args.seconds:g} s; CPU per event, net of idle:")
+        print(f"  redis-server: {net[0] / sent * 1e6:6.2f} µs (idle: {idle[0] / IDLE_S:.1%} of a core)")
+        for i, node in enumerate(net[1:]):
+            print(f"  node {i + 1}:       {node / sent * 1e6:6.2f} µs, no member here "
+                  f"(idle: {idle[i + 1] / IDLE_S:.1%} of a core)")
         ceiling = append_ceiling(port, shard_key, args.requests)
         print(f"append ceiling, one shard, {args.nodes} node(s) reading: {ceiling:,.0f} XADD/s")
-        await trio.sleep(2)
-        pids = [s.redis_pid, *s.pids]
-        before = [cpu_seconds(pid) for pid in pids]
-        sent = await trio.to_thread.run_sync(append_at_rate, s.redis_url, shard_key, args.rate, args.seconds)
-        await trio.sleep(1)  # the nodes read the last batches
-        used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
-        print(f"{sent:,} events at {args.rate:,}/s over {args.seconds:g} s:")
-        print(f"  redis-server: {used[0] / sent * 1e6:6.2f} µs of CPU per event ({used[0]:.2f} s)")
-        for i, node in enumerate(used[1:]):
-            print(f"  node {i + 1}:       {node / sent * 1e6:6.2f} µs of CPU per event ({node:.2f} s), no member here")
+
+
+async def cpu_used(pids: list[int], step, *args) -> list[float]:
+    """The CPU seconds each of ``pids`` used while ``await step(*args)`` ran."""
+    before = [cpu_seconds(pid) for pid in pids]
+    await step(*args)
+    return [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
 
 
 if __name__ == "__main__":
