@@ -102,6 +102,20 @@ def processes(ctx):
     }]
 
 
+#: The Redis of the adapters with several nodes: run port + 2.
+REDIS_URL = "redis://127.0.0.1:{port2}/0"
+
+
+def nodes_on_redis(nodes: dict[str, str]) -> list[dict]:
+    """A redis-server on run port + 2, and one node per name of ``nodes`` on its port."""
+    redis = {"name": "redis", "role": "aux", "wait_port": "{port2}",
+             "cmd": ["/usr/bin/redis-server", "--port", "{port2}", "--bind", "127.0.0.1",
+                     "--save", "", "--appendonly", "no", "--dir", "{run_dir}"]}
+    cmd = [PYTHON, "-m", "rtserver", "serve", "--config", "{run_dir}/rtserver.toml", "--redis-url", REDIS_URL]
+    return [redis, *({"name": name, "cmd": [*cmd, "--port", port], "wait_port": port,
+                      "env": {"PYTHONPATH": PROJECT}} for name, port in nodes.items())]
+
+
 SUB = {
     "url": "ws://127.0.0.1:{port}/hub/ws?access_token=" + TOKEN,
     "url_file": "{run_dir}/urls.txt",

@@ -11,7 +11,6 @@ _spec.loader.exec_module(_base)
 
 NAME = "rtserver-redis-2n"
 DESC = "rtserver x2 + redis-server (Redis Streams bus), publisher on node A, subscribers on node B"
-REDIS_URL = "redis://127.0.0.1:{port2}/0"
 
 
 def prepare(ctx):
@@ -19,15 +18,7 @@ def prepare(ctx):
 
 
 def processes(ctx):
-    node = {"cmd": [_base.PYTHON, "-m", "rtserver", "serve", "--config", "{run_dir}/rtserver.toml",
-                    "--redis-url", REDIS_URL], "env": {"PYTHONPATH": _base.PROJECT}}
-    return [
-        {"name": "redis", "role": "aux", "cmd": ["/usr/bin/redis-server", "--port", "{port2}", "--bind", "127.0.0.1",
-                                                   "--save", "", "--appendonly", "no", "--dir", "{run_dir}"],
-         "wait_port": "{port2}"},
-        {**node, "name": "server", "cmd": node["cmd"] + ["--port", "{port}"], "wait_port": "{port}"},
-        {**node, "name": "server-pub", "cmd": node["cmd"] + ["--port", "{port1}"], "wait_port": "{port1}"},
-    ]
+    return _base.nodes_on_redis({"server": "{port}", "server-pub": "{port1}"})
 
 
 SUB = _base.SUB

@@ -13,7 +13,6 @@ _spec.loader.exec_module(_base)
 
 NAME = "rtserver-redis-3n"
 DESC = "rtserver x3 + redis-server (Redis Streams bus), subscribers spread over the three nodes"
-REDIS_URL = "redis://127.0.0.1:{port2}/0"
 
 
 def node_ports(ctx) -> list[int]:
@@ -25,12 +24,7 @@ def prepare(ctx):
 
 
 def processes(ctx):
-    cmd = [_base.PYTHON, "-m", "rtserver", "serve", "--config", "{run_dir}/rtserver.toml", "--redis-url", REDIS_URL]
-    redis = {"name": "redis", "role": "aux", "wait_port": "{port2}",
-             "cmd": ["/usr/bin/redis-server", "--port", "{port2}", "--bind", "127.0.0.1",
-                     "--save", "", "--appendonly", "no", "--dir", "{run_dir}"]}
-    return [redis, *({"name": f"node-{i}", "cmd": [*cmd, "--port", str(port)], "wait_port": str(port),
-                      "env": {"PYTHONPATH": _base.PROJECT}} for i, port in enumerate(node_ports(ctx)))]
+    return _base.nodes_on_redis({f"node-{i}": str(port) for i, port in enumerate(node_ports(ctx))})
 
 
 SUB = _base.SUB
