@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections.abc import Iterator
 
 import trio
 
@@ -39,6 +40,8 @@ from rtserver.backends.bus import Bus
 from rtserver.backends.config import RoomsConfig
 from rtserver.backends.metrics import Metrics
 
+#: Events routed between two yields to the other tasks (writes, reads).
+ROUTE_BATCH = 64
 
 class Registry:
     def __init__(
@@ -66,6 +69,9 @@ class Registry:
                 task_status.started()
                 async for event in feed:
                     self.route(event)
+                    # What came meanwhile, without a task switch each (at most ROUTE_BATCH).
+                    for queued in itertools.islice(drain(feed), ROUTE_BATCH - 1):
+                        self.route(queued)
                 nursery.cancel_scope.cancel()
 
     def route(self, event: StoredEvent) -> None:
@@ -130,3 +136,12 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._rooms)
+
+
+def drain(feed: trio.MemoryReceiveChannel[StoredEvent]) -> Iterator[StoredEvent]:
+    """The events already queued in ``feed``, without waiting (stops when it is empty or closed)."""
+    while True:
+        try:
+            yield feed.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return

@@ -44,6 +44,21 @@ async def test_each_entry_goes_to_one_consumer_of_a_group_and_to_every_group(bus
     assert [i for _, _, i in await read(ana)] == ["10"]  # nothing given twice
 
 
+async def test_a_group_for_some_event_types_gets_only_those_and_acknowledges_the_others_with_them(bus_env):
+    bus = await bus_env.bus()
+    group = bus_env.group(bus, "g", "ana", claim_idle_s=CLAIM_IDLE_S, events=frozenset({"appointment.created"}))
+    alert = Envelope(event="critical_alert", tenant="t1", rooms=["tenant:t1"], data={"id": "a1"})
+    appended = [await bus.append(envelope) for envelope in (alert, appointment(0), alert, appointment(1))]
+    with trio.fail_after(5):
+        [batch] = await group.read()
+    assert [e.envelope.data["appointmentId"] for e in batch.events] == ["0", "1"]
+    assert batch.entry_ids == [str(result.event.offset) for result in appended]
+    await group.ack(batch.shard, batch.entry_ids)
+    await trio.sleep(CLAIM_IDLE_S)
+    await bus.append(appointment(2))  # the sentinel: nothing acknowledged comes back before it
+    assert [i for _, _, i in await read(group)] == ["2"]
+
+
 async def test_a_group_made_at_the_end_gets_only_later_entries(bus_env):
     bus = await bus_env.bus()
     await bus.append(appointment(0))

@@ -90,10 +90,11 @@ def ephemeral_event(envelope: Envelope) -> StoredEvent:
                        ts=envelope.ts or int(time.time() * 1000))
 
 
-async def broadcast(subscribers: list[trio.MemorySendChannel[StoredEvent]], event: StoredEvent) -> None:
+async def broadcast(subscribers: list[trio.MemorySendChannel[StoredEvent]], event: StoredEvent,
+                    *, checkpoint: bool = True) -> None:
     """Hand ``event`` to every live subscriber; wait for a full one (the appender slows
-    down, nothing is dropped); a subscriber that went away is skipped. Always a
-    checkpoint."""
+    down, nothing is dropped); a subscriber that went away is skipped. A checkpoint unless
+    ``checkpoint`` is false (a reader handing on a batch yields once per batch instead)."""
     for send in list(subscribers):
         try:
             try:
@@ -102,7 +103,8 @@ async def broadcast(subscribers: list[trio.MemorySendChannel[StoredEvent]], even
                 await send.send(event)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the subscriber left (before, or while we waited for it)
-    await trio.lowlevel.checkpoint()
+    if checkpoint:
+        await trio.lowlevel.checkpoint()
 
 
 async def read_rooms(bus: Bus, tenant: str, rooms: set[str], since: Cursor, limit: int) -> RoomHistory:

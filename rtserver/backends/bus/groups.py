@@ -43,12 +43,15 @@ class ConsumerGroup:
     interface, and the settings every implementation shares."""
 
     def __init__(self, group: str, consumer: str, *, batch: int, claim_idle_s: float, poll_s: float,
-                 start: str = "0") -> None:
+                 start: str = "0", events: frozenset[str] | None = None) -> None:
         """``batch``: entries read per shard per read; ``poll_s``: the pause between reads
         that found nothing; ``start``: where a group made now begins (``0``: the whole
-        retained stream; ``$``: new entries only)."""
+        retained stream; ``$``: new entries only); ``events``: the event types the consumer
+        handles (None: all). Entries of other types are left unparsed: in their batch's
+        ``entry_ids`` only, acknowledged with it."""
         self.group = group
         self.consumer = consumer
+        self.events = events
         self._batch = batch
         self.claim_idle_s = claim_idle_s
         self._poll_s = poll_s

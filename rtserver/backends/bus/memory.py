@@ -197,7 +197,7 @@ class MemoryGroup(ConsumerGroup):
                     state.delivered = events[-1].offset
                     for event in events:
                         state.pending[str(event.offset)] = _Pending(self.consumer, now, event)
-                    batches.append(Batch(shard, events, [str(event.offset) for event in events]))
+                    batches.append(Batch(shard, self._handled(events), [str(event.offset) for event in events]))
             if batches:
                 await trio.lowlevel.checkpoint()
                 return batches
@@ -212,8 +212,14 @@ class MemoryGroup(ConsumerGroup):
             for _, pending in idle:
                 pending.consumer, pending.since = self.consumer, now
             if idle:
-                batches.append(Batch(shard, [p.event for _, p in idle], [entry_id for entry_id, _ in idle]))
+                batches.append(Batch(shard, self._handled([p.event for _, p in idle]),
+                                     [entry_id for entry_id, _ in idle]))
         return batches
+
+    def _handled(self, events: list[StoredEvent]) -> list[StoredEvent]:
+        """Those of ``events`` whose type the consumer handles (``events`` setting)."""
+        wanted = self.events
+        return events if wanted is None else [e for e in events if e.envelope.event in wanted]
 
     async def ack(self, shard: int, entry_ids: list[str]) -> None:
         pending = self._shards[shard].pending

@@ -67,6 +67,9 @@ from rtserver.backends.retry import Backoff
 READ_BLOCK_MS = 1000
 #: Entries one XREAD returns at most.
 READ_COUNT = 1000
+#: Entries of a read handed on between two yields to the other tasks (the routing and
+#: fan-out of what was handed on): fewer task switches per event, a bounded delay.
+YIELD_EVERY = 64
 
 # KEYS[1] stream, KEYS[2] id key; ARGV[1] maxlen, ARGV[2] id ttl s, ARGV[3..] field, value...
 _APPEND_ONCE = """
@@ -514,12 +517,12 @@ class RedisBus:
             for key, read in self.link.raised(answer) or ():
                 shard, position_key = shard_of_key[key], key.decode()
                 ledger = self._ledgers[shard]
-                for entry_id, fields in stream_entries(read):
+                for handed, (entry_id, fields) in enumerate(stream_entries(read), 1):
                     repeated = windows[shard].seen_then_add(fields)
                     if not repeated:
                         event = await self._checked(shard, entry_id, fields)
-                        if event is not None:
-                            await broadcast(self._subscribers, event)
+                        if event is not None:  # the next read (or every YIELD_EVERY) yields
+                            await broadcast(self._subscribers, event, checkpoint=handed % YIELD_EVERY == 0)
                     # Per entry: a reconnect in the middle of a batch re-reads nothing handed on.
                     positions[position_key] = entry_id.decode()
                     ledger.judged(_offset(entry_id), repeated)

@@ -40,6 +40,8 @@ class RedisGroup(ConsumerGroup):
         super().__init__(group, consumer, **settings)
         self._bus = bus
         self._grouped: set[int] = set()  # shards whose group this consumer made sure exists
+        #: ``events`` as the bytes of an entry's ``event`` field (checked before parsing).
+        self._wanted_types = None if self.events is None else frozenset(e.encode() for e in self.events)
 
     async def _ensure_groups(self) -> None:
         missing = [s for s in range(self._bus.shards) if s not in self._grouped]
@@ -89,8 +91,11 @@ class RedisGroup(ConsumerGroup):
 
     def _parsed(self, shard: int, entries) -> Batch:
         events = []
+        wanted = self._wanted_types
         for entry_id, fields in entries:
-            event = self._bus.parse_entry(shard, entry_id, fields) if fields else None
+            if not fields or (wanted is not None and fields.get(b"event") not in wanted):
+                continue
+            event = self._bus.parse_entry(shard, entry_id, fields)
             if event is not None:  # the nodes' live readers dead-letter the others
                 events.append(event)
         return Batch(shard, events, [e.decode() for e, _ in entries])

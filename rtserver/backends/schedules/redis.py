@@ -23,7 +23,7 @@ import contextlib
 
 from protocol.coalesce import offset_before
 from protocol.cursors import Cursor, Offset, shard_of
-from protocol.schedules import Snapshot, Update, decode_item, item_encoder
+from protocol.schedules import RECORDED_EVENTS, Snapshot, Update, decode_item, item_encoder
 from rtserver.backends.bus.groups import Batch
 from rtserver.backends.bus.redis import RedisBus, stream_key
 from rtserver.backends.bus.redis_groups import RedisGroup
@@ -81,7 +81,7 @@ class RedisSchedules:
         self._bus = bus
         self._config = config
         self._group = RedisGroup(bus, GROUP, consumer, batch=config.batch, claim_idle_s=config.claim_idle_s,
-                                 poll_s=config.poll_ms / 1000)
+                                 poll_s=config.poll_ms / 1000, events=RECORDED_EVENTS)
 
     def opened(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()  # the group keeps what arrives meanwhile
