@@ -54,7 +54,7 @@ import trio
 import wsproto.connection
 from wsproto import ConnectionType
 
-from actors.connection import Connection, ConnectionServices, Joining
+from actors.connection import NOTHING_MORE, Connection, ConnectionServices, Joining
 from actors.poll import PollRequest
 from actors.socketio import AdoptedSocket, EngineIOSocket, PollingEngine
 from actors.socketio_relay import relay
@@ -436,6 +436,8 @@ class Listener:
         presence = query.get("presence")
         if presence not in (None, PresenceState.ONLINE, PresenceState.AWAY):
             raise ReplyError(ReplyCode.BAD_FRAME, "?presence= is online or away")
+        if not (rooms or presence):
+            return NOTHING_MORE  # one object for every connection that asks for nothing more
         return Joining(rooms, fresh, PresenceState(presence) if presence else None)
 
     def _refuse(self, exc: AuthError | ReplyError, ns: Namespace) -> tuple[int, bytes]:

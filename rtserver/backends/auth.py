@@ -132,7 +132,7 @@ class Claims:
         if not payload.get("sub"):
             raise AuthError(CloseCode.UNAUTHENTICATED, "token has no 'sub'")
         user = claims.room_id("sub")
-        roles = frozenset(claims.strings("roles", MAX_ROLE_LENGTH))
+        roles = _shared(frozenset(claims.strings("roles", MAX_ROLE_LENGTH)))
         tenant = payload.get("healthUnitTaxId")
         if tenant is None or tenant == "":
             if SERVICE_ROLE not in roles:
@@ -151,9 +151,25 @@ class Claims:
             professional=claims.room_id("professionalTaxId"),
             specialities=claims.room_ids("specialityIds"),
             patient=claims.room_id("patientTaxId"),
-            threads=frozenset(claims.room_ids("threadIds")),
+            threads=_shared(frozenset(claims.room_ids("threadIds"))),
             presence_groups=groups,
         )
+
+
+#: Sets of claims many tokens carry alike (roles; no threads), one object each for all
+#: the connections that hold them (a frozenset is ~200 bytes).
+_SHARED_SETS: dict[frozenset[str], frozenset[str]] = {}
+_SHARED_SETS_KEPT = 1024
+
+
+def _shared(values: frozenset[str]) -> frozenset[str]:
+    """The one kept object equal to ``values`` (itself when new and the table is full)."""
+    shared = _SHARED_SETS.get(values)
+    if shared is None:
+        shared = values
+        if len(_SHARED_SETS) < _SHARED_SETS_KEPT:
+            _SHARED_SETS[values] = values
+    return shared
 
 
 def _algorithm_of(key: Any) -> str | None:
