@@ -43,6 +43,7 @@ from rtserver.backends.metrics import Metrics
 #: Events routed between two yields to the other tasks (writes, reads).
 ROUTE_BATCH = 64
 
+
 class Registry:
     def __init__(
         self, bus: Bus, config: RoomsConfig, metrics: Metrics, fanned_out_at: list[float], catalog: Catalog

@@ -17,10 +17,9 @@ Failure
     depends on it, so the node stops rather than silently stop writing.
 Blocking
     Waits only for work (an event), for the coalescing window (at most one flush per
-    ``flush_interval_ms``, or per twice the last flush's duration when that is longer and the
-    process is short of CPU; when quiet, just until the
-    runnable tasks are done) and, in
-    drain tasks, for a socket to become writable. A flush is a non-blocking ``send`` of
+    ``flush_interval_ms``, or per twice the last flush's duration when that is longer and
+    the process is short of CPU; when quiet, just until the runnable tasks are done) and,
+    in drain tasks, for a socket to become writable. A flush is a non-blocking ``send`` of
     the joined frames, capped at ``flush_max_bytes`` per connection per flush so that one
     backlog cannot delay the others.
 
