@@ -17,9 +17,9 @@ Failure
     depends on it, so the node stops rather than silently stop writing.
 Blocking
     Waits only for work (an event), for the coalescing window (at most one flush per
-    ``flush_interval_ms``, or per twice the last flush's duration when that is longer and
-    the process is short of CPU; when quiet, just until the runnable tasks are done) and,
-    in drain tasks, for a socket to become writable. A flush is a non-blocking ``send`` of
+    ``flush_interval_ms``, or per up to twice the last flush's duration when that is longer,
+    as the process gets short of CPU; when quiet, just until the runnable tasks are done)
+    and, in drain tasks, for a socket to become writable. A flush is a non-blocking ``send`` of
     the joined frames, capped at ``flush_max_bytes`` per connection per flush so that one
     backlog cannot delay the others.
 
@@ -44,12 +44,14 @@ from rtserver.backends.metrics import Metrics
 
 #: Largest share of time the writer spends flushing under sustained load (see ``run``)...
 FLUSH_SHARE = 0.5
-#: ...unless the process has CPU to spare (it used less than ``SPARE_BELOW`` of a core over
-#: the last ``LOAD_PERIOD_S``): then the next flush may follow the last one as soon as the
-#: other tasks are idle (a broadcast to a big room is long: its next event does not wait a
-#: whole flush's time more). Batching saves CPU (one ``send`` for several frames) at the
-#: price of latency; it is bought only when the CPU is needed.
-SPARE_BELOW = 0.75
+#: ...unless the process has CPU to spare: under ``LOAD_LOW`` of a core over the last
+#: ``LOAD_PERIOD_S``, the next flush may follow the last one as soon as the other tasks are
+#: idle (a broadcast to a big room is long: its next event does not wait a whole flush's
+#: time more); between ``LOAD_LOW`` and ``LOAD_HIGH`` the share goes down from 1 to
+#: ``FLUSH_SHARE`` in proportion. Batching saves CPU (one ``send`` for several frames) at
+#: the price of latency; it is bought as the CPU gets short.
+LOAD_LOW = 0.6
+LOAD_HIGH = 0.85
 LOAD_PERIOD_S = 1.0
 
 _EMPTY = 0
@@ -204,7 +206,7 @@ class Writer:
         self._interval_s = interval_s
         self._last_flush = -interval_s
         self._last_cost = 0.0
-        self._cpu_to_spare = True
+        self._share = 1.0  # of the time the writer may spend flushing, by the load
         self._load_mark = (time.perf_counter(), time.process_time())
         self._dirty: list[OutboundQueue] = []
         self._wakeup = trio.Event()
@@ -239,10 +241,9 @@ class Writer:
                 # cost is the number of send() calls). When quiet, flush as soon as the runnable
                 # producers of this round are done, so an isolated event is not delayed.
                 # The window grows with the cost of the last flush so that writing takes at most
-                # FLUSH_SHARE of the time and the rest stays for reading and routing, when the
-                # process is short of CPU.
-                share = 1.0 if self._cpu_to_spare else FLUSH_SHARE
-                due = self._last_flush + max(self._interval_s, self._last_cost / share)
+                # a share of the time (down to FLUSH_SHARE as the process gets short of CPU) and
+                # the rest stays for reading and routing.
+                due = self._last_flush + max(self._interval_s, self._last_cost / self._share)
                 if trio.current_time() < due:
                     await trio.sleep_until(due)
                 else:
@@ -255,12 +256,14 @@ class Writer:
                 self._measure_load()
 
     def _measure_load(self) -> None:
-        """Every ``LOAD_PERIOD_S``: whether the process used less than ``SPARE_BELOW`` of a
-        core (its CPU time, system time included, over the wall time) since the last time."""
+        """Every ``LOAD_PERIOD_S``: the flush share for the share of a core the process used
+        (its CPU time, system time included, over the wall time) since the last time."""
         wall, cpu = time.perf_counter(), time.process_time()
         since_wall, since_cpu = self._load_mark
         if wall - since_wall >= LOAD_PERIOD_S:
-            self._cpu_to_spare = (cpu - since_cpu) < SPARE_BELOW * (wall - since_wall)
+            load = (cpu - since_cpu) / (wall - since_wall)
+            short = min(1.0, max(0.0, (load - LOAD_LOW) / (LOAD_HIGH - LOAD_LOW)))
+            self._share = 1.0 - short * (1.0 - FLUSH_SHARE)
             self._load_mark = (wall, cpu)
 
     def _flush_dirty(self) -> None:
