@@ -115,7 +115,7 @@ class Room:
         #: merged frame of events all within it is not theirs (they had each in the replay).
         self._replayed: dict[str, Offset] = {}
         self._idle_at = math.inf  # when an empty room stops
-        self.stopped = False
+        self._stopped = False
         metrics.rooms.inc()
         self._rearm()
 
@@ -155,7 +155,7 @@ class Room:
 
     def _rearm(self) -> None:
         """Wake at the end of the first held window, or when an empty room has lingered."""
-        if self.stopped:  # a member still calling in after the room stopped
+        if self._stopped:  # a member still calling in after the room stopped
             return
         if not self.empty:
             self._idle_at = math.inf
@@ -175,7 +175,7 @@ class Room:
             self._rearm()
 
     def _stop(self) -> None:
-        self.stopped = True
+        self._stopped = True
         for held in self._coalescer.held.values():
             if held.first.offset is not None:
                 self.held_offsets.remove(held.first.offset)
