@@ -38,6 +38,7 @@ import structlog
 import trio
 
 from actors.liveness import Liveness
+from actors.parking import Parking
 from actors.presence import Presence
 from actors.registry import Registry
 from actors.room import Recovery, Room
@@ -135,6 +136,8 @@ class ConnectionServices:
     presence: Presence
     typing: Typing
     schedules: ScheduleStore
+    #: Where its quiet connections wait without a task.
+    parking: Parking
     #: With push on: who is connected (push goes to users who are not).
     liveness: Liveness | None = None
     #: Socket.IO sessions' rooms, for their recovery on any node.
@@ -170,8 +173,9 @@ class Connection(Closable):
     #: ``?session=``): presence then follows the session, not each request.
     session_spans_requests = False
     __slots__ = (
-        "id", "session", "claims", "ns", "out", "_sock", "_s", "_wire", "_since", "_rooms", "_scope",
-        "_disconnect", "_peer_closed", "_expires_at", "_idle_s", "_present", "_typed", "_joining", "_live", "state",
+        "id", "session", "claims", "ns", "out", "_sock", "_s", "_wire", "_since", "_rooms", "_scope", "_deadline",
+        "alarm", "_disconnect", "_peer_closed", "_expires_at", "_idle_s", "_present", "_typed", "_joining", "_live",
+        "state",
     )
     _next_id = 0
 
@@ -199,9 +203,12 @@ class Connection(Closable):
         self._since = since
         self._joining = joining or NOTHING_MORE
         self._rooms: dict[str, Room] = {}  # room name -> room
-        self._scope = trio.CancelScope()
+        #: The scope of its current busy spell; None while it has no task (parked).
+        self._scope: trio.CancelScope | None = None
         self._expires_at = math.inf  # trio time of the token's exp
         self._idle_s = idle_s or math.inf
+        self._deadline = math.inf  # the earlier of the two (``_push_deadline``)
+        self.alarm: float | None = None  # the parking's
         self._disconnect: Disconnect | None = None
         self._peer_closed = False
         self._present = False  # tracked by the presence actor
@@ -216,7 +223,26 @@ class Connection(Closable):
 
     def _push_deadline(self) -> None:
         """One deadline for the token's expiry and the idle timeout (no scope per timer)."""
-        self._scope.deadline = min(self._expires_at, trio.current_time() + self._idle_s)
+        self._deadline = self._scope.deadline = min(self._expires_at, trio.current_time() + self._idle_s)
+
+    @property
+    def deadline(self) -> float:
+        """When it ends if its client says nothing before (trio time; only ever later)."""
+        return self._deadline
+
+    @property
+    def socket(self) -> socket.socket:
+        return self._sock
+
+    def close(self, disconnect: Disconnect) -> None:
+        """End with ``disconnect`` (the first reason given wins); a parked connection is
+        woken to end."""
+        if self._disconnect is None:
+            self._disconnect = disconnect
+        if self._scope is not None:
+            self._scope.cancel()
+        elif self.state is ConnectionState.PARKED:
+            self._s.parking.wake(self)
 
     def _receive(self, max_bytes: int, flags: int = 0) -> bytes | None:
         """Read the readable socket: its bytes; None when it had nothing after all; ``b""``
@@ -241,17 +267,37 @@ class Connection(Closable):
 
     # -- the actor ---------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Its first busy spell: join, answer, then serve its client until it is quiet (it
+        parks: ``actors.parking``) or the connection ends."""
         self._opened()
+        task_status.started()
+        await self._spell(self._open_and_serve)
+
+    async def resume(self) -> None:
+        """A later busy spell, run by the parking: its socket is readable, its deadline
+        passed, or it was told to close."""
+        self._move(ConnectionState.OPEN)
+        await self._spell(self._serve)
+
+    async def _spell(self, work) -> None:
+        """Run ``work`` (True: the client is quiet for now) within the deadline; then park,
+        or end."""
+        quiet = False
         try:
-            with self._scope:
-                self._push_deadline()
-                task_status.started()
-                await self.carry_out(self._open_and_serve)
-            if self._disconnect is None and self._scope.cancelled_caught:
-                expired = trio.current_time() >= self._expires_at
-                self._disconnect = CloseCode.TOKEN_EXPIRED if expired else CloseCode.IDLE_TIMEOUT
+            if self._disconnect is None:
+                with trio.CancelScope(deadline=self._deadline) as self._scope:
+                    await trio.lowlevel.checkpoint_if_cancelled()  # resumed for its deadline
+                    quiet = await self.carry_out(work)
+                if self._disconnect is None and self._scope.cancelled_caught:
+                    expired = trio.current_time() >= self._expires_at
+                    self._disconnect = CloseCode.TOKEN_EXPIRED if expired else CloseCode.IDLE_TIMEOUT
         finally:
-            await self.end()
+            self._scope = None
+            if quiet and self._disconnect is None:
+                self._move(ConnectionState.PARKED)
+                self._s.parking.park(self)
+            else:
+                await self.end()
 
     @property
     def expires_at(self) -> float:
@@ -269,6 +315,7 @@ class Connection(Closable):
         self._log("connect", transport=self.transport, wire=self._wire.name)
         if self.claims.exp is not None:
             self._expires_at = trio.current_time() + max(0.0, self.claims.exp - time.time())
+        self._deadline = min(self._expires_at, trio.current_time() + self._idle_s)
 
     async def open(self) -> None:
         """Start a session its transport drives (no task of its own): join and answer.
@@ -281,17 +328,17 @@ class Connection(Closable):
         await self._start()
         self._move(ConnectionState.OPEN)
 
-    async def _open_and_serve(self) -> None:
+    async def _open_and_serve(self) -> bool:
         await self._begin()
-        await self._serve()
+        return await self._serve()
 
-    async def carry_out(self, step, *args) -> None:
-        """Run one step of its work, ``await step(*args)``: a bug ends this connection
-        alone (1011, logged and counted), a temporary failure of the bus at the start with
-        1013; never its caller."""
+    async def carry_out(self, step, *args):
+        """Run one step of its work, ``await step(*args)``, and return what it returns: a
+        bug ends this connection alone (1011, logged and counted), a temporary failure of
+        the bus at the start with 1013; never its caller (None is returned then)."""
         with contained(self._s.metrics, self.transport, session=self.session) as failure:
             try:
-                await step(*args)
+                return await step(*args)
             except ReplyError as err:
                 if not err.temporary:
                     raise  # a refusal nobody answered: a bug
@@ -327,8 +374,9 @@ class Connection(Closable):
                 self._move(ConnectionState.CLOSED)
                 self._s.connections.discard(self)
 
-    async def _serve(self) -> None:
-        """The transport's loop, until the client goes or the connection must end."""
+    async def _serve(self) -> bool:
+        """Serve the client until it is quiet for now (True: the connection parks until its
+        socket is readable) or the connection must end (False)."""
         raise NotImplementedError
 
     async def _finish(self, disconnect: Disconnect) -> None:

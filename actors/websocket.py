@@ -3,12 +3,15 @@
 Contract
 --------
 Mailbox
-    The client's socket (read with ``wait_readable`` + non-blocking ``recv``, parsed by
-    wsproto), so inbound commands are processed one at a time: a client that sends faster
-    than it is served waits in its own TCP window. ``close(disconnect)`` may be called by
-    anyone (drain, the writer, a room) and only cancels this actor's scope.
+    The client's socket, read with non-blocking ``recv`` and parsed by ``protocol.wsreader`` while it has
+    something to say; read dry, the connection gives up its task and waits in the parking
+    (``actors.parking``) until the socket is readable again, so an idle connection costs
+    no task. Inbound commands are processed one at a time: a client that sends faster than
+    it is served waits in its own TCP window. ``close(disconnect)`` may be called by
+    anyone (drain, the writer, a room): it cancels this actor's busy spell, or wakes it
+    from the parking to end.
 Owns
-    Its socket, its wsproto state, its outbound queue (frames and bytes budget), its room
+    Its socket, its frame reader, its outbound queue (frames and bytes budget), its room
     memberships, its inbound token bucket and its token's expiry (the scope deadline).
 Replies
     ``hello`` first; ``ack`` / ``error`` to ``sub``, ``unsub`` and ``emit``; ``pong`` to
@@ -22,8 +25,10 @@ Failure
     leaves its rooms, sends the close frame with the code (best effort, bounded) and
     closes the socket.
 Blocking
-    On its socket's readability; on the bus while reading history for a resume (and on its
-    own outbound queue draining between history pages). Never on other connections.
+    Never on its socket: it parks instead (its deadline, the token's expiry or the idle
+    timeout, is kept by the parking meanwhile). On the bus while reading history for a
+    resume (and on its own outbound queue draining between history pages). Never on
+    other connections.
 """
 
 from __future__ import annotations
@@ -31,8 +36,6 @@ from __future__ import annotations
 import socket
 
 import trio
-import wsproto.connection
-import wsproto.events as ws_events
 
 from actors.connection import CONNECTION_LOST, CommandConnection, ConnectionServices, Joining
 from actors.writer import OutboundQueue
@@ -42,7 +45,8 @@ from protocol.errors import CloseCode, Disconnect, ReplyCode, ReplyError
 from protocol.frames import Ack, ClientFrame, Emit, Ping, Pong
 from protocol.session import Answer
 from protocol.wires import Wire
-from protocol.wsframes import close_frame
+from protocol.wsframes import close_frame, pong_frame
+from protocol.wsreader import CloseFrame, FrameReader, Message, PingFrame, Violation
 from rtserver.backends.auth import Claims
 from rtserver.backends.sockets import half_close_and_wait_eof
 
@@ -68,12 +72,11 @@ async def close_websocket(sock: socket.socket, out: OutboundQueue, disconnect: D
 
 class WebSocketConnection(CommandConnection):
     transport = "websocket"
-    __slots__ = ("_ws", "_partial", "_partial_size")
+    __slots__ = ("_reader",)
 
     def __init__(
         self,
         sock: socket.socket,
-        ws: wsproto.connection.Connection,
         *,
         services: ConnectionServices,
         claims: Claims,
@@ -82,13 +85,13 @@ class WebSocketConnection(CommandConnection):
         session: str,
         since: Cursor | None = None,
         joining: Joining | None = None,
+        received: bytes = b"",
     ) -> None:
+        """``received``: what the client sent after its upgrade request, read first."""
         cfg = services.config.connection
         super().__init__(sock, services=services, claims=claims, ns=ns, wire=wire, session=session, since=since,
                          idle_s=cfg.idle_timeout_s, joining=joining)
-        self._ws = ws
-        self._partial: list[bytes] | None = None  # a message arriving in fragments
-        self._partial_size = 0
+        self._reader = FrameReader(services.config.server.max_inbound_message_bytes, received)
         self.out = OutboundQueue(sock, services.writer, max_frames=cfg.outbound_max_frames,
                                  max_bytes=cfg.outbound_max_bytes, owner=self)
 
@@ -96,52 +99,37 @@ class WebSocketConnection(CommandConnection):
         await close_websocket(self._sock, self.out, disconnect, peer_closed=self._peer_closed)
 
     # -- reading -----------------------------------------------------------------------
-    async def _serve(self) -> None:
-        sock, ws = self._sock, self._ws
+    async def _serve(self) -> bool:
+        reader = self._reader
         chunk = self._s.config.connection.read_chunk_bytes
+        data = b""  # first, what the reader may hold already
         while True:
-            await trio.lowlevel.wait_readable(sock)
-            self._push_deadline()
+            for event in reader.receive(data):
+                if await self._on_ws_event(event):
+                    return False
             data = self._receive(chunk)
             if data is None:
-                continue
+                return True  # read dry: it waits parked until the client sends more
             if not data:
-                return
-            try:
-                ws.receive_data(data)
-                for event in ws.events():
-                    if await self._on_ws_event(event):
-                        return
-            except wsproto.utilities.RemoteProtocolError as exc:
-                self._log("protocol_error", error=str(exc))
-                self._disconnect = CloseCode.PROTOCOL_ERROR
-                return
-
-    async def _on_ws_event(self, event: ws_events.Event) -> bool:
-        """Handle one wsproto event; True when the connection must end."""
-        if isinstance(event, ws_events.Message):
-            # Counted in bytes as sent (a text message's UTF-8), whatever the fragmentation.
-            data = event.data.encode() if isinstance(event.data, str) else event.data
-            self._partial_size += len(data)
-            if self._partial_size > self._s.config.server.max_inbound_message_bytes:
-                self._disconnect = CloseCode.MESSAGE_TOO_BIG
-                return True
-            if not event.message_finished:
-                self._partial = (self._partial or []) + [data]
                 return False
-            if self._partial is not None:
-                data = b"".join([*self._partial, data])
-            self._partial, self._partial_size = None, 0
-            await self._on_message(data)
+            self._push_deadline()
+
+    async def _on_ws_event(self, event: Message | PingFrame | CloseFrame | Violation) -> bool:
+        """Handle what the client sent; True when the connection must end."""
+        if type(event) is Message:
+            await self._on_message(event.data)
             return self._disconnect is not None
-        if isinstance(event, ws_events.Ping):
-            self.out.push(self._ws.send(event.response()))
+        if type(event) is PingFrame:
+            self.out.push(pong_frame(event.payload))
             return False
-        if isinstance(event, ws_events.CloseConnection):
-            self._peer_closed = True
-            self._disconnect = self._disconnect or Disconnect(int(event.code), "closed by client", CloseCode.NORMAL.action)
+        if type(event) is Violation:
+            self._log("protocol_error", error=event.detail)
+            self._disconnect = self._disconnect or event.disconnect
             return True
-        return False
+        self._peer_closed = True
+        self._disconnect = self._disconnect or Disconnect(event.code or 1000, "closed by client",
+                                                          CloseCode.NORMAL.action)
+        return True
 
     async def _on_message(self, data: bytes) -> None:
         if not self._within_rate():

@@ -25,8 +25,8 @@ Blocking
 
 Why not one writer task per connection: measured on this stack before the project started,
 Trio scheduling costs ~2.4 µs per wake-up with 1,000 tasks, and task-per-socket libraries
-~20 KB per connection. Here a connection costs one task (its reader) while idle; its frames leave in
-one ``send`` per tick from this actor, and only a connection whose socket is full gets a
+~20 KB per connection. Here an idle WebSocket connection costs no task (it waits in the parking,
+``actors.parking``); its frames leave in one ``send`` per tick from this actor, and only a connection whose socket is full gets a
 task of its own (``_drain``) that waits for writability, so a slow client never delays a
 broadcast or another client.
 """

@@ -68,6 +68,7 @@ class CloseCode:
     NORMAL = Disconnect(1000, "normal", ClientAction.STOP)
     GOING_AWAY = Disconnect(1001, "going away", ClientAction.RESUME)
     PROTOCOL_ERROR = Disconnect(1002, "protocol error", ClientAction.STOP)
+    INVALID_PAYLOAD = Disconnect(1007, "invalid payload", ClientAction.STOP)
     MESSAGE_TOO_BIG = Disconnect(1009, "message too big", ClientAction.STOP)
     INTERNAL_ERROR = Disconnect(1011, "internal error", ClientAction.RESUME)
     TRY_AGAIN_LATER = Disconnect(1013, "try again later", ClientAction.RESUME)

@@ -28,6 +28,8 @@ class ConnectionState(enum.Enum):
     JOINING = enum.auto()
     #: Answered; serving the transport's loop.
     OPEN = enum.auto()
+    #: Answered, its client quiet for now: no task, waiting in the parking (``actors.parking``).
+    PARKED = enum.auto()
     #: Leaving its rooms, presence and typing; telling the client why.
     CLOSING = enum.auto()
     #: Its close written (or given up on); gone from the node.
@@ -37,7 +39,8 @@ class ConnectionState(enum.Enum):
 CONNECTION_TRANSITIONS: Mapping[ConnectionState, frozenset[ConnectionState]] = {
     ConnectionState.OPENING: frozenset({ConnectionState.JOINING, ConnectionState.CLOSING}),
     ConnectionState.JOINING: frozenset({ConnectionState.OPEN, ConnectionState.CLOSING}),
-    ConnectionState.OPEN: frozenset({ConnectionState.CLOSING}),
+    ConnectionState.OPEN: frozenset({ConnectionState.PARKED, ConnectionState.CLOSING}),
+    ConnectionState.PARKED: frozenset({ConnectionState.OPEN}),
     ConnectionState.CLOSING: frozenset({ConnectionState.CLOSED}),
     ConnectionState.CLOSED: frozenset(),
 }

@@ -1,9 +1,7 @@
 """Server-side WebSocket frames (RFC 6455 §5.2), encoded once and shared.
 
 Server frames are never masked, so one encoded frame serves every recipient; that is what
-lets a broadcast be framed once. wsproto frames per connection (its ``FrameProtocol``),
-which is right for replies and control frames but would re-frame a broadcast N times, so
-the shared data frames are built here; wsproto still parses everything clients send.
+lets a broadcast be framed once. What clients send is read by ``protocol.wsreader``.
 """
 
 from __future__ import annotations
@@ -13,6 +11,8 @@ import struct
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
 _FIN = 0x80
 
 
@@ -31,3 +31,8 @@ def close_frame(code: int, reason: str = "") -> bytes:
     """An unmasked close frame; the reason is cut to fit the 125-byte control limit."""
     body = struct.pack("!H", code) + reason.encode()[:123]
     return bytes((_FIN | OP_CLOSE, len(body))) + body
+
+
+def pong_frame(payload: bytes) -> bytes:
+    """The unmasked pong answering a ping of ``payload`` (a control frame: at most 125 bytes)."""
+    return bytes((_FIN | OP_PONG, len(payload))) + payload

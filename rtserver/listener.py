@@ -5,8 +5,8 @@ and time):
 
 * a WebSocket upgrade to ``/hub/ws`` or ``/portal/ws`` is checked (``protocol.upgrade``),
   authenticated and answered here from the head h11 parsed, and becomes a
-  ``WebSocketConnection`` actor on the plain non-blocking socket (wsproto parses what the
-  client sends; broadcasts are framed once, see ``protocol.wsframes``);
+  ``WebSocketConnection`` actor on the plain non-blocking socket (``protocol.wsreader``
+  parses what the client sends; broadcasts are framed once, see ``protocol.wsframes``);
 * ``GET /{ns}/sse`` is authenticated and checked here and becomes an ``SseStream`` actor
   on the socket (its frames go through the same writer as WebSocket frames);
   ``GET /{ns}/poll`` becomes a ``PollRequest``, answered here with h11, and the
@@ -543,12 +543,9 @@ class Listener:
             log.info("handshake_refused", code=exc.disconnect.code, reason=exc.message, ns=ns.value)
             _send_quietly(sock, accept + close_frame(exc.disconnect.code, exc.message))
             return exc
-        ws = wsproto.connection.Connection(ConnectionType.SERVER)
-        if trailing:
-            ws.receive_data(trailing)
         connection = WebSocketConnection(
-            sock, ws, services=self._services, claims=claims, ns=ns, wire=wire,
-            session=secrets.token_urlsafe(12), since=since, joining=joining,
+            sock, services=self._services, claims=claims, ns=ns, wire=wire,
+            session=secrets.token_urlsafe(12), since=since, joining=joining, received=trailing,
         )
         if not _send_quietly(sock, accept):  # the last step: a failure before it sent nothing
             sock.close()

@@ -17,6 +17,7 @@ import trio
 
 from actors.connection import Connection, ConnectionServices
 from actors.liveness import Liveness
+from actors.parking import Parking
 from actors.presence import Presence
 from actors.registry import Registry
 from actors.schedules import ScheduleProjector
@@ -67,10 +68,12 @@ class Node:
                                    group=backends.groups(GROUP, holder, **group_settings(config.push)),
                                    registry=self.metrics.registry)
         self.connections: set[Connection] = set()
+        self.parking = Parking(self.metrics)
         self.services = services = ConnectionServices(
             config=config, bus=self.bus, registry=self.registry, writer=self.writer,
             metrics=self.metrics, catalog=self.catalog, connections=self.connections,
-            presence=self.presence, typing=self.typing, schedules=backends.schedules, liveness=self.liveness,
+            presence=self.presence, typing=self.typing, schedules=backends.schedules, parking=self.parking,
+            liveness=self.liveness,
             recovery=backends.recovery,
         )
         self.gateway = Gateway(config, metrics=self.metrics, catalog=self.catalog, verifier=self.verifier,
@@ -93,6 +96,7 @@ class Node:
                 await nursery.start(self.liveness.run)
             if self.push is not None:
                 await nursery.start(self.push.run)
+            await nursery.start(self.parking.run)
             await nursery.start(self.http.run)
             self.port = await nursery.start(self.listener.run)
             log.info("listening", host=self.config.server.host, port=self.port)

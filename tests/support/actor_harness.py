@@ -126,8 +126,7 @@ class Harness:
             client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
         connection = WebSocketConnection(
-            server_sock, wsproto.connection.Connection(ConnectionType.SERVER),
-            services=self.services, claims=claims or staff(), ns=ns, wire=WS_JSON,
+            server_sock, services=self.services, claims=claims or staff(), ns=ns, wire=WS_JSON,
             session=f"s{id(server_sock)}", since=since,
         )
         await self.nursery.start(connection.run)

@@ -1,0 +1,141 @@
+"""Parking actor: where quiet connections wait for their client without a task of their own.
+
+Contract
+--------
+Mailbox
+    ``park(connection)`` (synchronous): a connection whose client has nothing more to say
+    for now gives up its task and waits here; ``wake(connection)`` (synchronous): a parked
+    connection must run now (it was told to close).
+Owns
+    One epoll instance watching the parked connections' sockets, the parked connections by
+    file descriptor, a heap of their deadlines (at most one entry per connection), and the
+    tasks of the connections it resumes.
+Replies
+    None: it runs ``connection.resume()`` in a task of its own when the socket becomes
+    readable (data, EOF or an error), when the connection's deadline comes (token expiry,
+    idle timeout), or when it is woken; the connection then runs until it is quiet again
+    (and parks) or ends. A parked connection's socket is not watched while it runs, so its
+    commands are still carried out one at a time.
+Failure
+    A resumed connection's unexpected exception is contained in its task: logged, counted,
+    that connection alone closed with 1011. An unexpected exception here ends the node
+    (every parked connection depends on this actor). Once cancelled (the node stops), every
+    parked connection is resumed into the cancelled nursery, so each ends as a connection
+    with a task does (its close told to the client, shielded and bounded).
+Blocking
+    On the epoll instance (a file descriptor Trio waits on like a socket) until a parked
+    socket is readable or the earliest deadline passes.
+
+Why: a connection's task waiting on its socket, with its cancel scope, costs ~3.4 KB of
+memory per idle connection (``bench/RESULTS.md``, §16 and §19); parked here it costs a dict
+slot, a heap entry and the kernel's epoll entry. The writer already works the same way for
+writes: only a connection whose socket is full has a task waiting on it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import select
+import socket
+from typing import Protocol
+
+import trio
+
+from rtserver.backends.boundary import contained
+from rtserver.backends.metrics import Metrics
+
+
+class Parkable(Protocol):
+    """What the parking needs of a connection."""
+
+    #: Unique per connection (orders equal deadlines in the heap).
+    id: int
+    #: The time of its entry in the parking's heap (None: it has none). The parking's.
+    alarm: float | None
+    transport: str
+    session: str
+
+    @property
+    def socket(self) -> socket.socket: ...
+
+    @property
+    def deadline(self) -> float:
+        """When it must run even if its client says nothing (trio time; only ever later)."""
+
+    async def resume(self) -> None:
+        """Run until quiet again (it parks itself) or ended."""
+
+
+class Parking:
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._epoll: select.epoll | None = None
+        self._nursery: trio.Nursery | None = None
+        #: Parked connections by their socket's file descriptor.
+        self._parked: dict[int, Parkable] = {}
+        #: (time, id, connection): at most one entry per connection (``alarm``), pushed as it
+        #: parks if it has none; the connection asks again when it parks after it ran.
+        self._alarms: list[tuple[float, int, Parkable]] = []
+        self._sleep = trio.CancelScope()
+
+    def __len__(self) -> int:
+        """How many connections are parked."""
+        return len(self._parked)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with select.epoll() as epoll:
+            self._epoll = epoll
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                try:
+                    await self._watch(epoll)
+                finally:
+                    for connection in list(self._parked.values()):
+                        self._resume(connection)
+            self._epoll = None
+
+    async def _watch(self, epoll: select.epoll) -> None:
+        alarms = self._alarms
+        while True:
+            with trio.CancelScope(deadline=alarms[0][0] if alarms else math.inf) as self._sleep:
+                await trio.lowlevel.wait_readable(epoll)
+            parked = self._parked
+            for fd, _ in epoll.poll(0):
+                self._resume(parked[fd])
+            now = trio.current_time()
+            while alarms and alarms[0][0] <= now:
+                _, _, connection = heapq.heappop(alarms)
+                connection.alarm = None
+                if parked.get(connection.socket.fileno()) is connection:  # else running or ended
+                    self._resume(connection)  # it parks again if its deadline moved on meanwhile
+
+    def park(self, connection: Parkable) -> None:
+        """Let ``connection`` wait without a task until its socket is readable, its deadline
+        passes or it is woken (its socket already readable: it is resumed at once)."""
+        fd = connection.socket.fileno()
+        self._parked[fd] = connection
+        self._epoll.register(fd, select.EPOLLIN)
+        if connection.alarm is None and connection.deadline < math.inf:
+            self._alarm(connection)
+
+    def wake(self, connection: Parkable) -> None:
+        """Resume ``connection`` (parked) now."""
+        self._resume(connection)
+
+    def _alarm(self, connection: Parkable) -> None:
+        connection.alarm = when = connection.deadline
+        heapq.heappush(self._alarms, (when, connection.id, connection))
+        if when < self._sleep.deadline:
+            self._sleep.deadline = when
+
+    def _resume(self, connection: Parkable) -> None:
+        fd = connection.socket.fileno()
+        del self._parked[fd]
+        self._epoll.unregister(fd)
+        self._nursery.start_soon(self._run, connection)
+
+    async def _run(self, connection: Parkable) -> None:
+        with contained(self._metrics, connection.transport, session=connection.session):
+            await connection.resume()

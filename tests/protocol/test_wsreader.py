@@ -1,0 +1,146 @@
+"""The server's WebSocket frame reader (protocol/wsreader.py): RFC 6455 as wsproto reads it,
+in any split, with the size bound checked before a payload is buffered."""
+
+import os
+import struct
+
+import wsproto.connection
+import wsproto.events as ev
+import wsproto.utilities
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from wsproto import ConnectionType
+
+from protocol.errors import CloseCode
+from protocol.wsreader import CloseFrame, FrameReader, Message, PingFrame, Violation
+
+
+def frame(opcode: int, payload: bytes, *, fin=True, rsv=0, masked=True, long_form: int = 0,
+          key: bytes = b"\x01\x02\x03\x04") -> bytes:
+    """A client frame as raw bytes; ``long_form`` 2 or 8 writes its length in that many
+    bytes even when fewer would do."""
+    n = len(payload)
+    first = (0x80 if fin else 0) | rsv << 4 | opcode
+    mask_bit = 0x80 if masked else 0
+    if long_form == 8 or n >= 65536:
+        head = struct.pack("!BBQ", first, mask_bit | 127, n)
+    elif long_form == 2 or n >= 126:
+        head = struct.pack("!BBH", first, mask_bit | 126, n)
+    else:
+        head = bytes((first, mask_bit | n))
+    if not masked:
+        return head + payload
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def read_all(reader: FrameReader, chunks: list[bytes]) -> list:
+    """What ``reader`` makes of ``chunks``: its events, then ``("error", code)`` if it refused."""
+    out = []
+    for chunk in chunks:
+        for event in reader.receive(chunk):
+            if type(event) is Violation:
+                return [*out, ("error", event.disconnect.code)]
+            out.append(event)
+            if type(event) is CloseFrame:
+                return out
+    return out
+
+
+def read_with_wsproto(chunks: list[bytes]) -> list:
+    """The same, as wsproto reads it (its partial messages joined). wsproto reports a
+    violation as a close with its code (1002, 1007): the clients here never send those."""
+    ws = wsproto.connection.Connection(ConnectionType.SERVER)
+    out, parts = [], []
+    try:
+        for chunk in chunks:
+            ws.receive_data(chunk)
+            for event in ws.events():
+                if isinstance(event, ev.Message):
+                    parts.append(event.data.encode() if isinstance(event.data, str) else event.data)
+                    if event.message_finished:
+                        out.append(Message(b"".join(parts), isinstance(event, ev.BytesMessage)))
+                        parts = []
+                elif isinstance(event, ev.Ping):
+                    out.append(PingFrame(bytes(event.payload)))
+                elif isinstance(event, ev.CloseConnection):
+                    if event.code in (1002, 1007):
+                        out.append(("error", int(event.code)))
+                    else:
+                        out.append(CloseFrame(None if event.code == 1005 else event.code, event.reason or ""))
+                    return out
+    except wsproto.utilities.RemoteProtocolError:
+        out.append(("error", None))
+    return out
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
+
+
+TEXTS = st.text(max_size=40).map(str.encode)
+client_frames = st.one_of(
+    st.builds(lambda p, fin: (0x1, p, fin, 0, True, 0), TEXTS, st.booleans()),
+    st.builds(lambda p, fin: (0x2, p, fin, 0, True, 0), st.binary(max_size=300), st.booleans()),
+    st.builds(lambda p, fin: (0x0, p, fin, 0, True, 0), TEXTS | st.binary(max_size=8), st.booleans()),
+    st.builds(lambda p: (0x9, p, True, 0, True, 0), st.binary(max_size=20)),
+    st.builds(lambda p: (0xA, p, True, 0, True, 0), st.binary(max_size=20)),
+    st.builds(lambda code, reason: (0x8, struct.pack("!H", code) + reason, True, 0, True, 0),
+              st.sampled_from([1000, 1001, 1003, 1004, 1005, 1006, 1011, 1013, 1015, 2000, 2999, 3000,
+                               4999, 5000, 999]), TEXTS | st.binary(max_size=4)),
+    st.builds(lambda p: (0x8, p, True, 0, True, 0), st.binary(max_size=1)),
+    # one defect each
+    st.builds(lambda op, p, rsv: (op, p, True, rsv, True, 0), st.sampled_from([0x1, 0x2, 0x9]), st.binary(max_size=5),
+              st.integers(1, 7)),
+    st.builds(lambda op, p: (op, p, True, 0, False, 0), st.sampled_from([0x1, 0x2, 0x9]), st.binary(max_size=5)),
+    st.builds(lambda op, p, fin: (op, p, fin, 0, True, 0), st.sampled_from([0x3, 0x7, 0xB, 0xF]),
+              st.binary(max_size=5), st.booleans()),
+    st.builds(lambda op, p, lf: (op, p, True, 0, True, lf), st.sampled_from([0x1, 0x2, 0x9]), TEXTS,
+              st.sampled_from([2, 8])),
+    st.builds(lambda op, p: (op, p, True, 0, True, 0), st.sampled_from([0x8, 0x9, 0xA]), st.binary(min_size=126,
+                                                                                                    max_size=130)),
+    st.builds(lambda op, p: (op, p, False, 0, True, 0), st.sampled_from([0x8, 0x9, 0xA]), st.binary(max_size=5)),
+    st.builds(lambda p, fin: (0x1, p, fin, 0, True, 0), st.binary(max_size=6), st.booleans()),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(client_frames, max_size=8), st.lists(st.integers(0, 10_000), max_size=6))
+def test_reads_any_frames_in_any_split_as_wsproto_does(frames, cuts):
+    data = b"".join(frame(op, p, fin=fin, rsv=rsv, masked=masked, long_form=lf, key=os.urandom(4))
+                    for op, p, fin, rsv, masked, lf in frames)
+    assert read_all(FrameReader(max_message=1 << 20), split(data, cuts)) == read_with_wsproto(split(data, cuts))
+
+
+def test_a_message_over_the_bound_is_refused_from_its_header_alone():
+    reader = FrameReader(max_message=100)
+    head_only = frame(0x2, b"x" * 101)[:8]  # header and mask: no payload yet
+    [refused] = reader.receive(head_only)
+    assert refused.disconnect is CloseCode.MESSAGE_TOO_BIG
+
+
+def test_the_bound_counts_a_fragmented_message_whole():
+    reader = FrameReader(max_message=100)
+    assert reader.receive(frame(0x1, b"a" * 60, fin=False)) == []
+    [refused] = reader.receive(frame(0x0, b"b" * 41))
+    assert refused.disconnect is CloseCode.MESSAGE_TOO_BIG
+    again = FrameReader(max_message=100)
+    again.receive(frame(0x1, b"a" * 60, fin=False))
+    assert again.receive(frame(0x0, b"b" * 40)) == [Message(b"a" * 60 + b"b" * 40, False)]
+
+
+def test_bytes_that_came_with_the_upgrade_are_read_first_and_a_ping_between_fragments_passes():
+    first = frame(0x1, b"hel", fin=False)
+    reader = FrameReader(max_message=100, received=first + frame(0x9, b"p")[:3])
+    assert reader.receive(b"") == []
+    rest = frame(0x9, b"p")[3:] + frame(0x0, "lo é".encode()) + frame(0x8, struct.pack("!H", 4000) + b"bye")
+    assert reader.receive(rest) == [PingFrame(b"p"), Message("hello é".encode(), False), CloseFrame(4000, "bye")]
+
+
+def test_a_close_without_a_code_and_a_utf8_sequence_cut_between_fragments():
+    utf8 = "é".encode()
+    reader = FrameReader(max_message=100)
+    events = reader.receive(frame(0x1, utf8[:1], fin=False) + frame(0x0, utf8[1:]) + frame(0x8, b""))
+    assert events == [Message(utf8, False), CloseFrame(None, "")]
+    [refused] = FrameReader(max_message=100).receive(frame(0x1, utf8[:1], fin=False) + frame(0x0, b"x"))
+    assert refused.disconnect is CloseCode.INVALID_PAYLOAD
