@@ -61,7 +61,7 @@ class Parkable(Protocol):
 
     @property
     def deadline(self) -> float:
-        """When it must run even if its client says nothing (trio time; only ever later)."""
+        """When it must run even if its client says nothing (trio time)."""
 
     async def resume(self) -> None:
         """Run until quiet again (it parks itself) or ended."""
@@ -74,8 +74,9 @@ class Parking:
         self._nursery: trio.Nursery | None = None
         #: Parked connections by their socket's file descriptor.
         self._parked: dict[int, Parkable] = {}
-        #: (time, id, connection): at most one entry per connection (``alarm``), pushed as it
-        #: parks if it has none; the connection asks again when it parks after it ran.
+        #: (time, id, connection): one live entry per connection (``alarm``), pushed as it
+        #: parks if it has none or its deadline came earlier (the old entry is skipped); an
+        #: entry that comes up early resumes it, and it parks again with its new deadline.
         self._alarms: list[tuple[float, int, Parkable]] = []
         self._sleep = trio.CancelScope()
 
@@ -106,7 +107,9 @@ class Parking:
                 self._resume(parked[fd])
             now = trio.current_time()
             while alarms and alarms[0][0] <= now:
-                _, _, connection = heapq.heappop(alarms)
+                when, _, connection = heapq.heappop(alarms)
+                if connection.alarm != when:
+                    continue  # replaced by an earlier one
                 connection.alarm = None
                 if parked.get(connection.socket.fileno()) is connection:  # else running or ended
                     self._resume(connection)  # it parks again if its deadline moved on meanwhile
@@ -117,7 +120,8 @@ class Parking:
         fd = connection.socket.fileno()
         self._parked[fd] = connection
         self._epoll.register(fd, select.EPOLLIN)
-        if connection.alarm is None and connection.deadline < math.inf:
+        deadline = connection.deadline
+        if deadline < (math.inf if connection.alarm is None else connection.alarm):
             self._alarm(connection)
 
     def wake(self, connection: Parkable) -> None:

@@ -4,7 +4,8 @@ Contract
 --------
 Mailbox
     None from the client: it only reads. Its socket is watched for EOF (anything it sends
-    is ignored). Commands for its session arrive through its command room
+    is ignored) by the parking (``actors.parking``), where the stream waits without a task
+    between its keep-alives. Commands for its session arrive through its command room
     (``session:{id}``, forwarded from ``POST /{ns}/commands`` on any node) and are applied
     without waiting. ``close(disconnect)`` may be called by anyone.
 Owns
@@ -23,9 +24,9 @@ Failure
     and action, then the last chunk, and the socket is closed. A bug ends this stream with
     1011, never the node.
 Blocking
-    On its socket's readability (bounded by the keep-alive interval); on the bus while
-    reading history for a resume, and on its own outbound queue draining between history
-    pages. Never on other connections.
+    Never on its socket: it parks until the socket is readable, its next keep-alive or
+    its token's expiry. On the bus while reading history for a resume, and on its own
+    outbound queue draining between history pages. Never on other connections.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from protocol.wires import SSE_JSON
 
 class SseStream(HttpSession):
     transport = "sse"
-    __slots__ = ("_head",)
+    __slots__ = ("_head", "_keepalive_at")
 
     def __init__(self, sock: socket.socket, *, response_headers: list[tuple[bytes, bytes]] = (), **session) -> None:
         """``response_headers``: more headers of the response (CORS)."""
@@ -53,23 +54,24 @@ class SseStream(HttpSession):
         self.out = OutboundQueue(sock, self._s.writer, max_frames=cfg.outbound_max_frames,
                                  max_bytes=cfg.outbound_max_bytes, owner=self)
         self._head = sse_head(cfg.sse_retry_ms, [*response_headers, (b"connection", b"close")])
+        self._keepalive_at = trio.current_time() + cfg.sse_keepalive_s
 
     async def _start(self) -> None:
         self.out.push(self._head)
         await super()._start()
 
-    async def _serve(self) -> None:
-        sock, out = self._sock, self.out
-        keepalive_s = self._s.config.connection.sse_keepalive_s
-        while True:
-            with trio.move_on_after(keepalive_s) as idle:
-                await trio.lowlevel.wait_readable(sock)
-            if idle.cancelled_caught:
-                if not out.frames:
-                    out.push(SSE_KEEPALIVE)
-                continue
-            if self._receive(4096) == b"":  # anything else a client sends is ignored
-                return
+    @property
+    def deadline(self) -> float:
+        """Its token's expiry, or its next keep-alive if sooner (it runs then, parked or not)."""
+        return min(self._deadline, self._keepalive_at)
+
+    async def _serve(self) -> bool:
+        now = trio.current_time()
+        if now >= self._keepalive_at:
+            if not self.out.frames:
+                self.out.push(SSE_KEEPALIVE)
+            self._keepalive_at = now + self._s.config.connection.sse_keepalive_s
+        return self._receive(4096) != b""  # anything a client sends is ignored; EOF ends it
 
     async def _finish(self, disconnect: Disconnect) -> None:
         out, sock = self.out, self._sock

@@ -1,4 +1,4 @@
-"""Where an idle connection's memory goes, by allocation site: rt.v1 WebSocket vs Socket.IO.
+"""Where an idle connection's memory goes, by allocation site: rt.v1 WebSocket, Socket.IO, SSE.
 
 Starts a node in this process (memory bus), opens N idle clients of one kind, and reports
 the Python memory the server side holds per connection (tracemalloc: allocations whose
@@ -6,7 +6,7 @@ traceback passes through rtserver's own code), grouped by the line of rtserver, 
 protocol nearest to the allocation. The clients (trio-websocket) live in this process too;
 their own allocations pass through none of those files and are left out.
 
-    .venv/bin/python bench/conn_memory.py --clients 1000 --kind ws|socketio [--users each]
+    .venv/bin/python bench/conn_memory.py --clients 1000 --kind ws|socketio|sse [--users each]
 
 ``--users each``: every client is a user of its own (its own ``user:`` room, presence
 entry and liveness), as consoles connect; by default all are the same user.
@@ -43,7 +43,13 @@ async def open_clients(nursery, server: Server, kind: str, count: int, each_user
     clients = []
     for i in range(first, first + count):
         token = server.token(f"u{i}") if each_user else server.token()
-        if kind == "ws":
+        if kind == "sse":
+            ws = await trio.open_tcp_stream("127.0.0.1", server.port)
+            await ws.send_all(f"GET /hub/sse?access_token={token} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n".encode())
+            received = b""
+            while b"hello" not in received:
+                received += await ws.receive_some(65536)
+        elif kind == "ws":
             ws = await connect_websocket_url(nursery, f"ws://127.0.0.1:{server.port}/hub/ws?access_token={token}")
             await ws.get_message()  # hello
         else:
@@ -59,12 +65,13 @@ async def main(kind: str, count: int, each_user: bool) -> None:
     async with trio.open_nursery() as nursery:
         node = Node(server_config(server={"allowed_origins": []}))
         server = Server(node, await nursery.start(node.run))
-        await open_clients(nursery, server, kind, 20, each_user, first=count)  # warm: rooms, caches
+        # Kept referenced: an SSE client is a plain stream, closed once collected.
+        warm = await open_clients(nursery, server, kind, 20, each_user, first=count)  # rooms, caches
         await trio.sleep(0.5)
         gc.collect()
         tracemalloc.start(40)
         before = tracemalloc.take_snapshot()
-        await open_clients(nursery, server, kind, count, each_user)
+        clients = await open_clients(nursery, server, kind, count, each_user)
         await trio.sleep(1.0)
         gc.collect()
         after = tracemalloc.take_snapshot()
@@ -74,7 +81,8 @@ async def main(kind: str, count: int, each_user: bool) -> None:
             if site and stat.size_diff > 0:
                 sites[site] += stat.size_diff
         total = sum(sites.values())
-        print(f"{kind}: {total / count / 1024:.2f} KB of Python memory per connection on the server side")
+        print(f"{kind}: {total / count / 1024:.2f} KB of Python memory per connection on the server side"
+              f" ({len(server.node.connections)} open of {len(warm) + len(clients)})")
         for site, size in sites.most_common(30):
             print(f"  {size / count:8.0f} B  {site}")
         nursery.cancel_scope.cancel()
@@ -83,7 +91,7 @@ async def main(kind: str, count: int, each_user: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--kind", choices=["ws", "socketio"], default="ws")
+    parser.add_argument("--kind", choices=["ws", "socketio", "sse"], default="ws")
     parser.add_argument("--users", choices=["one", "each"], default="one")
     args = parser.parse_args()
     configure_logging("warning")
