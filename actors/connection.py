@@ -275,9 +275,10 @@ class Connection(Closable):
 
     async def resume(self) -> None:
         """A later busy spell, run by the parking: its socket is readable, its deadline
-        passed, or it was told to close."""
-        self._move(ConnectionState.OPEN)
-        await self._spell(self._serve)
+        passed, or it was told to close. What escapes it ends it alone (logged, counted)."""
+        with contained(self._s.metrics, self.transport, session=self.session):
+            self._move(ConnectionState.OPEN)
+            await self._spell(self._serve)
 
     async def _spell(self, work) -> None:
         """Run ``work`` (True: the client is quiet for now) within the deadline; then park,

@@ -17,8 +17,8 @@ Replies
     (and parks) or ends. A parked connection's socket is not watched while it runs, so its
     commands are still carried out one at a time.
 Failure
-    A resumed connection's unexpected exception is contained in its task: logged, counted,
-    that connection alone closed with 1011. An unexpected exception here ends the node
+    A resumed connection contains its own failures (``resume``): logged, counted, that
+    connection alone closed with 1011. An unexpected exception here ends the node
     (every parked connection depends on this actor). Once cancelled (the node stops), every
     parked connection is resumed into the cancelled nursery, so each ends as a connection
     with a task does (its close told to the client, shielded and bounded).
@@ -35,6 +35,7 @@ writes: only a connection whose socket is full has a task waiting on it.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import select
 import socket
@@ -42,19 +43,14 @@ from typing import Protocol
 
 import trio
 
-from rtserver.backends.boundary import contained
-from rtserver.backends.metrics import Metrics
 
 
 class Parkable(Protocol):
-    """What the parking needs of a connection."""
+    """What the parking needs of a connection (an rt.v1 WebSocket, an SSE stream, a
+    Socket.IO WebSocket)."""
 
-    #: Unique per connection (orders equal deadlines in the heap).
-    id: int
     #: The time of its entry in the parking's heap (None: it has none). The parking's.
     alarm: float | None
-    transport: str
-    session: str
 
     @property
     def socket(self) -> socket.socket: ...
@@ -64,12 +60,12 @@ class Parkable(Protocol):
         """When it must run even if its client says nothing (trio time)."""
 
     async def resume(self) -> None:
-        """Run until quiet again (it parks itself) or ended."""
+        """Run until quiet again (it parks itself) or ended; its own failures are contained
+        (answered, logged, counted), never raised."""
 
 
 class Parking:
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
+    def __init__(self) -> None:
         self._epoll: select.epoll | None = None
         self._nursery: trio.Nursery | None = None
         #: Parked connections by their socket's file descriptor.
@@ -78,6 +74,7 @@ class Parking:
         #: parks if it has none or its deadline came earlier (the old entry is skipped); an
         #: entry that comes up early resumes it, and it parks again with its new deadline.
         self._alarms: list[tuple[float, int, Parkable]] = []
+        self._order = itertools.count()  # among equal times
         self._sleep = trio.CancelScope()
 
     def __len__(self) -> int:
@@ -130,7 +127,7 @@ class Parking:
 
     def _alarm(self, connection: Parkable) -> None:
         connection.alarm = when = connection.deadline
-        heapq.heappush(self._alarms, (when, connection.id, connection))
+        heapq.heappush(self._alarms, (when, next(self._order), connection))
         if when < self._sleep.deadline:
             self._sleep.deadline = when
 
@@ -138,8 +135,4 @@ class Parking:
         fd = connection.socket.fileno()
         del self._parked[fd]
         self._epoll.unregister(fd)
-        self._nursery.start_soon(self._run, connection)
-
-    async def _run(self, connection: Parkable) -> None:
-        with contained(self._metrics, connection.transport, session=connection.session):
-            await connection.resume()
+        self._nursery.start_soon(connection.resume)

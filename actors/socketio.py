@@ -4,8 +4,9 @@ and a Socket.IO session per namespace it connects.
 Contract
 --------
 Mailbox
-    ``EngineIOSocket``: the client's socket (wsproto), read one frame at a time, the
-    heartbeat and the tokens' expiry deadlines of this reading. ``PollingEngine``: the
+    ``EngineIOSocket``: the client's socket (``protocol.wsreader``), read while it has
+    something to say; between, the session waits in the parking without a task
+    (``actors.parking``), woken by its socket, its heartbeat, its tokens' expiry or a close. ``PollingEngine``: the
     packets of each POST, in order (a GET waits for what is queued); its own task keeps
     the heartbeat and the expiry. Either way (``EngineIO``): a ``pong`` answers the last
     ping, Socket.IO packets are decoded (``protocol.socketio``, bounded), a ``CONNECT``
@@ -13,12 +14,12 @@ Mailbox
     (``protocol.socketio_events``) its namespace's session carries out at once, as a
     WebSocket connection carries out its frames, a ``DISCONNECT`` ends that session. The
     sessions have no task of their own: the socket's task (a POST's, on polling) drives
-    them (``actors.connection``: ``open``, ``carry_out``, ``end``), so an idle socket is
-    one parked task. On a bus spanning nodes, a ``PollingEngine`` also serves the
+    them (``actors.connection``: ``open``, ``carry_out``, ``end``), so an idle socket has
+    no task at all. On a bus spanning nodes, a ``PollingEngine`` also serves the
     requests other nodes relay to its room (``actors.socketio_relay``), and an
     ``AdoptedSocket`` is the WebSocket a session held elsewhere upgrades to.
 Owns
-    Its transport (the socket and its wsproto state, or the polling buffer), its one
+    Its transport (the socket and its frame reader, or the polling buffer), its one
     outbound queue (the namespaces share it, so the byte budget and the slow-consumer
     close are per Engine.IO session, as on the rt.v1 WebSocket), the heartbeat, and its
     sessions by namespace. Each session is a ``CommandConnection`` of its own: claims,
@@ -36,8 +37,10 @@ Failure
     (token expired, a ``DISCONNECT``) leaves the others be. An unexpected exception in a
     session's step ends that session alone (1011); elsewhere, this Engine.IO session alone.
 Blocking
-    On its socket's readability (polling: a GET on its queue); on a session's command
-    while it runs (a resume reads the bus), as an rt.v1 WebSocket does.
+    Never on its socket: it parks (an ``AdoptedSocket``, which holds a nursery for its
+    relayed requests, and a polling session's upgrade wait on theirs). Polling: a GET on
+    its queue. On a session's command while it runs (a resume reads the bus), as an rt.v1
+    WebSocket does.
 """
 
 from __future__ import annotations
@@ -51,8 +54,6 @@ from collections.abc import Iterator
 
 import structlog
 import trio
-import wsproto.connection
-import wsproto.events as ws_events
 
 from actors.connection import CONNECTION_LOST, Closable, CommandConnection, ConnectionServices
 from actors.socketio_relay import relay, relay_room, relayed_request, reply_to
@@ -70,7 +71,8 @@ from protocol.socketio import PacketType, SocketIOError
 from protocol.socketio_events import ack_answer, client_frame, error_answer
 from protocol.states import ConnectionState
 from protocol.wires import FRAMES, SocketIOWire
-from protocol.wsframes import data_frame
+from protocol.wsframes import data_frame, pong_frame
+from protocol.wsreader import CloseFrame, FrameReader, Message, PingFrame
 from rtserver.backends.auth import AuthError, Claims, TokenVerifier, admission, authorize_room, auto_rooms
 from rtserver.backends.boundary import Failure, contained
 from rtserver.backends.config import SocketIOConfig
@@ -455,23 +457,23 @@ class WebSocketTransport:
     packets, and its close. While ``probing``, the client is upgrading from polling: its
     ``2probe`` is answered ``3probe`` here, and its ``5`` switches the session to it."""
 
-    __slots__ = ("engine", "sock", "ws", "queue", "probing", "_partial", "_partial_size", "peer_closed")
+    __slots__ = ("engine", "sock", "reader", "queue", "probing", "peer_closed")
 
-    def __init__(self, engine: EngineIO, sock: socket.socket, ws: wsproto.connection.Connection,
+    def __init__(self, engine: EngineIO, sock: socket.socket, reader: FrameReader,
                  queue: OutboundQueue, *, probing: bool = False) -> None:
         self.engine = engine
         self.probing = probing
         self.sock = sock
-        self.ws = ws
+        self.reader = reader
         self.queue = queue
-        self._partial: list[bytes] | None = None  # a WebSocket message arriving in pieces
-        self._partial_size = 0
         self.peer_closed = False
 
-    async def read(self, *, beating: bool) -> Disconnect:
+    async def read(self, *, beating: bool, parks: bool = False) -> Disconnect | None:
         """Until the client goes or the session must end: why. ``beating``: the session's
         heartbeat and its tokens' expiry are the deadline of this reading, and its close
-        (``engine._scope``) is the scope of each round: one scope while it waits."""
+        (``engine._scope``) is the scope of each round: one scope while it waits.
+        ``parks``: None instead of waiting, once the socket is read dry and nothing is due
+        (the session then waits in the parking, ``actors.parking``)."""
         engine, sock = self.engine, self.sock
         while engine._disconnect is None:
             wake_at = engine._wake_at() if beating else math.inf
@@ -479,9 +481,13 @@ class WebSocketTransport:
             if beating:
                 engine._scope = scope
             with scope:
-                await trio.lowlevel.wait_readable(sock)
+                if not parks:
+                    await trio.lowlevel.wait_readable(sock)
                 scope.deadline = math.inf  # from here on, only a close ends the round
-                ended = await self._receive()
+                data = self._recv()
+                if data is None and parks and trio.current_time() < wake_at:
+                    return None
+                ended = None if data is None else await self._on_data(data)
                 if ended is not None:
                     return ended
             now = trio.current_time()
@@ -491,40 +497,36 @@ class WebSocketTransport:
                 await engine._expire(now)
         return engine._disconnect
 
-    async def _receive(self) -> Disconnect | None:
-        """Read what the readable socket holds and act on its messages; why the session
-        ends, if it must."""
-        engine, ws = self.engine, self.ws
+    def _recv(self) -> bytes | None:
+        """What the socket holds: None when nothing after all, ``b""`` when the client is gone."""
         try:
-            data = self.sock.recv(engine._s.config.connection.read_chunk_bytes)
+            data = self.sock.recv(self.engine._s.config.connection.read_chunk_bytes)
         except BlockingIOError:
             return None
         except OSError:
             data = b""
         if not data:
             self.peer_closed = True
+        return data
+
+    async def _on_data(self, data: bytes) -> Disconnect | None:
+        """Act on the messages ``data`` completes; why the session ends, if it must."""
+        engine = self.engine
+        if not data:
             return CONNECTION_LOST
         try:
-            ws.receive_data(data)
-            for event in ws.events():
-                if isinstance(event, ws_events.Message):
-                    part = event.data.encode() if isinstance(event.data, str) else event.data
-                    self._partial_size += len(part)
-                    if self._partial_size > engine._s.config.server.max_inbound_message_bytes:
-                        return CloseCode.MESSAGE_TOO_BIG
-                    if not event.message_finished:
-                        self._partial = [*(self._partial or ()), part]
-                        continue
-                    whole = part if self._partial is None else b"".join([*self._partial, part])
-                    self._partial, self._partial_size = None, 0
-                    await self._on_packet(engineio.decode_packet(
-                        whole.decode() if isinstance(event.data, str) else whole))
-                elif isinstance(event, ws_events.Ping):
-                    self.queue.push(ws.send(event.response()))
-                elif isinstance(event, ws_events.CloseConnection):
+            for event in self.reader.receive(data):
+                if type(event) is Message:
+                    await self._on_packet(engineio.decode_packet(event.data if event.binary else event.data.decode()))
+                elif type(event) is PingFrame:
+                    self.queue.push(pong_frame(event.payload))
+                elif type(event) is CloseFrame:
                     self.peer_closed = True
                     return CloseCode.NORMAL
-        except (wsproto.utilities.RemoteProtocolError, EngineIOError, SocketIOError) as exc:
+                else:
+                    log.info("socketio_protocol_error", sid=engine.sid, error=event.detail)
+                    return event.disconnect
+        except (EngineIOError, SocketIOError) as exc:
             log.info("socketio_protocol_error", sid=engine.sid, error=str(exc))
             return CloseCode.PROTOCOL_ERROR
         return engine._disconnect  # a close packet, or the session ended meanwhile
@@ -556,17 +558,21 @@ def socket_queue(sock: socket.socket, services: ConnectionServices, owner: Engin
 
 
 class EngineIOSocket(EngineIO):
-    """An Engine.IO session over one WebSocket (see the module's contract)."""
+    """An Engine.IO session over one WebSocket (see the module's contract). Between what
+    its client sends and what its heartbeat and tokens need, it waits in the parking
+    without a task (``parks``)."""
 
-    __slots__ = ("_transport",)
+    __slots__ = ("_transport", "_parked", "alarm")
 
-    def __init__(self, sock: socket.socket, ws: wsproto.connection.Connection, *, services: ConnectionServices,
+    def __init__(self, sock: socket.socket, reader: FrameReader, *, services: ConnectionServices,
                  verifier: TokenVerifier, config: SocketIOConfig, wires: dict[str, SocketIOWire],
                  token: str | None) -> None:
         super().__init__(None, services=services, verifier=verifier, config=config, wires=wires, token=token)
         self.out = socket_queue(sock, services, self)
         self.namespace_out = NamespaceOut(self.out)
-        self._transport = WebSocketTransport(self, sock, ws, self.out, probing=self.probing)
+        self._transport = WebSocketTransport(self, sock, reader, self.out, probing=self.probing)
+        self._parked = False
+        self.alarm: float | None = None  # the parking's
 
     @property
     def session_socket(self) -> socket.socket:
@@ -574,18 +580,55 @@ class EngineIOSocket(EngineIO):
 
     #: Whether its client is upgrading from long-polling (``AdoptedSocket``).
     probing = False
+    #: Whether it waits in the parking between spells (else its task waits on its socket).
+    parks = True
+
+    # -- what the parking needs (``actors.parking.Parkable``) ----------------------------
+    @property
+    def socket(self) -> socket.socket:
+        return self._transport.sock
+
+    @property
+    def deadline(self) -> float:
+        """When the heartbeat or a token's expiry needs it next."""
+        return self._wake_at()
+
+    def close(self, disconnect: Disconnect) -> None:
+        super().close(disconnect)
+        if self._parked:
+            self._s.parking.wake(self)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Its first spell: the ``open`` packet, then what the client sends until it is
+        quiet (it parks) or the session ends."""
         if not self.probing:
             self.out.push(data_frame(self.handshake([])))
+        task_status.started()
+        await self._spell()
+
+    async def resume(self) -> None:
+        """A later spell, run by the parking: its socket is readable, its heartbeat or a
+        token is due, or it was told to close."""
+        self._parked = False
+        await self._spell()
+
+    async def _spell(self) -> None:
+        quiet = False
         try:
             with self._boundary() as failure:
-                task_status.started()
-                ended = await self._transport.read(beating=True)
+                await trio.lowlevel.checkpoint_if_cancelled()  # resumed as the node stops
+                ended = await self._transport.read(beating=True, parks=self.parks)
+                quiet = ended is None
                 self._disconnect = self._disconnect or ended
-            await self._served(failure)
+            if not quiet or failure.id is not None:
+                quiet = False
+                await self._served(failure)
         finally:
-            await self._transport.finish(self._disconnect or CloseCode.NORMAL)
+            if quiet:
+                self._parked = True
+                self._s.parking.park(self)
+            else:
+                await self._transport.finish(self._disconnect or CloseCode.NORMAL)
 
 
 class AdoptedSocket(EngineIOSocket):
@@ -597,9 +640,10 @@ class AdoptedSocket(EngineIOSocket):
 
     __slots__ = ("_held", "_relays")
     probing = True
+    parks = False  # its task holds the nursery of its relayed requests
 
-    def __init__(self, sid: str, sock: socket.socket, ws: wsproto.connection.Connection, **engine) -> None:
-        super().__init__(sock, ws, **engine)
+    def __init__(self, sid: str, sock: socket.socket, reader: FrameReader, **engine) -> None:
+        super().__init__(sock, reader, **engine)
         self.sid = sid
         self._next_ping = math.inf
         self._pong_due = trio.current_time() + self._config.ping_timeout_ms / 1000  # the upgrade's deadline
@@ -778,7 +822,7 @@ class PollingEngine(EngineIO):
         if self._moved or self._upgrade is not None or not isinstance(self.out, PollBuffer):
             raise EngineIOError("this session is upgrading or upgraded")
 
-    async def upgrade(self, sock: socket.socket, ws: wsproto.connection.Connection) -> None:
+    async def upgrade(self, sock: socket.socket, reader: FrameReader) -> None:
         """A WebSocket opened for this session (``?sid=``): it answers the probe, and on
         the client's ``5`` the session moves to it (what was queued for the next GET goes
         first); the session then lives as long as this socket."""
@@ -788,7 +832,8 @@ class PollingEngine(EngineIO):
             trio.lowlevel.notify_closing(sock)
             sock.close()
             return
-        transport = self._upgrade = WebSocketTransport(self, sock, ws, socket_queue(sock, self._s, self), probing=True)
+        transport = self._upgrade = WebSocketTransport(self, sock, reader, socket_queue(sock, self._s, self),
+                                                       probing=True)
         ended = CONNECTION_LOST
         try:
             with self._upgrading:

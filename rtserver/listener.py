@@ -51,8 +51,6 @@ from urllib.parse import parse_qsl, urlsplit
 import h11
 import structlog
 import trio
-import wsproto.connection
-from wsproto import ConnectionType
 
 from actors.connection import NOTHING_MORE, Connection, ConnectionServices, Joining
 from actors.poll import PollRequest
@@ -72,6 +70,7 @@ from protocol.socketio import SocketIOError
 from protocol.upgrade import UpgradeRefused, accept_response, check_upgrade, subprotocols
 from protocol.wires import WS_JSON, WS_WIRES, SocketIOWire
 from protocol.wsframes import close_frame
+from protocol.wsreader import FrameReader
 from rtserver.backends.auth import AuthError, Claims, TokenVerifier, admission, authorize_room, bearer_token
 from rtserver.backends.boundary import contained, internal_error_body
 from rtserver.backends.config import ServerConfig
@@ -580,9 +579,7 @@ class Listener:
             await self._respond(sock, parser, refusal[0], error_body(*refusal), [(b"connection", b"close")])
             await _linger_close(sock)
             return Next.CLOSE
-        ws = wsproto.connection.Connection(ConnectionType.SERVER)
-        if exchange.rest:
-            ws.receive_data(bytes(exchange.rest))
+        reader = FrameReader(self._config.max_inbound_message_bytes, bytes(exchange.rest))
         sid = query.get("sid")
         polling = self._polling_engines.get(sid or "")
         engine_args = dict(services=self._services, verifier=self._verifier, config=self._services.config.socketio,
@@ -590,22 +587,21 @@ class Listener:
         if polling is not None:
             engine = None
         elif sid is not None:  # its polling session is held by another node
-            engine = AdoptedSocket(sid, sock, ws, **engine_args)
+            engine = AdoptedSocket(sid, sock, reader, **engine_args)
         else:
-            engine = EngineIOSocket(sock, ws, **engine_args)
+            engine = EngineIOSocket(sock, reader, **engine_args)
         if not _send_quietly(sock, accept_response(request.headers, None)):
             sock.close()
             return Next.CLOSE
         if polling is not None:  # the upgrade of a polling session
-            self._nursery.start_soon(self._run_upgrade, polling, sock, ws)
+            self._nursery.start_soon(self._run_upgrade, polling, sock, reader)
         else:
             self._nursery.start_soon(self._run_engine, engine)
         return Next.HANDED_OVER
 
-    async def _run_upgrade(self, polling: PollingEngine, sock: socket.socket,
-                           ws: wsproto.connection.Connection) -> None:
+    async def _run_upgrade(self, polling: PollingEngine, sock: socket.socket, reader: FrameReader) -> None:
         with contained(self._services.metrics, "socketio"):
-            await polling.upgrade(sock, ws)
+            await polling.upgrade(sock, reader)
 
     async def _run_engine(self, engine: EngineIOSocket | PollingEngine, *,
                           task_status=trio.TASK_STATUS_IGNORED) -> None:

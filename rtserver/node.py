@@ -68,7 +68,7 @@ class Node:
                                    group=backends.groups(GROUP, holder, **group_settings(config.push)),
                                    registry=self.metrics.registry)
         self.connections: set[Connection] = set()
-        self.parking = Parking(self.metrics)
+        self.parking = Parking()
         self.services = services = ConnectionServices(
             config=config, bus=self.bus, registry=self.registry, writer=self.writer,
             metrics=self.metrics, catalog=self.catalog, connections=self.connections,
