@@ -145,17 +145,25 @@ class ConnectionServices:
 
 
 class Closable:
-    """What anyone may tell an actor that owns a cancel scope (``_scope``) and a reason
-    (``_disconnect``): to end, and why (the first reason given wins); its outbound queue's
-    overflow and broken socket end it too."""
+    """What anyone may tell an actor that owns a cancel scope while it runs (``_scope``,
+    None while it waits in the parking, ``parked``) and a reason (``_disconnect``): to end,
+    and why (the first reason given wins); its outbound queue's overflow and broken socket
+    end it too."""
 
     __slots__ = ()
 
+    #: Whether it waits in the parking (``actors.parking``) without a task.
+    parked = False
+
     def close(self, disconnect: Disconnect) -> None:
-        """End with ``disconnect`` (the first reason given wins)."""
+        """End with ``disconnect`` (the first reason given wins): its run is cancelled, or
+        it is woken from the parking to end."""
         if self._disconnect is None:
             self._disconnect = disconnect
-        self._scope.cancel()
+        if self._scope is not None:
+            self._scope.cancel()
+        elif self.parked:
+            self._s.parking.wake(self)
 
     def slow_consumer(self) -> None:
         self.close(CloseCode.SLOW_CONSUMER)
@@ -234,15 +242,9 @@ class Connection(Closable):
     def socket(self) -> socket.socket:
         return self._sock
 
-    def close(self, disconnect: Disconnect) -> None:
-        """End with ``disconnect`` (the first reason given wins); a parked connection is
-        woken to end."""
-        if self._disconnect is None:
-            self._disconnect = disconnect
-        if self._scope is not None:
-            self._scope.cancel()
-        elif self.state is ConnectionState.PARKED:
-            self._s.parking.wake(self)
+    @property
+    def parked(self) -> bool:
+        return self.state is ConnectionState.PARKED
 
     def _receive(self, max_bytes: int, flags: int = 0) -> bytes | None:
         """Read the readable socket: its bytes; None when it had nothing after all; ``b""``

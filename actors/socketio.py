@@ -593,10 +593,9 @@ class EngineIOSocket(EngineIO):
         """When the heartbeat or a token's expiry needs it next."""
         return self._wake_at()
 
-    def close(self, disconnect: Disconnect) -> None:
-        super().close(disconnect)
-        if self._parked:
-            self._s.parking.wake(self)
+    @property
+    def parked(self) -> bool:
+        return self._parked
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Its first spell: the ``open`` packet, then what the client sends until it is
@@ -625,7 +624,7 @@ class EngineIOSocket(EngineIO):
                 await self._served(failure)
         finally:
             if quiet:
-                self._parked = True
+                self._scope, self._parked = None, True  # a close wakes it
                 self._s.parking.park(self)
             else:
                 await self._transport.finish(self._disconnect or CloseCode.NORMAL)
