@@ -30,9 +30,10 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def stack(nodes: list[bool], toml: str = "") -> AsyncIterator[Stack]:
+async def stack(nodes: list[bool], toml: str = "", root: str | None = None) -> AsyncIterator[Stack]:
     """One node per item of ``nodes`` (True: on the shared Redis, started when any is;
-    False: on the memory bus); ``toml`` is added to their configuration."""
+    False: on the memory bus); ``toml`` is added to their configuration; ``root``: the
+    checkout the nodes run from (this one by default)."""
     folder = tempfile.mkdtemp(prefix="rt-bench-")
     config = os.path.join(folder, "rtserver.toml")
     with open(config, "w") as f:
@@ -52,7 +53,7 @@ async def stack(nodes: list[bool], toml: str = "") -> AsyncIterator[Stack]:
         for on_redis in nodes:
             port = free_port()
             extra = ["--redis-url", result.redis_url] if on_redis else []
-            proc = subprocess.Popen(serve + ["--port", str(port), *extra], env={**os.environ, "PYTHONPATH": ROOT},
+            proc = subprocess.Popen(serve + ["--port", str(port), *extra], env={**os.environ, "PYTHONPATH": root or ROOT},
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(proc)
             result.ports.append(port)
