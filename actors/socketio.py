@@ -432,7 +432,8 @@ class EngineIO(Closable):
             return None
         ns = Namespace(settings.ns)
         try:
-            return ns, admission(self._verifier, {}, {"access_token": token} if token else {}, [], ns)
+            return ns, admission(self._verifier, {}, {"access_token": token} if token else {}, [], ns,
+                                 self._s.bus.serves)
         except AuthError as exc:
             self._s.metrics.auth_failures.labels(exc.disconnect.reason).inc()
             self._connect_error(namespace, exc.message, exc.disconnect)

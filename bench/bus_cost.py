@@ -11,7 +11,10 @@ parse even where no member of its rooms is connected. Two measures:
    ``rt.probe`` event, 200-byte payload, ``MAXLEN ~ 100000``) to one shard's stream,
    pipelined, while the nodes read it.
 
-    .venv/bin/python bench/bus_cost.py --nodes 3 --rate 5000 --seconds 10
+``--read-shards 1,2``: the nodes read only those shards (shard affinity, ``bus.read_shards``)
+while the events go to shard 0: what a node pays for a shard it does not read.
+
+    .venv/bin/python bench/bus_cost.py --nodes 3 --rate 5000 --seconds 10 [--read-shards 1]
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ def append_at_rate(url: str, shard_key: str, rate: int, seconds: float) -> int:
 
 
 async def main(args) -> None:
-    async with stack([True] * args.nodes) as s:
+    toml = f"[bus]\nread_shards = [{args.read_shards}]\n" if args.read_shards else ""
+    async with stack([True] * args.nodes, toml) as s:
         await trio.sleep(2)  # the nodes' feeds are reading
         port = int(s.redis_url.rsplit(":", 1)[1].split("/")[0])
         shard_key = stream_key(0)
@@ -81,7 +85,9 @@ async def main(args) -> None:
         used = await cpu_used(pids, append)
         # Net of what each process uses idle (heartbeats, blocking reads timing out).
         net = [u - i * (time.perf_counter() - started) / IDLE_S for u, i in zip(used, idle, strict=True)]
-        print(f"{sent:,} events at {args.rate:,}/s over {args.seconds:g} s; CPU per event, net of idle:")
+        reads = f"the nodes read shards {args.read_shards}" if args.read_shards else "the nodes read every shard"
+        print(f"{sent:,} events to shard 0 at {args.rate:,}/s over {args.seconds:g} s ({reads}); CPU per event,"
+              " net of idle:")
         print(f"  redis-server: {net[0] / sent * 1e6:6.2f} µs (idle: {idle[0] / IDLE_S:.1%} of a core)")
         for i, node in enumerate(net[1:]):
             print(f"  node {i + 1}:       {node / sent * 1e6:6.2f} µs, no member here "
@@ -103,4 +109,5 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--read-shards", default="", help="comma-separated shards the nodes read (default: all)")
     trio.run(main, parser.parse_args())

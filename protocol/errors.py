@@ -76,6 +76,7 @@ class CloseCode:
     SLOW_CONSUMER = Disconnect(4001, "slow consumer", ClientAction.RESUME)
     RATE_LIMITED = Disconnect(4002, "rate limited", ClientAction.RESUME)
     IDLE_TIMEOUT = Disconnect(4003, "idle timeout", ClientAction.RESUME)
+    SERVED_ELSEWHERE = Disconnect(4004, "tenant served elsewhere", ClientAction.RESUME)
     TOKEN_EXPIRED = Disconnect(4100, "token expired", ClientAction.REFRESH_TOKEN)
     UNAUTHENTICATED = Disconnect(4401, "unauthenticated", ClientAction.STOP)
     FORBIDDEN = Disconnect(4403, "forbidden", ClientAction.STOP)

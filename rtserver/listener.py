@@ -413,7 +413,7 @@ class Listener:
         is started for a request that cannot be served as asked."""
         headers = _headers(request)
         query = dict(parse_qsl(urlsplit(request.target.decode("latin-1")).query))
-        claims = admission(self._verifier, headers, query, [], ns)
+        claims = admission(self._verifier, headers, query, [], ns, self._services.bus.serves)
         since_text = query.get("since") or headers.get("last-event-id")
         since = Cursor.parse(since_text) if since_text else None
         session = query.get("session", "")
@@ -531,7 +531,7 @@ class Listener:
         accept = accept_response(request.headers, wire_name)
         metrics = self._services.metrics
         try:
-            claims = admission(self._verifier, headers, query, offered, ns)
+            claims = admission(self._verifier, headers, query, offered, ns, self._services.bus.serves)
             try:
                 joining = self._joining(query, claims, ns)
             except ReplyError as err:  # the rooms asked for: a close frame the client can read

@@ -41,6 +41,15 @@ def test_a_redis_url_that_cannot_be_used_is_an_error():
     assert load_config(environ={"RTSERVER_BUS__REDIS_URL": '"rediss://u:p@cache:6380/2"'}).bus.redis_url
 
 
+def test_read_shards_need_a_redis_url_and_name_existing_shards():
+    with pytest.raises(ConfigError, match="read_shards needs bus.redis_url"):
+        load_config(environ={"RTSERVER_BUS__READ_SHARDS": "[1]"})
+    with pytest.raises(ConfigError, match="between 0 and 15"):
+        load_config(environ={"RTSERVER_BUS__REDIS_URL": '"redis://cache"', "RTSERVER_BUS__READ_SHARDS": "[16]"})
+    assert load_config(environ={"RTSERVER_BUS__REDIS_URL": '"redis://cache"',
+                                "RTSERVER_BUS__READ_SHARDS": "[0, 3]"}).bus.read_shards == [0, 3]
+
+
 def test_the_shipped_development_config_loads():
     config = load_config("config/rtserver.toml", environ={})
     assert config.auth.hs256_secret and config.server.port == 8080

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -336,16 +337,21 @@ def authorize_room(claims: Claims, ns: Namespace, name: str) -> RoomKind:
 
 
 def admission(verifier: TokenVerifier, headers: dict[str, str], query: dict[str, str], subprotocols: list[str],
-              ns: Namespace | None) -> Claims:
+              ns: Namespace | None, serves: Callable[[str], bool] | None = None) -> Claims:
     """What every transport and endpoint asks first: the verified claims of the request's
     token (``bearer_token``), admitted to namespace ``ns`` (None: no namespace, as for
-    ``/v1/publish``); ``AuthError`` when there is no token or it is refused."""
+    ``/v1/publish``); ``AuthError`` when there is no token or it is refused. A connection
+    also names ``serves`` (``Bus.serves``): a tenant this node does not read is refused
+    with 4004 / 421, for the balancer to route it again."""
     token = bearer_token(headers, query, subprotocols)
     if token is None:
         raise AuthError(CloseCode.UNAUTHENTICATED, "no token")
     claims = verifier.verify(token)
     if ns is not None:
         admit(claims, ns)
+    if serves is not None and not serves(claims.tenant):
+        raise AuthError(CloseCode.SERVED_ELSEWHERE, "this node does not serve the token's tenant: connect through the"
+                        " balancer", 421)
     return claims
 
 

@@ -150,6 +150,14 @@ class BusConfig(_Section):
     call_timeout_s: float = 2.0
     #: Redis bus: seconds between two health probes (``PING`` of every master).
     health_interval_s: float = 1.0
+    #: Redis bus, shard affinity: the shards this process reads (empty: every shard). A
+    #: node then reads only their live events and serves only their tenants
+    #: (``crc32(tenant) % shards``): a client of another tenant is refused with 4004 / 421
+    #: and reconnects through the balancer, which routes by tenant (docs/scaling.md); the
+    #: shard of the Socket.IO relays between nodes is read as well. The consumer groups
+    #: (the schedule projector; ``rtserver webhooks``, ``rtserver push``) read only these
+    #: shards too: every shard needs a process that reads it.
+    read_shards: list[int] = []
 
     def __post_init__(self) -> None:
         if self.redis_url:
@@ -157,6 +165,10 @@ class BusConfig(_Section):
                 Endpoint.parse(self.redis_url)
             except ValueError as exc:
                 raise ValueError(f"bus.redis_url: {exc}") from None
+        elif self.read_shards:
+            raise ValueError("bus.read_shards needs bus.redis_url: a node on the memory bus is the whole cluster")
+        if any(not 0 <= shard < self.shards for shard in self.read_shards):
+            raise ValueError(f"bus.read_shards: each shard is between 0 and {self.shards - 1} (bus.shards)")
 
 
 class PresenceConfig(_Section):

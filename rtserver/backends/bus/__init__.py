@@ -81,6 +81,11 @@ class Bus(Protocol):
 
     def subscribe(self, capacity: int) -> contextlib.AbstractContextManager[trio.MemoryReceiveChannel[StoredEvent]]: ...
 
+    def serves(self, tenant: str) -> bool:
+        """Whether this node reads ``tenant``'s shard live, so may serve its clients
+        (shard affinity: ``bus.read_shards``)."""
+        ...
+
     def ready(self) -> bool: ...
 
 

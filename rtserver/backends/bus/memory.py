@@ -56,6 +56,9 @@ class MemoryBus:
     def ready(self) -> bool:
         return True
 
+    def serves(self, tenant: str) -> bool:
+        return True
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Nothing to connect: appends feed the subscribers directly."""
         task_status.started()

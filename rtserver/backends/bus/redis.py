@@ -57,6 +57,7 @@ from protocol.cursors import MAX_OFFSET_PART, Cursor, Offset, shard_of
 from protocol.envelope import Envelope, Inbound, StoredEvent
 from protocol.errors import ReplyError
 from protocol.limits import decode_bounded
+from protocol.polling_relay import RELAY_TENANT
 from rtserver.backends.bus import AppendResult, History, broadcast, ephemeral_event, live_feed
 from rtserver.backends.config import BusConfig, Config
 from rtserver.backends.redis_client import Command, Connection, ErrorReply, Unreachable, pairs, stream_entries
@@ -236,6 +237,9 @@ class RedisBus:
         """Entries that break ``catalog`` are never handed on (the live readers put them
         in the dead-letter stream); ``on_dead_letter(code)`` counts what went there."""
         self.shards = config.shards
+        #: The shards this node reads live (``bus.read_shards``, all by default), with the
+        #: Socket.IO relays' own, which every node reads.
+        self.read = tuple(sorted({*(config.read_shards or range(config.shards)), shard_of(RELAY_TENANT, config.shards)}))
         self._config = config
         self._url = url
         self._catalog = catalog
@@ -248,7 +252,7 @@ class RedisBus:
         #: Times the connection to Redis was lost (for metrics).
         self.reconnects = 0
         #: Per shard: (entries, seconds) this node's reader is behind the stream's end.
-        self.lag: dict[int, tuple[int, float]] = {s: (0, 0.0) for s in range(config.shards)}
+        self.lag: dict[int, tuple[int, float]] = {s: (0, 0.0) for s in self.read}
         #: Per shard: the stream's ``entries-added`` count at this reader's position.
         self._consumed: dict[int, int] = {}
         #: Per shard: what the live reader decided about producers' repeats.
@@ -259,6 +263,9 @@ class RedisBus:
         """The bus of ``config.bus.redis_url``, checking entries against the configured
         catalog: how every process that reads the streams opens them."""
         return cls(config.bus, config.bus.redis_url, config.catalog(), on_dead_letter=on_dead_letter)
+
+    def serves(self, tenant: str) -> bool:
+        return shard_of(tenant, self.shards) in self.read
 
     def ready(self) -> bool:
         """Connected, Redis answering, and no shard's reader more than ``READY_LAG_ENTRIES`` behind."""
@@ -308,7 +315,7 @@ class RedisBus:
         pubsub = None
         try:
             readers, pubsub = await self._connect()
-            for shard in range(self.shards):
+            for shard in self.read:
                 key, known = stream_key(shard), self._epochs.get(shard)
                 epoch = await self._epoch(shard)
                 if key not in positions:  # first connection: live from now on
@@ -318,7 +325,7 @@ class RedisBus:
                 elif epoch != known:  # the stream was lost: all it holds now is new
                     positions[key] = str(Offset(0, 0))
                     self._consumed[shard] = 0
-            await self.link.answer(0.0, pubsub.send, [("SUBSCRIBE", *(_channel(s) for s in range(self.shards)))])
+            await self.link.answer(0.0, pubsub.send, [("SUBSCRIBE", *(_channel(s) for s in self.read))])
             self._ready = True
             on_ready()
             async with trio.open_nursery() as nursery:
@@ -345,7 +352,7 @@ class RedisBus:
         """
         await self.link.connect()
         client = self.link.client
-        keys = [stream_key(s) for s in range(self.shards)] if client.clustered else [None]
+        keys = [stream_key(s) for s in self.read] if client.clustered else [None]
         readers = []
         try:
             for key in keys:
@@ -356,8 +363,8 @@ class RedisBus:
                 reader.discard()
             raise
         if not client.clustered:
-            return [(readers[0], list(range(self.shards)))], pubsub
-        return [(reader, [shard]) for shard, reader in enumerate(readers)], pubsub
+            return [(readers[0], list(self.read))], pubsub
+        return [(reader, [shard]) for shard, reader in zip(self.read, readers, strict=True)], pubsub
 
     @contextlib.asynccontextmanager
     async def commands(self) -> AsyncIterator[RedisBus]:
@@ -573,8 +580,8 @@ class RedisBus:
         """Every ``LAG_INTERVAL_S``: how far each shard's reader is behind its stream, from
         ``XINFO`` alone (entries added minus entries this reader consumed)."""
         while True:
-            answers = await self.link.execute([("XINFO", "STREAM", stream_key(s)) for s in range(self.shards)])
-            for shard, answer in enumerate(answers):
+            answers = await self.link.execute([("XINFO", "STREAM", stream_key(s)) for s in self.read])
+            for shard, answer in zip(self.read, answers, strict=True):
                 info = _info(answer)
                 behind = max(0, info["added"] - self._consumed[shard]) if info else 0
                 position = Offset.parse(positions[stream_key(shard)])

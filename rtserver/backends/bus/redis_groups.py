@@ -1,5 +1,6 @@
-"""The consumer groups of the Redis Streams bus: one group on every shard stream, read by
-one consumer (the contract: ``rtserver.backends.bus.groups``).
+"""The consumer groups of the Redis Streams bus: one group on every shard stream this
+process reads (all, or ``bus.read_shards``), read by one consumer (the contract:
+``rtserver.backends.bus.groups``).
 
 Reads are pipelined over the shards (no ``BLOCK``: it works on a Redis Cluster, where one
 call cannot name keys of two slots) and poll when idle. Entries another consumer left
@@ -44,7 +45,7 @@ class RedisGroup(ConsumerGroup):
         self._wanted_types = None if self.events is None else frozenset(e.encode() for e in self.events)
 
     async def _ensure_groups(self) -> None:
-        missing = [s for s in range(self._bus.shards) if s not in self._grouped]
+        missing = [s for s in self._bus.read if s not in self._grouped]
         if not missing:
             return
         await self._bus.link.execute([("XGROUP", "CREATE", stream_key(shard), self.group, self._start, "MKSTREAM")
@@ -66,9 +67,10 @@ class RedisGroup(ConsumerGroup):
 
     async def _read_new(self) -> list[Batch]:
         reads = [("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", self._batch, "STREAMS",
-                  stream_key(shard), ">") for shard in range(self._bus.shards)]
+                  stream_key(shard), ">") for shard in self._bus.read]
         batches = []
-        for shard, answer in enumerate(_raised(await self._bus.link.execute(reads, keep=_is_group_lost))):
+        answers = _raised(await self._bus.link.execute(reads, keep=_is_group_lost))
+        for shard, answer in zip(self._bus.read, answers, strict=True):
             for _key, entries in answer or ():
                 if entries:
                     batches.append(self._parsed(shard, stream_entries(entries)))
@@ -77,9 +79,10 @@ class RedisGroup(ConsumerGroup):
     async def _claim(self) -> list[Batch]:
         self._claim_at = trio.current_time() + self.claim_idle_s
         claims = [("XAUTOCLAIM", stream_key(shard), self.group, self.consumer, int(self.claim_idle_s * 1000), "0-0",
-                   "COUNT", self._batch) for shard in range(self._bus.shards)]
+                   "COUNT", self._batch) for shard in self._bus.read]
         batches = []
-        for shard, answer in enumerate(_raised(await self._bus.link.execute(claims, keep=_is_group_lost))):
+        answers = _raised(await self._bus.link.execute(claims, keep=_is_group_lost))
+        for shard, answer in zip(self._bus.read, answers, strict=True):
             claimed, deleted = stream_entries(answer[1]), answer[2] if len(answer) > 2 else []
             if claimed or deleted:  # deleted: trimmed before anyone handled them, to settle
                 batch = self._parsed(shard, claimed)
