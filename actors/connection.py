@@ -231,7 +231,9 @@ class Connection(Closable):
 
     def _push_deadline(self) -> None:
         """One deadline for the token's expiry and the idle timeout (no scope per timer)."""
-        self._deadline = self._scope.deadline = min(self._expires_at, trio.current_time() + self._idle_s)
+        self._deadline = min(self._expires_at, trio.current_time() + self._idle_s)
+        if self._scope is not None:
+            self._scope.deadline = self._deadline
 
     @property
     def deadline(self) -> float:
@@ -318,7 +320,7 @@ class Connection(Closable):
         self._log("connect", transport=self.transport, wire=self._wire.name)
         if self.claims.exp is not None:
             self._expires_at = trio.current_time() + max(0.0, self.claims.exp - time.time())
-        self._deadline = min(self._expires_at, trio.current_time() + self._idle_s)
+        self._push_deadline()
 
     async def open(self) -> None:
         """Start a session its transport drives (no task of its own): join and answer.

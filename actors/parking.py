@@ -70,7 +70,7 @@ class Parking:
         self._nursery: trio.Nursery | None = None
         #: Parked connections by their socket's file descriptor.
         self._parked: dict[int, Parkable] = {}
-        #: (time, id, connection): one live entry per connection (``alarm``), pushed as it
+        #: (time, order, connection): one live entry per connection (``alarm``), pushed as it
         #: parks if it has none or its deadline came earlier (the old entry is skipped); an
         #: entry that comes up early resumes it, and it parks again with its new deadline.
         self._alarms: list[tuple[float, int, Parkable]] = []
@@ -133,6 +133,7 @@ class Parking:
 
     def _resume(self, connection: Parkable) -> None:
         fd = connection.socket.fileno()
-        del self._parked[fd]
-        self._epoll.unregister(fd)
+        if self._parked.get(fd) is connection:  # else its socket was closed (the kernel forgot it)
+            del self._parked[fd]
+            self._epoll.unregister(fd)
         self._nursery.start_soon(connection.resume)

@@ -6,9 +6,9 @@ Contract
 Mailbox
     ``EngineIOSocket``: the client's socket (``protocol.wsreader``), read while it has
     something to say; between, the session waits in the parking without a task
-    (``actors.parking``), woken by its socket, its heartbeat, its tokens' expiry or a close. ``PollingEngine``: the
-    packets of each POST, in order (a GET waits for what is queued); its own task keeps
-    the heartbeat and the expiry. Either way (``EngineIO``): a ``pong`` answers the last
+    (``actors.parking``), woken by its socket, its heartbeat, its tokens' expiry or a
+    close. ``PollingEngine``: the packets of each POST, in order (a GET waits for what is
+    queued); its own task keeps the heartbeat and the expiry. Either way (``EngineIO``): a ``pong`` answers the last
     ping, Socket.IO packets are decoded (``protocol.socketio``, bounded), a ``CONNECT``
     opens a ``SocketIOSession``, an ``EVENT`` becomes an rt.v1 command
     (``protocol.socketio_events``) its namespace's session carries out at once, as a
@@ -620,8 +620,7 @@ class EngineIOSocket(EngineIO):
                 ended = await self._transport.read(beating=True, parks=self.parks)
                 quiet = ended is None
                 self._disconnect = self._disconnect or ended
-            if not quiet or failure.id is not None:
-                quiet = False
+            if not quiet:
                 await self._served(failure)
         finally:
             if quiet:

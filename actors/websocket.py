@@ -3,10 +3,10 @@
 Contract
 --------
 Mailbox
-    The client's socket, read with non-blocking ``recv`` and parsed by ``protocol.wsreader`` while it has
-    something to say; read dry, the connection gives up its task and waits in the parking
-    (``actors.parking``) until the socket is readable again, so an idle connection costs
-    no task. Inbound commands are processed one at a time: a client that sends faster than
+    The client's socket, read with non-blocking ``recv`` and parsed by
+    ``protocol.wsreader`` while it has something to say; read dry, the connection gives up
+    its task and waits in the parking (``actors.parking``) until the socket is readable
+    again, so an idle connection costs no task. Inbound commands are processed one at a time: a client that sends faster than
     it is served waits in its own TCP window. ``close(disconnect)`` may be called by
     anyone (drain, the writer, a room): it cancels this actor's busy spell, or wakes it
     from the parking to end.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 
+OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 OP_CLOSE = 0x8

@@ -3,18 +3,17 @@
 ``FrameReader.receive(data)`` takes the bytes a socket gave and returns what they complete:
 ``Message`` (a text or binary message, reassembled from its fragments; text checked as
 UTF-8), ``PingFrame`` (answered with ``protocol.wsframes.pong_frame``) and
-``CloseFrame``; pongs are dropped.
-A violation ends the list as a ``Violation`` with the close to send: 1002 for a protocol error
-(an unmasked frame, a reserved bit or opcode, a fragmented or oversized control frame, a
-continuation of nothing, a bad close code), 1007 for text (or a close reason) that is not
-UTF-8, 1009 for a message over ``max_message`` bytes, refused from the frame's header
-before its payload is buffered.
+``CloseFrame``; pongs are dropped. A violation ends the list as a ``Violation`` with the
+close to send: 1002 for a protocol error (an unmasked frame, a reserved bit or opcode, a
+fragmented or oversized control frame, a continuation of nothing, a bad close code), 1007
+for text (or a close reason) that is not UTF-8, 1009 for a message over ``max_message``
+bytes, refused from the frame's header before its payload is buffered.
 
 Why not wsproto, which the project used before: its ``Connection`` costs ~1.7 KB per
 connection even between messages (a frame protocol, decoders, a buffer, a generator, an
 event queue; ``bench/RESULTS.md`` §19), and it hands text back as ``str``, which the
-server encoded again for its JSON decoder. Between messages this reader holds four empty
-slots. No extension is negotiated, so every RSV bit must be 0.
+server encoded again for its JSON decoder. Between messages this reader holds its bound
+and four empty slots. No extension is negotiated, so every RSV bit must be 0.
 """
 
 from __future__ import annotations
@@ -24,9 +23,8 @@ import struct
 from dataclasses import dataclass
 
 from protocol.errors import CloseCode, Disconnect
-from protocol.wsframes import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG
+from protocol.wsframes import OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG
 
-OP_CONTINUATION = 0x0
 #: Close codes a peer may send (RFC 6455 §7.4; 1004-1006 and 1015 are never sent).
 _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 _NO_BYTES = b""
@@ -101,17 +99,12 @@ class FrameReader:
             if not second & 0x80:
                 raise Violation(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
             opcode, fin, length, head = first & 0x0F, first & 0x80, second & 0x7F, 6
-            if length == 126:
-                if end - at < 4:
+            if length >= 126:  # the length follows in 2 bytes (126) or 8 (127)
+                form, head, shortest = ("!H", 8, 126) if length == 126 else ("!Q", 14, 65536)
+                if end - at < head - 4:
                     break
-                length, head = struct.unpack_from("!H", buf, at + 2)[0], 8
-                if length < 126:
-                    raise Violation(CloseCode.PROTOCOL_ERROR, "payload length not in its shortest form")
-            elif length == 127:
-                if end - at < 10:
-                    break
-                length, head = struct.unpack_from("!Q", buf, at + 2)[0], 14
-                if length < 65536:
+                length = struct.unpack_from(form, buf, at + 2)[0]
+                if length < shortest:
                     raise Violation(CloseCode.PROTOCOL_ERROR, "payload length not in its shortest form")
             if opcode >= OP_CLOSE:
                 self._check_control(opcode, fin, length)
