@@ -81,7 +81,10 @@ async def test_two_workers_share_the_port_and_one_killed_is_restarted_while_its_
     try:
         with trio.fail_after(60):
             for worker in (0, 1):
-                await wait_port(workers.metrics_port + worker)
+                try:
+                    await wait_port(workers.metrics_port + worker)
+                except trio.TooSlowError:  # say why, from what the supervisor logged
+                    raise AssertionError(f"worker {worker} never listened; logged: {workers.lines[-20:]}") from None
             received = [[] for _ in range(CLIENTS)]
             async with trio.open_nursery() as nursery:
                 for got in received:
