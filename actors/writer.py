@@ -21,7 +21,9 @@ Blocking
     as the process gets short of CPU; when quiet, just until the runnable tasks are done)
     and, in drain tasks, for a socket to become writable. A flush is a non-blocking ``send`` of
     the joined frames, capped at ``flush_max_bytes`` per connection per flush so that one
-    backlog cannot delay the others.
+    backlog cannot delay the others. A pass over many sockets lets the other tasks run
+    every ``FLUSH_CHUNK`` sockets, so an event published meanwhile is routed at once and
+    leaves in the same pass for the sockets not written yet.
 
 Why not one writer task per connection: measured on this stack before the project started,
 Trio scheduling costs ~2.4 µs per wake-up with 1,000 tasks, and task-per-socket libraries
@@ -53,6 +55,11 @@ FLUSH_SHARE = 0.5
 LOAD_LOW = 0.6
 LOAD_HIGH = 0.85
 LOAD_PERIOD_S = 1.0
+
+#: Queues flushed between two yields to the other tasks: an event that arrives while a
+#: broadcast to many sockets is being written is routed at once and reaches, in the same
+#: pass, the sockets not written yet (bench/RESULTS.md §22).
+FLUSH_CHUNK = 256
 
 _EMPTY = 0
 _MORE = 1
@@ -250,9 +257,7 @@ class Writer:
                     with trio.move_on_after(self._interval_s):
                         await trio.testing.wait_all_tasks_blocked()
                 self._last_flush = trio.current_time()
-                started = time.perf_counter()
-                self._flush_dirty()
-                self._last_cost = time.perf_counter() - started
+                self._last_cost = await self._flush_dirty()
                 self._measure_load()
 
     def _measure_load(self) -> None:
@@ -266,8 +271,27 @@ class Writer:
             self._share = 1.0 - short * (1.0 - FLUSH_SHARE)
             self._load_mark = (wall, cpu)
 
-    def _flush_dirty(self) -> None:
+    async def _flush_dirty(self) -> float:
+        """One pass over the dirty queues, ``FLUSH_CHUNK`` at a time with the other tasks
+        run between (a queue not reached yet takes what they push in the same write);
+        returns the seconds spent writing."""
         dirty, self._dirty = self._dirty, []
+        fanned_out_at, self.fanned_out_at = self.fanned_out_at, []
+        cost = 0.0
+        for start in range(0, len(dirty), FLUSH_CHUNK):
+            if start:
+                await trio.lowlevel.checkpoint()
+            began = time.perf_counter()
+            self._flush(dirty[start:start + FLUSH_CHUNK])
+            cost += time.perf_counter() - began
+        if fanned_out_at:
+            now = time.time()
+            observe = self._metrics.delivery_latency.observe
+            for appended_at in fanned_out_at:
+                observe(max(0.0, now - appended_at))
+        return cost
+
+    def _flush(self, dirty: list[OutboundQueue]) -> None:
         max_bytes = self._flush_max_bytes
         writes = frames = 0
         for queue in dirty:
@@ -289,12 +313,6 @@ class Writer:
                 queue._owner.connection_lost()
         self.writes += writes
         self.frames_written += frames
-        if self.fanned_out_at:
-            now = time.time()
-            observe = self._metrics.delivery_latency.observe
-            for appended_at in self.fanned_out_at:
-                observe(max(0.0, now - appended_at))
-            self.fanned_out_at.clear()
 
     async def _drain(self, queue: OutboundQueue) -> None:
         """Wait for a full socket to take more; hand the queue back to ticks once drained."""

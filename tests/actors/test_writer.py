@@ -1,0 +1,44 @@
+"""The writer actor's pass over many sockets (actors/writer.py)."""
+
+import socket
+
+import trio
+
+from actors.writer import FLUSH_CHUNK, OutboundQueue, Writer
+from rtserver.backends.metrics import Metrics
+
+
+class Owner:
+    def slow_consumer(self) -> None:
+        raise AssertionError("no queue overflows here")
+
+    def connection_lost(self) -> None:
+        raise AssertionError("no socket breaks here")
+
+
+async def test_a_frame_pushed_during_a_pass_leaves_in_that_pass_for_the_sockets_not_written_yet(monkeypatch):
+    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+    pairs = [socket.socketpair() for _ in range(FLUSH_CHUNK * 2)]
+    queues = [OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=Owner()) for ours, _ in pairs]
+    for queue in queues:
+        queue.push(b"A")
+    yielded = trio.lowlevel.checkpoint
+
+    async def broadcast_b_at_the_yield() -> None:  # what a task routing an event does then
+        for queue in queues:
+            queue.push(b"B")
+        await yielded()
+
+    monkeypatch.setattr(trio.lowlevel, "checkpoint", broadcast_b_at_the_yield)
+    await writer._flush_dirty()
+    monkeypatch.undo()
+    received = [theirs.recv(16) for _, theirs in pairs]
+    # The first chunk was written before B was routed: B waits for the next pass. The
+    # second chunk, not written yet when B came, carried both in one write.
+    assert received == [b"A"] * FLUSH_CHUNK + [b"AB"] * FLUSH_CHUNK
+    assert writer.writes == FLUSH_CHUNK * 2 and writer.frames_written == FLUSH_CHUNK * 3
+    await writer._flush_dirty()
+    assert [theirs.recv(16) for _, theirs in pairs[:FLUSH_CHUNK]] == [b"B"] * FLUSH_CHUNK
+    for pair in pairs:
+        for s in pair:
+            s.close()
