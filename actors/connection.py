@@ -63,6 +63,7 @@ from rtserver.backends.config import Config
 from rtserver.backends.metrics import Metrics
 from rtserver.backends.recovery import RecoveryStore
 from rtserver.backends.schedules import ScheduleStore
+from rtserver.backends.sockets import recv_nowait
 
 #: Presence switches a staff client may emit.
 SWITCHES = {"presence:online": PresenceState.ONLINE, "presence:away": PresenceState.AWAY}
@@ -251,13 +252,8 @@ class Connection(Closable):
     def _receive(self, max_bytes: int, flags: int = 0) -> bytes | None:
         """Read the readable socket: its bytes; None when it had nothing after all; ``b""``
         when the client is gone (EOF or a broken socket), which is then the disconnect."""
-        try:
-            data = self._sock.recv(max_bytes, flags)
-        except BlockingIOError:
-            return None
-        except OSError:
-            data = b""
-        if not data:
+        data = recv_nowait(self._sock, max_bytes, flags)
+        if data == b"":
             self._peer_closed = True
             self._disconnect = self._disconnect or CONNECTION_LOST
         return data

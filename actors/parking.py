@@ -8,7 +8,7 @@ Mailbox
     connection must run now (it was told to close).
 Owns
     One epoll instance watching the parked connections' sockets, the parked connections by
-    file descriptor, a heap of their deadlines (at most one entry per connection), and the
+    file descriptor, a heap of their deadlines (one live entry per connection), and the
     tasks of the connections it resumes.
 Replies
     None: it runs ``connection.resume()`` in a task of its own when the socket becomes
@@ -42,7 +42,6 @@ import socket
 from typing import Protocol
 
 import trio
-
 
 
 class Parkable(Protocol):

@@ -76,6 +76,7 @@ from protocol.wsreader import CloseFrame, FrameReader, Message, PingFrame
 from rtserver.backends.auth import AuthError, Claims, TokenVerifier, admission, authorize_room, auto_rooms
 from rtserver.backends.boundary import Failure, contained
 from rtserver.backends.config import SocketIOConfig
+from rtserver.backends.sockets import recv_nowait
 
 log = structlog.get_logger("rtserver.socketio")
 
@@ -500,13 +501,8 @@ class WebSocketTransport:
 
     def _recv(self) -> bytes | None:
         """What the socket holds: None when nothing after all, ``b""`` when the client is gone."""
-        try:
-            data = self.sock.recv(self.engine._s.config.connection.read_chunk_bytes)
-        except BlockingIOError:
-            return None
-        except OSError:
-            data = b""
-        if not data:
+        data = recv_nowait(self.sock, self.engine._s.config.connection.read_chunk_bytes)
+        if data == b"":
             self.peer_closed = True
         return data
 

@@ -1,10 +1,22 @@
-"""Closing plain non-blocking sockets politely (listener and connection actor)."""
+"""Plain non-blocking sockets: reading what one holds, and closing politely (listener and
+connection actors)."""
 
 from __future__ import annotations
 
 import socket
 
 import trio
+
+
+def recv_nowait(sock: socket.socket, max_bytes: int, flags: int = 0) -> bytes | None:
+    """What a readable socket holds: None when it had nothing after all; ``b""`` when the
+    peer is gone (EOF, or a broken connection)."""
+    try:
+        return sock.recv(max_bytes, flags)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 async def half_close_and_wait_eof(sock: socket.socket) -> None:
