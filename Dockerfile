@@ -1,13 +1,15 @@
 # rtserver: multi-stage build, non-root, Python 3.13 slim.
 FROM python:3.13-slim AS build
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml constraints.txt ./
 COPY rtserver ./rtserver
 COPY actors ./actors
 COPY protocol ./protocol
+# rtserver/web/docs links the protocol's documents from docs/: the wheel takes their text.
+COPY docs ./docs
 RUN python -m venv /opt/rtserver \
  && /opt/rtserver/bin/pip install --no-cache-dir --upgrade pip \
- && /opt/rtserver/bin/pip install --no-cache-dir .
+ && /opt/rtserver/bin/pip install --no-cache-dir -c constraints.txt .
 
 FROM python:3.13-slim
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin rtserver

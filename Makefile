@@ -4,12 +4,13 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/rtserver.toml
 
-.PHONY: run demo screenshots test bench-peer bench-redis clean
+.PHONY: run demo screenshots test bench-peer bench-redis lock clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the versions CI tested (`make lock` renews it).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -40,6 +41,17 @@ bench-peer: $(STAMP)
 
 bench-redis: $(STAMP)
 	bench/peerbench/run.sh redis
+
+# Renew constraints.txt: the newest versions pyproject.toml allows, resolved in a fresh
+# environment (then run `make test` and commit both).
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q '.[test]'
+	{ echo '# Every package at the version CI tested (make lock renews it; make run and make test install with it).'; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -v -E '^rtserver( |==)'; } > constraints.txt
+	rm -rf .lock-venv build
 
 clean:
 	rm -rf $(VENV) .pytest_cache

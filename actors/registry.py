@@ -28,9 +28,11 @@ import itertools
 import math
 from collections.abc import Iterator
 
+import msgspec
 import trio
 
 from actors.room import Room
+from actors.writer import FanOuts
 from protocol.catalog import Catalog
 from protocol.coalesce import HeldOffsets
 from protocol.cursors import shard_of
@@ -46,12 +48,13 @@ ROUTE_BATCH = 64
 
 class Registry:
     def __init__(
-        self, bus: Bus, config: RoomsConfig, metrics: Metrics, fanned_out_at: list[float], catalog: Catalog
+        self, bus: Bus, config: RoomsConfig, metrics: Metrics, fan_outs: FanOuts, catalog: Catalog
     ) -> None:
         self._bus = bus
         self._config = config
         self._metrics = metrics
-        self._fanned_out_at = fanned_out_at
+        self._fan_outs = fan_outs
+        self._tracing = fan_outs.tracing
         self._rules = catalog.coalesce_rules()
         #: Per shard: the durable events held by this node's rooms (see protocol.coalesce).
         self._held_offsets = [HeldOffsets() for _ in range(bus.shards)]
@@ -75,15 +78,34 @@ class Registry:
                         self.route(queued)
                 nursery.cancel_scope.cancel()
 
-    def route(self, event: StoredEvent) -> None:
+    def route(self, event: StoredEvent) -> int:
         """Hand ``event`` to each of its rooms open here (in bus order: each fans it out
-        before the next event is routed)."""
+        before the next event is routed); returns the queues it was pushed to now."""
+        if self._tracing.enabled:
+            return self._route_traced(event)
+        return self._take(event)
+
+    def _take(self, event: StoredEvent) -> int:
         envelope = event.envelope
         rooms = self._rooms
+        delivered = 0
         for name in envelope.rooms:
             room = rooms.get(room_key(envelope.tenant, name))
             if room is not None:
-                room.take(event)
+                delivered += room.take(event)
+        return delivered
+
+    def _route_traced(self, event: StoredEvent) -> int:
+        """``route`` in an ``rt.bus.read`` span (child of the entry's ``traceparent``), which
+        the rooms' fan-outs and the node's write span of the event are children of."""
+        envelope = event.envelope
+        with self._tracing.span("rt.bus.read", envelope.traceparent, "consumer", **{
+                "rt.event_type": envelope.event, "rt.event_id": event.id, "rt.tenant": envelope.tenant}) as read:
+            delivered = self._take(msgspec.structs.replace(
+                event, envelope=msgspec.structs.replace(envelope, traceparent=read)))
+            if delivered:
+                self._fan_outs.traced_write(read, delivered)
+        return delivered
 
     def get(self, key: str) -> Room | None:
         return self._rooms.get(key)
@@ -96,7 +118,7 @@ class Registry:
                 key,
                 linger_s=self._config.linger_s,
                 metrics=self._metrics,
-                fanned_out_at=self._fanned_out_at,
+                fan_outs=self._fan_outs,
                 wake_at=self._wake_at,
                 on_stop=self._forget,
                 rules=self._rules,

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -48,6 +49,10 @@ from protocol.session import hand_over
 from protocol.states import MEMBER_TRANSITIONS, MemberState, advance
 from protocol.wires import Wire
 from rtserver.backends.metrics import Metrics
+from rtserver.backends.tracing import room_kind
+
+if TYPE_CHECKING:
+    from actors.writer import FanOuts
 
 Push = Callable[[bytes], None]
 log = structlog.get_logger("rtserver.room")
@@ -88,7 +93,7 @@ class Room:
         *,
         linger_s: float,
         metrics: Metrics,
-        fanned_out_at: list[float],
+        fan_outs: FanOuts,
         wake_at: Callable[[Room, float], None],
         on_stop: Callable[[Room], None],
         rules: Mapping[str, CoalesceRule],
@@ -99,7 +104,7 @@ class Room:
         self.name = room_name(key)
         self._linger_s = linger_s
         self._metrics = metrics
-        self._fanned_out_at = fanned_out_at
+        self._fan_outs = fan_outs
         #: Asks the registry to call ``wake`` at a time (``math.inf``: never).
         self._wake_at = wake_at
         self._on_stop = on_stop
@@ -182,8 +187,9 @@ class Room:
         self._on_stop(self)
         self._metrics.rooms.dec()
 
-    def take(self, event: StoredEvent) -> None:
-        """Deliver ``event`` to every member now, or hold it to coalesce; never blocks."""
+    def take(self, event: StoredEvent) -> int:
+        """Deliver ``event`` to every member now, or hold it to coalesce; never blocks.
+        Returns the queues it was pushed to now (0 when held)."""
         for recovery in self._recovering.values():
             recovery.buffer(event)
         if self._catching_up:
@@ -198,8 +204,8 @@ class Room:
                     self._rearm()
                 else:
                     self._metrics.coalesced.labels(event.envelope.event).inc()
-                return
-        self._deliver(self._frame(event), event)
+                return 0
+        return self._deliver(self._frame(event), event)
 
     def promote(self, recovery: Recovery, after: Offset | None) -> None:
         """A recovering member read its history up to ``after`` (None: it read none): hand
@@ -263,13 +269,29 @@ class Room:
             replayed = self._replayed
             skip = () if not replayed or last.offset is None else {
                 member for member, through in replayed.items() if last.offset <= through}
-            self._deliver(evt, last, skip)
+            delivered = self._deliver(evt, last, skip)
+            if delivered and self._fan_outs.tracing.enabled and last.envelope.traceparent:
+                self._fan_outs.traced_write(last.envelope.traceparent, delivered)
         if not self._coalescer.held:
             self._replayed.clear()  # what is held from now on came after every hand-over
 
-    def _deliver(self, evt: Evt, event: StoredEvent, skip: Collection[str] = ()) -> None:
+    def _deliver(self, evt: Evt, event: StoredEvent, skip: Collection[str] = ()) -> int:
         """Encode ``evt`` once per wire and push it to every live member but its origin
-        (and those in ``skip``)."""
+        (and those in ``skip``); returns how many it was pushed to."""
+        envelope = event.envelope
+        tracing = self._fan_outs.tracing
+        if not (tracing.enabled and envelope.traceparent):
+            return self._push(evt, event, skip)
+        span = tracing.start("rt.room.fanout", envelope.traceparent, **{
+            "rt.room_kind": room_kind(self.name), "rt.event_type": envelope.event})
+        try:
+            delivered = self._push(evt, event, skip)
+            span.set_attribute("rt.recipients", delivered)
+            return delivered
+        finally:
+            span.end()
+
+    def _push(self, evt: Evt, event: StoredEvent, skip: Collection[str]) -> int:
         envelope = event.envelope
         origin = envelope.origin
         if origin is not None:
@@ -294,4 +316,5 @@ class Room:
         if delivered:
             self._metrics.messages_out.labels(evt.event).inc(delivered)
             appended_ms = event.offset.ms if event.offset is not None else event.ts
-            self._fanned_out_at.append(appended_ms / 1000 if appended_ms else time.time())
+            self._fan_outs.appended_at.append(appended_ms / 1000 if appended_ms else time.time())
+        return delivered

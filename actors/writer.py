@@ -37,12 +37,16 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 import trio.testing
 
 from rtserver.backends.metrics import Metrics
+from rtserver.backends.tracing import Tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 #: Largest share of time the writer spends flushing under sustained load (see ``run``)...
 FLUSH_SHARE = 0.5
@@ -204,10 +208,30 @@ class OutboundQueue:
         return _BLOCKED
 
 
+class FanOuts:
+    """What the rooms tell the writer of their fan-outs, settled at the end of the pass that
+    writes them: each event's append time (``rt_delivery_latency_seconds``) and, with
+    tracing on, one ``rt.socket.write`` span per event (``rtserver.backends.tracing``)."""
+
+    __slots__ = ("appended_at", "write_spans", "tracing")
+
+    def __init__(self, tracing: Tracing) -> None:
+        #: Append times (s since the epoch) of the events fanned out since the last pass.
+        self.appended_at: list[float] = []
+        self.write_spans: list[Span] = []
+        self.tracing = tracing
+
+    def traced_write(self, parent: str, recipients: int) -> None:
+        """A write span, child of ``parent``, for an event pushed to ``recipients`` queues;
+        it ends when the pass that writes them does."""
+        self.write_spans.append(self.tracing.start("rt.socket.write", parent, **{"rt.recipients": recipients}))
+
+
 class Writer:
     """The node's flush scheduler (see the module contract)."""
 
-    def __init__(self, metrics: Metrics, *, flush_max_bytes: int, interval_s: float) -> None:
+    def __init__(self, metrics: Metrics, *, flush_max_bytes: int, interval_s: float,
+                 tracing: Tracing = Tracing.off()) -> None:
         self._metrics = metrics
         self._flush_max_bytes = flush_max_bytes
         self._interval_s = interval_s
@@ -218,8 +242,7 @@ class Writer:
         self._dirty: list[OutboundQueue] = []
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
-        #: Append times (s since the epoch) of the events fanned out since the last flush.
-        self.fanned_out_at: list[float] = []
+        self.fan_outs = FanOuts(tracing)
         self.queues: set[OutboundQueue] = set()
         #: Socket writes and the frames they carried, since start (frames per write is
         #: the batching the whole design is about).
@@ -276,7 +299,9 @@ class Writer:
         run between (a queue not reached yet takes what they push in the same write);
         returns the seconds spent writing."""
         dirty, self._dirty = self._dirty, []
-        fanned_out_at, self.fanned_out_at = self.fanned_out_at, []
+        fan_outs = self.fan_outs
+        appended_at, fan_outs.appended_at = fan_outs.appended_at, []
+        write_spans, fan_outs.write_spans = fan_outs.write_spans, []
         cost = 0.0
         for start in range(0, len(dirty), FLUSH_CHUNK):
             if start:
@@ -284,11 +309,13 @@ class Writer:
             began = time.perf_counter()
             self._flush(dirty[start:start + FLUSH_CHUNK])
             cost += time.perf_counter() - began
-        if fanned_out_at:
+        if appended_at:
             now = time.time()
             observe = self._metrics.delivery_latency.observe
-            for appended_at in fanned_out_at:
-                observe(max(0.0, now - appended_at))
+            for appended in appended_at:
+                observe(max(0.0, now - appended))
+        for span in write_spans:
+            span.end()
         return cost
 
     def _flush(self, dirty: list[OutboundQueue]) -> None:

@@ -68,7 +68,7 @@ async def measure(subscribers: int, events: int) -> list[dict]:
     pairs = loopback_pairs(subscribers)
     queues = [OutboundQueue(s, writer, max_frames=1 << 20, max_bytes=1 << 30, owner=_Owner()) for s, _ in pairs]
     clients = [c for _, c in pairs]
-    room = Room("t1/probe:bench", linger_s=60, metrics=metrics, fanned_out_at=writer.fanned_out_at,
+    room = Room("t1/probe:bench", linger_s=60, metrics=metrics, fan_outs=writer.fan_outs,
                 wake_at=lambda room, when: None, on_stop=lambda room: None,
                 rules=Catalog.default().coalesce_rules(), window_s=0.25, held_offsets=HeldOffsets())
     for i, q in enumerate(queues):

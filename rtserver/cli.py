@@ -13,6 +13,7 @@ import trio
 
 from rtserver.backends.auth import mint_token
 from rtserver.backends.config import Config, ConfigError, load_config
+from rtserver.backends.tracing import Tracing
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -50,6 +51,7 @@ async def _serve(config: Config, worker: int | None = None) -> None:
                     await node.drain()
                 nursery.cancel_scope.cancel()
                 break
+    node.tracing.shutdown()  # the spans still buffered
 
 
 def _serve_worker_metrics(config: Config, worker: int, registry) -> None:
@@ -166,6 +168,8 @@ def cmd_relay(args: argparse.Namespace) -> None:
                 await _run_until_signalled(relay.run, relay.metrics.registry, config, args.metrics_port)
             except* OutboxSchemaError as group:
                 refused = [str(error) for error in _leaves(group)]
+            finally:
+                relay.tracing.shutdown()  # the spans still buffered
         return "; ".join(refused) or None
 
     error = trio.run(run)
@@ -260,6 +264,23 @@ def _claims(args: argparse.Namespace) -> dict:
     return claims
 
 
+def cmd_config(args: argparse.Namespace) -> None:
+    """``config defaults``: every key with its default, as commented TOML; ``config check
+    FILE``: validate FILE (and the ``RTSERVER_*`` environment), print the effective
+    configuration with its secrets masked."""
+    from rtserver.backends.config import Config
+    from rtserver.backends.config_toml import render
+
+    if args.action == "defaults":
+        sys.stdout.write(render(Config()))
+        return
+    if not args.file:
+        raise SystemExit("rtserver config check: name the file to check (rtserver config check FILE)")
+    config = load_config(args.file)
+    sys.stdout.write(render(config, header=f"# {args.file}: valid. The effective configuration (file and "
+                                           "RTSERVER_* environment), secrets masked.\n"))
+
+
 def cmd_token(args: argparse.Namespace) -> None:
     config = _config(args)
     if not config.auth.hs256_secret:
@@ -275,9 +296,10 @@ def cmd_publish(args: argparse.Namespace) -> None:
     if not token:
         token = mint_token(config.auth.hs256_secret, {"sub": "rtserver-cli", "roles": ["service"]}, 300)
     url = args.url or f"http://{config.server.host}:{config.server.port}"
+    tracing = Tracing.for_config(config.tracing, "rtserver-cli")
 
     async def publish() -> dict:
-        async with Publisher(url, token) as pub:
+        async with Publisher(url, token, tracing=tracing) as pub:
             return await pub.publish(args.event, args.tenant, args.rooms.split(","),
                                      json.loads(args.data), id=args.id, traceparent=args.traceparent)
 
@@ -285,10 +307,22 @@ def cmd_publish(args: argparse.Namespace) -> None:
         print(json.dumps(trio.run(publish)))
     except PublishError as exc:
         raise SystemExit(f"rtserver publish: {exc}") from None
+    finally:
+        tracing.shutdown()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rtserver")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rtserver", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"rtserver {_version()}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=os.environ.get("RTSERVER_CONFIG"),
                         help="TOML file (env RTSERVER_CONFIG)")
@@ -336,6 +370,12 @@ def main(argv: list[str] | None = None) -> None:
                           help="scheduling and attendance traffic for the pages (embedded node unless --url)")
     demo.add_argument("--url", help="feed this running server instead of starting one")
     demo.set_defaults(func=cmd_demo)
+
+    config = sub.add_parser("config", help="config defaults: every key with its default; "
+                                           "config check FILE: validate, print the effective configuration")
+    config.add_argument("action", choices=["check", "defaults"])
+    config.add_argument("file", nargs="?", help="the TOML file to check")
+    config.set_defaults(func=cmd_config)
 
     #: The processes beside the nodes: their Redis and their metrics.
     service = argparse.ArgumentParser(add_help=False, parents=[common])

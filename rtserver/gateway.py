@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
 import structlog
 
 from actors.connection import ConnectionServices
@@ -23,6 +24,7 @@ from rtserver.backends.bus import Bus, read_rooms
 from rtserver.backends.config import Config
 from rtserver.backends.metrics import Metrics
 from rtserver.backends.push_store import DeviceStore
+from rtserver.backends.tracing import Tracing
 
 log = structlog.get_logger("rtserver.node")
 
@@ -36,9 +38,11 @@ class CatchUp:
 
 
 class Gateway:
-    def __init__(self, config: Config, *, metrics: Metrics, catalog: Catalog, verifier: TokenVerifier, bus: Bus,
-                 presence: Presence, devices: DeviceStore | None, services: ConnectionServices) -> None:
+    def __init__(self, config: Config, *, metrics: Metrics, catalog: Catalog, verifier: TokenVerifier,
+                 tracing: Tracing, bus: Bus, presence: Presence, devices: DeviceStore | None,
+                 services: ConnectionServices) -> None:
         self.config = config
+        self.tracing = tracing
         self.metrics = metrics
         self.catalog = catalog
         self.verifier = verifier
@@ -55,7 +59,15 @@ class Gateway:
         return {"bus": self.bus.ready(), "draining": self.draining}
 
     async def publish(self, envelope: Envelope) -> dict:
-        """Validate against the catalog and append (durable) or publish (ephemeral)."""
+        """Validate against the catalog and append (durable) or publish (ephemeral); with
+        tracing on, in an ``rt.publish`` span whose ``traceparent`` the entry carries on."""
+        if not self.tracing.enabled:
+            return await self._publish(envelope)
+        with self.tracing.span("rt.publish", envelope.traceparent, "server", **{
+                "rt.event_type": envelope.event, "rt.tenant": envelope.tenant}) as traceparent:
+            return await self._publish(msgspec.structs.replace(envelope, traceparent=traceparent))
+
+    async def _publish(self, envelope: Envelope) -> dict:
         etype = self.catalog.validate_publish(envelope.event, envelope.tenant, envelope.rooms, envelope.data)
         if etype.durable:
             result = await self.bus.append(envelope)

@@ -3,7 +3,8 @@
 ``POST /v1/publish`` (the ingest hot path) and ``POST /{ns}/commands`` are answered by the
 listener itself with h11 (``post_handlers``). Everything else is a quart-trio app: ``GET /{ns}/events``,
 ``GET /{ns}/presence``, ``POST /{ns}/push/devices`` and ``DELETE /{ns}/push/devices/<token>``
-(with push on), ``/healthz``, ``/readyz``, ``/metrics``, and the browser client and the two
+(with push on), ``/healthz``, ``/readyz``, ``/metrics``, the index page ``/``, the protocol's
+documents (``/docs/protocol.md``, ``/docs/socketio.md``), and the browser client and the two
 pages (``/rtclient.js``, ``/console/``, ``/wall/``).
 
 Hypercorn answers each connection handed to it with ``Connection: close``: the listener
@@ -227,6 +228,17 @@ def create_app(gateway: Gateway) -> QuartTrio:
         if not await device_store().unregister(claims.tenant, claims.user, personal_rooms(claims, namespace), token):
             return _error(404, 404, "no such device of this user")
         return Response(b"", status=204)
+
+    @app.get("/")
+    async def index():
+        return await send_from_directory(WEB_DIR, "index.html")
+
+    @app.get("/docs/<name>")
+    async def doc(name: str):
+        """The protocol's documents, as plain text (``web/docs`` links them from ``docs/``)."""
+        response = await send_from_directory(WEB_DIR / "docs", name)
+        response.content_type = "text/plain; charset=utf-8"
+        return response
 
     @app.get("/rtclient.js")
     @app.get("/rtclient.d.ts")

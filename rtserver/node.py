@@ -29,6 +29,7 @@ from rtserver.backends.boundary import contained
 from rtserver.backends.config import Config
 from rtserver.backends.factory import open_backends
 from rtserver.backends.metrics import Metrics
+from rtserver.backends.tracing import Tracing
 from rtserver.gateway import Gateway
 from rtserver.http import HttpFrontend, create_app, create_asgi, post_handlers
 from rtserver.listener import Listener
@@ -46,12 +47,14 @@ class Node:
         holder = secrets.token_hex(6)  # this node, in the stores shared by nodes
         self.backends = backends = open_backends(config, self.metrics, holder)
         self.bus = backends.bus
+        self.tracing = Tracing.for_config(config.tracing, "rtserver")
         self.writer = Writer(
             self.metrics,
             flush_max_bytes=config.connection.flush_max_bytes,
             interval_s=config.connection.flush_interval_ms / 1000,
+            tracing=self.tracing,
         )
-        self.registry = Registry(self.bus, config.rooms, self.metrics, self.writer.fanned_out_at, self.catalog)
+        self.registry = Registry(self.bus, config.rooms, self.metrics, self.writer.fan_outs, self.catalog)
         self.presence = Presence(backends.presence, self.bus, config.presence, heartbeat_s=config.connection.heartbeat_s,
                                  holder=holder, metrics=self.metrics)
         self.typing = Typing(self.bus, config.typing)
@@ -77,7 +80,7 @@ class Node:
             recovery=backends.recovery,
         )
         self.gateway = Gateway(config, metrics=self.metrics, catalog=self.catalog, verifier=self.verifier,
-                               bus=self.bus, presence=self.presence, devices=backends.devices, services=services)
+                               tracing=self.tracing, bus=self.bus, presence=self.presence, devices=backends.devices, services=services)
         self.http = HttpFrontend(create_asgi(create_app(self.gateway), self.metrics))
         self.listener = Listener(
             config.server, services, self.verifier, self.http.serve, post_handlers(self.gateway)

@@ -6,6 +6,8 @@ from typing import Any
 
 import httpx
 
+from rtserver.backends.tracing import Tracing
+
 
 class PublishError(Exception):
     def __init__(self, status: int, body: dict[str, Any]) -> None:
@@ -17,10 +19,11 @@ class PublishError(Exception):
 class Publisher:
     """Appends events through a node. Use as ``async with Publisher(url, token) as pub``."""
 
-    def __init__(self, base_url: str, token: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, base_url: str, token: str, *, timeout_s: float = 10.0, tracing: Tracing = Tracing.off()) -> None:
         self._client = httpx.AsyncClient(
             base_url=base_url, timeout=timeout_s, headers={"authorization": f"Bearer {token}"}
         )
+        self._tracing = tracing
 
     async def __aenter__(self) -> Publisher:
         return self
@@ -39,12 +42,17 @@ class Publisher:
         ts: int | None = None,
         traceparent: str | None = None,
     ) -> dict[str, Any]:
-        """Append one event; returns ``{"id", "cursor", "duplicate"}`` or raises ``PublishError``."""
+        """Append one event; returns ``{"id", "cursor", "duplicate"}`` or raises ``PublishError``.
+        ``traceparent``: the producer's span; with tracing on, the parent of this call's
+        ``rt.publish.send`` span, whose own ``traceparent`` header the node continues."""
         body: dict[str, Any] = {"event": event, "tenant": tenant, "rooms": rooms, "data": data or {}}
-        for key, value in (("id", id), ("ts", ts), ("traceparent", traceparent)):
+        for key, value in (("id", id), ("ts", ts)):
             if value is not None:
                 body[key] = value
-        response = await self._client.post("/v1/publish", json=body)
+        with self._tracing.span("rt.publish.send", traceparent, "client", **{
+                "rt.event_type": event, "rt.tenant": tenant}) as sent:
+            headers = {"traceparent": sent or traceparent} if sent or traceparent else {}
+            response = await self._client.post("/v1/publish", json=body, headers=headers)
         if response.status_code != 200:
             raise PublishError(response.status_code, response.json())
         return response.json()

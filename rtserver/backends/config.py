@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -21,13 +21,22 @@ from rtserver.backends.redis_client import Endpoint
 
 ENV_PREFIX = "RTSERVER_"
 
+#: A key whose value is a secret (``rtserver config check`` prints it masked).
+Secret = Annotated[str, msgspec.Meta(extra={"secret": "value"})]
+#: A URL whose password is a secret (masked, the rest of the URL shown).
+SecretUrl = Annotated[str, msgspec.Meta(extra={"secret": "url-password"})]
+
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
 class ServerConfig(_Section):
+    """The listener: WebSocket, SSE, long-poll, Socket.IO and HTTP on one port."""
+
+    #: Address to listen on (``0.0.0.0``: every interface).
     host: str = "127.0.0.1"
+    #: TCP port (0: a free one, printed at start).
     port: int = 8080
     #: Origins allowed to open WebSockets (exact ``scheme://host[:port]``). Requests without
     #: ``Origin`` (non-browser clients) are allowed; ``["*"]`` allows every origin; empty
@@ -61,8 +70,10 @@ class ServerConfig(_Section):
 
 
 class AuthConfig(_Section):
+    """Token verification (docs/protocol.md, Authentication)."""
+
     #: HS256 shared secret; empty disables HS256.
-    hs256_secret: str = ""
+    hs256_secret: Secret = ""
     #: PEM public key file for RS256/ES256; empty disables.
     public_key_file: str = ""
     #: JWKS JSON file (RS256/ES256 keys, chosen by ``kid``); empty disables.
@@ -77,6 +88,8 @@ class AuthConfig(_Section):
 
 
 class ConnectionConfig(_Section):
+    """Each client connection: its budgets, rates, heartbeats and timeouts."""
+
     #: Outbound budget per connection; over either, the client is closed as a slow consumer.
     outbound_max_frames: int = 20000
     outbound_max_bytes: int = 8 * 1024 * 1024
@@ -111,6 +124,8 @@ class ConnectionConfig(_Section):
 
 
 class RoomsConfig(_Section):
+    """Room actors and the registry that routes the bus's events to them."""
+
     #: Seconds an empty room lingers before it stops.
     linger_s: float = 30.0
     #: Capacity of the registry's live feed from the bus, events (full: the bus waits).
@@ -123,9 +138,11 @@ class RoomsConfig(_Section):
 
 
 class BusConfig(_Section):
+    """The event bus: embedded (one node) or Redis Streams (many)."""
+
     #: Redis URL (``redis://[user:password@]host:port/db``, ``rediss://`` for TLS); empty
     #: runs the embedded memory bus (one node).
-    redis_url: str = ""
+    redis_url: SecretUrl = ""
     #: Redis connections a node's command client opens at most (standalone Redis; calls
     #: beyond it wait for a free one).
     redis_pool_size: int = 64
@@ -211,6 +228,8 @@ class SchedulesConfig(_Section):
 
 
 class TypingConfig(_Section):
+    """Typing indicators (docs/protocol.md, Typing)."""
+
     #: Seconds after which a typing indicator not refreshed by ``typing:start`` stops.
     timeout_s: float = 6.0
     #: Typing actor mailbox capacity.
@@ -221,7 +240,7 @@ class OutboxConfig(_Section):
     """The outbox relay (``rtserver relay``): PostgreSQL ``outbox_events`` -> shard streams."""
 
     #: PostgreSQL URL (``postgresql://user:password@host:port/db``) of the backbone's database.
-    postgres_dsn: str = ""
+    postgres_dsn: SecretUrl = ""
     #: Rows read and appended per shard per round trip.
     batch: int = 500
     #: Seconds between polls when no notification arrived (notifications are only hints).
@@ -242,7 +261,7 @@ class WebhookSubscription(_Section):
     #: ``http://`` or ``https://`` URL deliveries are POSTed to.
     url: str
     #: HMAC-SHA256 key of the ``Webhook-Signature`` header (at least 16 characters).
-    secret: str
+    secret: Secret
     #: Event types delivered (``fnmatch`` patterns: ``appointment.*``).
     events: list[str] = msgspec.field(default_factory=lambda: ["*"])
     #: Tenants delivered (``healthUnitTaxId``; ``*`` for all).
@@ -264,6 +283,8 @@ class WebhookSubscription(_Section):
 class WebhooksConfig(_Section):
     """The webhook dispatcher (``rtserver webhooks``)."""
 
+    #: Partner endpoints, one ``[[webhooks.subscriptions]]`` table each (name, url, secret,
+    #: events, tenants, max_concurrency).
     subscriptions: list[WebhookSubscription] = []
     #: Seconds one attempt may take (connect to last byte of the answer).
     timeout_s: float = 10.0
@@ -324,6 +345,7 @@ class PushConfig(_Section):
     """Mobile push (``rtserver push``, and the nodes' device endpoint): a discreet notice,
     ids only, for users with no live connection. On the memory bus the node pushes itself."""
 
+    #: Push on (the nodes' device endpoint, and ``rtserver push``).
     enabled: bool = False
     #: Event types pushed (``fnmatch`` patterns), when they go to a personal room (``user:``,
     #: ``patient:``, ``professional:``) whose owner registered a device.
@@ -380,6 +402,7 @@ class SocketIONamespace(_Section):
 class SocketIOConfig(_Section):
     """Socket.IO v5 / Engine.IO v4 clients (socket.io-client v4) at ``path``."""
 
+    #: Serve socket.io-client v4 frontends, at ``path``.
     enabled: bool = True
     path: str = "/socket.io/"
     #: The Engine.IO heartbeat: the server pings this often; a pong must follow within the timeout.
@@ -408,11 +431,38 @@ class SocketIOConfig(_Section):
                 raise ValueError(f"socketio.namespaces: {name!r} is not a namespace path like /hub (or /)")
 
 
+class TracingConfig(_Section):
+    """OpenTelemetry traces of each event's path, over OTLP/HTTP (docs/operations.md,
+    Tracing). The standard ``OTEL_*`` variables decide what is left empty here."""
+
+    #: Export traces (``OTEL_SDK_DISABLED=true`` turns them off whatever this says).
+    enabled: bool = False
+    #: OTLP/HTTP traces URL (``http://collector:4318/v1/traces``); empty:
+    #: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` or the SDK's default.
+    endpoint: str = ""
+    #: Share of the traces started here that are recorded, 0 to 1; a producer's
+    #: ``traceparent`` decides for its own trace. ``OTEL_TRACES_SAMPLER``, when set, decides instead.
+    sample_ratio: float = 1.0
+    #: The ``service.name`` of the spans; empty: ``OTEL_SERVICE_NAME``, else the command's
+    #: (``rtserver``, ``rtserver-relay``, ``rtserver-cli``).
+    service_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_ratio <= 1.0:
+            raise ValueError("tracing.sample_ratio is between 0 and 1")
+
+
 class LogConfig(_Section):
+    """JSON log lines on standard error."""
+
+    #: ``debug``, ``info``, ``warning`` or ``error``.
     level: str = "info"
 
 
 class Config(_Section):
+    """The whole configuration: one section per part of the node (``rtserver config defaults``
+    prints every key with its default)."""
+
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
     connection: ConnectionConfig = ConnectionConfig()
@@ -425,6 +475,7 @@ class Config(_Section):
     webhooks: WebhooksConfig = WebhooksConfig()
     push: PushConfig = PushConfig()
     socketio: SocketIOConfig = SocketIOConfig()
+    tracing: TracingConfig = TracingConfig()
     log: LogConfig = LogConfig()
     #: Catalog allow-list overrides: event type -> list of allowed payload fields.
     catalog_fields: dict[str, list[str]] = {}

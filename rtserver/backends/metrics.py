@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -14,6 +14,10 @@ from protocol.frames import ClientFrame, Emit
 if TYPE_CHECKING:
     from protocol.catalog import Catalog
     from rtserver.backends.bus.redis import RedisBus
+
+# No ``*_created`` series beside each counter and histogram: a series per label set that
+# dashboards and alerts never use (every process of rtserver imports this module).
+disable_created_metrics()
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 

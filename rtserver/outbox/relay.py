@@ -40,6 +40,7 @@ from rtserver.backends.config import Config
 from rtserver.backends.metrics import watch_bus
 from rtserver.backends.redis_link import BusUnavailable
 from rtserver.backends.retry import Backoff
+from rtserver.backends.tracing import Tracing
 from rtserver.outbox import CHANNEL, LEADER_LOCK, check_schema
 
 log = structlog.get_logger("rtserver.relay")
@@ -89,14 +90,15 @@ def relay_cursor_key(shard: int, outbox_id: str) -> str:
     return f"rt:{{{shard}}}:relay:{outbox_id}"
 
 
-def entry_fields(row: asyncpg.Record) -> list[str]:
-    """A row as the field/value items of its stream entry (docs/protocol.md, Publishing)."""
+def entry_fields(row: asyncpg.Record, traceparent: str | None) -> list[str]:
+    """A row as the field/value items of its stream entry (docs/protocol.md, Publishing),
+    with ``traceparent`` (the row's, or the relay's span's when tracing)."""
     fields = ["event", row["event"], "tenant", row["tenant"], "rooms", row["rooms"], "data", row["data"],
               "id", row["event_id"]]
     if row["ts"] is not None:
         fields += ["ts", str(row["ts"])]
-    if row["traceparent"] is not None:
-        fields += ["traceparent", row["traceparent"]]
+    if traceparent is not None:
+        fields += ["traceparent", traceparent]
     return fields
 
 
@@ -132,6 +134,7 @@ class Relay:
         self._bus_config = config.bus
         self._redis = RedisBus.for_config(config)
         self.metrics = metrics or RelayMetrics()
+        self.tracing = Tracing.for_config(config.tracing, "rtserver-relay")
         watch_bus(self.metrics.registry, self._redis)
         self._wake = trio.Event()
         self._notified_shards: set[int] = set()
@@ -235,13 +238,16 @@ class Relay:
         rows = await aio_as_trio(conn.fetch)(_READ, shard, led.cursor, self._config.batch)
         if not rows:
             return False
+        tracing = self.tracing
+        spans = [tracing.start("rt.outbox.relay", row["traceparent"], "producer", **{
+            "rt.event_type": row["event"], "rt.event_id": row["event_id"], "rt.tenant": row["tenant"],
+            "rt.shard": shard}) for row in rows] if tracing.enabled else []
+        try:
+            ok, current = await self._append(shard, led, rows, [tracing.traceparent(span) for span in spans])
+        finally:
+            for span in spans:
+                span.end()
         new = rows[-1]["commit_seq"]
-        args: list = [led.token, str(new), self._bus_config.retention]
-        for row in rows:
-            fields = entry_fields(row)
-            args += [len(fields), *fields]
-        keys = [stream_key(shard), relay_cursor_key(shard, self.outbox_id)]
-        [(ok, current)] = await self._redis.link.scripts(_RELAY, [(keys, args)])
         if not ok:
             self.metrics.fenced.inc()
             log.warning("relay_fenced", shard=shard, expected=led.token, found=current.decode())
@@ -257,6 +263,18 @@ class Relay:
         for row in rows:
             self.metrics.row_age.observe(max(0.0, now - row["created"]))
         return len(rows) == self._config.batch
+
+    async def _append(self, shard: int, led: Shard, rows: list[asyncpg.Record],
+                      traceparents: list[str]) -> tuple[bool, bytes]:
+        """Append ``rows`` to the shard's stream if the relay cursor is still ``led``'s:
+        (appended, the cursor found). ``traceparents``: the entries' (else the rows')."""
+        args: list = [led.token, str(rows[-1]["commit_seq"]), self._bus_config.retention]
+        for i, row in enumerate(rows):
+            fields = entry_fields(row, traceparents[i] if traceparents else row["traceparent"])
+            args += [len(fields), *fields]
+        keys = [stream_key(shard), relay_cursor_key(shard, self.outbox_id)]
+        [(ok, current)] = await self._redis.link.scripts(_RELAY, [(keys, args)])
+        return bool(ok), current
 
     async def _clean(self, conn: asyncpg.Connection) -> None:
         """Delete relayed rows older than ``outbox.keep_relayed_s`` in the led shards."""

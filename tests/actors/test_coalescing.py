@@ -4,12 +4,14 @@ import msgspec
 import trio
 
 from actors.registry import Registry
+from actors.writer import FanOuts
 from protocol.catalog import Catalog
 from protocol.cursors import Cursor
 from protocol.envelope import Envelope
 from protocol.wires import POLL_JSON
 from rtserver.backends.bus.memory import MemoryBus
 from rtserver.backends.metrics import Metrics
+from rtserver.backends.tracing import Tracing
 from tests.support.actor_harness import config, start_harness
 
 
@@ -116,7 +118,7 @@ async def test_events_of_different_rooms_leave_in_bus_order_each_with_its_own_cu
     (no room can let a newer event leave before an older one of another)."""
     cfg = config()
     bus, metrics = MemoryBus(cfg.bus), Metrics()
-    registry = Registry(bus, cfg.rooms, metrics, [], Catalog.default())
+    registry = Registry(bus, cfg.rooms, metrics, FanOuts(Tracing.off()), Catalog.default())
     got: list[dict] = []
     for name in ("a", "b"):
         registry.open_room(f"t1/professional:{name}").add(

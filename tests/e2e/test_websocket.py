@@ -7,6 +7,7 @@ from trio_websocket import open_websocket_url
 
 from rtserver.client import CommandError, open_client
 from tests.support.events import appointment
+from tests.support.metrics import scraped
 from tests.support.tokens import unsigned_token
 
 
@@ -21,6 +22,19 @@ async def test_a_subscriber_receives_what_is_published(server):
             evt = await client.next_event()
         assert (evt["event"], evt["room"], evt["data"]) == ("appointment.created", "professional:1", {"appointmentId": "1"})
         assert evt["cursor"] == response.json()["cursor"]
+
+
+async def test_every_delivered_event_is_timed_in_the_delivery_latency_histogram(server):
+    """One sample per event per room, in every writer pass (not only the node's first)."""
+    async with open_client(server.ws(), server.token()) as client:
+        await client.subscribe("professional:1")
+        before = await scraped(server.http, "rt_delivery_latency_seconds_count")
+        for i in range(3):
+            await server.publish(appointment(i))
+            with trio.fail_after(5):
+                await client.next_event()
+        # At least: the node's own presence events may be timed too, in the user's rooms.
+        assert await scraped(server.http, "rt_delivery_latency_seconds_count") >= before + 3
 
 
 @pytest.mark.parametrize("token_in", ["header", "query", "subprotocol"])
