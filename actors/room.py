@@ -31,6 +31,7 @@ Blocking
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -50,6 +51,8 @@ from protocol.states import MEMBER_TRANSITIONS, MemberState, advance
 from protocol.wires import Wire
 from rtserver.backends.metrics import Metrics
 from rtserver.backends.tracing import room_kind
+
+from actors.writer import FLUSH_CHUNK
 
 if TYPE_CHECKING:
     from actors.writer import FanOuts
@@ -297,6 +300,7 @@ class Room:
         if origin is not None:
             skip = {origin, *skip}
         delivered = 0
+        flushed_head = False
         for wire, members in self._members.items():
             if not members:
                 continue
@@ -307,7 +311,16 @@ class Room:
                         push(frame)
                         delivered += 1
                 continue
-            for push in members.values():
+            if len(members) > FLUSH_CHUNK and not flushed_head:
+                # The head of a big fan-out leaves before its tail is pushed (Writer.flush_head).
+                pushes = iter(members.values())
+                for push in itertools.islice(pushes, FLUSH_CHUNK):
+                    push(frame)
+                self._fan_outs.flush_head()
+                flushed_head = True
+            else:
+                pushes = iter(members.values())
+            for push in pushes:
                 push(frame)
             delivered += len(members)
         if envelope.traceparent:

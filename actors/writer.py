@@ -23,7 +23,9 @@ Blocking
     the joined frames, capped at ``flush_max_bytes`` per connection per flush so that one
     backlog cannot delay the others. A pass over many sockets lets the other tasks run
     every ``FLUSH_CHUNK`` sockets, so an event published meanwhile is routed at once and
-    leaves in the same pass for the sockets not written yet.
+    leaves in the same pass for the sockets not written yet. When idle, it writes the
+    first ``FLUSH_CHUNK`` queues of a bigger fan-out while the room is still pushing to
+    the rest (``flush_head``, called synchronously by the room).
 
 Why not one writer task per connection: measured on this stack before the project started,
 Trio scheduling costs ~2.4 µs per wake-up with 1,000 tasks, and task-per-socket libraries
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -213,13 +216,16 @@ class FanOuts:
     writes them: each event's append time (``rt_delivery_latency_seconds``) and, with
     tracing on, one ``rt.socket.write`` span per event (``rtserver.backends.tracing``)."""
 
-    __slots__ = ("appended_at", "write_spans", "tracing")
+    __slots__ = ("appended_at", "write_spans", "tracing", "flush_head")
 
-    def __init__(self, tracing: Tracing) -> None:
+    def __init__(self, tracing: Tracing, flush_head: Callable[[], None] = lambda: None) -> None:
         #: Append times (s since the epoch) of the events fanned out since the last pass.
         self.appended_at: list[float] = []
         self.write_spans: list[Span] = []
         self.tracing = tracing
+        #: Called by a room after the first ``FLUSH_CHUNK`` pushes of a bigger fan-out
+        #: (``Writer.flush_head``).
+        self.flush_head = flush_head
 
     def traced_write(self, parent: str, recipients: int) -> None:
         """A write span, child of ``parent``, for an event pushed to ``recipients`` queues;
@@ -242,7 +248,9 @@ class Writer:
         self._dirty: list[OutboundQueue] = []
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self.fan_outs = FanOuts(tracing)
+        self.fan_outs = FanOuts(tracing, self.flush_head)
+        #: Seconds written by ``flush_head`` since the last pass (counted in its cost).
+        self._head_cost = 0.0
         self.queues: set[OutboundQueue] = set()
         #: Socket writes and the frames they carried, since start (frames per write is
         #: the batching the whole design is about).
@@ -273,7 +281,7 @@ class Writer:
                 # The window grows with the cost of the last flush so that writing takes at most
                 # a share of the time (down to FLUSH_SHARE as the process gets short of CPU) and
                 # the rest stays for reading and routing.
-                due = self._last_flush + max(self._interval_s, self._last_cost / self._share)
+                due = self._due()
                 if trio.current_time() < due:
                     await trio.sleep_until(due)
                 else:
@@ -282,6 +290,25 @@ class Writer:
                 self._last_flush = trio.current_time()
                 self._last_cost = await self._flush_dirty()
                 self._measure_load()
+
+    def _due(self) -> float:
+        """When the next flush may start (the coalescing window, see ``run``)."""
+        return self._last_flush + max(self._interval_s, self._last_cost / self._share)
+
+    def flush_head(self) -> None:
+        """Write at once what is queued, if the writer is idle: the process has CPU to spare
+        (under ``LOAD_LOW``), no coalescing window is running, and nothing is queued but
+        the head of this fan-out. Called by a room part way through a fan-out to many
+        sockets, it sends the first recipients' frames before the others are pushed, so the
+        first bytes of a broadcast leave ~4 ms sooner at 5,000 recipients
+        (bench/RESULTS.md §23). Frames stay in order: a socket's queue is written in order,
+        only earlier."""
+        if (0 < len(self._dirty) <= FLUSH_CHUNK and self._share == 1.0 and self._nursery is not None
+                and trio.current_time() >= self._due()):
+            dirty, self._dirty = self._dirty, []
+            began = time.perf_counter()
+            self._flush(dirty)
+            self._head_cost += time.perf_counter() - began
 
     def _measure_load(self) -> None:
         """Every ``LOAD_PERIOD_S``: the flush share for the share of a core the process used
@@ -302,7 +329,7 @@ class Writer:
         fan_outs = self.fan_outs
         appended_at, fan_outs.appended_at = fan_outs.appended_at, []
         write_spans, fan_outs.write_spans = fan_outs.write_spans, []
-        cost = 0.0
+        cost, self._head_cost = self._head_cost, 0.0
         for start in range(0, len(dirty), FLUSH_CHUNK):
             if start:
                 await trio.lowlevel.checkpoint()

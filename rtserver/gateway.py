@@ -58,6 +58,11 @@ class Gateway:
         """What ``/readyz`` checks: the bus is ready and the node is not draining."""
         return {"bus": self.bus.ready(), "draining": self.draining}
 
+    def ready(self) -> bool:
+        """Whether ``/readyz`` answers 200."""
+        checks = self.readiness()
+        return checks["bus"] and not checks["draining"]
+
     async def publish(self, envelope: Envelope) -> dict:
         """Validate against the catalog and append (durable) or publish (ephemeral); with
         tracing on, in an ``rt.publish`` span whose ``traceparent`` the entry carries on."""

@@ -150,9 +150,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
     @app.get("/readyz")
     async def readyz():
-        checks = gateway.readiness()
-        ready = checks["bus"] and not checks["draining"]
-        return _answer({"ready": ready, **checks}, 200 if ready else 503)
+        ready = gateway.ready()
+        return _answer({"ready": ready, **gateway.readiness()}, 200 if ready else 503)
 
     @app.get("/metrics")
     async def metrics():

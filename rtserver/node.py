@@ -81,6 +81,7 @@ class Node:
         )
         self.gateway = Gateway(config, metrics=self.metrics, catalog=self.catalog, verifier=self.verifier,
                                tracing=self.tracing, bus=self.bus, presence=self.presence, devices=backends.devices, services=services)
+        self.metrics.ready.set_function(lambda: self.gateway.ready())
         self.http = HttpFrontend(create_asgi(create_app(self.gateway), self.metrics))
         self.listener = Listener(
             config.server, services, self.verifier, self.http.serve, post_handlers(self.gateway)

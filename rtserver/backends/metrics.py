@@ -113,6 +113,10 @@ class Metrics:
             "rt_schedule_projected_events", "Events this node projected into schedule records since start",
             registry=r,
         )
+        self.ready = Gauge(
+            "rt_ready", "1 while the node is ready (GET /readyz answers 200: its bus is ready and it is not "
+            "draining), else 0", registry=r,
+        )
         self.connected_users = Gauge(
             "rt_connected_users", "Users with a connection on this node (held in Redis for push; push on only)",
             registry=r,

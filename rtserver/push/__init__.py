@@ -70,6 +70,9 @@ class PushMetrics:
         self.latency = Histogram("rt_push_latency_seconds", "Stream append to the provider's acceptance",
                                  ["platform"], registry=r,
                                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        for platform in Platform:  # at 0 until they count, so that rate() sees the first notice
+            self.sent.labels(platform.value)
+            self.forgotten.labels(platform.value)
 
 
 #: ``user``, ``patient``, ``professional``: the kinds of the rooms devices are registered for.

@@ -69,6 +69,13 @@ class WebhookMetrics:
                                  ["subscription"], registry=r,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 
+    def start_at_zero(self, subscriptions: list[str]) -> None:
+        """The counters of each subscription, at 0 until they count (so that ``rate()`` and
+        ``increase()`` see their first event)."""
+        for name in subscriptions:
+            for counter in (self.deliveries, self.retries, self.dead_letters):
+                counter.labels(name)
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -162,6 +169,7 @@ class Dispatcher:
         if not config.subscriptions:
             raise ValueError("no webhook subscriptions configured ([[webhooks.subscriptions]])")
         self.metrics = metrics or WebhookMetrics()
+        self.metrics.start_at_zero([s.name for s in config.subscriptions])
         watch_bus(self.metrics.registry, bus)
         consumer = consumer_name()
         self.destinations = [Destination(bus, config, s, self.metrics, consumer) for s in config.subscriptions]
