@@ -323,7 +323,7 @@ class Room:
             for push in pushes:
                 push(frame)
             delivered += len(members)
-        if envelope.traceparent:
+        if envelope.traceparent and not self._fan_outs.tracing.enabled:  # traced: the spans say it
             log.info("deliver", event_id=event.id, event_type=envelope.event, room=self.name,
                      tenant=envelope.tenant, traceparent=envelope.traceparent, recipients=delivered)
         if delivered:
