@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
+from actors.writer import FLUSH_CHUNK
 from protocol.catalog import CoalesceRule
 from protocol.coalesce import Coalescer, HeldOffsets
 from protocol.cursors import Offset
@@ -51,8 +52,6 @@ from protocol.states import MEMBER_TRANSITIONS, MemberState, advance
 from protocol.wires import Wire
 from rtserver.backends.metrics import Metrics
 from rtserver.backends.tracing import room_kind
-
-from actors.writer import FLUSH_CHUNK
 
 if TYPE_CHECKING:
     from actors.writer import FanOuts
@@ -311,15 +310,13 @@ class Room:
                         push(frame)
                         delivered += 1
                 continue
+            pushes = iter(members.values())
             if len(members) > FLUSH_CHUNK and not flushed_head:
                 # The head of a big fan-out leaves before its tail is pushed (Writer.flush_head).
-                pushes = iter(members.values())
                 for push in itertools.islice(pushes, FLUSH_CHUNK):
                     push(frame)
                 self._fan_outs.flush_head()
                 flushed_head = True
-            else:
-                pushes = iter(members.values())
             for push in pushes:
                 push(frame)
             delivered += len(members)

@@ -31,10 +31,10 @@ HEADER = """\
 """
 
 
-def render(config: Config, *, masked: bool = True, header: str = HEADER) -> str:
-    """``config`` as TOML that loads back to it (secrets aside when ``masked``), commented."""
+def render(config: Config, *, header: str = HEADER) -> str:
+    """``config`` as commented TOML that loads back to it, but for its secrets (masked)."""
     lines = [header.rstrip("\n")] if header else []
-    _struct(lines, [], config, masked)
+    _struct(lines, [], config)
     return "\n".join(lines).strip("\n") + "\n"
 
 
@@ -50,7 +50,7 @@ def mask_url_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _struct(lines: list[str], path: list[str], value: msgspec.Struct, masked: bool) -> None:
+def _struct(lines: list[str], path: list[str], value: msgspec.Struct) -> None:
     """Scalars of ``value`` under its table header, then its sub-tables (TOML's order)."""
     cls = type(value)
     comments = _comments(cls)
@@ -61,11 +61,11 @@ def _struct(lines: list[str], path: list[str], value: msgspec.Struct, masked: bo
             tables.append((field, item))
             continue
         lines.extend(f"# {line}" if line else "#" for line in comments.get(field.name, []))
-        lines.append(_key_value(field, item, masked))
+        lines.append(_key_value(field, item))
     for field, item in tables:
         sub = [*path, field.name]
         if isinstance(item, msgspec.Struct):
-            _table(lines, sub, item, masked, cls_comments=comments.get(field.name, []))
+            _table(lines, sub, item, comments.get(field.name, []))
         elif isinstance(item, list):
             lines.append("")
             lines.extend(f"# {line}" for line in comments.get(field.name, []))
@@ -73,10 +73,10 @@ def _struct(lines: list[str], path: list[str], value: msgspec.Struct, masked: bo
                 lines.append(f"# [[{_dotted(sub)}]]  (none by default)")
             for entry in item:
                 lines.append(f"[[{_dotted(sub)}]]")
-                _struct(lines, sub, entry, masked)
+                _struct(lines, sub, entry)
         elif all(isinstance(entry, msgspec.Struct) for entry in item.values()) and item:
-            for first, (key, entry) in zip([True, *[False] * len(item)], item.items()):
-                _table(lines, [*sub, key], entry, masked, cls_comments=comments.get(field.name, []) if first else [])
+            for i, (key, entry) in enumerate(item.items()):  # the map's comment above its first entry
+                _table(lines, [*sub, key], entry, comments.get(field.name, []) if i == 0 else [])
         else:
             lines.append("")
             lines.extend(f"# {line}" for line in comments.get(field.name, []))
@@ -84,19 +84,21 @@ def _struct(lines: list[str], path: list[str], value: msgspec.Struct, masked: bo
             lines.extend(tomli_w.dumps({key: entry}).strip() for key, entry in item.items())
 
 
-def _table(lines: list[str], path: list[str], value: msgspec.Struct, masked: bool, cls_comments: list[str]) -> None:
+def _table(lines: list[str], path: list[str], value: msgspec.Struct, comment: list[str]) -> None:
+    """A section, under ``comment`` (else its class's docstring)."""
     doc = inspect.getdoc(type(value)) or ""
     lines.append("")
-    lines.extend(f"# {line}" if line else "#" for line in (cls_comments or doc.splitlines()))
+    lines.extend(f"# {line}" if line else "#" for line in (comment or doc.splitlines()))
     lines.append(f"[{_dotted(path)}]")
-    _struct(lines, path, value, masked)
+    _struct(lines, path, value)
 
 
-def _key_value(field: msgspec.structs.FieldInfo, value: object, masked: bool) -> str:
+def _key_value(field: msgspec.structs.FieldInfo, value: object) -> str:
+    """``key = value  # unit``, a secret masked."""
     secret = _secret_kind(field.type)
-    if masked and value and secret == "value":
+    if value and secret == "value":
         value = MASK
-    elif masked and value and secret == "url-password":
+    elif value and secret == "url-password":
         value = mask_url_password(value)
     text = tomli_w.dumps({field.name: value}).strip()
     unit = next((unit for suffix, unit in UNITS.items() if field.name.endswith(suffix)), None)
