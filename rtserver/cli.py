@@ -289,6 +289,8 @@ def cmd_token(args: argparse.Namespace) -> None:
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
+    import httpx
+
     from rtserver.publisher import Publisher, PublishError
 
     config = _config(args)
@@ -307,6 +309,8 @@ def cmd_publish(args: argparse.Namespace) -> None:
         print(json.dumps(trio.run(publish)))
     except PublishError as exc:
         raise SystemExit(f"rtserver publish: {exc}") from None
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"rtserver publish: no answer from {url}: {exc}") from None
     finally:
         tracing.shutdown()
 

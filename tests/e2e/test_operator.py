@@ -15,6 +15,7 @@ import msgspec
 
 from rtserver.backends.config import Config
 from rtserver.backends.config_toml import MASK
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,6 +97,13 @@ def test_config_check_refuses_a_bad_file_naming_the_key(tmp_path):
     assert rtserver("config", "check").returncode != 0
     missing = rtserver("config", "check", str(tmp_path / "absent.toml"))
     assert missing.returncode == 1 and "cannot read config" in missing.stderr
+
+
+def test_publish_to_a_node_that_does_not_answer_is_a_one_line_error():
+    answer = rtserver("publish", "--url", f"http://127.0.0.1:{free_port()}", "--event", "appointment.created",
+                      "--tenant", "t1", "--rooms", "tenant:t1", "--token", "any")
+    assert answer.returncode == 1 and "Traceback" not in answer.stderr
+    assert answer.stderr.startswith("rtserver publish: no answer from http://127.0.0.1:")
 
 
 class _Links(html.parser.HTMLParser):
