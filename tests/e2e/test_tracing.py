@@ -1,16 +1,20 @@
 """OpenTelemetry traces end to end: real ``rtserver`` processes (relay, nodes, the CLI) export
 OTLP/HTTP protobuf to a local collector that decodes it (``tests.support.otlp``); the
-producer's ``traceparent`` (an outbox column, the CLI's ``--traceparent``) is the root."""
+producer's ``traceparent`` (an outbox column, the CLI's ``--traceparent``) is the root. A
+producer's ``traceparent`` is untrusted input: a property test feeds it anything."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from contextlib import asynccontextmanager
 
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rtserver.backends.auth import mint_token
 from rtserver.backends.config import TracingConfig
@@ -150,3 +154,25 @@ def test_tracing_is_off_by_default_and_otel_sdk_disabled_turns_it_off(monkeypatc
     assert not Tracing.for_config(TracingConfig(), "rtserver").enabled
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert not Tracing.for_config(TracingConfig(enabled=True), "rtserver").enabled
+
+
+TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")  # flags: sampled, random (W3C level 2)
+
+
+@given(parent=st.one_of(
+    st.text(max_size=300),
+    st.from_regex(r"\A[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-00\Z"),  # well formed (not sampled: nothing exported)
+))
+@settings(max_examples=300, deadline=None)
+def test_any_producer_traceparent_gives_a_well_formed_span_and_a_valid_one_is_continued(parent):
+    """A producer's ``traceparent`` is untrusted input: malformed, it starts a new trace;
+    well formed, its trace goes on. Never an exception."""
+    tracing = Tracing(TracingConfig(enabled=True, sample_ratio=0.0, endpoint="http://127.0.0.1:9/v1/traces"), "test")
+    span = tracing.start("rt.publish", parent, "server")
+    ours = tracing.traceparent(span)
+    span.end()
+    assert TRACEPARENT.fullmatch(ours)
+    trace_id = parent.split("-")[1] if re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-00", parent) else None
+    if trace_id and trace_id != "0" * 32 and parent.split("-")[2] != "0" * 16:
+        assert ours.split("-")[1] == trace_id
+    tracing.shutdown()
