@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import secrets
-import socket
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -63,7 +62,7 @@ from rtserver.backends.config import Config
 from rtserver.backends.metrics import Metrics
 from rtserver.backends.recovery import RecoveryStore
 from rtserver.backends.schedules import ScheduleStore
-from rtserver.backends.sockets import recv_nowait
+from rtserver.backends.sockets import Sock, recv_nowait
 
 #: Presence switches a staff client may emit.
 SWITCHES = {"presence:online": PresenceState.ONLINE, "presence:away": PresenceState.AWAY}
@@ -190,7 +189,7 @@ class Connection(Closable):
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: Sock,
         *,
         services: ConnectionServices,
         claims: Claims,
@@ -242,7 +241,7 @@ class Connection(Closable):
         return self._deadline
 
     @property
-    def socket(self) -> socket.socket:
+    def socket(self) -> Sock:
         return self._sock
 
     @property
@@ -574,7 +573,7 @@ class CommandConnection(Connection):
 
     __slots__ = ("_bucket",)
 
-    def __init__(self, sock: socket.socket, **kwargs) -> None:
+    def __init__(self, sock: Sock, **kwargs) -> None:
         super().__init__(sock, **kwargs)
         cfg = self._s.config.connection
         self._bucket = TokenBucket(cfg.inbound_rate, cfg.inbound_burst)
@@ -667,7 +666,7 @@ class HttpSession(Connection):
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: Sock,
         *,
         services: ConnectionServices,
         claims: Claims,

@@ -38,10 +38,11 @@ import heapq
 import itertools
 import math
 import select
-import socket
 from typing import Protocol
 
 import trio
+
+from rtserver.backends.sockets import Sock, buffered
 
 
 class Parkable(Protocol):
@@ -52,7 +53,7 @@ class Parkable(Protocol):
     alarm: float | None
 
     @property
-    def socket(self) -> socket.socket: ...
+    def socket(self) -> Sock: ...
 
     @property
     def deadline(self) -> float:
@@ -113,6 +114,9 @@ class Parking:
     def park(self, connection: Parkable) -> None:
         """Let ``connection`` wait without a task until its socket is readable, its deadline
         passes or it is woken (its socket already readable: it is resumed at once)."""
+        if buffered(connection.socket):  # read already: epoll would not say so
+            self._nursery.start_soon(connection.resume)
+            return
         fd = connection.socket.fileno()
         self._parked[fd] = connection
         self._epoll.register(fd, select.EPOLLIN)

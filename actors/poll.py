@@ -46,6 +46,7 @@ from protocol.httpstreams import poll_body
 from protocol.rooms import RoomKind, parse_room
 from protocol.session import Answer, RoomSnapshot
 from protocol.wires import POLL_JSON
+from rtserver.backends.sockets import Sock, wait_readable
 
 
 class _Cursored(msgspec.Struct):
@@ -98,7 +99,7 @@ class PollRequest(HttpSession):
     transport = "poll"
     __slots__ = ("_cursor", "_recovered", "_promoting", "_caught_up", "_respond", "kept_alive")
 
-    def __init__(self, sock: socket.socket, *, since: Cursor | None,
+    def __init__(self, sock: Sock, *, since: Cursor | None,
                  respond: Callable[[bytes], Awaitable[bool]], **session) -> None:
         """``respond(body)`` writes the answer (bounded); whether the connection stays open."""
         super().__init__(sock, wire=POLL_JSON, since=since, **session)
@@ -150,7 +151,7 @@ class PollRequest(HttpSession):
         """Close when the client goes away; stop watching once it sends anything (the
         next request on this connection is the listener's)."""
         while True:
-            await trio.lowlevel.wait_readable(self._sock)
+            await wait_readable(self._sock)
             data = self._receive(1, socket.MSG_PEEK)
             if data is None:
                 continue

@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import math
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 
@@ -76,7 +75,7 @@ from protocol.wsreader import CloseFrame, FrameReader, Message, PingFrame
 from rtserver.backends.auth import AuthError, Claims, TokenVerifier, admission, authorize_room, auto_rooms
 from rtserver.backends.boundary import Failure, contained
 from rtserver.backends.config import SocketIOConfig
-from rtserver.backends.sockets import recv_nowait
+from rtserver.backends.sockets import Sock, recv_nowait, wait_readable
 
 log = structlog.get_logger("rtserver.socketio")
 
@@ -124,7 +123,7 @@ class SocketIOSession(CommandConnection):
     transport = "socketio"
     __slots__ = ("_socket", "namespace", "_pid", "_token", "_cursor", "_restored", "_handed_over")
 
-    def __init__(self, sock: socket.socket | None, *, socket_: EngineIO, namespace: str, wire: SocketIOWire,
+    def __init__(self, sock: Sock | None, *, socket_: EngineIO, namespace: str, wire: SocketIOWire,
                  pid: str | None, token: str, handed_over: list[str] | None = None, **session) -> None:
         """``handed_over``: the rooms of a session another node handed over (its client
         is connected already: no ``CONNECT`` answer; ``pid`` and ``since`` are its own)."""
@@ -461,7 +460,7 @@ class WebSocketTransport:
 
     __slots__ = ("engine", "sock", "reader", "queue", "probing", "peer_closed")
 
-    def __init__(self, engine: EngineIO, sock: socket.socket, reader: FrameReader,
+    def __init__(self, engine: EngineIO, sock: Sock, reader: FrameReader,
                  queue: OutboundQueue, *, probing: bool = False) -> None:
         self.engine = engine
         self.probing = probing
@@ -484,7 +483,7 @@ class WebSocketTransport:
                 engine._scope = scope
             with scope:
                 if not parks:
-                    await trio.lowlevel.wait_readable(sock)
+                    await wait_readable(sock)
                 scope.deadline = math.inf  # from here on, only a close ends the round
                 data = self._recv()
                 if data is None and parks and trio.current_time() < wake_at:
@@ -548,7 +547,7 @@ class WebSocketTransport:
             await close_websocket(self.sock, self.queue, disconnect, peer_closed=self.peer_closed)
 
 
-def socket_queue(sock: socket.socket, services: ConnectionServices, owner: EngineIO) -> OutboundQueue:
+def socket_queue(sock: Sock, services: ConnectionServices, owner: EngineIO) -> OutboundQueue:
     cfg = services.config.connection
     return OutboundQueue(sock, services.writer, max_frames=cfg.outbound_max_frames,
                          max_bytes=cfg.outbound_max_bytes, owner=owner)
@@ -561,7 +560,7 @@ class EngineIOSocket(EngineIO):
 
     __slots__ = ("_transport", "_parked", "alarm")
 
-    def __init__(self, sock: socket.socket, reader: FrameReader, *, services: ConnectionServices,
+    def __init__(self, sock: Sock, reader: FrameReader, *, services: ConnectionServices,
                  verifier: TokenVerifier, config: SocketIOConfig, wires: dict[str, SocketIOWire],
                  token: str | None) -> None:
         super().__init__(None, services=services, verifier=verifier, config=config, wires=wires, token=token)
@@ -572,7 +571,7 @@ class EngineIOSocket(EngineIO):
         self.alarm: float | None = None  # the parking's
 
     @property
-    def session_socket(self) -> socket.socket:
+    def session_socket(self) -> Sock:
         return self._transport.sock
 
     #: Whether its client is upgrading from long-polling (``AdoptedSocket``).
@@ -582,7 +581,7 @@ class EngineIOSocket(EngineIO):
 
     # -- what the parking needs (``actors.parking.Parkable``) ----------------------------
     @property
-    def socket(self) -> socket.socket:
+    def socket(self) -> Sock:
         return self._transport.sock
 
     @property
@@ -637,7 +636,7 @@ class AdoptedSocket(EngineIOSocket):
     probing = True
     parks = False  # its task holds the nursery of its relayed requests
 
-    def __init__(self, sid: str, sock: socket.socket, reader: FrameReader, **engine) -> None:
+    def __init__(self, sid: str, sock: Sock, reader: FrameReader, **engine) -> None:
         super().__init__(sock, reader, **engine)
         self.sid = sid
         self._next_ping = math.inf
@@ -817,7 +816,7 @@ class PollingEngine(EngineIO):
         if self._moved or self._upgrade is not None or not isinstance(self.out, PollBuffer):
             raise EngineIOError("this session is upgrading or upgraded")
 
-    async def upgrade(self, sock: socket.socket, reader: FrameReader) -> None:
+    async def upgrade(self, sock: Sock, reader: FrameReader) -> None:
         """A WebSocket opened for this session (``?sid=``): it answers the probe, and on
         the client's ``5`` the session moves to it (what was queued for the next GET goes
         first); the session then lives as long as this socket."""

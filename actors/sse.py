@@ -31,7 +31,6 @@ Blocking
 
 from __future__ import annotations
 
-import socket
 
 import trio
 
@@ -41,13 +40,14 @@ from actors.writer import OutboundQueue
 from protocol.errors import CloseCode, Disconnect
 from protocol.httpstreams import SSE_KEEPALIVE, sse_close, sse_head
 from protocol.wires import SSE_JSON
+from rtserver.backends.sockets import Sock
 
 
 class SseStream(HttpSession):
     transport = "sse"
     __slots__ = ("_head", "_keepalive_at")
 
-    def __init__(self, sock: socket.socket, *, response_headers: list[tuple[bytes, bytes]] = (), **session) -> None:
+    def __init__(self, sock: Sock, *, response_headers: list[tuple[bytes, bytes]] = (), **session) -> None:
         """``response_headers``: more headers of the response (CORS)."""
         super().__init__(sock, wire=SSE_JSON, **session)
         cfg = self._s.config.connection

@@ -33,7 +33,6 @@ Blocking
 
 from __future__ import annotations
 
-import socket
 
 import trio
 
@@ -48,13 +47,13 @@ from protocol.wires import Wire
 from protocol.wsframes import close_frame, pong_frame
 from protocol.wsreader import CloseFrame, FrameReader, Message, PingFrame, Violation
 from rtserver.backends.auth import Claims
-from rtserver.backends.sockets import half_close_and_wait_eof
+from rtserver.backends.sockets import Sock, half_close_and_wait_eof
 
 #: Seconds the close handshake may take before the socket is closed anyway.
 CLOSE_TIMEOUT_S = 2.0
 
 
-async def close_websocket(sock: socket.socket, out: OutboundQueue, disconnect: Disconnect, *, peer_closed: bool) -> None:
+async def close_websocket(sock: Sock, out: OutboundQueue, disconnect: Disconnect, *, peer_closed: bool) -> None:
     """Tell a WebSocket client ``disconnect`` (a close frame after whole frames; none when
     the connection is already lost), bounded by ``CLOSE_TIMEOUT_S``, and release the socket."""
     if disconnect is CloseCode.SLOW_CONSUMER:
@@ -76,7 +75,7 @@ class WebSocketConnection(CommandConnection):
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: Sock,
         *,
         services: ConnectionServices,
         claims: Claims,

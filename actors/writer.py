@@ -37,7 +37,6 @@ broadcast or another client.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -46,6 +45,8 @@ import trio
 import trio.testing
 
 from rtserver.backends.metrics import Metrics
+from rtserver.backends.sockets import Sock
+from rtserver.backends.tls import TlsSocket
 from rtserver.backends.tracing import Tracing
 
 if TYPE_CHECKING:
@@ -85,7 +86,9 @@ class OutboundQueue:
 
     Frames leave whole: a frame the socket took only part of stays first in the queue
     (``partial``) until the rest is written, and nothing, not even a close frame, is ever
-    written inside it (``discard`` keeps it)."""
+    written inside it (``discard`` keeps it). A TLS socket takes whole frames, encrypted,
+    and holds the records the kernel did not take (``TlsSocket.unsent``): the queue is
+    then blocked, empty or not, until they are written."""
 
     __slots__ = (
         "_sock", "_writer", "frames", "nbytes", "max_frames", "max_bytes",
@@ -94,7 +97,7 @@ class OutboundQueue:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: Sock,
         writer: Writer,
         *,
         max_frames: int,
@@ -153,7 +156,7 @@ class OutboundQueue:
 
     async def wait_flushed(self) -> None:
         """Return once every queued frame has been written (or the socket broke)."""
-        while self.frames and (self.scheduled or self.blocked):
+        while self.blocked or (self.frames and self.scheduled):
             self._flushed = trio.Event()
             await self._flushed.wait()
 
@@ -174,6 +177,13 @@ class OutboundQueue:
         """Write what fits without blocking; returns _EMPTY, _MORE, _BLOCKED or _BROKEN."""
         frames = self.frames
         if not frames:
+            if type(self._sock) is TlsSocket and self._sock.unsent:  # records of frames written before
+                try:
+                    self._sock.flush()
+                except BlockingIOError:
+                    return _BLOCKED
+                except OSError:
+                    return _BROKEN
             self._notify_flushed()
             return _EMPTY
         if len(frames) == 1:
@@ -198,6 +208,8 @@ class OutboundQueue:
             self.partial = False
             if frames:
                 return _MORE
+            if type(self._sock) is TlsSocket and self._sock.unsent:  # its drain task sends the rest
+                return _BLOCKED
             self._notify_flushed()
             return _EMPTY
         # Keep frame boundaries: the rest of the frame the socket cut, then the others.

@@ -1,16 +1,21 @@
 """Where a delivery's CPU goes: room fan-out (encode once, push to N queues) versus socket
 writes, with 1..64 frames per write, on real loopback TCP connections, in one process.
 
-    .venv/bin/python bench/fanout_cost.py [--subscribers 1000] [--events 200]
+    .venv/bin/python bench/fanout_cost.py [--subscribers 1000] [--events 200] [--padding 150] [--tls]
 
 Prints one JSON object per measurement and a summary. The reference in the same run is
 one write per frame (batch 1), i.e. what a server without write batching pays.
+``--tls``: the server side of each connection is a ``TlsSocket`` (rtserver/backends/tls.py,
+TLS 1.3 with a test CA), so a write encrypts; the memory the process holds per connection
+once connected is printed too (resident, after the clients' TLS state is freed).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import socket
 import time
 
@@ -24,6 +29,7 @@ from protocol.cursors import Offset
 from protocol.envelope import Envelope, StoredEvent
 from protocol.wires import WS_JSON
 from rtserver.backends.metrics import Metrics
+from rtserver.backends.tls import TlsSocket
 
 
 class _Owner:
@@ -47,26 +53,72 @@ def loopback_pairs(n: int) -> list[tuple[socket.socket, socket.socket]]:
     return pairs
 
 
-def drain(clients: list[socket.socket]) -> None:
+def drain(clients: list[socket.socket], into=None) -> None:
+    """Read what the clients were sent (into a client's TLS buffer, during a handshake)."""
     for c in clients:
         try:
-            while c.recv(1 << 20):
-                pass
+            while data := c.recv(1 << 20):
+                if into is not None:
+                    into.write(data)
         except BlockingIOError:
             pass
 
 
-def event(i: int) -> StoredEvent:
-    payload = {"t": time.monotonic_ns(), "s": i, "p": "x" * 150}
+async def tls_handshakes(pairs: list[tuple[socket.socket, socket.socket]]) -> list[TlsSocket]:
+    """The server side of each pair as a ``TlsSocket``, its handshake with a client
+    ``ssl.SSLObject`` (dropped afterwards: the benchmark's clients only drain bytes) done."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(client_context)
+    servers = []
+    for server, client in pairs:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = client_context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+        ours = TlsSocket(server, server_context)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ours.handshake)
+            while not tls.version() or outgoing.pending:
+                try:
+                    tls.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+                client.sendall(outgoing.read())
+                await trio.sleep(0)
+                drain([client], into=incoming)
+        servers.append(ours)
+    return servers
+
+
+def resident_bytes() -> int:
+    """The process's resident memory, once the allocator gave back what it could."""
+    import ctypes
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def event(i: int, padding: int) -> StoredEvent:
+    payload = {"t": time.monotonic_ns(), "s": i, "p": "x" * padding}
     env = Envelope(event="rt.probe", tenant="t1", rooms=["probe:bench"], data=payload)
     return StoredEvent(env, id=f"{i}", ts=1, offset=Offset(i, 0), cursor=f"1.e.{i}-0")
 
 
-async def measure(subscribers: int, events: int) -> list[dict]:
+async def measure(subscribers: int, events: int, padding: int, tls: bool) -> list[dict]:
     metrics = Metrics()
     writer = Writer(metrics, flush_max_bytes=1 << 20, interval_s=0.005)
+    before = resident_bytes()
     pairs = loopback_pairs(subscribers)
-    queues = [OutboundQueue(s, writer, max_frames=1 << 20, max_bytes=1 << 30, owner=_Owner()) for s, _ in pairs]
+    servers = await tls_handshakes(pairs) if tls else [s for s, _ in pairs]
+    per_connection = (resident_bytes() - before) / subscribers
+    queues = [OutboundQueue(s, writer, max_frames=1 << 20, max_bytes=1 << 30, owner=_Owner()) for s in servers]
     clients = [c for _, c in pairs]
     room = Room("t1/probe:bench", linger_s=60, metrics=metrics, fan_outs=writer.fan_outs,
                 wake_at=lambda room, when: None, on_stop=lambda room: None,
@@ -80,10 +132,10 @@ async def measure(subscribers: int, events: int) -> list[dict]:
         for r in range(rounds):
             start = time.perf_counter()
             for i in range(batch):
-                room.take(event(r * batch + i))
+                room.take(event(r * batch + i, padding))
             fan_out_s += time.perf_counter() - start
             start = time.perf_counter()
-            writer._flush_dirty()
+            await writer._flush_dirty()
             write_s += time.perf_counter() - start
             drain(clients)
         deliveries = rounds * batch * subscribers
@@ -92,6 +144,7 @@ async def measure(subscribers: int, events: int) -> list[dict]:
             "fan_out_us_per_delivery": round(fan_out_s / deliveries * 1e6, 3),
             "write_us_per_delivery": round(write_s / deliveries * 1e6, 3),
             "total_us_per_delivery": round((fan_out_s + write_s) / deliveries * 1e6, 3),
+            "tls": tls, "padding": padding, "resident_kb_per_connection": round(per_connection / 1024, 1),
         })
     for s, c in pairs:
         s.close()
@@ -103,8 +156,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--events", type=int, default=256)
+    parser.add_argument("--padding", type=int, default=150, help="bytes of padding in each event")
+    parser.add_argument("--tls", action="store_true")
     args = parser.parse_args()
-    results = trio.run(measure, args.subscribers, args.events)
+    results = trio.run(measure, args.subscribers, args.events, args.padding, args.tls)
     for r in results:
         print(json.dumps(r))
     reference = results[0]["total_us_per_delivery"]

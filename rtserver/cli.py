@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import signal
+import ssl
 import sys
 
 import trio
@@ -38,15 +39,19 @@ async def _serve(config: Config, worker: int | None = None) -> None:
     from rtserver.node import Node
 
     node = Node(config)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(node.run)
             host = config.server.host
             if worker is not None:
                 _serve_worker_metrics(config, worker, node.metrics.registry)
-            print(f"rtserver listening on http://{host}:{port}  (WebSocket ws://{host}:{port}/hub/ws)",
+            tls = "s" if config.server.tls else ""
+            print(f"rtserver listening on http{tls}://{host}:{port}  (WebSocket ws{tls}://{host}:{port}/hub/ws)",
                   file=sys.stderr, flush=True)
-            async for _ in signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    node.reload()
+                    continue
                 with contained(node.metrics, "drain"):  # whatever fails, the process still exits
                     await node.drain()
                 nursery.cancel_scope.cancel()
@@ -86,7 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _base_url(args: argparse.Namespace, config: Config, port: int | None = None) -> str:
-    return getattr(args, "url", None) or f"http://{config.server.host}:{port or config.server.port}"
+    scheme = "https" if config.server.tls else "http"
+    return getattr(args, "url", None) or f"{scheme}://{config.server.host}:{port or config.server.port}"
 
 
 def _dev_secret(config: Config, command: str) -> str:
@@ -291,17 +297,22 @@ def cmd_token(args: argparse.Namespace) -> None:
 def cmd_publish(args: argparse.Namespace) -> None:
     import httpx
 
+    from rtserver.backends.tls import client_context
     from rtserver.publisher import Publisher, PublishError
 
     config = _config(args)
     token = args.token or os.environ.get("RTSERVER_TOKEN")
     if not token:
         token = mint_token(config.auth.hs256_secret, {"sub": "rtserver-cli", "roles": ["service"]}, 300)
-    url = args.url or f"http://{config.server.host}:{config.server.port}"
+    url = _base_url(args, config)
     tracing = Tracing.for_config(config.tracing, "rtserver-cli")
+    try:
+        context = client_context(args.cacert or "", args.cert or "", args.key or "")
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"rtserver publish: cannot load --cacert/--cert/--key: {exc}") from None
 
     async def publish() -> dict:
-        async with Publisher(url, token, tracing=tracing) as pub:
+        async with Publisher(url, token, tracing=tracing, ssl_context=context) as pub:
             return await pub.publish(args.event, args.tenant, args.rooms.split(","),
                                      json.loads(args.data), id=args.id, traceparent=args.traceparent)
 
@@ -364,6 +375,9 @@ def main(argv: list[str] | None = None) -> None:
     publish.add_argument("--data", default="{}", help="JSON object")
     publish.add_argument("--id")
     publish.add_argument("--traceparent")
+    publish.add_argument("--cacert", help="PEM CA file that signed the node's TLS certificate (default: the system's)")
+    publish.add_argument("--cert", help="PEM client certificate, for a node that asks for one (mutual TLS)")
+    publish.add_argument("--key", help="PEM key of --cert (default: in --cert)")
     publish.set_defaults(func=cmd_publish)
 
     pages = sub.add_parser("pages", parents=[common], help="print the console and wall URLs with dev tokens")

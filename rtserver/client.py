@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
@@ -161,8 +162,11 @@ async def open_client(
     binary: bool = False,
     token_in: str = "header",
     origin: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Client]:
-    """Connect, wait for ``hello``, and yield a ``Client``. ``token_in``: header, query or subprotocol."""
+    """Connect, wait for ``hello``, and yield a ``Client``. ``token_in``: header, query or
+    subprotocol. ``ssl_context``: for a ``wss://`` node (``rtserver.backends.tls.client_context``;
+    None: the system's CAs)."""
     subprotocols = [MSGPACK.name if binary else JSON.name]
     headers: list[tuple[str, str]] = []
     query: dict[str, str] = {}
@@ -179,7 +183,7 @@ async def open_client(
     if query:
         url = f"{url}{'&' if '?' in url else '?'}{urlencode(query)}"
     async with open_websocket_url(url, subprotocols=subprotocols, extra_headers=headers,
-                                  message_queue_size=1024) as ws:
+                                  message_queue_size=1024, ssl_context=ssl_context) as ws:
         client = Client(ws, binary=binary)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._reader)

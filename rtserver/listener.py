@@ -39,11 +39,13 @@ socket of a connection no actor took is closed in ``finally``.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import functools
 import secrets
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
@@ -74,7 +76,8 @@ from protocol.wsreader import FrameReader
 from rtserver.backends.auth import AuthError, Claims, TokenVerifier, admission, authorize_room, bearer_token
 from rtserver.backends.boundary import contained, internal_error_body
 from rtserver.backends.config import ServerConfig
-from rtserver.backends.sockets import half_close_and_wait_eof
+from rtserver.backends.sockets import Sock, half_close_and_wait_eof, recv_nowait, send_all, unsent, wait_readable
+from rtserver.backends.tls import PLAIN_HTTP_REFUSED, HANDSHAKE_RECORD, ServerTls, TlsSocket
 from rtserver.http import MAX_POST_BYTES, PostHandler, error_body, refusal
 
 log = structlog.get_logger("rtserver.listener")
@@ -85,6 +88,17 @@ BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: clo
 #: Engine.IO's answer to a request of a session no node holds (its client starts a new one).
 UNKNOWN_SESSION = b'{"code":1,"message":"Session ID unknown"}'
 HEAD_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+#: ``rt_tls_handshake_failures_total``'s reasons, by OpenSSL's (any other: "other").
+_TLS_FAILURES = {"PEER_DID_NOT_RETURN_A_CERTIFICATE": "no client certificate",
+                 "TLSV13_ALERT_CERTIFICATE_REQUIRED": "no client certificate",
+                 "CERTIFICATE_VERIFY_FAILED": "client certificate refused",
+                 "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "server certificate refused",
+                 "TLSV1_ALERT_UNKNOWN_CA": "server certificate refused",
+                 "SSLV3_ALERT_BAD_CERTIFICATE": "server certificate refused",
+                 "UNSUPPORTED_PROTOCOL": "protocol version", "NO_SHARED_CIPHER": "no shared cipher",
+                 "WRONG_VERSION_NUMBER": "not TLS", "HTTP_REQUEST": "not TLS"}
+#: Reasons of the handshakes that did not fail in OpenSSL.
+_TLS_ABANDONED = ("client left", "timeout")
 #: Why a fast POST's body was refused, by status.
 _BODY_REFUSALS = {400: "malformed request body framing", 408: "the request body did not arrive in time",
                   413: f"body over {MAX_POST_BYTES} bytes"}
@@ -95,7 +109,7 @@ class Exchange:
     """One request on the fast path: its socket, h11 parser and head, what was received
     after the head (a POST's body, pipelined requests), and the CORS headers its answer carries."""
 
-    sock: socket.socket
+    sock: Sock
     parser: h11.Connection
     request: h11.Request
     rest: bytearray
@@ -132,31 +146,56 @@ class Route:
 
 
 class ReplayStream(trio.abc.HalfCloseableStream):
-    """A socket stream that first returns bytes already read from the socket."""
+    """A connection handed to hypercorn: first the bytes already read from it, then the
+    rest of what it sends."""
 
-    def __init__(self, sock: socket.socket, prefix: bytes) -> None:
-        self.socket = trio.socket.from_stdlib_socket(sock)
-        self._stream = trio.SocketStream(self.socket)
+    def __init__(self, sock: Sock, prefix: bytes) -> None:
+        self._sock = sock
         self._prefix = prefix
+        #: The TCP socket (hypercorn reads the addresses from it).
+        self.socket = sock.raw if type(sock) is TlsSocket else sock
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._prefix:
             data, self._prefix = self._prefix, b""
             await trio.lowlevel.checkpoint()
             return data
-        return await self._stream.receive_some(max_bytes)
+        while (data := recv_nowait(self._sock, max_bytes or 65536)) is None:
+            await wait_readable(self._sock)
+        await trio.lowlevel.checkpoint()
+        return data
 
     async def send_all(self, data) -> None:
-        await self._stream.send_all(data)
+        if not await send_all(self._sock, data):
+            raise trio.BrokenResourceError("the client's connection broke")
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
+        await trio.lowlevel.wait_writable(self._sock)
 
     async def send_eof(self) -> None:
-        await self._stream.send_eof()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+        await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
-        await self._stream.aclose()
+        trio.lowlevel.notify_closing(self._sock)
+        self._sock.close()
+        await trio.lowlevel.checkpoint()
+
+
+class TlsReplayStream(ReplayStream):
+    """A ``ReplayStream`` over TLS, as hypercorn asks of one (scheme ``https``): its
+    handshake is done already."""
+
+    async def do_handshake(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def selected_alpn_protocol(self) -> str:
+        return self._sock.selected_alpn_protocol() or "http/1.1"
+
+    @property
+    def transport_stream(self) -> ReplayStream:
+        return self
 
 
 class Listener:
@@ -167,8 +206,14 @@ class Listener:
         verifier: TokenVerifier,
         serve_http: Callable[[trio.abc.HalfCloseableStream], Awaitable[None]],
         post_handlers: dict[str, PostHandler],
+        tls: ServerTls | None = None,
     ) -> None:
         self._config = config
+        #: With TLS on, every connection's (``rtserver.backends.tls``); reloaded on SIGHUP.
+        self.tls = tls
+        if tls is not None:
+            for reason in {*_TLS_FAILURES.values(), *_TLS_ABANDONED, "other"}:
+                services.metrics.tls_handshake_failures.labels(reason)
         self._services = services
         self._verifier = verifier
         self._serve_http = serve_http
@@ -195,7 +240,7 @@ class Listener:
         self._sid_prefix = secrets.token_urlsafe(6)
         if sio.enabled:
             self.routes[sio.path] = Route(self._socketio, upgrade=True)
-        self._sock: socket.socket | None = None
+        self._sock: Sock | None = None
         self._accepting = trio.CancelScope()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -224,7 +269,7 @@ class Listener:
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
 
-    async def _accept_loop(self, sock: socket.socket, nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, sock: Sock, nursery: trio.Nursery) -> None:
         while True:
             await trio.lowlevel.wait_readable(sock)
             while True:
@@ -251,12 +296,17 @@ class Listener:
             if not handed_over:
                 sock.close()
 
-    async def _serve(self, sock: socket.socket) -> bool:
+    async def _serve(self, raw: socket.socket) -> bool:
         """Serve requests at their boundaries: posts and polls here, upgrades and streams as connections,
         anything else (with the rest of the connection) by hypercorn. Whether an actor (or
         hypercorn) took the socket."""
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw.setblocking(False)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock: Sock = raw
+        if self.tls is not None:
+            sock = await self._start_tls(raw)
+            if sock is None:
+                return False
         pending = bytearray()  # received, not yet served: always starts at a request
         timeout = self._config.handshake_timeout_s
         while True:
@@ -304,7 +354,7 @@ class Listener:
             if (route is None or route.serve is None or route.method not in (None, request.method)
                     or (route.bodiless and not bodiless)):
                 with contained(self._services.metrics, "http"):
-                    await self._serve_http(ReplayStream(sock, bytes(pending)))
+                    await self._serve_http((TlsReplayStream if type(sock) is TlsSocket else ReplayStream)(sock, bytes(pending)))
                 return True
             del pending[:head_end]
             after = await route.serve(Exchange(sock, parser, request, pending, cors))
@@ -312,7 +362,37 @@ class Listener:
                 return after is Next.HANDED_OVER
             timeout = self._config.keep_alive_s
 
-    async def _read_head(self, sock: socket.socket, pending: bytearray) -> int | None:
+    async def _start_tls(self, raw: socket.socket) -> TlsSocket | None:
+        """The TLS side of an accepted socket, its handshake done within
+        ``handshake_timeout_s``; None when there is none: a plain HTTP request (answered
+        400), or a handshake refused (the client told by its alert), abandoned or too slow
+        (logged and counted)."""
+        sock = None
+        with trio.move_on_after(self._config.handshake_timeout_s):
+            while (first := recv_nowait(raw, 1, socket.MSG_PEEK)) is None:
+                await trio.lowlevel.wait_readable(raw)
+            if not first:
+                return None
+            if first[0] != HANDSHAKE_RECORD:
+                _send_quietly(raw, PLAIN_HTTP_REFUSED)
+                await _linger_close(raw)
+                return None
+            sock = TlsSocket(raw, self.tls.context)
+            reason, detail = "timeout", f"not done within {self._config.handshake_timeout_s} s"
+            try:
+                await sock.handshake()
+                return sock
+            except ssl.SSLError as exc:
+                reason, detail = _TLS_FAILURES.get(exc.reason, "other"), exc.reason or str(exc)
+            except OSError as exc:
+                reason, detail = "client left", str(exc)
+        if sock is None:
+            return None  # it did not even begin
+        self._services.metrics.tls_handshake_failures.labels(reason).inc()
+        log.info("tls_handshake_failed", reason=reason, detail=detail)
+        return None
+
+    async def _read_head(self, sock: Sock, pending: bytearray) -> int | None:
         """Receive until ``pending`` holds a whole request head: its length; -1 for a head
         over ``max_request_head_bytes``; None when the client went away."""
         limit = self._config.max_request_head_bytes
@@ -341,7 +421,7 @@ class Listener:
             return Next.CLOSE
         return Next.REQUEST if await self._respond(sock, parser, status, answer, cors) else Next.CLOSE
 
-    async def _read_body(self, sock: socket.socket, parser: h11.Connection, pending: bytearray) -> bytes | int:
+    async def _read_body(self, sock: Sock, parser: h11.Connection, pending: bytearray) -> bytes | int:
         """The body of the request ``parser`` has the head of, framed by h11 (Content-Length
         or chunked; ``100 Continue`` sent when the client waits for it), with ``pending``
         fed to it and left holding what follows the body. Bounded: the status to refuse it
@@ -370,7 +450,7 @@ class Listener:
                     return bytes(body)
         return 408
 
-    async def _respond(self, sock: socket.socket, parser: h11.Connection, status: int, body: bytes | None,
+    async def _respond(self, sock: Sock, parser: h11.Connection, status: int, body: bytes | None,
                        extra_headers: list[tuple[bytes, bytes]] = (), content_type: bytes = b"application/json") -> bool:
         """Send one response, JSON unless said otherwise (None: no body, a 204) (bounded);
         False when the connection must close."""
@@ -380,11 +460,11 @@ class Listener:
             response += parser.send(h11.Data(data=body))
         response += parser.send(h11.EndOfMessage())
         with trio.move_on_after(self._config.handshake_timeout_s):
-            if await _send_all(sock, response):
+            if await send_all(sock, response):
                 return parser.our_state is h11.DONE
         return False
 
-    async def _cross_origin(self, sock: socket.socket, parser: h11.Connection, request: h11.Request,
+    async def _cross_origin(self, sock: Sock, parser: h11.Connection, request: h11.Request,
                             bodiless: bool) -> bool | None:
         """Apply ``server.allowed_origins`` to a request of an HTTP transport (``protocol.cors``):
         None when it is to be served; else it was answered here, a preflight (True: the
@@ -510,7 +590,7 @@ class Listener:
         return Next.CLOSE
 
     def _accept_websocket(
-        self, sock: socket.socket, parser: h11.Connection, request: h11.Request, trailing: bytes, ns: Namespace,
+        self, sock: Sock, parser: h11.Connection, request: h11.Request, trailing: bytes, ns: Namespace,
     ) -> WebSocketConnection | AuthError | None:
         """Answer the upgrade (``check_upgrade`` accepted it): a ``WebSocketConnection`` to
         run, an ``AuthError`` already sent as a close frame (the caller lingers, then
@@ -599,7 +679,7 @@ class Listener:
             self._nursery.start_soon(self._run_engine, engine)
         return Next.HANDED_OVER
 
-    async def _run_upgrade(self, polling: PollingEngine, sock: socket.socket, reader: FrameReader) -> None:
+    async def _run_upgrade(self, polling: PollingEngine, sock: Sock, reader: FrameReader) -> None:
         with contained(self._services.metrics, "socketio"):
             await polling.upgrade(sock, reader)
 
@@ -696,7 +776,7 @@ class Listener:
             return reply.status, error_body(reply.status, reply.body)
         return 200, reply.body.encode()
 
-    def _reject(self, sock: socket.socket, parser: h11.Connection, status: int, message: str) -> None:
+    def _reject(self, sock: Sock, parser: h11.Connection, status: int, message: str) -> None:
         body = error_body(status, message)
         response = parser.send(h11.Response(status_code=status, headers=[
             (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), (b"connection", b"close")]))
@@ -723,42 +803,23 @@ def _headers(request: h11.Request) -> dict[str, str]:
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers}
 
 
-async def _receive_into(sock: socket.socket, pending: bytearray) -> bool:
+async def _receive_into(sock: Sock, pending: bytearray) -> bool:
     """Append what the socket has to ``pending``; False at EOF or on an error."""
-    while True:
-        await trio.lowlevel.wait_readable(sock)
-        try:
-            data = sock.recv(65536)
-        except BlockingIOError:
-            continue
-        except OSError:
-            return False
-        pending += data
-        return bool(data)
+    while (data := recv_nowait(sock, 65536)) is None:
+        await wait_readable(sock)
+    pending += data
+    return bool(data)
 
 
-async def _send_all(sock: socket.socket, data: bytes) -> bool:
-    """Write all of ``data`` (bound it with a cancel scope); False if the socket broke."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[sock.send(view):]
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
-        except OSError:
-            return False
-    return True
-
-
-def _send_quietly(sock: socket.socket, data: bytes) -> bool:
-    """Best-effort non-blocking write of a small handshake answer."""
+def _send_quietly(sock: Sock, data: bytes) -> bool:
+    """Best-effort non-blocking write of a small handshake answer: whether it is all on the wire."""
     try:
-        return sock.send(data) == len(data)
+        return sock.send(data) == len(data) and not unsent(sock)
     except OSError:
         return False
 
 
-async def _linger_close(sock: socket.socket) -> None:
+async def _linger_close(sock: Sock) -> None:
     """Close after the peer has read our answer (bounded)."""
     with trio.move_on_after(2):
         await half_close_and_wait_eof(sock)

@@ -4,6 +4,7 @@
 presence, typing and schedule projector actors (and with push on, the liveness actor; on
 the memory bus, the push dispatcher too), the HTTP frontend and the listener, then reports
 the bound port.
+``Node.reload`` is the SIGHUP path (TLS certificates read again).
 ``Node.drain`` is the SIGTERM path: stop accepting, mark not ready, close clients with the
 draining code in paced batches and wait for them, all within ``server.drain_deadline_s``.
 """
@@ -29,6 +30,7 @@ from rtserver.backends.boundary import contained
 from rtserver.backends.config import Config
 from rtserver.backends.factory import open_backends
 from rtserver.backends.metrics import Metrics
+from rtserver.backends.tls import ServerTls
 from rtserver.backends.tracing import Tracing
 from rtserver.gateway import Gateway
 from rtserver.http import HttpFrontend, create_app, create_asgi, post_handlers
@@ -84,7 +86,8 @@ class Node:
         self.metrics.ready.set_function(lambda: self.gateway.ready())
         self.http = HttpFrontend(create_asgi(create_app(self.gateway), self.metrics))
         self.listener = Listener(
-            config.server, services, self.verifier, self.http.serve, post_handlers(self.gateway)
+            config.server, services, self.verifier, self.http.serve, post_handlers(self.gateway),
+            tls=ServerTls(config.server) if config.server.tls else None,
         )
         self.port: int | None = None
 
@@ -105,6 +108,14 @@ class Node:
             self.port = await nursery.start(self.listener.run)
             log.info("listening", host=self.config.server.host, port=self.port)
             task_status.started(self.port)
+
+    def reload(self) -> None:
+        """SIGHUP: read the TLS certificate and key again (``server.tls_*``); connections
+        already open keep theirs."""
+        if self.listener.tls is None:
+            log.info("reload", tls="off: nothing to reload")
+        else:
+            self.listener.tls.reload()
 
     # -- draining ----------------------------------------------------------------------
     async def drain(self) -> None:

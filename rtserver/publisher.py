@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import httpx
@@ -19,9 +20,13 @@ class PublishError(Exception):
 class Publisher:
     """Appends events through a node. Use as ``async with Publisher(url, token) as pub``."""
 
-    def __init__(self, base_url: str, token: str, *, timeout_s: float = 10.0, tracing: Tracing = Tracing.off()) -> None:
+    def __init__(self, base_url: str, token: str, *, timeout_s: float = 10.0, tracing: Tracing = Tracing.off(),
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """``ssl_context``: for an ``https://`` node (``rtserver.backends.tls.client_context``);
+        None: the system's CAs."""
         self._client = httpx.AsyncClient(
-            base_url=base_url, timeout=timeout_s, headers={"authorization": f"Bearer {token}"}
+            base_url=base_url, timeout=timeout_s, headers={"authorization": f"Bearer {token}"},
+            verify=ssl_context or True,
         )
         self._tracing = tracing
 

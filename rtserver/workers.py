@@ -13,6 +13,7 @@ started again after ``RESTART_DELAY_S``; its clients reconnect to the others and
 from their cursors. SIGTERM or SIGINT to the supervisor is passed to every worker, which
 drains as a single node does (``server.drain_deadline_s``); one still running
 ``KILL_AFTER_S`` past that deadline is killed. The supervisor exits with 0 once all have.
+SIGHUP is passed to every worker (each reads its TLS certificate again).
 """
 
 from __future__ import annotations
@@ -59,12 +60,16 @@ class Supervisor:
         reserved = reserve_port(cfg.host) if cfg.port == 0 else None
         port = reserved.getsockname()[1] if reserved is not None else cfg.port
         try:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async with trio.open_nursery() as nursery:
                     for i in range(cfg.workers):
                         nursery.start_soon(self._keep, port, i)
                     log.info("workers_started", workers=cfg.workers, port=port)
-                    async for _ in signals:
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:  # each reloads its TLS certificate
+                            for process in list(self._workers.values()):
+                                process.send_signal(signal.SIGHUP)
+                            continue
                         await self._stop()
                         break
         finally:

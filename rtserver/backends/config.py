@@ -63,10 +63,26 @@ class ServerConfig(_Section):
     #: With several workers, worker ``i`` also serves its ``/metrics`` on this port + ``i``
     #: (0: a free port each, logged as ``worker_started``).
     worker_metrics_port: int = 0
+    #: PEM certificate chain and private key: with both, the port serves only TLS
+    #: (``https://``, ``wss://``), reloaded from these files on SIGHUP.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: PEM CA certificates: with TLS on, every client must present a certificate one of
+    #: them signed (mutual TLS, for services and balancers); empty: none asked for.
+    tls_client_ca_file: str = ""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("server.workers is at least 1")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("server.tls_cert_file and server.tls_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("server.tls_client_ca_file needs server.tls_cert_file and tls_key_file")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the port serves TLS."""
+        return bool(self.tls_cert_file)
 
 
 class AuthConfig(_Section):

@@ -88,6 +88,10 @@ class Metrics:
         self.auth_failures = Counter(
             "rt_auth_failures_total", "Handshakes refused, by reason", ["reason"], registry=r
         )
+        self.tls_handshake_failures = Counter(
+            "rt_tls_handshake_failures_total", "TLS handshakes that failed, by reason (server.tls_cert_file set)",
+            ["reason"], registry=r,
+        )
 
         self.presence_connections = Gauge(
             "rt_presence_connections",

@@ -24,9 +24,10 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 class RunningServer:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tls=None) -> None:
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        self._verify = tls.client_context() if tls else True
 
     def token(self, user: str, **claims) -> str:
         return mint_token(SECRET, {"sub": user, "healthUnitTaxId": "t1", "roles": ["attendant"], **claims}, 3600)
@@ -35,19 +36,22 @@ class RunningServer:
         token = mint_token(SECRET, {"sub": "backbone", "roles": ["service"]}, 3600)
         answer = httpx.post(f"{self.url}/v1/publish", json={"event": event, "tenant": "t1", "rooms": rooms,
                                                              "data": data},
-                            headers={"authorization": f"Bearer {token}"})
+                            headers={"authorization": f"Bearer {token}"}, verify=self._verify)
         assert answer.status_code == 200, answer.text
         return answer.json()
 
 
-def start_rtserver(folder, allowed_origins: list[str]) -> tuple[subprocess.Popen, RunningServer]:
-    """``rtserver serve`` on a free port (fast presence timers for the pages)."""
+def start_rtserver(folder, allowed_origins: list[str], tls=None) -> tuple[subprocess.Popen, RunningServer]:
+    """``rtserver serve`` on a free port (fast presence timers for the pages); ``tls``: its
+    ``tests.support.tls.TlsFiles`` (then on https)."""
     config = folder / "rtserver.toml"
+    tls_keys = f'tls_cert_file = "{tls.cert_file}"\ntls_key_file = "{tls.key_file}"' if tls else ""
     config.write_text(f"""
 [server]
 host = "127.0.0.1"
 port = 0
 allowed_origins = {json.dumps(allowed_origins)}
+{tls_keys}
 [auth]
 hs256_secret = "{SECRET}"
 [presence]
@@ -62,58 +66,64 @@ heartbeat_s = 5
     deadline = time.monotonic() + 20
     while port is None and time.monotonic() < deadline:
         line = process.stderr.readline()
-        if match := re.search(r"listening on http://127.0.0.1:(\d+)", line):
+        if match := re.search(r"listening on https?://127.0.0.1:(\d+)", line):
             port = int(match.group(1))
     assert port, "rtserver did not start"
     threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
-    return process, RunningServer(port)
+    return process, RunningServer(port, tls)
 
 
-def in_browser(test):
-    """Run ``test(page, ...)`` in a thread of its own with a fresh headless Chromium page.
+def run_in_browser(body, env: dict[str, str] | None = None) -> None:
+    """Run ``body(page)`` in a thread of its own with a fresh headless Chromium page;
+    ``env``: more of Chromium's environment (its ``HOME``: the CAs it trusts).
 
     Playwright's sync API keeps an event loop on the thread that starts it; on pytest's
     own thread that loop would outlive the test and break every Trio test after it."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Chromium is missing: scripts/install-test-deps installs Debian's chromium")
+    outcome: list[BaseException] = []
+
+    def in_thread() -> None:
+        from playwright.sync_api import sync_playwright
+
+        try:
+            # trio_asyncio (imported by the other tests) replaces the process's asyncio
+            # policy; Playwright needs a plain loop, made while pytest's thread waits.
+            policy = asyncio.get_event_loop_policy()
+            asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+            try:
+                playwright = sync_playwright().start()
+            finally:
+                asyncio.set_event_loop_policy(policy)
+            try:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"],
+                                                     env={**os.environ, **(env or {})})
+                try:
+                    body(browser.new_context(viewport={"width": 1280, "height": 800}).new_page())
+                finally:
+                    browser.close()
+            finally:
+                playwright.stop()
+        except BaseException as exc:  # re-raised on pytest's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=in_thread)
+    worker.start()
+    worker.join()
+    if outcome:
+        raise outcome[0]
+
+
+def in_browser(test):
+    """Run ``test(page, ...)`` with a fresh headless Chromium page (``run_in_browser``)."""
     import functools
+    import inspect
 
     @functools.wraps(test)
     def run(*args, **kwargs):
-        if not os.path.exists(CHROMIUM):
-            pytest.fail("Chromium is missing: scripts/install-test-deps installs Debian's chromium")
-        outcome: list[BaseException] = []
-
-        def body() -> None:
-            from playwright.sync_api import sync_playwright
-
-            try:
-                # trio_asyncio (imported by the other tests) replaces the process's asyncio
-                # policy; Playwright needs a plain loop, made while pytest's thread waits.
-                policy = asyncio.get_event_loop_policy()
-                asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
-                try:
-                    playwright = sync_playwright().start()
-                finally:
-                    asyncio.set_event_loop_policy(policy)
-                try:
-                    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-                    try:
-                        page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
-                        test(page, *args, **kwargs)
-                    finally:
-                        browser.close()
-                finally:
-                    playwright.stop()
-            except BaseException as exc:  # re-raised on pytest's thread
-                outcome.append(exc)
-
-        worker = threading.Thread(target=body)
-        worker.start()
-        worker.join()
-        if outcome:
-            raise outcome[0]
+        run_in_browser(lambda page: test(page, *args, **kwargs))
 
     # pytest must not see ``page`` as a fixture
-    import inspect
     signature = inspect.signature(test)
     run.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
     return run

@@ -61,11 +61,13 @@ class SseStream:
 
 
 @asynccontextmanager
-async def open_sse(base: str, token: str | None, ns: str = "hub", headers: dict | None = None, **params):
-    """An SSE stream of ``/{ns}/sse``; the response is checked by the caller (``.response``)."""
+async def open_sse(base: str, token: str | None, ns: str = "hub", headers: dict | None = None, verify=True,
+                   **params):
+    """An SSE stream of ``/{ns}/sse``; the response is checked by the caller (``.response``).
+    ``verify``: httpx's (an ``ssl.SSLContext`` for a node on TLS)."""
     if token is not None:
         params["access_token"] = token
-    async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(30, read=None)) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(30, read=None), verify=verify) as client:
         async with client.stream("GET", f"/{ns}/sse", params=params, headers=headers or {}) as response:
             stream = SseStream(response)
             stream.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 import httpx
 import trio
@@ -18,6 +19,8 @@ SECRET = "e2e-secret-0123456789abcdef0123456789abcdef0123456789abcdef0123"
 class Server:
     node: Node
     port: int
+    #: httpx's ``verify`` for the node's port (an ``ssl.SSLContext`` when it is on TLS).
+    verify: ssl.SSLContext | bool = True
 
     @property
     def http(self) -> str:
@@ -34,14 +37,14 @@ class Server:
         return mint_token(SECRET, {"sub": "svc", "roles": ["service"]})
 
     async def publish(self, body: dict, token: str | None = None, headers: dict | None = None) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.http) as client:
+        async with httpx.AsyncClient(base_url=self.http, verify=self.verify) as client:
             return await client.post("/v1/publish", json=body, headers={
                 "authorization": f"Bearer {token or self.service_token}", **(headers or {})})
 
     async def publish_all(self, bodies) -> None:
         """Publish each body in turn on one keep-alive connection; each must be accepted."""
         headers = {"authorization": f"Bearer {self.service_token}"}
-        async with httpx.AsyncClient(base_url=self.http, headers=headers) as client:
+        async with httpx.AsyncClient(base_url=self.http, headers=headers, verify=self.verify) as client:
             for body in bodies:
                 assert (await client.post("/v1/publish", json=body)).status_code == 200
 
