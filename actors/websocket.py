@@ -90,7 +90,7 @@ class WebSocketConnection(CommandConnection):
         cfg = services.config.connection
         super().__init__(sock, services=services, claims=claims, ns=ns, wire=wire, session=session, since=since,
                          idle_s=cfg.idle_timeout_s, joining=joining)
-        self._reader = FrameReader(services.config.server.max_inbound_message_bytes, received)
+        self._reader = FrameReader(services.config.server.max_inbound_message_bytes, received, deflate=wire.deflate)
         self.out = OutboundQueue(sock, services.writer, max_frames=cfg.outbound_max_frames,
                                  max_bytes=cfg.outbound_max_bytes, owner=self)
 

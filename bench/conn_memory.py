@@ -6,7 +6,10 @@ traceback passes through rtserver's own code), grouped by the line of rtserver, 
 protocol nearest to the allocation. The clients (trio-websocket) live in this process too;
 their own allocations pass through none of those files and are left out.
 
-    .venv/bin/python bench/conn_memory.py --clients 1000 --kind ws|socketio|sse [--users each]
+    .venv/bin/python bench/conn_memory.py --clients 1000 --kind ws|ws-deflate|socketio|sse [--users each]
+
+``ws-deflate``: rt.v1 WebSocket clients that negotiated permessage-deflate (wsproto's
+extension), on a node with ``server.permessage_deflate`` on.
 
 ``--users each``: every client is a user of its own (its own ``user:`` room, presence
 entry and liveness), as consoles connect; by default all are the same user.
@@ -22,7 +25,10 @@ from collections import Counter
 
 import stack  # noqa: F401 (puts the project on the path)
 import trio
+import wsproto
 from trio_websocket import connect_websocket_url
+from wsproto.events import Request, TextMessage
+from wsproto.extensions import PerMessageDeflate
 
 from rtserver.backends.logs import configure_logging
 from rtserver.node import Node
@@ -49,6 +55,13 @@ async def open_clients(nursery, server: Server, kind: str, count: int, each_user
             received = b""
             while b"hello" not in received:
                 received += await ws.receive_some(65536)
+        elif kind == "ws-deflate":  # permessage-deflate negotiated, by wsproto's extension
+            ws = await trio.open_tcp_stream("127.0.0.1", server.port)
+            client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+            await ws.send_all(client.send(Request(host="127.0.0.1", target=f"/hub/ws?access_token={token}",
+                                                  extensions=[PerMessageDeflate()])))
+            while not any(isinstance(event, TextMessage) for event in client.events()):  # hello
+                client.receive_data(await ws.receive_some(65536))
         elif kind == "ws":
             ws = await connect_websocket_url(nursery, f"ws://127.0.0.1:{server.port}/hub/ws?access_token={token}")
             await ws.get_message()  # hello
@@ -63,7 +76,7 @@ async def open_clients(nursery, server: Server, kind: str, count: int, each_user
 
 async def main(kind: str, count: int, each_user: bool) -> None:
     async with trio.open_nursery() as nursery:
-        node = Node(server_config(server={"allowed_origins": []}))
+        node = Node(server_config(server={"allowed_origins": [], "permessage_deflate": kind == "ws-deflate"}))
         server = Server(node, await nursery.start(node.run))
         # Kept referenced: an SSE client is a plain stream, closed once collected.
         warm = await open_clients(nursery, server, kind, 20, each_user, first=count)  # rooms, caches
@@ -91,7 +104,7 @@ async def main(kind: str, count: int, each_user: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--kind", choices=["ws", "socketio", "sse"], default="ws")
+    parser.add_argument("--kind", choices=["ws", "ws-deflate", "socketio", "sse"], default="ws")
     parser.add_argument("--users", choices=["one", "each"], default="one")
     args = parser.parse_args()
     configure_logging("warning")

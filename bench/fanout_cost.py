@@ -1,13 +1,17 @@
 """Where a delivery's CPU goes: room fan-out (encode once, push to N queues) versus socket
 writes, with 1..64 frames per write, on real loopback TCP connections, in one process.
 
-    .venv/bin/python bench/fanout_cost.py [--subscribers 1000] [--events 200] [--padding 150] [--tls]
+    .venv/bin/python bench/fanout_cost.py [--subscribers 1000] [--events 200] [--padding 150] [--tls] [--deflate]
 
 Prints one JSON object per measurement and a summary. The reference in the same run is
 one write per frame (batch 1), i.e. what a server without write batching pays.
 ``--tls``: the server side of each connection is a ``TlsSocket`` (rtserver/backends/tls.py,
 TLS 1.3 with a test CA), so a write encrypts; the memory the process holds per connection
 once connected is printed too (resident, after the clients' TLS state is freed).
+``--deflate``: every member negotiated permessage-deflate: each event is compressed once,
+the bytes each client receives (``wire_bytes_per_delivery``) say what it saves. The
+padding is appointment lines, not one repeated character, so that it compresses as real
+events do.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import gc
 import json
 import os
+import random
 import socket
 import time
 
@@ -27,7 +32,7 @@ from protocol.catalog import Catalog
 from protocol.coalesce import HeldOffsets
 from protocol.cursors import Offset
 from protocol.envelope import Envelope, StoredEvent
-from protocol.wires import WS_JSON
+from protocol.wires import WS_DEFLATE, WS_JSON
 from rtserver.backends.metrics import Metrics
 from rtserver.backends.tls import TlsSocket
 
@@ -53,15 +58,19 @@ def loopback_pairs(n: int) -> list[tuple[socket.socket, socket.socket]]:
     return pairs
 
 
-def drain(clients: list[socket.socket], into=None) -> None:
-    """Read what the clients were sent (into a client's TLS buffer, during a handshake)."""
+def drain(clients: list[socket.socket], into=None) -> int:
+    """Read what the clients were sent (into a client's TLS buffer, during a handshake):
+    how many bytes."""
+    received = 0
     for c in clients:
         try:
             while data := c.recv(1 << 20):
+                received += len(data)
                 if into is not None:
                     into.write(data)
         except BlockingIOError:
             pass
+    return received
 
 
 async def tls_handshakes(pairs: list[tuple[socket.socket, socket.socket]]) -> list[TlsSocket]:
@@ -105,13 +114,29 @@ def resident_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+#: What the padding is made of: appointment lines as a clinic's events carry them (names,
+#: ids, times; it compresses about as JSON of real events does, ~3x with DEFLATE).
+_NAMES = ("Ana Souza", "Bea Lima", "Caio Rocha", "Duda Alves", "Enzo Costa", "Fabi Nunes", "Gil Prado")
+
+
+def padding_text(size: int, seed: int) -> str:
+    """``size`` characters of appointment lines, different for every ``seed``."""
+    rng = random.Random(seed)
+    lines = []
+    while sum(map(len, lines)) < size:
+        lines.append(f"appointment {rng.getrandbits(48):012x} patient {rng.choice(_NAMES)} with "
+                     f"{rng.choice(_NAMES)} on 2026-12-{rng.randint(1, 28):02d} at {rng.randint(7, 18):02d}:"
+                     f"{rng.choice(('00', '15', '30', '45'))} {rng.choice(('booked', 'confirmed', 'cancelled'))}; ")
+    return "".join(lines)[:size]
+
+
 def event(i: int, padding: int) -> StoredEvent:
-    payload = {"t": time.monotonic_ns(), "s": i, "p": "x" * padding}
+    payload = {"t": time.monotonic_ns(), "s": i, "p": padding_text(padding, i)}
     env = Envelope(event="rt.probe", tenant="t1", rooms=["probe:bench"], data=payload)
     return StoredEvent(env, id=f"{i}", ts=1, offset=Offset(i, 0), cursor=f"1.e.{i}-0")
 
 
-async def measure(subscribers: int, events: int, padding: int, tls: bool) -> list[dict]:
+async def measure(subscribers: int, events: int, padding: int, tls: bool, deflate: bool) -> list[dict]:
     metrics = Metrics()
     writer = Writer(metrics, flush_max_bytes=1 << 20, interval_s=0.005)
     before = resident_bytes()
@@ -124,11 +149,12 @@ async def measure(subscribers: int, events: int, padding: int, tls: bool) -> lis
                 wake_at=lambda room, when: None, on_stop=lambda room: None,
                 rules=Catalog.default().coalesce_rules(), window_s=0.25, held_offsets=HeldOffsets())
     for i, q in enumerate(queues):
-        room.add(f"member-{i}", WS_JSON, q.push)
+        room.add(f"member-{i}", WS_DEFLATE[WS_JSON] if deflate else WS_JSON, q.push)
     results = []
     for batch in (1, 4, 16, 64):
         rounds = max(1, events // batch)
         fan_out_s = write_s = 0.0
+        wire_bytes = 0
         for r in range(rounds):
             start = time.perf_counter()
             for i in range(batch):
@@ -137,14 +163,15 @@ async def measure(subscribers: int, events: int, padding: int, tls: bool) -> lis
             start = time.perf_counter()
             await writer._flush_dirty()
             write_s += time.perf_counter() - start
-            drain(clients)
+            wire_bytes += drain(clients)
         deliveries = rounds * batch * subscribers
         results.append({
             "frames_per_write": batch, "subscribers": subscribers, "deliveries": deliveries,
             "fan_out_us_per_delivery": round(fan_out_s / deliveries * 1e6, 3),
             "write_us_per_delivery": round(write_s / deliveries * 1e6, 3),
             "total_us_per_delivery": round((fan_out_s + write_s) / deliveries * 1e6, 3),
-            "tls": tls, "padding": padding, "resident_kb_per_connection": round(per_connection / 1024, 1),
+            "wire_bytes_per_delivery": round(wire_bytes / deliveries, 1), "tls": tls, "deflate": deflate,
+            "padding": padding, "resident_kb_per_connection": round(per_connection / 1024, 1),
         })
     for s, c in pairs:
         s.close()
@@ -158,15 +185,17 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=256)
     parser.add_argument("--padding", type=int, default=150, help="bytes of padding in each event")
     parser.add_argument("--tls", action="store_true")
+    parser.add_argument("--deflate", action="store_true", help="members negotiated permessage-deflate")
     args = parser.parse_args()
-    results = trio.run(measure, args.subscribers, args.events, args.padding, args.tls)
+    results = trio.run(measure, args.subscribers, args.events, args.padding, args.tls, args.deflate)
     for r in results:
         print(json.dumps(r))
     reference = results[0]["total_us_per_delivery"]
     for r in results:
         print(f"# {r['frames_per_write']:>2} frames/write: fan-out {r['fan_out_us_per_delivery']:.2f} µs"
               f" + write {r['write_us_per_delivery']:.2f} µs = {r['total_us_per_delivery']:.2f} µs per delivery"
-              f" ({reference / r['total_us_per_delivery']:.1f}x the one-write-per-frame reference)")
+              f" ({reference / r['total_us_per_delivery']:.1f}x the one-write-per-frame reference),"
+              f" {r['wire_bytes_per_delivery']:.0f} B on the wire")
 
 
 if __name__ == "__main__":

@@ -60,11 +60,57 @@ def subprotocols(headers: list[tuple[bytes, bytes]]) -> list[str]:
             for token in v.split(b",") if token.strip()]
 
 
-def accept_response(headers: list[tuple[bytes, bytes]], subprotocol: str | None) -> bytes:
+def offers_deflate(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the client offers permessage-deflate (RFC 7692) in a form this server takes:
+    one of its offers (``Sec-WebSocket-Extensions``) whose parameters are well formed and
+    leave the server its full window (no ``server_max_window_bits`` under 15). The server
+    answers ``PERMESSAGE_DEFLATE``: no context takeover either way, so each message is
+    compressed on its own (a broadcast once for every recipient) and no connection keeps a
+    compression window. An offer it does not take is declined, as RFC 7692 lets it."""
+    offers = b",".join(v for k, v in headers if k == b"sec-websocket-extensions")
+    return any(_deflate_offer_taken(offer) for offer in offers.split(b","))
+
+
+#: The ``Sec-WebSocket-Extensions`` answer to an offer ``offers_deflate`` takes.
+PERMESSAGE_DEFLATE = b"permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+_FLAGS = (b"server_no_context_takeover", b"client_no_context_takeover")
+_WINDOW_BITS = (b"server_max_window_bits", b"client_max_window_bits")
+
+
+def _deflate_offer_taken(offer: bytes) -> bool:
+    name, *params = offer.split(b";")
+    if name.strip().lower() != b"permessage-deflate":
+        return False
+    seen = set()
+    for param in params:
+        key, has_value, value = param.partition(b"=")
+        key, value = key.strip().lower(), value.strip()
+        if len(value) >= 2 and value[:1] == value[-1:] == b'"':
+            value = value[1:-1]
+        if key in seen:
+            return False
+        seen.add(key)
+        if key in _FLAGS:
+            if has_value:
+                return False
+        elif key in _WINDOW_BITS:
+            if has_value and not (value.isdigit() and len(value) <= 2 and 8 <= int(value) <= 15):
+                return False
+            if key == b"server_max_window_bits" and (not has_value or int(value) < 15):
+                return False
+        else:
+            return False
+    return True
+
+
+def accept_response(headers: list[tuple[bytes, bytes]], subprotocol: str | None, deflate: bool = False) -> bytes:
     """The ``101 Switching Protocols`` answer to a request ``check_upgrade`` accepted,
-    choosing ``subprotocol`` (None: none) and no extension."""
+    choosing ``subprotocol`` (None: none) and, with ``deflate``, permessage-deflate
+    (``offers_deflate``)."""
     key = next(v for k, v in headers if k == b"sec-websocket-key").strip()
     token = base64.b64encode(hashlib.sha1(key + _ACCEPT_GUID).digest())
     chosen = b"Sec-WebSocket-Protocol: %s\r\n" % subprotocol.encode() if subprotocol else b""
+    if deflate:
+        chosen += b"Sec-WebSocket-Extensions: %s\r\n" % PERMESSAGE_DEFLATE
     return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: %s\r\n%s\r\n" % (token, chosen))

@@ -11,13 +11,15 @@ from protocol import socketio
 from protocol.frames import JSON, MSGPACK, Codec, Evt, ServerFrame
 from protocol.httpstreams import sse_message
 from protocol.socketio_events import event_args
-from protocol.wsframes import data_frame
+from protocol.wsframes import DEFLATE_MIN_BYTES, data_frame, deflate_payload
 
 
 class Wire:
     """A codec plus the transport framing around each encoded frame."""
 
     __slots__ = ("name", "codec")
+    #: Whether its messages may come compressed (permessage-deflate negotiated).
+    deflate = False
 
     def __init__(self, name: str, codec: Codec) -> None:
         self.name = name
@@ -32,6 +34,22 @@ class WebSocketWire(Wire):
 
     def frame(self, frame: ServerFrame) -> bytes:
         return data_frame(self.codec.encode(frame), binary=self.codec.binary)
+
+
+class DeflateWebSocketWire(WebSocketWire):
+    """A WebSocket wire with permessage-deflate negotiated (``protocol.upgrade.offers_deflate``):
+    a message of ``DEFLATE_MIN_BYTES`` or more is compressed on its own, once per
+    broadcast, and the same compressed frame serves every recipient on this wire."""
+
+    __slots__ = ()
+    deflate = True
+
+    def frame(self, frame: ServerFrame) -> bytes:
+        payload = self.codec.encode(frame)
+        compressed = deflate_payload(payload) if len(payload) >= DEFLATE_MIN_BYTES else None
+        if compressed is None:
+            return data_frame(payload, binary=self.codec.binary)
+        return data_frame(compressed, binary=self.codec.binary, compressed=True)
 
 
 class SseWire(Wire):
@@ -55,6 +73,9 @@ class PollWire(Wire):
 WS_JSON = WebSocketWire("ws-json", JSON)
 WS_MSGPACK = WebSocketWire("ws-msgpack", MSGPACK)
 WS_WIRES = {JSON.name: WS_JSON, MSGPACK.name: WS_MSGPACK}
+#: Each WebSocket wire's permessage-deflate twin.
+WS_DEFLATE = {WS_JSON: DeflateWebSocketWire("ws-json-deflate", JSON),
+              WS_MSGPACK: DeflateWebSocketWire("ws-msgpack-deflate", MSGPACK)}
 SSE_JSON = SseWire("sse-json", JSON)
 POLL_JSON = PollWire("poll-json", JSON)
 

@@ -13,17 +13,21 @@ Why not wsproto, which the project used before: its ``Connection`` costs ~1.7 KB
 connection even between messages (a frame protocol, decoders, a buffer, a generator, an
 event queue; ``bench/RESULTS.md`` §19), and it hands text back as ``str``, which the
 server encoded again for its JSON decoder. Between messages this reader holds its bound
-and four empty slots. No extension is negotiated, so every RSV bit must be 0.
+and a few empty slots. The one extension is permessage-deflate (RFC 7692), with no
+context takeover: RSV1 on a message's first frame marks it compressed, and it is inflated
+on its own, bounded by ``max_message`` (1009 past it, 1007 when it does not inflate); no
+compression window is kept between messages. Any other RSV bit is a 1002.
 """
 
 from __future__ import annotations
 
 import codecs
 import struct
+import zlib
 from dataclasses import dataclass
 
 from protocol.errors import CloseCode, Disconnect
-from protocol.wsframes import OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG
+from protocol.wsframes import DEFLATE_TAIL, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, RSV1
 
 #: Close codes a peer may send (RFC 6455 §7.4; 1004-1006 and 1015 are never sent).
 _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
@@ -69,15 +73,19 @@ def unmask(payload: bytes, key: bytes) -> bytes:
 class FrameReader:
     """One client's frames (see the module docstring); raise ``Violation`` once, then drop it."""
 
-    __slots__ = ("max_message", "_pending", "_fragments", "_fragments_size", "_utf8")
+    __slots__ = ("max_message", "_deflate", "_pending", "_fragments", "_fragments_size", "_binary", "_compressed",
+                 "_utf8")
 
-    def __init__(self, max_message: int, received: bytes = _NO_BYTES) -> None:
+    def __init__(self, max_message: int, received: bytes = _NO_BYTES, *, deflate: bool = False) -> None:
         """``received``: bytes that came before (after the upgrade request, on its socket);
-        read with the next ``receive``."""
+        read with the next ``receive``. ``deflate``: permessage-deflate was negotiated, with
+        no context takeover (``protocol.upgrade.offers_deflate``)."""
         self.max_message = max_message
+        self._deflate = deflate
         self._pending = bytes(received)  # the start of a frame not whole yet
         self._fragments: list[bytes] | None = None  # a message arriving in fragments
         self._fragments_size = 0
+        self._binary = self._compressed = False  # the fragmented message's
         self._utf8: codecs.IncrementalDecoder | None = None  # a fragmented text's, as it arrives
 
     def receive(self, data: bytes) -> list[Message | PingFrame | CloseFrame | Violation]:
@@ -94,8 +102,9 @@ class FrameReader:
         at, end = 0, len(buf)
         while end - at >= 2:
             first, second = buf[at], buf[at + 1]
-            if first & 0x70:
-                raise Violation(CloseCode.PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)")
+            if first & 0x70 and not (first & 0x70 == RSV1 and self._deflate and first & 0x0F in (OP_TEXT, OP_BINARY)):
+                raise Violation(CloseCode.PROTOCOL_ERROR, "reserved bits set (only RSV1, on a message's first frame, "
+                                                          "with permessage-deflate)")
             if not second & 0x80:
                 raise Violation(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
             opcode, fin, length, head = first & 0x0F, first & 0x80, second & 0x7F, 6
@@ -116,7 +125,7 @@ class FrameReader:
                 break
             payload = unmask(buf[at + head : at + head + length], buf[at + head - 4 : at + head])
             at += head + length
-            event = self._frame(opcode, fin, payload)
+            event = self._frame(opcode, fin, payload, first & RSV1)
             if event is not None:
                 events.append(event)
                 if type(event) is CloseFrame:
@@ -132,7 +141,7 @@ class FrameReader:
         if length > 125:
             raise Violation(CloseCode.PROTOCOL_ERROR, "control frame over 125 bytes")
 
-    def _frame(self, opcode: int, fin: int, payload: bytes) -> Message | PingFrame | CloseFrame | None:
+    def _frame(self, opcode: int, fin: int, payload: bytes, compressed: int) -> Message | PingFrame | CloseFrame | None:
         if opcode == OP_PING:
             return PingFrame(payload)
         if opcode == OP_PONG:
@@ -148,21 +157,41 @@ class FrameReader:
             self._fragments_size += len(payload)
             if not fin:
                 return None
-            message = Message(b"".join(self._fragments), self._utf8 is None)
+            data, binary, compressed = b"".join(self._fragments), self._binary, self._compressed
             self._fragments, self._fragments_size, self._utf8 = None, 0, None
-            return message
+            return self._message(data, binary, compressed, checked=not compressed)
         if self._fragments is not None:
             raise Violation(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
         binary = opcode == OP_BINARY
         if not fin:
             self._fragments, self._fragments_size = [payload], len(payload)
-            if not binary:
+            self._binary, self._compressed = binary, bool(compressed)
+            if not binary and not compressed:
                 self._utf8 = codecs.getincrementaldecoder("utf-8")()
                 _check_utf8(self._utf8, payload, False)
             return None
-        if not binary:
-            _check_utf8(None, payload, True)
-        return Message(payload, binary)
+        return self._message(payload, binary, compressed, checked=False)
+
+    def _message(self, data: bytes, binary: bool, compressed: int, *, checked: bool) -> Message:
+        """A whole message: inflated if ``compressed``, its text checked as UTF-8 unless
+        ``checked`` already."""
+        if compressed:
+            data = self._inflate(data)
+        if not binary and not checked:
+            _check_utf8(None, data, True)
+        return Message(data, binary)
+
+    def _inflate(self, data: bytes) -> bytes:
+        """A compressed message's bytes, refused past ``max_message`` without inflating
+        further (a small message may inflate to gigabytes)."""
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # no context takeover: each message alone
+        try:
+            inflated = inflater.decompress(data + DEFLATE_TAIL, self.max_message + 1)
+        except zlib.error:
+            raise Violation(CloseCode.INVALID_PAYLOAD, "compressed message that does not inflate") from None
+        if len(inflated) > self.max_message:
+            raise Violation(CloseCode.MESSAGE_TOO_BIG, f"message over {self.max_message} bytes once inflated")
+        return inflated
 
 
 def _check_utf8(decoder: codecs.IncrementalDecoder | None, data: bytes, final: bool) -> None:

@@ -69,8 +69,8 @@ from protocol.polling_relay import Method
 from protocol.presence import PresenceState
 from protocol.rooms import is_identifier
 from protocol.socketio import SocketIOError
-from protocol.upgrade import UpgradeRefused, accept_response, check_upgrade, subprotocols
-from protocol.wires import WS_JSON, WS_WIRES, SocketIOWire
+from protocol.upgrade import UpgradeRefused, accept_response, check_upgrade, offers_deflate, subprotocols
+from protocol.wires import WS_DEFLATE, WS_JSON, WS_WIRES, SocketIOWire
 from protocol.wsframes import close_frame
 from protocol.wsreader import FrameReader
 from rtserver.backends.auth import AuthError, Claims, TokenVerifier, admission, authorize_room, bearer_token
@@ -603,12 +603,15 @@ class Listener:
         offered = subprotocols(request.headers)
         wire_name = next((p for p in offered if p in WS_WIRES), None)
         wire = WS_WIRES[wire_name] if wire_name else WS_JSON
+        deflate = self._config.permessage_deflate and offers_deflate(request.headers)
+        if deflate:
+            wire = WS_DEFLATE[wire]
         try:
             since = Cursor.parse(query["since"]) if query.get("since") else None
         except ReplyError as err:
             self._reject(sock, parser, 400, err.message)
             return None
-        accept = accept_response(request.headers, wire_name)
+        accept = accept_response(request.headers, wire_name, deflate)
         metrics = self._services.metrics
         try:
             claims = admission(self._verifier, headers, query, offered, ns, self._services.bus.serves)

@@ -1,8 +1,10 @@
 """The server's WebSocket frame reader (protocol/wsreader.py): RFC 6455 as wsproto reads it,
-in any split, with the size bound checked before a payload is buffered."""
+in any split, with the size bound checked before a payload is buffered; permessage-deflate
+(RFC 7692) as wsproto's extension reads it."""
 
 import os
 import struct
+import zlib
 
 import wsproto.connection
 import wsproto.events as ev
@@ -10,6 +12,7 @@ import wsproto.utilities
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto import ConnectionType
+from wsproto.extensions import PerMessageDeflate
 
 from protocol.errors import CloseCode
 from protocol.wsreader import CloseFrame, FrameReader, Message, PingFrame, Violation
@@ -46,10 +49,10 @@ def read_all(reader: FrameReader, chunks: list[bytes]) -> list:
     return out
 
 
-def read_with_wsproto(chunks: list[bytes]) -> list:
+def read_with_wsproto(chunks: list[bytes], extensions=None) -> list:
     """The same, as wsproto reads it (its partial messages joined). wsproto reports a
     violation as a close with its code (1002, 1007): the clients here never send those."""
-    ws = wsproto.connection.Connection(ConnectionType.SERVER)
+    ws = wsproto.connection.Connection(ConnectionType.SERVER, extensions=extensions)
     out, parts = [], []
     try:
         for chunk in chunks:
@@ -144,3 +147,67 @@ def test_a_close_without_a_code_and_a_utf8_sequence_cut_between_fragments():
     assert events == [Message(utf8, False), CloseFrame(None, "")]
     [refused] = FrameReader(max_message=100).receive(frame(0x1, utf8[:1], fin=False) + frame(0x0, b"x"))
     assert refused.disconnect is CloseCode.INVALID_PAYLOAD
+
+
+# -- permessage-deflate (RFC 7692), no context takeover ---------------------------------
+
+RSV1 = 0b100  # ``frame``'s rsv: the three bits, RSV1 highest
+
+
+def deflated(data: bytes) -> bytes:
+    """``data`` as a client compresses a message: raw DEFLATE, sync-flushed, its empty tail cut."""
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def compressed_message(op: int, data: bytes, cuts: list[int]) -> list[tuple]:
+    """One compressed message in fragments cut at ``cuts``: RSV1 on the first frame only."""
+    parts = split(deflated(data), cuts)
+    return [(op if i == 0 else 0x0, part, i == len(parts) - 1, RSV1 if i == 0 else 0, True, 0)
+            for i, part in enumerate(parts)]
+
+
+def read_with_deflating_wsproto(chunks: list[bytes]) -> list:
+    """``read_with_wsproto``, with permessage-deflate accepted as rtserver answers it."""
+    deflate = PerMessageDeflate()
+    deflate.accept("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+    return read_with_wsproto(chunks, extensions=[deflate])
+
+
+deflate_messages = st.one_of(
+    st.builds(compressed_message, st.just(0x1), TEXTS | st.text(min_size=100, max_size=400).map(str.encode),
+              st.lists(st.integers(0, 500), max_size=3)),
+    st.builds(compressed_message, st.just(0x2), st.binary(max_size=300) | st.just(b"x" * 2000),
+              st.lists(st.integers(0, 500), max_size=3)),
+    client_frames.map(lambda f: [f]),
+    # one defect each: RSV1 on a continuation or a control frame, a payload that is not DEFLATE
+    st.builds(lambda p: [(0x1, b"a", False, 0, True, 0), (0x0, p, True, RSV1, True, 0)], st.binary(max_size=5)),
+    st.builds(lambda op: [(op, b"", True, RSV1, True, 0)], st.sampled_from([0x8, 0x9, 0xA])),
+    st.builds(lambda p: [(0x2, p, True, RSV1, True, 0)], st.just(b"\xff\xff\xff")),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(deflate_messages, max_size=6), st.lists(st.integers(0, 10_000), max_size=6))
+def test_with_deflate_reads_compressed_messages_in_any_split_as_wsproto_does(messages, cuts):
+    data = b"".join(frame(op, p, fin=fin, rsv=rsv, masked=masked, long_form=lf, key=os.urandom(4))
+                    for message in messages for op, p, fin, rsv, masked, lf in message)
+    ours = read_all(FrameReader(max_message=1 << 20, deflate=True), split(data, cuts))
+    assert ours == read_with_deflating_wsproto(split(data, cuts))
+
+
+def test_rsv1_without_deflate_negotiated_is_a_protocol_error():
+    [refused] = FrameReader(max_message=100).receive(frame(0x1, deflated(b"hello"), rsv=RSV1))
+    assert refused.disconnect is CloseCode.PROTOCOL_ERROR
+
+
+def test_a_compressed_message_is_bounded_once_inflated_and_inflates_no_further():
+    bomb = deflated(b"\0" * 10_000_000)  # ~10 KB that would inflate to 10 MB
+    assert len(bomb) < 20_000
+    [refused] = FrameReader(max_message=65536, deflate=True).receive(frame(0x2, bomb, rsv=RSV1))
+    assert refused.disconnect is CloseCode.MESSAGE_TOO_BIG
+    text = "é".encode() * 500
+    assert FrameReader(max_message=1000, deflate=True).receive(frame(0x1, deflated(text), rsv=RSV1)) == [
+        Message(text, False)]
+    [invalid] = FrameReader(max_message=1000, deflate=True).receive(frame(0x1, deflated(b"\xff" * 200), rsv=RSV1))
+    assert invalid.disconnect is CloseCode.INVALID_PAYLOAD

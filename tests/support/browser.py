@@ -32,8 +32,12 @@ class RunningServer:
     def token(self, user: str, **claims) -> str:
         return mint_token(SECRET, {"sub": user, "healthUnitTaxId": "t1", "roles": ["attendant"], **claims}, 3600)
 
+    @property
+    def service_token(self) -> str:
+        return mint_token(SECRET, {"sub": "backbone", "roles": ["service"]}, 3600)
+
     def publish(self, event: str, rooms: list[str], **data) -> dict:
-        token = mint_token(SECRET, {"sub": "backbone", "roles": ["service"]}, 3600)
+        token = self.service_token
         answer = httpx.post(f"{self.url}/v1/publish", json={"event": event, "tenant": "t1", "rooms": rooms,
                                                              "data": data},
                             headers={"authorization": f"Bearer {token}"}, verify=self._verify)
@@ -41,11 +45,13 @@ class RunningServer:
         return answer.json()
 
 
-def start_rtserver(folder, allowed_origins: list[str], tls=None) -> tuple[subprocess.Popen, RunningServer]:
+def start_rtserver(folder, allowed_origins: list[str], tls=None, deflate: bool = False,
+                   ) -> tuple[subprocess.Popen, RunningServer]:
     """``rtserver serve`` on a free port (fast presence timers for the pages); ``tls``: its
-    ``tests.support.tls.TlsFiles`` (then on https)."""
+    ``tests.support.tls.TlsFiles`` (then on https); ``deflate``: permessage-deflate on."""
     config = folder / "rtserver.toml"
     tls_keys = f'tls_cert_file = "{tls.cert_file}"\ntls_key_file = "{tls.key_file}"' if tls else ""
+    tls_keys += f"\npermessage_deflate = {str(deflate).lower()}"
     config.write_text(f"""
 [server]
 host = "127.0.0.1"
