@@ -214,6 +214,7 @@ class Listener:
         if tls is not None:
             for reason in {*_TLS_FAILURES.values(), *_TLS_ABANDONED, "other"}:
                 services.metrics.tls_handshake_failures.labels(reason)
+            services.metrics.tls_certificate_expiry.set_function(lambda: tls.not_after)
         self._services = services
         self._verifier = verifier
         self._serve_http = serve_http

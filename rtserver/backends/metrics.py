@@ -88,6 +88,11 @@ class Metrics:
         self.auth_failures = Counter(
             "rt_auth_failures_total", "Handshakes refused, by reason", ["reason"], registry=r
         )
+        self.tls_certificate_expiry = Gauge(
+            "rt_tls_certificate_expiry_timestamp_seconds",
+            "When the TLS certificate this node serves expires (notAfter, s since the epoch); 0 with TLS off",
+            registry=r,
+        )
         self.tls_handshake_failures = Counter(
             "rt_tls_handshake_failures_total", "TLS handshakes that failed, by reason (server.tls_cert_file set)",
             ["reason"], registry=r,

@@ -28,6 +28,7 @@ import time
 
 import structlog
 import trio
+from cryptography import x509
 
 from rtserver.backends.config import ConfigError, ServerConfig
 
@@ -47,18 +48,20 @@ class ServerTls:
     def __init__(self, config: ServerConfig) -> None:
         self._config = config
         try:
-            self.context = self._load()
-        except (OSError, ssl.SSLError) as exc:
+            self.context, self.not_after = self._load()
+        except (OSError, ValueError, ssl.SSLError) as exc:
             raise ConfigError(f"server.tls_*: cannot load {self._files()}: {exc}") from None
-        #: When the certificate served was loaded (s since the epoch).
-        self.loaded_at = time.time()
 
     def _files(self) -> str:
         cfg = self._config
         return ", ".join(path for path in (cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file) if path)
 
-    def _load(self) -> ssl.SSLContext:
+    def _load(self) -> tuple[ssl.SSLContext, float]:
+        """The context, and when the certificate served expires (its ``notAfter``, s since the
+        epoch: ``rt_tls_certificate_expiry_timestamp_seconds``)."""
         cfg = self._config
+        with open(cfg.tls_cert_file, "rb") as chain:
+            leaf = x509.load_pem_x509_certificate(chain.read())  # the first of the chain
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file)
@@ -66,18 +69,17 @@ class ServerTls:
         if cfg.tls_client_ca_file:
             context.load_verify_locations(cfg.tls_client_ca_file)
             context.verify_mode = ssl.CERT_REQUIRED
-        return context
+        return context, leaf.not_valid_after_utc.timestamp()
 
     def reload(self) -> bool:
         """Read the files again; on failure keep serving the certificate loaded before
         (logged). Whether the new one is served now."""
         try:
-            context = self._load()
-        except (OSError, ssl.SSLError) as exc:
+            self.context, self.not_after = self._load()
+        except (OSError, ValueError, ssl.SSLError) as exc:
             log.error("tls_reload_failed", files=self._files(), error=str(exc))
             return False
-        self.context, self.loaded_at = context, time.time()
-        log.info("tls_reloaded", files=self._files())
+        log.info("tls_reloaded", files=self._files(), expires_in_days=round((self.not_after - time.time()) / 86400, 1))
         return True
 
 

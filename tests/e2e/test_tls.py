@@ -22,7 +22,7 @@ from rtserver.client import open_client
 from rtserver.node import Node
 from tests.support.events import appointment
 from tests.support.http_clients import open_sse, poll
-from tests.support.metrics import metric_value
+from tests.support.metrics import metric_value, scraped
 from tests.support.net import free_port
 from tests.support.nodes import SECRET, Server, server_config
 from tests.support.tls import TlsFiles
@@ -67,10 +67,12 @@ async def test_websocket_sse_poll_publish_and_pages_over_tls(nursery, tls_files)
         answered = await poll(http, server.token(), rooms="professional:1", since=before)
         page = await http.get("/")  # served by the HTTP app, over the same TLS connection kind
         healthz = await http.get("/healthz")
+        expiry = await scraped(server.http, "rt_tls_certificate_expiry_timestamp_seconds", verify=context)
     assert [e["data"] for e in answered.json()["events"]] == [{"appointmentId": "1"}]
     assert answered.json()["cursor"] == published.json()["cursor"]
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert healthz.status_code == 200
+    assert expiry == tls_files.not_after
 
 
 async def test_a_plain_request_to_the_tls_port_is_told_to_use_https(nursery, tls_files):

@@ -14,12 +14,13 @@ def metric_value(metric: MetricWrapperBase, **labels: str) -> float:
     return 0.0
 
 
-async def scraped(base_url: str, name: str, **labels: str) -> float:
-    """The value of sample ``name`` with ``labels`` on the node's ``/metrics`` (0 when absent)."""
+async def scraped(base_url: str, name: str, verify=True, **labels: str) -> float:
+    """The value of sample ``name`` with ``labels`` on the node's ``/metrics`` (0 when absent);
+    ``verify``: httpx's (an ``ssl.SSLContext`` for a node on TLS)."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(verify=verify) as http:
         text = (await http.get(f"{base_url}/metrics")).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import ssl
 import subprocess
 
@@ -13,13 +14,17 @@ from rtserver.backends.tls import client_context
 class TlsFiles:
     """A test CA and the node's certificate for 127.0.0.1, as PEM files."""
 
+    #: When the node's certificate expires.
+    not_after_date = datetime.datetime(2031, 6, 1, tzinfo=datetime.UTC)
+    not_after = not_after_date.timestamp()
+
     def __init__(self, folder, name: str = "node") -> None:
         self.ca = trustme.CA()
         self.ca_file = folder / f"{name}-ca.pem"
         self.cert_file = folder / f"{name}-cert.pem"
         self.key_file = folder / f"{name}-key.pem"
         self.ca.cert_pem.write_to_path(str(self.ca_file))
-        issued = self.ca.issue_cert("127.0.0.1", "localhost")
+        issued = self.ca.issue_cert("127.0.0.1", "localhost", not_after=self.not_after_date)
         issued.cert_chain_pems[0].write_to_path(str(self.cert_file))
         for pem in issued.cert_chain_pems[1:]:
             pem.write_to_path(str(self.cert_file), append=True)
