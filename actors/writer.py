@@ -173,19 +173,24 @@ class OutboundQueue:
             self._flushed.set()
             self._flushed = None
 
+    def _on_the_wire(self) -> int:
+        """Every frame was handed to the socket: _EMPTY once all of it is written, else
+        _BLOCKED (a TLS socket's records the kernel did not take yet) or _BROKEN."""
+        if type(self._sock) is TlsSocket and self._sock.unsent:
+            try:
+                self._sock.flush()
+            except BlockingIOError:
+                return _BLOCKED
+            except OSError:
+                return _BROKEN
+        self._notify_flushed()
+        return _EMPTY
+
     def flush_nowait(self, max_bytes: int) -> int:
         """Write what fits without blocking; returns _EMPTY, _MORE, _BLOCKED or _BROKEN."""
         frames = self.frames
         if not frames:
-            if type(self._sock) is TlsSocket and self._sock.unsent:  # records of frames written before
-                try:
-                    self._sock.flush()
-                except BlockingIOError:
-                    return _BLOCKED
-                except OSError:
-                    return _BROKEN
-            self._notify_flushed()
-            return _EMPTY
+            return self._on_the_wire()
         if len(frames) == 1:
             count, data = 1, frames[0]
         else:
@@ -206,12 +211,7 @@ class OutboundQueue:
         if sent == len(data):
             del frames[:count]
             self.partial = False
-            if frames:
-                return _MORE
-            if type(self._sock) is TlsSocket and self._sock.unsent:  # its drain task sends the rest
-                return _BLOCKED
-            self._notify_flushed()
-            return _EMPTY
+            return _MORE if frames else self._on_the_wire()
         # Keep frame boundaries: the rest of the frame the socket cut, then the others.
         written = 0
         for cut, frame in enumerate(frames[:count]):

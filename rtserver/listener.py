@@ -1,7 +1,8 @@
 """The single port: WebSocket upgrades, streams, polls, publishes and commands stay on the fast path, the rest goes to hypercorn.
 
 Each accepted socket is read request by request (heads parsed by h11, bounded in size
-and time):
+and time), after its TLS handshake when ``server.tls_cert_file`` is set (a ``TlsSocket``
+then stands for the socket everywhere below: ``rtserver.backends.tls``):
 
 * a WebSocket upgrade to ``/hub/ws`` or ``/portal/ws`` is checked (``protocol.upgrade``),
   authenticated and answered here from the head h11 parsed, and becomes a
@@ -241,7 +242,7 @@ class Listener:
         self._sid_prefix = secrets.token_urlsafe(6)
         if sio.enabled:
             self.routes[sio.path] = Route(self._socketio, upgrade=True)
-        self._sock: Sock | None = None
+        self._sock: socket.socket | None = None
         self._accepting = trio.CancelScope()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -270,7 +271,7 @@ class Listener:
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
 
-    async def _accept_loop(self, sock: Sock, nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, sock: socket.socket, nursery: trio.Nursery) -> None:
         while True:
             await trio.lowlevel.wait_readable(sock)
             while True:
@@ -354,8 +355,9 @@ class Listener:
                 cors = cors_headers(_headers(request).get("origin"))
             if (route is None or route.serve is None or route.method not in (None, request.method)
                     or (route.bodiless and not bodiless)):
+                replay = TlsReplayStream if type(sock) is TlsSocket else ReplayStream
                 with contained(self._services.metrics, "http"):
-                    await self._serve_http((TlsReplayStream if type(sock) is TlsSocket else ReplayStream)(sock, bytes(pending)))
+                    await self._serve_http(replay(sock, bytes(pending)))
                 return True
             del pending[:head_end]
             after = await route.serve(Exchange(sock, parser, request, pending, cors))

@@ -17,6 +17,7 @@ from actors.writer import OutboundQueue, Writer
 from rtserver.backends.metrics import Metrics
 from rtserver.backends.sockets import buffered, wait_readable
 from rtserver.backends.tls import TlsSocket
+from tests.support.actor_harness import QueueOwner
 
 CA = trustme.CA()
 SERVER = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -148,14 +149,6 @@ async def test_records_the_socket_does_not_take_wait_and_go_first(nursery):
     assert bytes(received) == big + b"after"
 
 
-class Owner:
-    def slow_consumer(self) -> None:
-        raise AssertionError("within budget")
-
-    def connection_lost(self) -> None:
-        raise AssertionError("the socket pair stays up")
-
-
 async def test_the_writer_sends_held_back_records_once_the_socket_takes_them(nursery):
     """A queue whose frames were all encrypted but not all written stays blocked, and its
     drain task writes the rest: the client gets every frame whole."""
@@ -163,7 +156,7 @@ async def test_the_writer_sends_held_back_records_once_the_socket_takes_them(nur
     server.raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     writer = Writer(Metrics(), flush_max_bytes=1 << 22, interval_s=0.001)
     await nursery.start(writer.run)
-    queue = OutboundQueue(server, writer, max_frames=10, max_bytes=1 << 22, owner=Owner())
+    queue = OutboundQueue(server, writer, max_frames=10, max_bytes=1 << 22, owner=QueueOwner())
     frame = b"F" * 600_000
     queue.push(frame)
     with trio.fail_after(5):

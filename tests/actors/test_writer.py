@@ -11,21 +11,13 @@ from protocol.envelope import Envelope
 from protocol.wires import POLL_JSON
 from rtserver.backends.bus.memory import MemoryBus
 from rtserver.backends.metrics import Metrics
-from tests.support.actor_harness import config
-
-
-class Owner:
-    def slow_consumer(self) -> None:
-        raise AssertionError("no queue overflows here")
-
-    def connection_lost(self) -> None:
-        raise AssertionError("no socket breaks here")
+from tests.support.actor_harness import QueueOwner, config
 
 
 async def test_a_frame_pushed_during_a_pass_leaves_in_that_pass_for_the_sockets_not_written_yet(monkeypatch):
     writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
     pairs = [socket.socketpair() for _ in range(FLUSH_CHUNK * 2)]
-    queues = [OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=Owner()) for ours, _ in pairs]
+    queues = [OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=QueueOwner()) for ours, _ in pairs]
     for queue in queues:
         queue.push(b"A")
     yielded = trio.lowlevel.checkpoint
@@ -69,7 +61,7 @@ async def test_the_head_of_a_big_fan_out_is_written_before_its_tail_is_pushed(nu
     pairs = [socket.socketpair() for _ in range(FLUSH_CHUNK)]
     for i, (ours, _) in enumerate(pairs):
         room.add(f"head{i}", POLL_JSON, OutboundQueue(ours, writer, max_frames=10, max_bytes=1 << 16,
-                                                      owner=Owner()).push)
+                                                      owner=QueueOwner()).push)
     written_when_the_tail_came: list[int] = []
     room.add("tail", POLL_JSON, lambda frame: written_when_the_tail_came.append(
         sum(has_data(theirs) for _, theirs in pairs)))

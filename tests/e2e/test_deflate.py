@@ -24,7 +24,7 @@ from protocol.envelope import Envelope
 from rtserver.backends.bus.memory import MemoryBus
 from rtserver.backends.metrics import Metrics
 from rtserver.node import Node
-from tests.support.actor_harness import config
+from tests.support.actor_harness import QueueOwner, config
 from tests.support.nodes import Server, server_config
 
 #: A 2 KB event as clinic dashboards get them: text that repeats, as JSON does.
@@ -123,13 +123,6 @@ async def reader(process):
         yield json.loads(line)
 
 
-class Owner:
-    def slow_consumer(self) -> None:
-        raise AssertionError("within budget")
-
-    connection_lost = slow_consumer
-
-
 async def test_a_broadcast_is_compressed_once_and_the_same_frame_queued_for_every_member(monkeypatch):
     compressed: list[bytes] = []
     deflate_payload = wires.deflate_payload
@@ -141,7 +134,7 @@ async def test_a_broadcast_is_compressed_once_and_the_same_frame_queued_for_ever
     queues = []
     for i in range(5):
         ours, theirs = socket.socketpair()
-        queues.append(OutboundQueue(ours, writer, max_frames=10, max_bytes=1 << 16, owner=Owner()))
+        queues.append(OutboundQueue(ours, writer, max_frames=10, max_bytes=1 << 16, owner=QueueOwner()))
         room.add(f"member{i}", wires.WS_DEFLATE[wires.WS_JSON], queues[-1].push)
     bus = MemoryBus(cfg.bus)
     appended = await bus.append(Envelope(event="rt.probe", tenant="t1", rooms=["probe:1"],

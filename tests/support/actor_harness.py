@@ -36,6 +36,17 @@ from rtserver.node import Node
 SECRET = "actor-harness-0123456789abcdef0123456789abcdef0123456789abcdef01"
 
 
+class QueueOwner:
+    """An outbound queue's owner in a test whose queues never overflow and whose sockets
+    never break: either fails the test."""
+
+    def slow_consumer(self) -> None:
+        raise AssertionError("a queue overflowed its budget")
+
+    def connection_lost(self) -> None:
+        raise AssertionError("a socket broke")
+
+
 def config(**sections) -> Config:
     """A node's configuration with ``sections`` over it, on a loopback port of its own."""
     server = {"host": "127.0.0.1", "port": 0, **sections.pop("server", {})}
