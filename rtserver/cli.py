@@ -272,8 +272,8 @@ def _claims(args: argparse.Namespace) -> dict:
 
 def cmd_config(args: argparse.Namespace) -> None:
     """``config defaults``: every key with its default, as commented TOML; ``config check
-    FILE``: validate FILE (and the ``RTSERVER_*`` environment), print the effective
-    configuration with its secrets masked."""
+    FILE``: validate FILE (and the ``RTSERVER_*`` environment; the TLS files load), print
+    the effective configuration with its secrets masked."""
     from rtserver.backends.config import Config
     from rtserver.backends.config_toml import render
 
@@ -283,6 +283,10 @@ def cmd_config(args: argparse.Namespace) -> None:
     if not args.file:
         raise SystemExit("rtserver config check: name the file to check (rtserver config check FILE)")
     config = load_config(args.file)
+    if config.server.tls:
+        from rtserver.backends.tls import ServerTls
+
+        ServerTls(config.server)  # the certificate, key and client CA load, as serve would load them
     sys.stdout.write(render(config, header=f"# {args.file}: valid. The effective configuration (file and "
                                            "RTSERVER_* environment), secrets masked.\n"))
 

@@ -16,6 +16,7 @@ import msgspec
 from rtserver.backends.config import Config
 from rtserver.backends.config_toml import MASK
 from tests.support.net import free_port
+from tests.support.tls import TlsFiles
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,6 +98,19 @@ def test_config_check_refuses_a_bad_file_naming_the_key(tmp_path):
     assert rtserver("config", "check").returncode != 0
     missing = rtserver("config", "check", str(tmp_path / "absent.toml"))
     assert missing.returncode == 1 and "cannot read config" in missing.stderr
+
+
+def test_config_check_loads_the_tls_files_as_serve_would(tmp_path):
+    files = TlsFiles(tmp_path)
+    path = tmp_path / "rt.toml"
+    path.write_text(f'[server]\ntls_cert_file = "{files.cert_file}"\ntls_key_file = "{files.key_file}"\n')
+    assert rtserver("config", "check", str(path)).returncode == 0
+    files.key_file.write_text("not a key")
+    broken = rtserver("config", "check", str(path))
+    assert broken.returncode == 1 and str(files.key_file) in broken.stderr and "Traceback" not in broken.stderr
+    path.write_text(f'[server]\ntls_cert_file = "{files.cert_file}"\n')
+    alone = rtserver("config", "check", str(path))
+    assert alone.returncode == 1 and "tls_cert_file and server.tls_key_file go together" in alone.stderr
 
 
 def test_publish_to_a_node_that_does_not_answer_is_a_one_line_error():
