@@ -20,6 +20,7 @@ from tests.support.metrics import scraped
 from tests.support.net import free_port, free_ports_in_a_row, wait_port
 from tests.support.nodes import SECRET, Server
 from tests.support.redis_servers import flush_redis
+from tests.support.tls import TlsFiles
 
 CLIENTS = 16
 TOTAL = 60
@@ -28,11 +29,12 @@ TOTAL = 60
 class Workers:
     """``rtserver serve --workers 2`` and the JSON lines it (and its workers) log."""
 
-    def __init__(self, tmp_path, redis_url: str) -> None:
+    def __init__(self, tmp_path, redis_url: str, server: str = "") -> None:
+        """``server``: more keys of the ``[server]`` section."""
         self.port, self.metrics_port = free_port(), free_ports_in_a_row(2)
         config = tmp_path / "rt.toml"
         config.write_text(f'[auth]\nhs256_secret = "{SECRET}"\n[server]\nworker_metrics_port = {self.metrics_port}\n'
-                          f'drain_deadline_s = 5.0\n')
+                          f'drain_deadline_s = 5.0\n{server}')
         self.process = subprocess.Popen(
             [sys.executable, "-m", "rtserver", "serve", "--config", str(config), "--port", str(self.port),
              "--workers", "2", "--redis-url", redis_url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -44,8 +46,11 @@ class Workers:
             if line.startswith("{"):
                 self.lines.append(json.loads(line))
 
+    def logged(self, event: str) -> list[dict]:
+        return [line for line in self.lines if line["event"] == event]
+
     def started(self) -> list[dict]:
-        return [line for line in self.lines if line["event"] == "worker_started"]
+        return self.logged("worker_started")
 
     async def connections(self, worker: int) -> float:
         return await scraped(f"http://127.0.0.1:{self.metrics_port + worker}", "rt_connections",
@@ -107,6 +112,23 @@ async def test_two_workers_share_the_port_and_one_killed_is_restarted_while_its_
     finally:
         workers.process.send_signal(signal.SIGTERM)
         assert await trio.to_thread.run_sync(lambda: workers.process.wait(30)) == 0  # every worker drained
+
+
+async def test_sighup_has_every_worker_read_its_tls_certificate_again(tmp_path, redis_url):
+    files = TlsFiles(tmp_path)
+    workers = Workers(tmp_path, redis_url, f'tls_cert_file = "{files.cert_file}"\ntls_key_file = "{files.key_file}"\n')
+    try:
+        with trio.fail_after(30):
+            while len(workers.started()) < 2:
+                await trio.sleep(0.05)
+        workers.process.send_signal(signal.SIGHUP)
+        with trio.fail_after(10):
+            while len(workers.logged("tls_reloaded")) < 2:
+                await trio.sleep(0.05)
+        assert workers.process.poll() is None  # SIGHUP stopped nothing
+    finally:
+        workers.process.send_signal(signal.SIGTERM)
+        assert await trio.to_thread.run_sync(lambda: workers.process.wait(30)) == 0
 
 
 def test_more_than_one_worker_without_redis_is_refused_with_why(tmp_path):
