@@ -473,7 +473,7 @@ class TracingConfig(_Section):
 
 
 class LogConfig(_Section):
-    """JSON log lines on standard error."""
+    """JSON log lines on standard output (one object per line; the start banner goes to standard error)."""
 
     #: ``debug``, ``info``, ``warning`` or ``error``.
     level: str = "info"
