@@ -36,20 +36,25 @@ class WebSocketWire(Wire):
         return data_frame(self.codec.encode(frame), binary=self.codec.binary)
 
 
+def deflated_frame(payload: bytes, *, binary: bool = False) -> bytes:
+    """The frame of a message on a permessage-deflate connection: compressed on its own
+    when it is ``DEFLATE_MIN_BYTES`` or more and that makes it shorter, else as it is."""
+    compressed = deflate_payload(payload) if len(payload) >= DEFLATE_MIN_BYTES else None
+    if compressed is None:
+        return data_frame(payload, binary=binary)
+    return data_frame(compressed, binary=binary, compressed=True)
+
+
 class DeflateWebSocketWire(WebSocketWire):
     """A WebSocket wire with permessage-deflate negotiated (``protocol.upgrade.offers_deflate``):
-    a message of ``DEFLATE_MIN_BYTES`` or more is compressed on its own, once per
-    broadcast, and the same compressed frame serves every recipient on this wire."""
+    each message is compressed once per broadcast (``deflated_frame``), and the same
+    compressed frame serves every recipient on this wire."""
 
     __slots__ = ()
     deflate = True
 
     def frame(self, frame: ServerFrame) -> bytes:
-        payload = self.codec.encode(frame)
-        compressed = deflate_payload(payload) if len(payload) >= DEFLATE_MIN_BYTES else None
-        if compressed is None:
-            return data_frame(payload, binary=self.codec.binary)
-        return data_frame(compressed, binary=self.codec.binary, compressed=True)
+        return deflated_frame(self.codec.encode(frame), binary=self.codec.binary)
 
 
 class SseWire(Wire):
@@ -83,12 +88,15 @@ POLL_JSON = PollWire("poll-json", JSON)
 class SocketIOWire(Wire):
     """Socket.IO ``EVENT`` packets of one namespace, each an Engine.IO ``message`` in a
     WebSocket text frame (``protocol.socketio_events.event_args``). An event type the
-    namespace does not carry (its ``events`` patterns) encodes to nothing."""
+    namespace does not carry (its ``events`` patterns) encodes to nothing. With
+    ``deflate``, the frames of Engine.IO WebSockets that negotiated permessage-deflate
+    (``deflated_frame``); long-polling sessions take the frames' payloads, so theirs never are."""
 
-    __slots__ = ("namespace", "_patterns", "_carried")
+    __slots__ = ("namespace", "_patterns", "_carried", "deflate")
 
-    def __init__(self, namespace: str, events: list[str]) -> None:
-        super().__init__(f"socketio{namespace}", JSON)
+    def __init__(self, namespace: str, events: list[str], *, deflate: bool = False) -> None:
+        super().__init__(f"socketio{namespace}{'-deflate' if deflate else ''}", JSON)
+        self.deflate = deflate
         self.namespace = namespace
         self._patterns = tuple(events)
         self._carried: dict[str, bool] = {}  # event type -> carried (the catalog bounds it)
@@ -103,7 +111,8 @@ class SocketIOWire(Wire):
     def frame(self, frame: ServerFrame) -> bytes:
         if type(frame) is not Evt or not self.carries(frame.event):
             return b""
-        return data_frame(b"4" + socketio.encode(socketio.PacketType.EVENT, self.namespace, event_args(frame)))
+        message = b"4" + socketio.encode(socketio.PacketType.EVENT, self.namespace, event_args(frame))
+        return deflated_frame(message) if self.deflate else data_frame(message)
 
 
 class FrameWire(Wire):

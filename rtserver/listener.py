@@ -235,6 +235,9 @@ class Listener:
         sio = services.config.socketio
         #: One wire per Socket.IO namespace: a broadcast is encoded once per namespace.
         self._sio_wires = {path: SocketIOWire(path, settings.events) for path, settings in sio.namespaces.items()}
+        #: The same, for Engine.IO WebSockets that negotiated permessage-deflate.
+        self._sio_deflate_wires = {path: SocketIOWire(path, settings.events, deflate=True)
+                                   for path, settings in sio.namespaces.items()}
         #: Engine.IO long-polling sessions of this node, by sid.
         self._polling_engines: dict[str, PollingEngine] = {}
         #: Begins the id of every polling session this node opens: a request for one it no
@@ -665,18 +668,21 @@ class Listener:
             await self._respond(sock, parser, refusal[0], error_body(*refusal), [(b"connection", b"close")])
             await _linger_close(sock)
             return Next.CLOSE
-        reader = FrameReader(self._config.max_inbound_message_bytes, bytes(exchange.rest))
         sid = query.get("sid")
         polling = self._polling_engines.get(sid or "")
+        # The upgrade of a polling session here keeps the wires its namespaces joined with.
+        deflate = self._config.permessage_deflate and polling is None and offers_deflate(request.headers)
+        reader = FrameReader(self._config.max_inbound_message_bytes, bytes(exchange.rest), deflate=deflate)
         engine_args = dict(services=self._services, verifier=self._verifier, config=self._services.config.socketio,
-                           wires=self._sio_wires, token=bearer_token(headers, query, []))
+                           wires=self._sio_deflate_wires if deflate else self._sio_wires,
+                           token=bearer_token(headers, query, []))
         if polling is not None:
             engine = None
         elif sid is not None:  # its polling session is held by another node
             engine = AdoptedSocket(sid, sock, reader, **engine_args)
         else:
             engine = EngineIOSocket(sock, reader, **engine_args)
-        if not _send_quietly(sock, accept_response(request.headers, None)):
+        if not _send_quietly(sock, accept_response(request.headers, None, deflate)):
             sock.close()
             return Next.CLOSE
         if polling is not None:  # the upgrade of a polling session

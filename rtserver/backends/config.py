@@ -44,9 +44,10 @@ class ServerConfig(_Section):
     allowed_origins: list[str] = []
     #: Largest inbound WebSocket message, bytes; larger closes with 1009.
     max_inbound_message_bytes: int = 65536
-    #: Compress WebSocket messages (permessage-deflate, RFC 7692) for clients that offer
-    #: it (browsers do): each message of 128 bytes or more on its own, a broadcast once for
-    #: all its recipients; what clients send may come compressed too. Off: never offered.
+    #: Compress WebSocket messages (permessage-deflate, RFC 7692; rt.v1 and Socket.IO) for
+    #: clients that offer it (browsers do): each message of 128 bytes or more on its own, a
+    #: broadcast once for all its recipients; what clients send may come compressed too.
+    #: Off: never negotiated.
     permessage_deflate: bool = False
     #: Largest HTTP request head, bytes.
     max_request_head_bytes: int = 16384

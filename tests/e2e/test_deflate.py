@@ -1,5 +1,6 @@
 """permessage-deflate (RFC 7692, ``server.permessage_deflate``) with real clients: wsproto's
-extension and Node's ws; off, an offer is declined; a broadcast compressed once."""
+extension, Node's ws and socket.io-client; off, an offer is declined; a broadcast
+compressed once."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ from rtserver.backends.bus.memory import MemoryBus
 from rtserver.backends.metrics import Metrics
 from rtserver.node import Node
 from tests.support.actor_harness import QueueOwner, config
+from tests.support.events import alert
 from tests.support.nodes import Server, server_config
+from tests.support.socketio_clients import open_socketio_clients
 
 #: A 2 KB event as clinic dashboards get them: text that repeats, as JSON does.
 NOTES = " ".join(f"slot {i} booked for patient {i % 7} with doctor {i % 3}" for i in range(40))
@@ -144,3 +147,20 @@ async def test_a_broadcast_is_compressed_once_and_the_same_frame_queued_for_ever
     [frame] = {id(q.frames[0]): q.frames[0] for q in queues}.values()  # one bytes object, shared
     assert frame[0] & 0x40  # RSV1: compressed
     assert json.loads(zlib.decompressobj(-15).decompress(frame[4:] + b"\x00\x00\xff\xff"))["data"]["p"] == NOTES
+
+
+async def test_socketio_client_websockets_get_compressed_events_and_polling_ones_plain(nursery):
+    """socket.io-client (Node, ws underneath) offers permessage-deflate: its WebSocket's
+    namespace sessions get the compressed twin of their wire; a long-polling session keeps
+    the plain one (its GETs carry the frames' payloads)."""
+    server = await start(nursery, True)
+    clients = await open_socketio_clients(nursery)
+    for id, transports in (("ws", ["websocket"]), ("polling", ["polling"])):
+        await clients.connect(id, f"{server.http}/hub", {"token": server.token(id)}, transports=transports)
+        await clients.next(id, "connect")
+    published = await server.publish(alert(1))
+    for id in ("ws", "polling"):
+        data, meta, cursor = await clients.event(id, "critical_alert")
+        assert data == alert(1)["data"] and cursor == published.json()["cursor"]
+    wires = {c.claims.user: c._wire for c in server.node.connections if c.transport == "socketio"}
+    assert wires["ws"].deflate and not wires["polling"].deflate
