@@ -18,7 +18,7 @@ import wsproto
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from rtserver.backends.tls import TlsSocket
-from rtserver.client import open_client
+from rtserver.client import Closed, open_client
 from rtserver.node import Node
 from tests.support.events import appointment
 from tests.support.http_clients import open_sse, poll
@@ -73,6 +73,22 @@ async def test_websocket_sse_poll_publish_and_pages_over_tls(nursery, tls_files)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert healthz.status_code == 200
     assert expiry == tls_files.not_after
+
+
+async def test_drain_tells_tls_clients_its_close_code_over_tls(nursery, tls_files):
+    """SIGTERM's drain on a node on TLS: each client reads its close frame (4000, resume)
+    before the connection closes: the frame written, then close_notify."""
+    server = await start_tls_node(nursery, tls_files)
+    async with open_client(server.ws(), server.token(), ssl_context=server.verify) as ws_client, \
+            open_sse(server.http, server.token(), verify=server.verify) as sse:
+        await sse.next()
+        nursery.start_soon(server.node.drain)
+        with trio.fail_after(10):
+            with pytest.raises(Closed) as closed:
+                await ws_client.next_event()
+            ended = await sse.next()
+    assert closed.value.code == 4000
+    assert ended.event == "close" and ended.data["code"] == 4000
 
 
 async def test_a_plain_request_to_the_tls_port_is_told_to_use_https(nursery, tls_files):
