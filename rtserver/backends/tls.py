@@ -37,8 +37,9 @@ log = structlog.get_logger("rtserver.tls")
 #: The content type of a TLS handshake record: the first byte a TLS client sends.
 HANDSHAKE_RECORD = 0x16
 #: What a plain HTTP request to the TLS port is answered.
-PLAIN_HTTP_REFUSED = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 54\r\n"
-                      b"connection: close\r\n\r\nthis port speaks TLS: use https:// or wss:// to reach it")
+PLAIN_HTTP_REFUSAL = b"this port speaks TLS: use https:// or wss:// to reach it"
+PLAIN_HTTP_REFUSED = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                      b"connection: close\r\n\r\n%s" % (len(PLAIN_HTTP_REFUSAL), PLAIN_HTTP_REFUSAL))
 _RAW_READ = 65536
 
 
