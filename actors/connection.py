@@ -222,7 +222,7 @@ class Connection(Closable):
         self._present = False  # tracked by the presence actor
         self._typed = False  # has typed: the typing actor is told when it closes
         self._live = False  # counted by the liveness actor
-        self.out = None  # the transport's outbound queue: ``push(bytes)`` never blocks
+        self.out = None  # the transport's outbound queue: ``push(bytes)``, or a call, never blocks
         #: Where it is in its life; moved only along ``CONNECTION_TRANSITIONS``.
         self.state = ConnectionState.OPENING
 
@@ -495,7 +495,7 @@ class Connection(Closable):
                 else:  # Hold
                     limit = self._s.config.bus.max_history
                     for name, room in rooms.items():
-                        recoveries[name] = room.begin_recovery(self.session, self._wire, self.out.push, limit,
+                        recoveries[name] = room.begin_recovery(self.session, self._wire, self.out, limit,
                                                                self.slow_consumer)
                         self._rooms[name] = room
                     step = join.holding()
@@ -516,7 +516,7 @@ class Connection(Closable):
                 self._room_caught_up()
         else:
             for name, room in rooms.items():
-                room.add(self.session, self._wire, self.out.push)
+                room.add(self.session, self._wire, self.out)
                 self._rooms[name] = room
                 self._room_caught_up()
 

@@ -82,6 +82,8 @@ class PollAnswer:
         self.nbytes += len(frame)
         self.arrived.set()
 
+    __call__ = push
+
     async def wait_flushed(self) -> None:
         """Nothing to wait for: the answer collects until it is full (then it is sent)."""
         await trio.lowlevel.checkpoint()

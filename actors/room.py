@@ -10,8 +10,9 @@ Mailbox
     ``begin_recovery``, ``promote``), so they take effect between two events. A room
     with one member and no traffic is a few dicts: no task, no channel.
 Owns
-    Its members, each in a ``MemberState``: LIVE ones grouped by wire (each the ``push``
-    of an outbound queue); RECOVERING ones (reading their history: their live events are
+    Its members, each in a ``MemberState``: LIVE ones grouped by wire, those whose push is
+    a socket's ``OutboundQueue`` apart from the others (a function: a polling answer, a
+    Socket.IO namespace, an internal subscriber); RECOVERING ones (reading their history: their live events are
     buffered) and CATCHING_UP ones (skipping live events their history had), each a
     ``Recovery``; and its coalescing state
     (``protocol.coalesce``: held events per key, and their offsets in the shard's
@@ -19,8 +20,9 @@ Owns
 Replies
     None. Each event is encoded once per wire in use and the same bytes are pushed to
     every member of that wire with ``push`` (never blocks: a member over budget closes
-    itself as a slow consumer, nobody else waits). An event of a member's own (``origin``)
-    is not pushed back to it.
+    itself as a slow consumer, nobody else waits), or, to more than ``BROADCAST_MIN``
+    queues, handed to the writer as one broadcast (``Writer.broadcast``). An event of a
+    member's own (``origin``) is not pushed back to it.
 Failure
     Stops when it has had no member for ``linger_s`` (it unregisters itself, so the
     registry opens a fresh one on the next join); an exception ends the registry's task,
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from actors.writer import FLUSH_CHUNK
+from actors.writer import BROADCAST_MIN, FLUSH_CHUNK, OutboundQueue
 from protocol.catalog import CoalesceRule
 from protocol.coalesce import Coalescer, HeldOffsets
 from protocol.cursors import Offset
@@ -114,8 +116,10 @@ class Room:
         self._coalescer = Coalescer(window_s)
         #: This shard's durable events held back by this node's rooms (coalescing).
         self.held_offsets = held_offsets
-        #: Members by state: LIVE ones grouped by wire; RECOVERING and CATCHING_UP ones.
+        #: Members by state: LIVE ones grouped by wire (those with a socket's queue apart);
+        #: RECOVERING and CATCHING_UP ones.
         self._members: dict[Wire, dict[str, Push]] = {}
+        self._queues: dict[Wire, dict[str, OutboundQueue]] = {}
         self._recovering: dict[str, Recovery] = {}
         self._catching_up: dict[str, Recovery] = {}
         #: Members handed over while events were held here, with their history's end: a
@@ -129,8 +133,12 @@ class Room:
     # -- membership (synchronous) ------------------------------------------------------
     def add(self, member: str, wire: Wire, push: Push) -> None:
         """Make ``member`` a LIVE member at once (its answer then precedes any event)."""
-        self._members.setdefault(wire, {})[member] = push
+        self._live(member, wire, push)
         self._rearm()
+
+    def _live(self, member: str, wire: Wire, push: Push) -> None:
+        live = self._queues if type(push) is OutboundQueue else self._members
+        live.setdefault(wire, {})[member] = push
 
     def begin_recovery(self, member: str, wire: Wire, push: Push, limit: int,
                        on_overflow: Callable[[], None]) -> Recovery:
@@ -142,7 +150,7 @@ class Room:
 
     def remove(self, member: str) -> None:
         """``member`` is GONE, whatever its state."""
-        for members in self._members.values():
+        for members in self._live_groups():
             members.pop(member, None)
         for joining in (self._recovering, self._catching_up):
             if (recovery := joining.pop(member, None)) is not None:
@@ -154,11 +162,14 @@ class Room:
         """Where ``member`` is in this room (GONE when not a member)."""
         if (recovery := self._recovering.get(member) or self._catching_up.get(member)) is not None:
             return recovery.state
-        return MemberState.LIVE if any(member in members for members in self._members.values()) else MemberState.GONE
+        return MemberState.LIVE if any(member in members for members in self._live_groups()) else MemberState.GONE
+
+    def _live_groups(self) -> itertools.chain[dict[str, Push]]:
+        return itertools.chain(self._members.values(), self._queues.values())
 
     @property
     def empty(self) -> bool:
-        return not (self._recovering or self._catching_up or any(self._members.values()))
+        return not (self._recovering or self._catching_up or any(self._live_groups()))
 
     def _rearm(self) -> None:
         """Wake at the end of the first held window, or when an empty room has lingered."""
@@ -234,7 +245,7 @@ class Room:
 
     def _go_live(self, recovery: Recovery) -> None:
         recovery.move(MemberState.LIVE)
-        self._members.setdefault(recovery.wire, {})[recovery.member] = recovery.push
+        self._live(recovery.member, recovery.wire, recovery.push)
 
     def _release_caught_up(self, event: StoredEvent) -> None:
         """Make live the catching-up members for which ``event`` is newer than their history."""
@@ -299,11 +310,23 @@ class Room:
         if origin is not None:
             skip = {origin, *skip}
         delivered = 0
+        frames: dict[Wire, bytes] = {}
+        for wire, queues in self._queues.items():
+            if len(queues) > BROADCAST_MIN:
+                frame = frames[wire] = wire.frame(evt)
+                targets = queues.values()
+                if skip and any(member in queues for member in skip):
+                    targets = [queue for member, queue in queues.items() if member not in skip]
+                self._fan_outs.broadcast(frame, targets)
+                delivered += len(targets)
         flushed_head = False
-        for wire, members in self._members.items():
+        for wire, members in itertools.chain(self._members.items(), (
+                (wire, queues) for wire, queues in self._queues.items() if len(queues) <= BROADCAST_MIN)):
             if not members:
                 continue
-            frame = wire.frame(evt)
+            frame = frames.get(wire)
+            if frame is None:
+                frame = frames[wire] = wire.frame(evt)
             if skip and any(member in members for member in skip):
                 for member, push in members.items():
                     if member not in skip:

@@ -258,6 +258,8 @@ class NamespaceOut:
         if frame:
             self.queue.push(frame)
 
+    __call__ = push
+
     async def wait_flushed(self) -> None:
         await self.queue.wait_flushed()
 

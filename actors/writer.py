@@ -12,6 +12,13 @@ Owns
 Replies
     None. A queue that overflows its budget calls its owner's ``slow_consumer()`` (the
     connection closes itself); a socket that breaks calls the owner's ``connection_lost()``.
+Broadcasts
+    A room's event to more than ``BROADCAST_MIN`` queues is not pushed to each: the room
+    hands the writer one ``Broadcast`` (the frame and the set of queues, ``broadcast``),
+    and the pass writes the frame straight to each queue's socket. Order per socket is
+    kept: a queue that gets any other frame while a broadcast it is in is pending first
+    queues that broadcast's frame (``OutboundQueue.push`` catches up), and a queue in
+    several pending broadcasts gets their frames in one write, in order.
 Failure
     An unexpected exception ends the writer and so the node's nursery: every connection
     depends on it, so the node stops rather than silently stop writing.
@@ -38,7 +45,7 @@ broadcast or another client.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -68,6 +75,10 @@ LOAD_PERIOD_S = 1.0
 #: broadcast to many sockets is being written is routed at once and reaches, in the same
 #: pass, the sockets not written yet (bench/RESULTS.md §22).
 FLUSH_CHUNK = 256
+#: A fan-out to more queues than this is one ``Broadcast`` rather than a push to each: the
+#: first socket is written without waiting for the last queue to be touched, and each
+#: delivery costs a ``send`` and a few checks (bench/RESULTS.md §26).
+BROADCAST_MIN = FLUSH_CHUNK
 
 _EMPTY = 0
 _MORE = 1
@@ -81,8 +92,20 @@ class QueueOwner(Protocol):
     def connection_lost(self) -> None: ...
 
 
+class Broadcast:
+    """One frame for many queues (see the module contract): ``seq`` orders broadcasts."""
+
+    __slots__ = ("seq", "frame", "queues")
+
+    def __init__(self, seq: int, frame: bytes, queues: dict[OutboundQueue, None]) -> None:
+        self.seq = seq
+        self.frame = frame
+        self.queues = queues
+
+
 class OutboundQueue:
-    """One connection's outbound frames, budgeted in frames and bytes.
+    """One connection's outbound frames, budgeted in frames and bytes. Calling the queue
+    pushes a frame (it is a room member's ``push``, and so can be in a ``Broadcast``).
 
     Frames leave whole: a frame the socket took only part of stays first in the queue
     (``partial``) until the rest is written, and nothing, not even a close frame, is ever
@@ -92,7 +115,7 @@ class OutboundQueue:
 
     __slots__ = (
         "_sock", "_writer", "frames", "nbytes", "max_frames", "max_bytes",
-        "scheduled", "blocked", "closed", "partial", "_owner", "_flushed",
+        "scheduled", "blocked", "closed", "partial", "through", "_owner", "_flushed",
     )
 
     def __init__(
@@ -115,32 +138,61 @@ class OutboundQueue:
         self.closed = False
         #: Whether ``frames[0]`` is the unwritten rest of a frame the socket took part of.
         self.partial = False
+        #: The ``seq`` of the last broadcast this queue has had (written or queued) or
+        #: was found not to be in.
+        self.through = writer.last_broadcast
         self._owner = owner
         self._flushed: trio.Event | None = None
         writer.queues.add(self)
 
     def push(self, frame: bytes) -> None:
-        """Queue ``frame``; never blocks. Over budget, the connection is told it overflowed."""
+        """Queue ``frame``, after the pending broadcasts this queue is in; never blocks.
+        Over budget, the connection is told it overflowed."""
         if self.closed:
             return
-        frames = self.frames
-        frames.append(frame)
+        if self._writer.broadcasts:
+            self.catch_up()
+        self.frames.append(frame)
         self.nbytes += len(frame)
-        if len(frames) > self.max_frames or self.nbytes > self.max_bytes:
-            self.closed = True
-            self._owner.slow_consumer()
-        elif not self.scheduled and not self.blocked:
-            self.scheduled = True
-            self._writer.schedule(self)
+        self.queued()
+
+    __call__ = push
 
     def push_final(self, frame: bytes) -> None:
         """Queue a last frame (a close frame) even past the budget; nothing is queued after it."""
         if self not in self._writer.queues:
             return
+        if self._writer.broadcasts and not self.closed:
+            self.catch_up()
         self.frames.append(frame)
         self.nbytes += len(frame)
         self.closed = True
         if not self.scheduled and not self.blocked:
+            self.scheduled = True
+            self._writer.schedule(self)
+
+    def catch_up(self) -> bool:
+        """Queue, in order, the frames of the pending broadcasts this queue is in and has
+        not had yet; returns whether there were any (the caller then calls ``queued``)."""
+        writer = self._writer
+        through = self.through
+        if through >= writer.last_broadcast:
+            return False
+        caught_up = False
+        for broadcast in writer.broadcasts:
+            if broadcast.seq > through and self in broadcast.queues:
+                self.frames.append(broadcast.frame)
+                self.nbytes += len(broadcast.frame)
+                caught_up = True
+        self.through = writer.last_broadcast
+        return caught_up
+
+    def queued(self) -> None:
+        """Frames were added: over budget, the owner is told; else the writer will write them."""
+        if len(self.frames) > self.max_frames or self.nbytes > self.max_bytes:
+            self.closed = True
+            self._owner.slow_consumer()
+        elif not self.scheduled and not self.blocked:
             self.scheduled = True
             self._writer.schedule(self)
 
@@ -155,7 +207,10 @@ class OutboundQueue:
             self.nbytes = 0
 
     async def wait_flushed(self) -> None:
-        """Return once every queued frame has been written (or the socket broke)."""
+        """Return once every frame queued so far, pending broadcasts' included, has been
+        written (or the socket broke)."""
+        if self._writer.broadcasts and not self.closed and self.catch_up():
+            self.queued()
         while self.blocked or (self.frames and self.scheduled):
             self._flushed = trio.Event()
             await self._flushed.wait()
@@ -222,15 +277,39 @@ class OutboundQueue:
         frames[:count] = [frames[cut][sent - written:], *frames[cut + 1:count]]
         return _BLOCKED
 
+    def send_now(self, frame: bytes) -> int:
+        """Write ``frame`` with nothing queued before it (the queue is empty and not
+        blocked); what the socket does not take is queued, the rest of the frame first.
+        Returns _EMPTY, _BLOCKED or _BROKEN."""
+        try:
+            sent = self._sock.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return _BROKEN
+        if sent == len(frame):
+            return self._on_the_wire()
+        self.frames.append(frame[sent:] if sent else frame)
+        self.nbytes += len(frame) - sent
+        self.partial = sent > 0
+        return _BLOCKED
+
+
+def push_each(frame: bytes, queues: Iterable[OutboundQueue]) -> None:
+    """A broadcast without a writer's pass: ``frame`` pushed to each queue."""
+    for queue in queues:
+        queue.push(frame)
+
 
 class FanOuts:
     """What the rooms tell the writer of their fan-outs, settled at the end of the pass that
     writes them: each event's append time (``rt_delivery_latency_seconds``) and, with
     tracing on, one ``rt.socket.write`` span per event (``rtserver.backends.tracing``)."""
 
-    __slots__ = ("appended_at", "write_spans", "tracing", "flush_head")
+    __slots__ = ("appended_at", "write_spans", "tracing", "flush_head", "broadcast")
 
-    def __init__(self, tracing: Tracing, flush_head: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, tracing: Tracing, flush_head: Callable[[], None] = lambda: None,
+                 broadcast: Callable[[bytes, Iterable[OutboundQueue]], None] = push_each) -> None:
         #: Append times (s since the epoch) of the events fanned out since the last pass.
         self.appended_at: list[float] = []
         self.write_spans: list[Span] = []
@@ -238,6 +317,8 @@ class FanOuts:
         #: Called by a room after the first ``FLUSH_CHUNK`` pushes of a bigger fan-out
         #: (``Writer.flush_head``).
         self.flush_head = flush_head
+        #: Hands the writer one frame for many queues (``Writer.broadcast``).
+        self.broadcast = broadcast
 
     def traced_write(self, parent: str, recipients: int) -> None:
         """A write span, child of ``parent``, for an event pushed to ``recipients`` queues;
@@ -258,9 +339,12 @@ class Writer:
         self._share = 1.0  # of the time the writer may spend flushing, by the load
         self._load_mark = (time.perf_counter(), time.process_time())
         self._dirty: list[OutboundQueue] = []
+        #: Broadcasts not written to every queue yet, in ``seq`` order.
+        self.broadcasts: list[Broadcast] = []
+        self.last_broadcast = 0
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self.fan_outs = FanOuts(tracing, self.flush_head)
+        self.fan_outs = FanOuts(tracing, self.flush_head, self.broadcast)
         #: Seconds written by ``flush_head`` since the last pass (counted in its cost).
         self._head_cost = 0.0
         self.queues: set[OutboundQueue] = set()
@@ -278,12 +362,20 @@ class Writer:
         if not self._wakeup.is_set():
             self._wakeup.set()
 
+    def broadcast(self, frame: bytes, queues: Iterable[OutboundQueue]) -> None:
+        """Write ``frame`` to each of ``queues`` in the next pass, after what each has
+        queued (see the module contract)."""
+        self.last_broadcast += 1
+        self.broadcasts.append(Broadcast(self.last_broadcast, frame, dict.fromkeys(queues)))
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
             while True:
-                if not self._dirty:
+                if not (self._dirty or self.broadcasts):
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
                 # Coalescing window: at most one flush per interval, so that under load every
@@ -334,10 +426,11 @@ class Writer:
             self._load_mark = (wall, cpu)
 
     async def _flush_dirty(self) -> float:
-        """One pass over the dirty queues, ``FLUSH_CHUNK`` at a time with the other tasks
-        run between (a queue not reached yet takes what they push in the same write);
-        returns the seconds spent writing."""
+        """One pass: the dirty queues, then the broadcasts pending when it began, yielding
+        to the other tasks every ``FLUSH_CHUNK`` sockets (a queue not reached yet takes
+        what they push, or broadcast, in the same write); returns the seconds spent writing."""
         dirty, self._dirty = self._dirty, []
+        broadcasts = self.broadcasts[:]
         fan_outs = self.fan_outs
         appended_at, fan_outs.appended_at = fan_outs.appended_at, []
         write_spans, fan_outs.write_spans = fan_outs.write_spans, []
@@ -348,6 +441,8 @@ class Writer:
             began = time.perf_counter()
             self._flush(dirty[start:start + FLUSH_CHUNK])
             cost += time.perf_counter() - began
+        for broadcast in broadcasts:
+            cost += await self._write_broadcast(broadcast)
         if appended_at:
             now = time.time()
             observe = self._metrics.delivery_latency.observe
@@ -361,6 +456,8 @@ class Writer:
         max_bytes = self._flush_max_bytes
         writes = frames = 0
         for queue in dirty:
+            if self.broadcasts and queue.catch_up():
+                queue.queued()  # still scheduled: the budget is checked, and it is written now
             queue.scheduled = False
             if queue.blocked:
                 continue
@@ -368,17 +465,61 @@ class Writer:
             state = queue.flush_nowait(max_bytes)
             writes += 1
             frames += queued - len(queue.frames)
-            if state == _MORE:
-                queue.scheduled = True
-                self._dirty.append(queue)
-            elif state == _BLOCKED:
-                queue.blocked = True
-                self._nursery.start_soon(self._drain, queue)
-            elif state == _BROKEN:
-                queue.detach()
-                queue._owner.connection_lost()
+            self._settle(queue, state)
         self.writes += writes
         self.frames_written += frames
+
+    async def _write_broadcast(self, broadcast: Broadcast) -> float:
+        """Write ``broadcast`` to its queues that have not had it: straight to the socket
+        when nothing else is queued or pending for it, else through the queue (caught up,
+        so in order, and in one write with later broadcasts it is in); returns the seconds
+        spent writing. It is then no longer pending."""
+        seq, frame = broadcast.seq, broadcast.frame
+        pending = self.broadcasts
+        cost = 0.0
+        chunk = writes = frames = 0
+        began = time.perf_counter()
+        for queue in broadcast.queues:
+            if queue.through >= seq or queue.closed:
+                continue
+            if queue.scheduled or queue.blocked:
+                if queue.catch_up():
+                    queue.queued()  # written by the pass it is scheduled for, or its drain
+                continue
+            if pending[-1] is broadcast:
+                queue.through = seq
+                state = queue.send_now(frame)
+                frames += state == _EMPTY
+            else:
+                queue.catch_up()
+                queued = len(queue.frames)
+                state = queue.flush_nowait(self._flush_max_bytes)
+                frames += queued - len(queue.frames)
+            writes += 1
+            self._settle(queue, state)
+            chunk += 1
+            if chunk == FLUSH_CHUNK:
+                cost += time.perf_counter() - began
+                chunk = 0
+                await trio.lowlevel.checkpoint()
+                began = time.perf_counter()
+        pending.remove(broadcast)
+        self.writes += writes
+        self.frames_written += frames
+        return cost + time.perf_counter() - began
+
+    def _settle(self, queue: OutboundQueue, state: int) -> None:
+        """After a write: more to write next pass, a drain task for a full socket, or the
+        connection lost."""
+        if state == _MORE:
+            queue.scheduled = True
+            self._dirty.append(queue)
+        elif state == _BLOCKED:
+            queue.blocked = True
+            self._nursery.start_soon(self._drain, queue)
+        elif state == _BROKEN:
+            queue.detach()
+            queue._owner.connection_lost()
 
     async def _drain(self, queue: OutboundQueue) -> None:
         """Wait for a full socket to take more; hand the queue back to ticks once drained."""

@@ -149,7 +149,7 @@ async def measure(subscribers: int, events: int, padding: int, tls: bool, deflat
                 wake_at=lambda room, when: None, on_stop=lambda room: None,
                 rules=Catalog.default().coalesce_rules(), window_s=0.25, held_offsets=HeldOffsets())
     for i, q in enumerate(queues):
-        room.add(f"member-{i}", WS_DEFLATE[WS_JSON] if deflate else WS_JSON, q.push)
+        room.add(f"member-{i}", WS_DEFLATE[WS_JSON] if deflate else WS_JSON, q)
     results = []
     for batch in (1, 4, 16, 64):
         rounds = max(1, events // batch)

@@ -3,9 +3,12 @@
 import socket
 
 import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actors.registry import Registry
-from actors.writer import FLUSH_CHUNK, OutboundQueue, Writer
+from actors.writer import BROADCAST_MIN, FLUSH_CHUNK, OutboundQueue, Writer
 from protocol.catalog import Catalog
 from protocol.envelope import Envelope
 from protocol.wires import POLL_JSON
@@ -68,6 +71,190 @@ async def test_the_head_of_a_big_fan_out_is_written_before_its_tail_is_pushed(nu
     appended = await bus.append(Envelope(event="appointment.created", tenant="t1", rooms=["professional:1"]))
     assert registry.route(appended.event) == FLUSH_CHUNK + 1
     assert written_when_the_tail_came == [FLUSH_CHUNK]
+    for pair in pairs:
+        for s in pair:
+            s.close()
+
+
+# -- broadcasts ----------------------------------------------------------------------------
+
+def stuffed_pairs(count: int) -> list[tuple[socket.socket, socket.socket]]:
+    """Socket pairs with small buffers, so that writes are cut and queues block."""
+    pairs = [socket.socketpair() for _ in range(count)]
+    for ours, theirs in pairs:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ours.setblocking(False)
+        theirs.setblocking(False)
+    return pairs
+
+
+def read_available(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            return b"".join(chunks)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+QUEUES = 5
+operations = st.lists(st.one_of(
+    st.tuples(st.just("push"), st.integers(0, QUEUES - 1), st.integers(1, 3000)),
+    st.tuples(st.just("broadcast"), st.sets(st.integers(0, QUEUES - 1), min_size=1), st.integers(1, 3000)),
+    st.tuples(st.just("pass")),
+    st.tuples(st.just("read"), st.integers(0, QUEUES - 1)),
+), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=operations)
+def test_frames_pushed_and_broadcast_reach_each_socket_whole_once_and_in_the_order_given(ops):
+    """Any interleaving of pushes, broadcasts, passes and reads, with writes cut by full
+    sockets: each socket receives exactly its frames, in the order they were given to it."""
+
+    async def main() -> None:
+        writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+        pairs = stuffed_pairs(QUEUES)
+        queues = [OutboundQueue(ours, writer, max_frames=1000, max_bytes=1 << 24, owner=QueueOwner())
+                  for ours, _ in pairs]
+        expected = [bytearray() for _ in queues]
+        received = [bytearray() for _ in queues]
+        numbered = iter(range(1_000_000))
+
+        def frame(size: int) -> bytes:
+            head = b"<%d:" % next(numbered)
+            return head + b"x" * max(0, size - len(head) - 1) + b">"
+
+        async with trio.open_nursery() as nursery:
+            writer._nursery = nursery  # the drain tasks of blocked queues run here
+            for op in ops:
+                if op[0] == "push":
+                    data = frame(op[2])
+                    queues[op[1]].push(data)
+                    expected[op[1]] += data
+                elif op[0] == "broadcast":
+                    data = frame(op[2])
+                    writer.broadcast(data, [queues[i] for i in sorted(op[1])])
+                    for i in op[1]:
+                        expected[i] += data
+                elif op[0] == "pass":
+                    await writer._flush_dirty()
+                else:
+                    received[op[1]] += read_available(pairs[op[1]][1])
+                    await trio.testing.wait_all_tasks_blocked()
+            while writer.broadcasts or writer._dirty or any(q.blocked for q in queues):
+                await writer._flush_dirty()
+                for i, (_, theirs) in enumerate(pairs):
+                    received[i] += read_available(theirs)
+                await trio.testing.wait_all_tasks_blocked()
+            for i, (_, theirs) in enumerate(pairs):
+                received[i] += read_available(theirs)
+        assert received == expected
+        for pair in pairs:
+            for s in pair:
+                s.close()
+
+    trio.run(main)
+
+
+async def test_a_broadcast_is_written_once_per_socket_with_what_each_had_queued_before_it():
+    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+    pairs = [socket.socketpair() for _ in range(3)]
+    queues = [OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=QueueOwner()) for ours, _ in pairs]
+    queues[0].push(b"before")
+    writer.broadcast(b"B1", queues)
+    queues[1].push(b"after")  # queued behind B1, which it is in
+    writer.broadcast(b"B2", queues[1:])
+    await writer._flush_dirty()
+    assert [theirs.recv(64) for _, theirs in pairs] == [b"beforeB1", b"B1afterB2", b"B1B2"]
+    assert writer.writes == 3 and writer.frames_written == 7
+    assert not writer.broadcasts
+    for pair in pairs:
+        for s in pair:
+            s.close()
+
+
+async def test_a_queue_that_waits_for_its_frames_waits_for_a_pending_broadcast_too(nursery):
+    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+    await nursery.start(writer.run)
+    ours, theirs = socket.socketpair()
+    queue = OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=QueueOwner())
+    writer.broadcast(b"B", [queue])
+    await queue.wait_flushed()
+    assert theirs.recv(16, socket.MSG_DONTWAIT) == b"B"
+    ours.close()
+    theirs.close()
+
+
+async def test_a_blocked_member_of_broadcasts_over_its_budget_is_a_slow_consumer():
+    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+    (ours, theirs), = stuffed_pairs(1)
+    overflowed = []
+
+    class Owner(QueueOwner):
+        def slow_consumer(self) -> None:
+            overflowed.append(len(queue.frames))
+
+    queue = OutboundQueue(ours, writer, max_frames=1000, max_bytes=64 * 1024, owner=Owner())
+    async with trio.open_nursery() as nursery:
+        writer._nursery = nursery  # the blocked queue's drain task waits here
+        for _ in range(20):
+            writer.broadcast(b"x" * 4000, [queue])
+            await writer._flush_dirty()
+        assert queue.blocked and queue.closed and len(overflowed) == 1
+        nursery.cancel_scope.cancel()
+    ours.close()
+    theirs.close()
+
+
+async def test_a_broadcast_frame_the_socket_cut_stays_whole_when_the_backlog_is_dropped():
+    """A slow consumer's backlog is dropped, but the rest of a broadcast frame already
+    partly written still leaves before the close frame."""
+    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+    (ours, theirs), = stuffed_pairs(1)
+    queue = OutboundQueue(ours, writer, max_frames=1000, max_bytes=1 << 20, owner=QueueOwner())
+    big = b"<" + b"x" * 100_000 + b">"
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        writer._nursery = nursery
+        writer.broadcast(big, [queue])
+        await writer._flush_dirty()
+        assert queue.blocked and queue.partial
+        queue.push(b"dropped")
+        queue.discard()
+        queue.push_final(b"CLOSE")
+        while queue.blocked or queue.frames:
+            received += read_available(theirs)
+            await trio.testing.wait_all_tasks_blocked()
+            await writer._flush_dirty()
+    received += read_available(theirs)
+    assert received == big + b"CLOSE"
+    ours.close()
+    theirs.close()
+
+
+async def test_a_room_hands_a_fan_out_to_many_sockets_to_the_writer_as_one_broadcast():
+    """Past ``BROADCAST_MIN`` socket queues, a room's event is one broadcast: no queue is
+    touched before the writer's pass, the origin is left out, and the pass writes it."""
+    cfg = config()
+    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+    bus = MemoryBus(cfg.bus)
+    registry = Registry(bus, cfg.rooms, Metrics(), writer.fan_outs, Catalog.default())
+    room = registry.open_room("t1/professional:1")
+    pairs = [socket.socketpair() for _ in range(BROADCAST_MIN + 1)]
+    queues = [OutboundQueue(ours, writer, max_frames=10, max_bytes=1 << 16, owner=QueueOwner()) for ours, _ in pairs]
+    for i, queue in enumerate(queues):
+        room.add(f"member{i}", POLL_JSON, queue)
+    appended = await bus.append(Envelope(event="appointment.created", tenant="t1", rooms=["professional:1"],
+                                         origin="member0"))
+    assert registry.route(appended.event) == BROADCAST_MIN
+    assert len(writer.broadcasts) == 1 and not any(queue.frames or queue.scheduled for queue in queues)
+    await writer._flush_dirty()
+    assert [has_data(theirs) for _, theirs in pairs] == [False] + [True] * BROADCAST_MIN
     for pair in pairs:
         for s in pair:
             s.close()
