@@ -258,3 +258,29 @@ async def test_a_room_hands_a_fan_out_to_many_sockets_to_the_writer_as_one_broad
     for pair in pairs:
         for s in pair:
             s.close()
+
+
+async def test_a_broadcast_made_during_a_broadcast_s_pass_joins_the_writes_not_made_yet(monkeypatch):
+    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+    pairs = [socket.socketpair() for _ in range(FLUSH_CHUNK * 2)]
+    queues = [OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=QueueOwner()) for ours, _ in pairs]
+    writer.broadcast(b"A", queues)
+    yielded = trio.lowlevel.checkpoint
+
+    async def broadcast_b_at_the_yield() -> None:
+        if len(writer.broadcasts) == 1:
+            writer.broadcast(b"B", queues)
+        await yielded()
+
+    monkeypatch.setattr(trio.lowlevel, "checkpoint", broadcast_b_at_the_yield)
+    await writer._flush_dirty()
+    monkeypatch.undo()
+    assert [theirs.recv(16) for _, theirs in pairs] == [b"A"] * FLUSH_CHUNK + [b"AB"] * FLUSH_CHUNK
+    assert writer.writes == FLUSH_CHUNK * 2 and writer.frames_written == FLUSH_CHUNK * 3
+    await writer._flush_dirty()
+    assert [has_data(theirs) for _, theirs in pairs[FLUSH_CHUNK:]] == [False] * FLUSH_CHUNK
+    assert [theirs.recv(16) for _, theirs in pairs[:FLUSH_CHUNK]] == [b"B"] * FLUSH_CHUNK
+    assert not writer.broadcasts
+    for pair in pairs:
+        for s in pair:
+            s.close()
