@@ -12,8 +12,8 @@ Mailbox
 Owns
     Its members, each in a ``MemberState``: LIVE ones grouped by wire, those whose push is
     a socket's ``OutboundQueue`` apart from the others (a function: a polling answer, a
-    Socket.IO namespace, an internal subscriber); RECOVERING ones (reading their history: their live events are
-    buffered) and CATCHING_UP ones (skipping live events their history had), each a
+    Socket.IO namespace, an internal subscriber); RECOVERING ones (reading their history:
+    their live events are buffered) and CATCHING_UP ones (skipping live events their history had), each a
     ``Recovery``; and its coalescing state
     (``protocol.coalesce``: held events per key, and their offsets in the shard's
     ``HeldOffsets`` shared by the node's rooms of that shard).
@@ -311,38 +311,29 @@ class Room:
             skip = {origin, *skip}
         delivered = 0
         frames: dict[Wire, bytes] = {}
-        for wire, queues in self._queues.items():
-            if len(queues) > BROADCAST_MIN:
-                frame = frames[wire] = wire.frame(evt)
-                targets = queues.values()
-                if skip and any(member in queues for member in skip):
-                    targets = [queue for member, queue in queues.items() if member not in skip]
-                self._fan_outs.broadcast(frame, targets)
-                delivered += len(targets)
         flushed_head = False
-        for wire, members in itertools.chain(self._members.items(), (
-                (wire, queues) for wire, queues in self._queues.items() if len(queues) <= BROADCAST_MIN)):
-            if not members:
-                continue
-            frame = frames.get(wire)
-            if frame is None:
-                frame = frames[wire] = wire.frame(evt)
-            if skip and any(member in members for member in skip):
-                for member, push in members.items():
-                    if member not in skip:
+        for queued, groups in ((True, self._queues), (False, self._members)):
+            for wire, members in groups.items():
+                if not members:
+                    continue
+                frame = frames.get(wire)
+                if frame is None:
+                    frame = frames[wire] = wire.frame(evt)
+                if skip and any(member in members for member in skip):
+                    members = {member: push for member, push in members.items() if member not in skip}
+                delivered += len(members)
+                if queued and len(members) > BROADCAST_MIN:
+                    self._fan_outs.broadcast(frame, members.values())
+                    continue
+                pushes = iter(members.values())
+                if len(members) > FLUSH_CHUNK and not flushed_head:
+                    # The head of a big fan-out leaves before its tail is pushed (Writer.flush_head).
+                    for push in itertools.islice(pushes, FLUSH_CHUNK):
                         push(frame)
-                        delivered += 1
-                continue
-            pushes = iter(members.values())
-            if len(members) > FLUSH_CHUNK and not flushed_head:
-                # The head of a big fan-out leaves before its tail is pushed (Writer.flush_head).
-                for push in itertools.islice(pushes, FLUSH_CHUNK):
+                    self._fan_outs.flush_head()
+                    flushed_head = True
+                for push in pushes:
                     push(frame)
-                self._fan_outs.flush_head()
-                flushed_head = True
-            for push in pushes:
-                push(frame)
-            delivered += len(members)
         if envelope.traceparent and not self._fan_outs.tracing.enabled:  # traced: the spans say it
             log.info("deliver", event_id=event.id, event_type=envelope.event, room=self.name,
                      tenant=envelope.tenant, traceparent=envelope.traceparent, recipients=delivered)
