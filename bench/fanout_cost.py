@@ -1,5 +1,6 @@
-"""Where a delivery's CPU goes: room fan-out (encode once, push to N queues) versus socket
-writes, with 1..64 frames per write, on real loopback TCP connections, in one process.
+"""Where a delivery's CPU goes: room fan-out (encode once; past 256 members, one broadcast
+handed to the writer rather than a push to each queue) versus socket writes, with 1..64
+frames per write, on real loopback TCP connections, in one process.
 
     .venv/bin/python bench/fanout_cost.py [--subscribers 1000] [--events 200] [--padding 150] [--tls] [--deflate]
 

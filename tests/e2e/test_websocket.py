@@ -205,3 +205,32 @@ async def test_catch_up_with_a_cursor_of_a_shard_that_does_not_exist_is_410(serv
     async with httpx.AsyncClient(base_url=server.http, headers={"authorization": f"Bearer {server.token()}"}) as http:
         gone = await http.get("/hub/events", params={"since": "99.deadbeef.1-0", "rooms": "professional:1"})
     assert gone.status_code == 410 and gone.json()["recovered"] is False
+
+
+async def test_a_room_of_300_sockets_gets_every_event_once_in_order_while_each_also_gets_replies(server):
+    """Past 256 sockets a room's events are broadcast by the writer (actors/writer.py):
+    each client still gets every event once, in order, with its own command replies (an
+    ack pushed while a broadcast is pending) among them."""
+    clients = 300
+    got: list[list[int]] = [[] for _ in range(clients)]
+    acked = trio.Semaphore(0)
+
+    async def member(i: int, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with open_client(server.ws(), server.token(f"user-{i}")) as client:
+            await client.subscribe("professional:1")
+            task_status.started()
+            while len(got[i]) < 40:
+                got[i].append(int((await client.next_event())["data"]["appointmentId"]))
+                if len(got[i]) == 20:
+                    await client.subscribe("professional:2")
+                    acked.release()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for i in range(clients):
+                await nursery.start(member, i)
+            await server.publish_all(appointment(i) for i in range(20))
+            for _ in range(clients):
+                await acked.acquire()
+            await server.publish_all(appointment(i, rooms=("professional:1", "professional:2")) for i in range(20, 40))
+    assert got == [list(range(40))] * clients
