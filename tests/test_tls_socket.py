@@ -149,16 +149,21 @@ async def test_records_the_socket_does_not_take_wait_and_go_first(nursery):
     assert bytes(received) == big + b"after"
 
 
-async def test_the_writer_sends_held_back_records_once_the_socket_takes_them(nursery):
+@pytest.mark.parametrize("handed", ["pushed", "broadcast"])
+async def test_the_writer_sends_held_back_records_once_the_socket_takes_them(nursery, handed):
     """A queue whose frames were all encrypted but not all written stays blocked, and its
-    drain task writes the rest: the client gets every frame whole."""
+    drain task writes the rest: the client gets every frame whole, whether the frame was
+    pushed to the queue or written straight from a broadcast."""
     server, client = await connected()
     server.raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     writer = Writer(Metrics(), flush_max_bytes=1 << 22, interval_s=0.001)
     await nursery.start(writer.run)
     queue = OutboundQueue(server, writer, max_frames=10, max_bytes=1 << 22, owner=QueueOwner())
     frame = b"F" * 600_000
-    queue.push(frame)
+    if handed == "pushed":
+        queue.push(frame)
+    else:
+        writer.broadcast(frame, [queue])
     with trio.fail_after(5):
         while not queue.blocked:
             await trio.sleep(0)
