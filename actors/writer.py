@@ -32,7 +32,8 @@ Blocking
     every ``FLUSH_CHUNK`` sockets, so an event published meanwhile is routed at once and
     leaves in the same pass for the sockets not written yet. When idle, it writes the
     first ``FLUSH_CHUNK`` queues of a bigger fan-out while the room is still pushing to
-    the rest (``flush_head``, called synchronously by the room).
+    the rest (``flush_head``, called synchronously by the room), and the first
+    ``FLUSH_CHUNK`` sockets of a broadcast as the room makes it.
 
 Why not one writer task per connection: measured on this stack before the project started,
 Trio scheduling costs ~2.4 µs per wake-up with 1,000 tasks, and task-per-socket libraries
@@ -93,14 +94,16 @@ class QueueOwner(Protocol):
 
 
 class Broadcast:
-    """One frame for many queues (see the module contract): ``seq`` orders broadcasts."""
+    """One frame for many queues (see the module contract): ``seq`` orders broadcasts;
+    ``rest`` iterates over the queues not looked at yet."""
 
-    __slots__ = ("seq", "frame", "queues")
+    __slots__ = ("seq", "frame", "queues", "rest")
 
     def __init__(self, seq: int, frame: bytes, queues: dict[OutboundQueue, None]) -> None:
         self.seq = seq
         self.frame = frame
         self.queues = queues
+        self.rest = iter(queues)
 
 
 class OutboundQueue:
@@ -345,7 +348,8 @@ class Writer:
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.fan_outs = FanOuts(tracing, self.flush_head, self.broadcast)
-        #: Seconds written by ``flush_head`` since the last pass (counted in its cost).
+        #: Seconds written by ``flush_head`` and broadcasts' heads since the last pass
+        #: (counted in its cost).
         self._head_cost = 0.0
         self.queues: set[OutboundQueue] = set()
         #: Socket writes and the frames they carried, since start (frames per write is
@@ -364,9 +368,16 @@ class Writer:
 
     def broadcast(self, frame: bytes, queues: Iterable[OutboundQueue]) -> None:
         """Write ``frame`` to each of ``queues`` in the next pass, after what each has
-        queued (see the module contract)."""
+        queued (see the module contract). When the writer is idle and no other broadcast
+        is pending, the first ``FLUSH_CHUNK`` sockets are written at once, as ``flush_head``
+        does for pushed fan-outs: the first recipients do not wait for the writer's turn."""
         self.last_broadcast += 1
-        self.broadcasts.append(Broadcast(self.last_broadcast, frame, dict.fromkeys(queues)))
+        broadcast = Broadcast(self.last_broadcast, frame, dict.fromkeys(queues))
+        self.broadcasts.append(broadcast)
+        if len(self.broadcasts) == 1 and self._idle():
+            began = time.perf_counter()
+            self._write_chunk(broadcast)
+            self._head_cost += time.perf_counter() - began
         if not self._wakeup.is_set():
             self._wakeup.set()
 
@@ -407,12 +418,16 @@ class Writer:
         first bytes of a broadcast leave ~4 ms sooner at 5,000 recipients
         (bench/RESULTS.md §23). Frames stay in order: a socket's queue is written in order,
         only earlier."""
-        if (0 < len(self._dirty) <= FLUSH_CHUNK and self._share == 1.0 and self._nursery is not None
-                and trio.current_time() >= self._due()):
+        if 0 < len(self._dirty) <= FLUSH_CHUNK and self._idle():
             dirty, self._dirty = self._dirty, []
             began = time.perf_counter()
             self._flush(dirty)
             self._head_cost += time.perf_counter() - began
+
+    def _idle(self) -> bool:
+        """Whether a write now takes nothing from the coalescing: the process has CPU to
+        spare (under ``LOAD_LOW``) and no coalescing window is running."""
+        return self._share == 1.0 and self._nursery is not None and trio.current_time() >= self._due()
 
     def _measure_load(self) -> None:
         """Every ``LOAD_PERIOD_S``: the flush share for the share of a core the process used
@@ -470,23 +485,36 @@ class Writer:
         self.frames_written += frames
 
     async def _write_broadcast(self, broadcast: Broadcast) -> float:
-        """Write ``broadcast`` to its queues that have not had it: straight to the socket
-        when nothing else is queued or pending for it, else through the queue (caught up,
-        so in order, and in one write with later broadcasts it is in); returns the seconds
-        spent writing. It is then no longer pending."""
-        seq, frame = broadcast.seq, broadcast.frame
-        pending = self.broadcasts
+        """Write ``broadcast`` to its queues not looked at yet, yielding to the other tasks
+        every ``FLUSH_CHUNK`` writes; returns the seconds spent writing. It is then no
+        longer pending."""
         cost = 0.0
-        chunk = writes = frames = 0
-        began = time.perf_counter()
-        for queue in broadcast.queues:
+        while True:
+            began = time.perf_counter()
+            done = self._write_chunk(broadcast)
+            cost += time.perf_counter() - began
+            if done:
+                break
+            await trio.lowlevel.checkpoint()
+        self.broadcasts.remove(broadcast)
+        return cost
+
+    def _write_chunk(self, broadcast: Broadcast) -> bool:
+        """Write ``broadcast`` to its next queues that have not had it, up to ``FLUSH_CHUNK``
+        writes: straight to the socket when nothing else is queued or pending for it, else
+        through the queue (caught up, so in order, and in one write with later broadcasts it
+        is in); returns whether every queue has been looked at."""
+        seq, frame = broadcast.seq, broadcast.frame
+        latest = self.broadcasts[-1] is broadcast
+        writes = frames = 0
+        for queue in broadcast.rest:
             if queue.through >= seq or queue.closed:
                 continue
             if queue.scheduled or queue.blocked:
                 if queue.catch_up():
                     queue.queued()  # written by the pass it is scheduled for, or its drain
                 continue
-            if pending[-1] is broadcast:
+            if latest:
                 queue.through = seq
                 state = queue.send_now(frame)
                 frames += state == _EMPTY
@@ -497,16 +525,11 @@ class Writer:
                 frames += queued - len(queue.frames)
             writes += 1
             self._settle(queue, state)
-            chunk += 1
-            if chunk == FLUSH_CHUNK:
-                cost += time.perf_counter() - began
-                chunk = 0
-                await trio.lowlevel.checkpoint()
-                began = time.perf_counter()
-        pending.remove(broadcast)
+            if writes == FLUSH_CHUNK:
+                break
         self.writes += writes
         self.frames_written += frames
-        return cost + time.perf_counter() - began
+        return writes < FLUSH_CHUNK
 
     def _settle(self, queue: OutboundQueue, state: int) -> None:
         """After a write: more to write next pass, a drain task for a full socket, or the

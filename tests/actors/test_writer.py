@@ -260,6 +260,43 @@ async def test_a_room_hands_a_fan_out_to_many_sockets_to_the_writer_as_one_broad
             s.close()
 
 
+async def test_an_idle_writer_writes_the_head_of_a_broadcast_at_once_and_the_rest_in_its_pass(nursery):
+    """The first ``FLUSH_CHUNK`` sockets of a broadcast made while the writer is idle are
+    written before ``broadcast`` returns; a broadcast made while another is pending waits
+    for the pass, which writes each socket's frames in order, joined where it can."""
+    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+    writer._nursery = nursery  # as when it runs
+    pairs = [socket.socketpair() for _ in range(FLUSH_CHUNK * 2)]
+    queues = [OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=QueueOwner()) for ours, _ in pairs]
+    writer.broadcast(b"A", queues)
+    assert [has_data(theirs) for _, theirs in pairs] == [True] * FLUSH_CHUNK + [False] * FLUSH_CHUNK
+    assert [theirs.recv(16) for _, theirs in pairs[:FLUSH_CHUNK]] == [b"A"] * FLUSH_CHUNK
+    writer.broadcast(b"B", queues)
+    assert not any(has_data(theirs) for _, theirs in pairs)
+    await writer._flush_dirty()
+    assert [theirs.recv(16) for _, theirs in pairs] == [b"B"] * FLUSH_CHUNK + [b"AB"] * FLUSH_CHUNK
+    assert not writer.broadcasts
+    assert writer.writes == FLUSH_CHUNK * 3 and writer.frames_written == FLUSH_CHUNK * 4
+    for pair in pairs:
+        for s in pair:
+            s.close()
+
+
+async def test_a_writer_short_of_cpu_leaves_a_broadcast_to_its_pass(nursery):
+    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+    writer._nursery = nursery
+    writer._share = 0.9  # the process used more than LOAD_LOW of a core lately
+    pairs = [socket.socketpair() for _ in range(FLUSH_CHUNK + 1)]
+    queues = [OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=QueueOwner()) for ours, _ in pairs]
+    writer.broadcast(b"A", queues)
+    assert not any(has_data(theirs) for _, theirs in pairs)
+    await writer._flush_dirty()
+    assert [theirs.recv(16) for _, theirs in pairs] == [b"A"] * (FLUSH_CHUNK + 1)
+    for pair in pairs:
+        for s in pair:
+            s.close()
+
+
 async def test_a_broadcast_made_during_a_broadcast_s_pass_joins_the_writes_not_made_yet(monkeypatch):
     writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
     pairs = [socket.socketpair() for _ in range(FLUSH_CHUNK * 2)]
