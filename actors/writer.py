@@ -45,8 +45,9 @@ broadcast or another client.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -94,16 +95,14 @@ class QueueOwner(Protocol):
 
 
 class Broadcast:
-    """One frame for many queues (see the module contract): ``seq`` orders broadcasts;
-    ``rest`` iterates over the queues not looked at yet."""
+    """One frame for many queues (see the module contract): ``seq`` orders broadcasts."""
 
-    __slots__ = ("seq", "frame", "queues", "rest")
+    __slots__ = ("seq", "frame", "queues")
 
     def __init__(self, seq: int, frame: bytes, queues: dict[OutboundQueue, None]) -> None:
         self.seq = seq
         self.frame = frame
         self.queues = queues
-        self.rest = iter(queues)
 
 
 class OutboundQueue:
@@ -369,15 +368,17 @@ class Writer:
     def broadcast(self, frame: bytes, queues: Iterable[OutboundQueue]) -> None:
         """Write ``frame`` to each of ``queues`` in the next pass, after what each has
         queued (see the module contract). When the writer is idle and no other broadcast
-        is pending, the first ``FLUSH_CHUNK`` sockets are written at once, as ``flush_head``
-        does for pushed fan-outs: the first recipients do not wait for the writer's turn."""
+        is pending, the first ``FLUSH_CHUNK`` sockets with nothing queued are written at
+        once, as ``flush_head`` does for pushed fan-outs: the first recipients wait neither
+        for the writer's turn nor for the set of the others to be made."""
         self.last_broadcast += 1
-        broadcast = Broadcast(self.last_broadcast, frame, dict.fromkeys(queues))
-        self.broadcasts.append(broadcast)
-        if len(self.broadcasts) == 1 and self._idle():
+        seq = self.last_broadcast
+        if not self.broadcasts and self._idle():
             began = time.perf_counter()
-            self._write_chunk(broadcast)
+            queues = iter(queues)
+            queues = itertools.chain(self._write_head(seq, frame, queues), queues)
             self._head_cost += time.perf_counter() - began
+        self.broadcasts.append(Broadcast(seq, frame, dict.fromkeys(queues)))
         if not self._wakeup.is_set():
             self._wakeup.set()
 
@@ -484,14 +485,39 @@ class Writer:
         self.writes += writes
         self.frames_written += frames
 
+    def _write_head(self, seq: int, frame: bytes, queues: Iterator[OutboundQueue]) -> list[OutboundQueue]:
+        """Write broadcast ``seq``'s ``frame`` straight to the next sockets of ``queues``
+        that have nothing queued, up to ``FLUSH_CHUNK`` writes (no other broadcast is
+        pending); returns the queues passed over (frames queued come first: the pass writes
+        the broadcast after them)."""
+        passed_over = []
+        writes = frames = 0
+        for queue in queues:
+            if queue.closed:
+                continue
+            if queue.scheduled or queue.blocked:
+                passed_over.append(queue)
+                continue
+            queue.through = seq
+            state = queue.send_now(frame)
+            frames += state == _EMPTY
+            writes += 1
+            self._settle(queue, state)
+            if writes == FLUSH_CHUNK:
+                break
+        self.writes += writes
+        self.frames_written += frames
+        return passed_over
+
     async def _write_broadcast(self, broadcast: Broadcast) -> float:
-        """Write ``broadcast`` to its queues not looked at yet, yielding to the other tasks
-        every ``FLUSH_CHUNK`` writes; returns the seconds spent writing. It is then no
+        """Write ``broadcast`` to its queues that have not had it, yielding to the other
+        tasks every ``FLUSH_CHUNK`` writes; returns the seconds spent writing. It is then no
         longer pending."""
+        queues = iter(broadcast.queues)
         cost = 0.0
         while True:
             began = time.perf_counter()
-            done = self._write_chunk(broadcast)
+            done = self._write_chunk(broadcast, queues)
             cost += time.perf_counter() - began
             if done:
                 break
@@ -499,15 +525,15 @@ class Writer:
         self.broadcasts.remove(broadcast)
         return cost
 
-    def _write_chunk(self, broadcast: Broadcast) -> bool:
-        """Write ``broadcast`` to its next queues that have not had it, up to ``FLUSH_CHUNK``
-        writes: straight to the socket when nothing else is queued or pending for it, else
-        through the queue (caught up, so in order, and in one write with later broadcasts it
-        is in); returns whether every queue has been looked at."""
+    def _write_chunk(self, broadcast: Broadcast, queues: Iterator[OutboundQueue]) -> bool:
+        """Write ``broadcast`` to the next of its ``queues`` that have not had it, up to
+        ``FLUSH_CHUNK`` writes: straight to the socket when nothing else is queued or
+        pending for it, else through the queue (caught up, so in order, and in one write
+        with later broadcasts it is in); returns whether ``queues`` is exhausted."""
         seq, frame = broadcast.seq, broadcast.frame
         latest = self.broadcasts[-1] is broadcast
         writes = frames = 0
-        for queue in broadcast.rest:
+        for queue in queues:
             if queue.through >= seq or queue.closed:
                 continue
             if queue.scheduled or queue.blocked:

@@ -261,22 +261,25 @@ async def test_a_room_hands_a_fan_out_to_many_sockets_to_the_writer_as_one_broad
 
 
 async def test_an_idle_writer_writes_the_head_of_a_broadcast_at_once_and_the_rest_in_its_pass(nursery):
-    """The first ``FLUSH_CHUNK`` sockets of a broadcast made while the writer is idle are
-    written before ``broadcast`` returns; a broadcast made while another is pending waits
-    for the pass, which writes each socket's frames in order, joined where it can."""
+    """The first ``FLUSH_CHUNK`` sockets with nothing queued of a broadcast made while the
+    writer is idle are written before ``broadcast`` returns; a broadcast made while another
+    is pending waits for the pass, which writes each socket's frames in order, joined
+    where it can."""
     writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
     writer._nursery = nursery  # as when it runs
     pairs = [socket.socketpair() for _ in range(FLUSH_CHUNK * 2)]
     queues = [OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=QueueOwner()) for ours, _ in pairs]
+    queues[0].push(b"before")
     writer.broadcast(b"A", queues)
-    assert [has_data(theirs) for _, theirs in pairs] == [True] * FLUSH_CHUNK + [False] * FLUSH_CHUNK
-    assert [theirs.recv(16) for _, theirs in pairs[:FLUSH_CHUNK]] == [b"A"] * FLUSH_CHUNK
+    head = pairs[1:FLUSH_CHUNK + 1]
+    assert [has_data(theirs) for _, theirs in pairs] == [False] + [True] * FLUSH_CHUNK + [False] * (FLUSH_CHUNK - 1)
+    assert [theirs.recv(16) for _, theirs in head] == [b"A"] * FLUSH_CHUNK
     writer.broadcast(b"B", queues)
     assert not any(has_data(theirs) for _, theirs in pairs)
     await writer._flush_dirty()
-    assert [theirs.recv(16) for _, theirs in pairs] == [b"B"] * FLUSH_CHUNK + [b"AB"] * FLUSH_CHUNK
+    assert [theirs.recv(16) for _, theirs in pairs] == [b"beforeAB"] + [b"B"] * FLUSH_CHUNK + [b"AB"] * (FLUSH_CHUNK - 1)
     assert not writer.broadcasts
-    assert writer.writes == FLUSH_CHUNK * 3 and writer.frames_written == FLUSH_CHUNK * 4
+    assert writer.writes == FLUSH_CHUNK * 3 and writer.frames_written == FLUSH_CHUNK * 4 + 1
     for pair in pairs:
         for s in pair:
             s.close()
