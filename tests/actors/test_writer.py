@@ -285,6 +285,32 @@ async def test_an_idle_writer_writes_the_head_of_a_broadcast_at_once_and_the_res
             s.close()
 
 
+async def test_a_publish_on_the_memory_bus_returns_after_a_big_room_s_head_was_written(nursery, autojump_clock):
+    """The registry routes an appended event before the appender goes on (answers its
+    publisher): an idle writer has written the first sockets of the room's broadcast by
+    then, whichever order Trio runs the two tasks in."""
+    cfg = config()
+    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+    await nursery.start(writer.run)
+    bus = MemoryBus(cfg.bus)
+    registry = Registry(bus, cfg.rooms, Metrics(), writer.fan_outs, Catalog.default())
+    await nursery.start(registry.run)
+    room = registry.open_room("t1/professional:1")
+    pairs = [socket.socketpair() for _ in range(BROADCAST_MIN + 1)]
+    for i, (ours, _) in enumerate(pairs):
+        room.add(f"member{i}", POLL_JSON, OutboundQueue(ours, writer, max_frames=10, max_bytes=1 << 16,
+                                                        owner=QueueOwner()))
+    for _ in range(20):
+        await trio.sleep(1)  # the writer is idle: no coalescing window is running
+        await bus.append(Envelope(event="appointment.created", tenant="t1", rooms=["professional:1"]))
+        assert all(has_data(theirs) for _, theirs in pairs[:FLUSH_CHUNK])
+        await trio.sleep(1)
+        assert all(theirs.recv(65536) for _, theirs in pairs)
+    for pair in pairs:
+        for s in pair:
+            s.close()
+
+
 async def test_a_writer_short_of_cpu_leaves_a_broadcast_to_its_pass(nursery):
     writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
     writer._nursery = nursery

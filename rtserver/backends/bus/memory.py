@@ -4,8 +4,8 @@ Per shard: a list of stored events (bounded by ``retention``; trimming remembers
 newest offset it dropped, so an older cursor answers ``recovered=False``), an epoch drawn
 at start (a restarted process is a new stream), and a bounded window of seen ids.
 Appending waits when a live subscriber's channel is full: publishers slow down, nothing
-is dropped. The bus also holds its consumer groups' state (``MemoryGroup``), as a Redis
-stream does.
+is dropped; it returns once the subscribers that were waiting took the event. The bus
+also holds its consumer groups' state (``MemoryGroup``), as a Redis stream does.
 """
 
 from __future__ import annotations
@@ -103,14 +103,23 @@ class MemoryBus:
         shard.events.append(event)
         self._remember_id(shard, event)
         self._trim(shard)
-        await broadcast(self._subscribers, event)
+        await self._hand_on(event)
         return AppendResult(event, duplicate=False)
 
     async def publish_ephemeral(self, *envelopes: Envelope) -> list[StoredEvent]:
         events = [ephemeral_event(envelope) for envelope in envelopes]
         for event in events:
-            await broadcast(self._subscribers, event)
+            await self._hand_on(event)
         return events
+
+    async def _hand_on(self, event: StoredEvent) -> None:
+        """Hand ``event`` to the live subscribers, and return once those that were waiting
+        for one took it: Trio runs the tasks made runnable together in either order, and
+        a second checkpoint puts the appender after them. So the registry routes the event
+        (a big room's first sockets are written) before the publisher is answered, where
+        half the time the answer went first (bench/RESULTS.md §27)."""
+        await broadcast(self._subscribers, event)
+        await trio.lowlevel.checkpoint()
 
     async def hand_in(self, command: Inbound) -> str:
         await trio.lowlevel.checkpoint()
