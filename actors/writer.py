@@ -372,13 +372,16 @@ class Writer:
         once, as ``flush_head`` does for pushed fan-outs: the first recipients wait neither
         for the writer's turn nor for the set of the others to be made."""
         self.last_broadcast += 1
-        seq = self.last_broadcast
+        broadcast = Broadcast(self.last_broadcast, frame, {})
         if not self.broadcasts and self._idle():
             began = time.perf_counter()
             queues = iter(queues)
-            queues = itertools.chain(self._write_head(seq, frame, queues), queues)
+            passed_over: list[OutboundQueue] = []
+            self._write_chunk(broadcast, queues, passed_over)
+            queues = itertools.chain(passed_over, queues)
             self._head_cost += time.perf_counter() - began
-        self.broadcasts.append(Broadcast(seq, frame, dict.fromkeys(queues)))
+        broadcast.queues = dict.fromkeys(queues)
+        self.broadcasts.append(broadcast)
         if not self._wakeup.is_set():
             self._wakeup.set()
 
@@ -485,30 +488,6 @@ class Writer:
         self.writes += writes
         self.frames_written += frames
 
-    def _write_head(self, seq: int, frame: bytes, queues: Iterator[OutboundQueue]) -> list[OutboundQueue]:
-        """Write broadcast ``seq``'s ``frame`` straight to the next sockets of ``queues``
-        that have nothing queued, up to ``FLUSH_CHUNK`` writes (no other broadcast is
-        pending); returns the queues passed over (frames queued come first: the pass writes
-        the broadcast after them)."""
-        passed_over = []
-        writes = frames = 0
-        for queue in queues:
-            if queue.closed:
-                continue
-            if queue.scheduled or queue.blocked:
-                passed_over.append(queue)
-                continue
-            queue.through = seq
-            state = queue.send_now(frame)
-            frames += state == _EMPTY
-            writes += 1
-            self._settle(queue, state)
-            if writes == FLUSH_CHUNK:
-                break
-        self.writes += writes
-        self.frames_written += frames
-        return passed_over
-
     async def _write_broadcast(self, broadcast: Broadcast) -> float:
         """Write ``broadcast`` to its queues that have not had it, yielding to the other
         tasks every ``FLUSH_CHUNK`` writes; returns the seconds spent writing. It is then no
@@ -525,19 +504,24 @@ class Writer:
         self.broadcasts.remove(broadcast)
         return cost
 
-    def _write_chunk(self, broadcast: Broadcast, queues: Iterator[OutboundQueue]) -> bool:
+    def _write_chunk(self, broadcast: Broadcast, queues: Iterator[OutboundQueue],
+                     passed_over: list[OutboundQueue] | None = None) -> bool:
         """Write ``broadcast`` to the next of its ``queues`` that have not had it, up to
         ``FLUSH_CHUNK`` writes: straight to the socket when nothing else is queued or
         pending for it, else through the queue (caught up, so in order, and in one write
-        with later broadcasts it is in); returns whether ``queues`` is exhausted."""
+        with later broadcasts it is in); returns whether ``queues`` is exhausted. With
+        ``passed_over`` (the head of a broadcast not pending yet, when none is), a queue
+        with frames queued is added to it instead: the pass writes the broadcast after them."""
         seq, frame = broadcast.seq, broadcast.frame
-        latest = self.broadcasts[-1] is broadcast
+        latest = passed_over is not None or self.broadcasts[-1] is broadcast
         writes = frames = 0
         for queue in queues:
             if queue.through >= seq or queue.closed:
                 continue
             if queue.scheduled or queue.blocked:
-                if queue.catch_up():
+                if passed_over is not None:
+                    passed_over.append(queue)
+                elif queue.catch_up():
                     queue.queued()  # written by the pass it is scheduled for, or its drain
                 continue
             if latest:

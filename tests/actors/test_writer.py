@@ -311,6 +311,30 @@ async def test_a_publish_on_the_memory_bus_returns_after_a_big_room_s_head_was_w
             s.close()
 
 
+async def test_a_frame_pushed_while_a_broadcast_s_head_is_written_goes_before_it(nursery):
+    """A connection lost during a head write may push to another member at once: that
+    frame is queued, and the broadcast still follows it, in the pass."""
+    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+    writer._nursery = nursery
+    pairs = [socket.socketpair() for _ in range(8)]
+    queues: list[OutboundQueue] = []
+
+    class PushesOnLoss(QueueOwner):
+        def connection_lost(self) -> None:
+            queues[5].push(b"X")
+
+    for i, (ours, _) in enumerate(pairs):
+        owner = PushesOnLoss() if i == 2 else QueueOwner()
+        queues.append(OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=owner))
+    pairs[2][1].close()  # its writes fail: connection lost
+    writer.broadcast(b"B", queues)
+    await writer._flush_dirty()
+    assert [theirs.recv(16) for i, (_, theirs) in enumerate(pairs) if i != 2] == [b"B"] * 4 + [b"XB"] + [b"B"] * 2
+    for pair in pairs:
+        for s in pair:
+            s.close()
+
+
 async def test_a_writer_short_of_cpu_leaves_a_broadcast_to_its_pass(nursery):
     writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
     writer._nursery = nursery
