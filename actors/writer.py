@@ -95,14 +95,15 @@ class QueueOwner(Protocol):
 
 
 class Broadcast:
-    """One frame for many queues (see the module contract): ``seq`` orders broadcasts."""
+    """One frame for many queues (see the module contract): ``seq`` orders broadcasts;
+    ``queues`` is filled once the head is written (``Writer.broadcast``)."""
 
     __slots__ = ("seq", "frame", "queues")
 
-    def __init__(self, seq: int, frame: bytes, queues: dict[OutboundQueue, None]) -> None:
+    def __init__(self, seq: int, frame: bytes) -> None:
         self.seq = seq
         self.frame = frame
-        self.queues = queues
+        self.queues: dict[OutboundQueue, None] = {}
 
 
 class OutboundQueue:
@@ -372,7 +373,7 @@ class Writer:
         once, as ``flush_head`` does for pushed fan-outs: the first recipients wait neither
         for the writer's turn nor for the set of the others to be made."""
         self.last_broadcast += 1
-        broadcast = Broadcast(self.last_broadcast, frame, {})
+        broadcast = Broadcast(self.last_broadcast, frame)
         if not self.broadcasts and self._idle():
             began = time.perf_counter()
             queues = iter(queues)

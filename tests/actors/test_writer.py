@@ -277,7 +277,8 @@ async def test_an_idle_writer_writes_the_head_of_a_broadcast_at_once_and_the_res
     writer.broadcast(b"B", queues)
     assert not any(has_data(theirs) for _, theirs in pairs)
     await writer._flush_dirty()
-    assert [theirs.recv(16) for _, theirs in pairs] == [b"beforeAB"] + [b"B"] * FLUSH_CHUNK + [b"AB"] * (FLUSH_CHUNK - 1)
+    assert [theirs.recv(16) for _, theirs in pairs] == (
+        [b"beforeAB"] + [b"B"] * FLUSH_CHUNK + [b"AB"] * (FLUSH_CHUNK - 1))
     assert not writer.broadcasts
     assert writer.writes == FLUSH_CHUNK * 3 and writer.frames_written == FLUSH_CHUNK * 4 + 1
     for pair in pairs:
