@@ -25,20 +25,23 @@ Timers
     as away until its next heartbeat. Grace: a connection that closed (abruptly or
     cleanly) still counts, as it was, for ``grace_s``; a reconnect within it, here or on
     another node, announces nothing. Every ``sweep_interval_s`` the node renews the
-    leases of its views (``grace_s`` long) and sweeps the views of holders that stopped
-    renewing (a crashed node): their users go offline within ``grace_s + sweep_interval_s``.
+    leases of its views (``grace_s`` long), a tenth of them at a time, and sweeps the
+    views of holders that stopped renewing (a crashed node): their users go offline within
+    ``grace_s + sweep_interval_s``.
 Failure
     A store call that fails (Redis unreachable) is logged; the views are put again at the
     next renewal, so the store converges once Redis is back. Announcements are
     best-effort, as every ephemeral event.
 Blocking
-    On the store and the bus only, never on a connection.
+    On the store and the bus only, never on a connection. Views are put ``PUT_CHUNK``
+    users at a time, the node's other tasks running between chunks (a renewal's thousands
+    never hold the node in one step).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import structlog
@@ -54,6 +57,15 @@ from rtserver.backends.metrics import Metrics
 from rtserver.backends.presence import Change, PresenceKey, PresenceStore, View
 
 log = structlog.get_logger("rtserver.presence")
+
+#: Presence keys whose views are computed and put in one go; a burst of more (thousands
+#: of connects, or of away timers) is put in chunks, the node's other tasks running in
+#: between.
+PUT_CHUNK = 256
+#: A renewal puts every view again: 5,000 users' took ~70-100 ms of CPU in one go, which
+#: a big room's broadcast then waited for (bench/RESULTS.md §28). It is spread over the
+#: interval instead, this many parts each renewed once per ``sweep_interval_s``.
+RENEWAL_PARTS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +144,8 @@ class Presence:
     # -- the actor -----------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self._anchor = (time.time(), trio.current_time())
-        renew_at = trio.current_time() + self._config.sweep_interval_s
+        part_s = self._config.sweep_interval_s / RENEWAL_PARTS
+        renew_at, part = trio.current_time() + part_s, 0
         task_status.started()
         while True:
             timer_due = self._table.next_due()
@@ -151,8 +164,9 @@ class Presence:
                 continue
             now = trio.current_time()
             if now >= renew_at:
-                renew_at = now + self._config.sweep_interval_s
-                await self._renew_and_sweep()
+                renew_at = now + part_s
+                await self._renew(part)
+                part = (part + 1) % RENEWAL_PARTS
             await self._update(self._table.expire(now))
 
     def _now_ms(self) -> int:
@@ -172,27 +186,43 @@ class Presence:
 
     async def _update(self, keys: set[PresenceKey]) -> None:
         """Put the views of ``keys`` that changed; announce what changed for the cluster."""
-        views = self._table.changed_views(keys, trio.current_time())
-        if views:
-            await self._put(views)
+        await self._put_views(sorted(keys), self._table.changed_views)
 
-    async def _put(self, views: list[View]) -> None:
+    async def _put_views(self, keys: list[PresenceKey],
+                         views_of: Callable[[list[PresenceKey], float], list[View]]) -> None:
+        """Put ``views_of(chunk, now)`` for ``keys``, ``PUT_CHUNK`` keys at a time with the
+        node's other tasks running between chunks (a renewal puts every user's view); stop
+        at a store failure (the next renewal puts them again)."""
+        for start in range(0, len(keys), PUT_CHUNK):
+            if start:
+                await trio.lowlevel.checkpoint()
+            views = views_of(keys[start:start + PUT_CHUNK], trio.current_time())
+            if views and not await self._put(views):
+                return
+
+    async def _put(self, views: list[View]) -> bool:
+        """Put ``views`` and announce what changed; False when the store failed."""
         try:
             changes = await self.store.put(views, self._holder, self._now_ms(), self._lease_ms)
         except ReplyError as exc:  # the store is unreachable: the next renewal puts them again
             log.warning("presence_store_failed", error=exc.message)
             self._metrics.presence_store_errors.inc()
-            return
+            return False
         self._table.put(views)
         await self._announce(changes)
+        return True
 
     @property
     def _lease_ms(self) -> int:
         return int(self._config.grace_s * 1000)
 
-    async def _renew_and_sweep(self) -> None:
-        """Put every view again (renewing its lease, retrying what failed), then sweep."""
-        await self._put(self._table.all_views(trio.current_time()))
+    async def _renew(self, part: int) -> None:
+        """Put the views of one part (of ``RENEWAL_PARTS``) of the keys again, renewing their
+        leases and retrying what failed; after the last part, sweep."""
+        keys = sorted(key for key in self._table.held_keys() if hash(key) % RENEWAL_PARTS == part)
+        await self._put_views(keys, self._table.views)
+        if part < RENEWAL_PARTS - 1:
+            return
         try:
             await self._announce(await self.store.sweep(self._now_ms()))
         except ReplyError as exc:

@@ -122,9 +122,13 @@ class PresenceTable:
         """The views of ``keys`` (in key order) that differ from what was last put."""
         return [view for key in sorted(keys) if (view := self._view(key, now)) != self._views.get(key)]
 
-    def all_views(self, now: float) -> list[View]:
-        """Every view this node holds or last put (a renewal puts them all again)."""
-        return [self._view(key, now) for key in sorted(set(self._views) | set(self._by_key))]
+    def held_keys(self) -> set[PresenceKey]:
+        """Every key this node holds or last put a view of (a renewal puts them all again)."""
+        return self._views.keys() | self._by_key.keys()
+
+    def views(self, keys: Iterable[PresenceKey], now: float) -> list[View]:
+        """The views of ``keys`` (in key order), changed or not."""
+        return [self._view(key, now) for key in sorted(keys)]
 
     def put(self, views: Iterable[View]) -> None:
         """The store took ``views``: they are what this node last put."""

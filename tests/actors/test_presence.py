@@ -2,6 +2,7 @@
 
 import trio
 
+from actors.presence import PUT_CHUNK, RENEWAL_PARTS
 from tests.support.actor_harness import config, staff, start_harness
 
 GROUP = ("attendants",)
@@ -98,3 +99,65 @@ async def test_a_new_watcher_gets_the_current_list_as_a_snapshot(nursery, autoju
     assert all(client.close_code is None for client in (ana, bia, cid))
     _, users = await watcher(h)
     assert [(u["userId"], u["state"], u["connections"]) for u in users] == [("ana", "online", 1), ("bia", "away", 1)]
+
+
+class RecordedPuts(trio.abc.Instrument):
+    """The node's presence store, recording each put: its keys, when, and the number of task
+    steps Trio had begun by then (an instrument: two puts in one step see the same number)."""
+
+    def __init__(self, store) -> None:
+        self._store = store
+        self.puts: list[tuple[list, float, int]] = []
+        self.steps = 0
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def before_task_step(self, task) -> None:
+        self.steps += 1
+
+    async def put(self, views, *args):
+        self.puts.append(([view.key for view in views], trio.current_time(), self.steps))
+        return await self._store.put(views, *args)
+
+
+async def connect_many(h, users: int) -> RecordedPuts:
+    """``users`` staff connected at once (through the presence mailbox), their first views
+    put; the store recording from then on."""
+    store = h.presence.store = RecordedPuts(h.presence.store)
+    trio.lowlevel.add_instrument(store)
+    for i in range(users):
+        await h.presence.connected(("connection", i), "t1", f"user-{i}", GROUP)
+    await trio.sleep(0.5)
+    return store
+
+
+async def test_a_burst_of_changes_is_put_in_chunks_with_the_node_running_between(nursery, autojump_clock):
+    h = await start_harness(nursery, config(connection={"idle_timeout_s": 0},
+                                            presence={"grace_s": 200, "sweep_interval_s": 100}))
+    users = 2 * PUT_CHUNK + 1
+    store = await connect_many(h, users)
+    away_at = trio.current_time() + h.config.connection.heartbeat_s * h.config.presence.away_after_heartbeats - 0.5
+    await trio.sleep(away_at - trio.current_time() + 1)  # no heartbeats: every away timer fires at once
+    trio.lowlevel.remove_instrument(store)
+    burst = [(len(keys), step) for keys, when, step in store.puts if when >= away_at]  # no renewal part then
+    assert [size for size, _ in burst] == [PUT_CHUNK, PUT_CHUNK, 1]
+    steps = [step for _, step in burst]
+    assert steps == sorted(set(steps))  # each chunk in a step of its own: the node ran between
+    now = await h.presence.snapshot("t1", GROUP[0])
+    assert len(now) == users and {entry.state.value for entry in now} == {"away"}
+
+
+async def test_a_renewal_puts_every_view_once_per_interval_in_parts_spread_over_it(nursery, autojump_clock):
+    h = await start_harness(nursery, harness_config())
+    users = 3 * PUT_CHUNK * RENEWAL_PARTS  # a part is more than a chunk
+    store = await connect_many(h, users)
+    store.puts.clear()
+    await trio.sleep(h.config.presence.sweep_interval_s)
+    trio.lowlevel.remove_instrument(store)
+    renewed = [key for keys, _, _ in store.puts for key in keys]
+    assert len(renewed) == len(set(renewed)) == users  # every view once
+    assert len({when for _, when, _ in store.puts}) == RENEWAL_PARTS  # at as many moments
+    assert max(len(keys) for keys, _, _ in store.puts) <= PUT_CHUNK
+    steps = [step for _, _, step in store.puts]
+    assert steps == sorted(set(steps))  # each chunk in a step of its own (nothing to announce)

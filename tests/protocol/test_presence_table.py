@@ -53,7 +53,7 @@ def test_after_the_grace_period_the_user_goes_offline_and_is_forgotten():
     presence.disconnected("c1", now=1)
     presence.expire(now=11)  # the away timer of a closed connection changes nothing
     assert put_changes(presence, presence.expire(now=61), 61) == [View(ANA, OFFLINE, 0)]
-    assert len(presence) == 0 and presence.all_views(61) == []
+    assert len(presence) == 0 and presence.views(presence.held_keys(), 61) == []
 
 
 def test_two_connections_of_one_user_combine_into_one_view():
@@ -61,7 +61,7 @@ def test_two_connections_of_one_user_combine_into_one_view():
     put_changes(presence, presence.connected("c1", "t1", "ana", ["attendants"], None, now=0), 0)
     keys = presence.connected("c2", "t1", "ana", ["attendants"], AWAY, now=1)
     assert put_changes(presence, keys, 1) == [View(ANA, ONLINE, 2)]  # the best state of the two
-    assert presence.all_views(2) == [View(ANA, ONLINE, 2)]
+    assert presence.views(presence.held_keys(), 2) == [View(ANA, ONLINE, 2)]
 
 
 def test_messages_for_unknown_or_closed_connections_change_nothing():
