@@ -219,7 +219,7 @@ class Presence:
     async def _renew(self, part: int) -> None:
         """Put the views of one part (of ``RENEWAL_PARTS``) of the keys again, renewing their
         leases and retrying what failed; after the last part, sweep."""
-        keys = sorted(key for key in self._table.held_keys() if hash(key) % RENEWAL_PARTS == part)
+        keys = sorted(key for key in self._table.held_keys() if hash(key.user) % RENEWAL_PARTS == part)
         await self._put_views(keys, self._table.views)
         if part < RENEWAL_PARTS - 1:
             return
