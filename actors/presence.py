@@ -34,7 +34,7 @@ Failure
     best-effort, as every ephemeral event.
 Blocking
     On the store and the bus only, never on a connection. Views are put ``PUT_CHUNK``
-    users at a time, the node's other tasks running between chunks (a renewal's thousands
+    keys at a time, the node's other tasks running between chunks (a renewal's thousands
     never hold the node in one step).
 """
 
