@@ -63,15 +63,23 @@ if TYPE_CHECKING:
 
 #: Largest share of time the writer spends flushing under sustained load (see ``run``)...
 FLUSH_SHARE = 0.5
-#: ...unless the process has CPU to spare: under ``LOAD_LOW`` of a core over the last
-#: ``LOAD_PERIOD_S``, the next flush may follow the last one as soon as the other tasks are
-#: idle (a broadcast to a big room is long: its next event does not wait a whole flush's
-#: time more); between ``LOAD_LOW`` and ``LOAD_HIGH`` the share goes down from 1 to
+#: ...unless the process has CPU to spare: under ``LOAD_LOW`` of a core (the load, see
+#: below), the next flush may follow the last one as soon as the other tasks are idle (a
+#: broadcast to a big room is long: its next event does not wait a whole flush's time
+#: more); between ``LOAD_LOW`` and ``LOAD_HIGH`` the share goes down from 1 to
 #: ``FLUSH_SHARE`` in proportion. Batching saves CPU (one ``send`` for several frames) at
-#: the price of latency; it is bought as the CPU gets short.
-LOAD_LOW = 0.6
-LOAD_HIGH = 0.85
+#: the price of latency; it is bought as the CPU gets short (bench/RESULTS.md §17, §29).
+LOAD_LOW = 0.75
+LOAD_HIGH = 0.95
+#: The load is the share of a core the process used, measured every ``LOAD_PERIOD_S``:
+#: a higher measure is taken at once, a lower one lets it down by ``LOAD_EASING`` of the
+#: difference. The writer's own flushes are most of the load in a big room, so a share set
+#: from each second alone swings: a full second halves the share, the next second is
+#: light, the share goes back to 1, and so on. Eased down, it settles where load and share
+#: agree; taken at once, a burst gets the batching from its first second (bench/RESULTS.md
+#: §29).
 LOAD_PERIOD_S = 1.0
+LOAD_EASING = 0.25
 
 #: Queues flushed between two yields to the other tasks: an event that arrives while a
 #: broadcast to many sockets is being written is routed at once and reaches, in the same
@@ -341,6 +349,7 @@ class Writer:
         self._last_cost = 0.0
         self._share = 1.0  # of the time the writer may spend flushing, by the load
         self._load_mark = (time.perf_counter(), time.process_time())
+        self._load = 0.0  # of a core, eased down (``LOAD_EASING``)
         self._dirty: list[OutboundQueue] = []
         #: Broadcasts not written to every queue yet, in ``seq`` order.
         self.broadcasts: list[Broadcast] = []
@@ -435,13 +444,15 @@ class Writer:
         return self._share == 1.0 and self._nursery is not None and trio.current_time() >= self._due()
 
     def _measure_load(self) -> None:
-        """Every ``LOAD_PERIOD_S``: the flush share for the share of a core the process used
-        (its CPU time, system time included, over the wall time) since the last time."""
+        """Every ``LOAD_PERIOD_S``: the load, from the share of a core the process used (its
+        CPU time, system time included, over the wall time) since the last time, and the
+        flush share for it."""
         wall, cpu = time.perf_counter(), time.process_time()
         since_wall, since_cpu = self._load_mark
         if wall - since_wall >= LOAD_PERIOD_S:
-            load = (cpu - since_cpu) / (wall - since_wall)
-            short = min(1.0, max(0.0, (load - LOAD_LOW) / (LOAD_HIGH - LOAD_LOW)))
+            used = (cpu - since_cpu) / (wall - since_wall)
+            self._load = used if used > self._load else self._load + LOAD_EASING * (used - self._load)
+            short = min(1.0, max(0.0, (self._load - LOAD_LOW) / (LOAD_HIGH - LOAD_LOW)))
             self._share = 1.0 - short * (1.0 - FLUSH_SHARE)
             self._load_mark = (wall, cpu)
 

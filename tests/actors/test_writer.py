@@ -1,14 +1,16 @@
 """The writer actor's pass over many sockets (actors/writer.py)."""
 
 import socket
+import time
 
+import pytest
 import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.registry import Registry
-from actors.writer import BROADCAST_MIN, FLUSH_CHUNK, OutboundQueue, Writer
+from actors.writer import BROADCAST_MIN, FLUSH_CHUNK, LOAD_PERIOD_S, OutboundQueue, Writer
 from protocol.catalog import Catalog
 from protocol.envelope import Envelope
 from protocol.wires import POLL_JSON
@@ -336,19 +338,54 @@ async def test_a_frame_pushed_while_a_broadcast_s_head_is_written_goes_before_it
             s.close()
 
 
-async def test_a_writer_short_of_cpu_leaves_a_broadcast_to_its_pass(nursery):
-    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
-    writer._nursery = nursery
-    writer._share = 0.9  # the process used more than LOAD_LOW of a core lately
+def measure_load(writer: Writer, load: float, periods: int) -> None:
+    """The writer measures ``load`` of a core ``periods`` times, each over 100 periods' time,
+    so that the test's own time (and a pause of its process) does not move the figure."""
+    span = 100 * LOAD_PERIOD_S
+    for _ in range(periods):
+        writer._load_mark = (time.perf_counter() - span, time.process_time() - load * span)
+        writer._measure_load()
+
+
+async def head_written_at_once(writer: Writer) -> bool:
+    """Whether a broadcast to ``FLUSH_CHUNK + 1`` sockets has its head written as it is
+    made; its pass then writes it to every socket."""
     pairs = [socket.socketpair() for _ in range(FLUSH_CHUNK + 1)]
     queues = [OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=QueueOwner()) for ours, _ in pairs]
     writer.broadcast(b"A", queues)
-    assert not any(has_data(theirs) for _, theirs in pairs)
+    at_once = has_data(pairs[0][1])
     await writer._flush_dirty()
     assert [theirs.recv(16) for _, theirs in pairs] == [b"A"] * (FLUSH_CHUNK + 1)
     for pair in pairs:
         for s in pair:
             s.close()
+    return at_once
+
+
+@pytest.mark.parametrize(("load", "at_once"), [(0.0, True), (0.7, True), (0.85, False), (1.0, False)])
+async def test_only_a_writer_with_cpu_to_spare_writes_a_broadcast_s_head_at_once(nursery, load, at_once):
+    """Under ``LOAD_LOW`` of a core the head of a broadcast is written as the room hands it
+    over; above it the whole broadcast waits for the writer's pass."""
+    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+    writer._nursery = nursery
+    measure_load(writer, load, periods=30)
+    assert await head_written_at_once(writer) == at_once
+
+
+async def test_a_busy_second_takes_the_writer_s_spare_cpu_at_once_and_light_ones_give_it_back_gradually(nursery):
+    """A higher load is taken at once: one second at a full core leaves a broadcast to its
+    pass. A lower one eases the load down by ``LOAD_EASING``: one light second does not
+    give the spare CPU back, a few do."""
+    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+    writer._nursery = nursery
+    measure_load(writer, 0.1, periods=10)
+    assert await head_written_at_once(writer)
+    measure_load(writer, 1.0, periods=1)
+    assert not await head_written_at_once(writer)
+    measure_load(writer, 0.1, periods=1)
+    assert not await head_written_at_once(writer)
+    measure_load(writer, 0.1, periods=3)
+    assert await head_written_at_once(writer)
 
 
 async def test_a_broadcast_made_during_a_broadcast_s_pass_joins_the_writes_not_made_yet(monkeypatch):
