@@ -73,11 +73,11 @@ LOAD_LOW = 0.75
 LOAD_HIGH = 0.95
 #: The load is the share of a core the process used, measured every ``LOAD_PERIOD_S``:
 #: a higher measure is taken at once, a lower one lets it down by ``LOAD_EASING`` of the
-#: difference. The writer's own flushes are most of the load in a big room, so a share set
-#: from each second alone swings: a full second halves the share, the next second is
-#: light, the share goes back to 1, and so on. Eased down, it settles where load and share
-#: agree; taken at once, a burst gets the batching from its first second (bench/RESULTS.md
-#: §29).
+#: difference per period measured. The writer's own flushes are most of the load in a big
+#: room, so a share set from each second alone swings: a full second halves the share, the
+#: next second is light, the share goes back to 1, and so on. Eased down, it settles where
+#: load and share agree; taken at once, a burst gets the batching from its first second
+#: (bench/RESULTS.md §29, §30).
 LOAD_PERIOD_S = 1.0
 LOAD_EASING = 0.25
 
@@ -298,8 +298,8 @@ class OutboundQueue:
             sent = 0
         except OSError:
             return _BROKEN
-        if sent == len(frame):
-            return self._on_the_wire()
+        if sent == len(frame):  # most often: nobody waits for the flush, no TLS records held
+            return self._on_the_wire() if self._flushed is not None or type(self._sock) is TlsSocket else _EMPTY
         self.frames.append(frame[sent:] if sent else frame)
         self.nbytes += len(frame) - sent
         self.partial = sent > 0
@@ -449,9 +449,13 @@ class Writer:
         flush share for it."""
         wall, cpu = time.perf_counter(), time.process_time()
         since_wall, since_cpu = self._load_mark
-        if wall - since_wall >= LOAD_PERIOD_S:
-            used = (cpu - since_cpu) / (wall - since_wall)
-            self._load = used if used > self._load else self._load + LOAD_EASING * (used - self._load)
+        span = wall - since_wall
+        if span >= LOAD_PERIOD_S:
+            used = (cpu - since_cpu) / span
+            if used >= self._load:
+                self._load = used
+            else:  # eased per period measured (a quiet stretch with no flush is measured late)
+                self._load = used + (1.0 - LOAD_EASING) ** (span / LOAD_PERIOD_S) * (self._load - used)
             short = min(1.0, max(0.0, (self._load - LOAD_LOW) / (LOAD_HIGH - LOAD_LOW)))
             self._share = 1.0 - short * (1.0 - FLUSH_SHARE)
             self._load_mark = (wall, cpu)
@@ -546,7 +550,8 @@ class Writer:
                 state = queue.flush_nowait(self._flush_max_bytes)
                 frames += queued - len(queue.frames)
             writes += 1
-            self._settle(queue, state)
+            if state != _EMPTY:
+                self._settle(queue, state)
             if writes == FLUSH_CHUNK:
                 break
         self.writes += writes

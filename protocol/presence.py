@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class PresenceState(enum.StrEnum):
@@ -51,8 +52,10 @@ class PresenceEntry:
         return f"attendant:{self.state.value}"
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class PresenceKey:
+class PresenceKey(NamedTuple):
+    """A user in a tenant's presence group. A tuple: hashed and ordered in C, as a
+    renewal hashes and sorts thousands of them (bench/RESULTS.md §30)."""
+
     tenant: str
     group: str
     user: str

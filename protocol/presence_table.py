@@ -126,6 +126,10 @@ class PresenceTable:
         """Every key this node holds or last put a view of (a renewal puts them all again)."""
         return self._views.keys() | self._by_key.keys()
 
+    def holds(self, key: PresenceKey) -> bool:
+        """Whether ``key`` is one of ``held_keys``."""
+        return key in self._views or key in self._by_key
+
     def views(self, keys: Iterable[PresenceKey], now: float) -> list[View]:
         """The views of ``keys`` (in key order), changed or not."""
         return [self._view(key, now) for key in sorted(keys)]

@@ -161,3 +161,28 @@ async def test_a_renewal_puts_every_view_once_per_interval_in_parts_spread_over_
     assert max(len(keys) for keys, _, _ in store.puts) <= PUT_CHUNK
     steps = [step for _, _, step in store.puts]
     assert steps == sorted(set(steps))  # each chunk in a step of its own (nothing to announce)
+
+
+async def test_each_view_is_renewed_within_the_interval_of_its_last_put_whenever_its_user_came(
+        nursery, autojump_clock):
+    """The parts of a renewal cycle are drawn at its start: a user who comes later is still
+    renewed within ``sweep_interval_s`` of the put that announced them, in this cycle's
+    part when it has not come yet, else in the next cycle's."""
+    h = await start_harness(nursery, harness_config())
+    interval = h.config.presence.sweep_interval_s
+    store = await connect_many(h, 0)
+    comers = 4 * RENEWAL_PARTS
+    for i in range(comers):  # over two cycles, at moments that fall between the parts
+        await h.presence.connected(("late", i), "t1", f"late-{i}", GROUP)
+        await trio.sleep(2 * interval / comers + 0.013)
+    await trio.sleep(2 * interval)
+    end = trio.current_time()
+    trio.lowlevel.remove_instrument(store)
+    puts: dict = {}
+    for keys, when, _ in store.puts:
+        for key in keys:
+            puts.setdefault(key.user, []).append(when)
+    assert len(puts) == comers
+    for times in puts.values():
+        gaps = [later - earlier for earlier, later in zip(times, [*times[1:], end])]
+        assert max(gaps) <= interval + 0.01, gaps

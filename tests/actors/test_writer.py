@@ -338,10 +338,11 @@ async def test_a_frame_pushed_while_a_broadcast_s_head_is_written_goes_before_it
             s.close()
 
 
-def measure_load(writer: Writer, load: float, periods: int) -> None:
-    """The writer measures ``load`` of a core ``periods`` times, each over 100 periods' time,
-    so that the test's own time (and a pause of its process) does not move the figure."""
-    span = 100 * LOAD_PERIOD_S
+def measure_load(writer: Writer, load: float, periods: int, spanning: float = 100.0) -> None:
+    """The writer measures ``load`` of a core ``periods`` times, each over ``spanning``
+    periods' time: by default long enough that the test's own time (and a pause of its
+    process) does not move the figure, and a fall in the load is given back at once."""
+    span = spanning * LOAD_PERIOD_S
     for _ in range(periods):
         writer._load_mark = (time.perf_counter() - span, time.process_time() - load * span)
         writer._measure_load()
@@ -382,9 +383,21 @@ async def test_a_busy_second_takes_the_writer_s_spare_cpu_at_once_and_light_ones
     assert await head_written_at_once(writer)
     measure_load(writer, 1.0, periods=1)
     assert not await head_written_at_once(writer)
-    measure_load(writer, 0.1, periods=1)
+    measure_load(writer, 0.1, periods=1, spanning=1.0)
     assert not await head_written_at_once(writer)
-    measure_load(writer, 0.1, periods=3)
+    measure_load(writer, 0.1, periods=3, spanning=1.0)
+    assert await head_written_at_once(writer)
+
+
+async def test_a_quiet_stretch_measured_at_once_gives_the_spare_cpu_back_as_its_light_periods_would(nursery):
+    """With no flush to measure it, a quiet stretch after a busy second (a connect storm,
+    then nothing until the first event) is measured when the next flush comes, in one
+    measure: it eases the load down as that many light periods would."""
+    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+    writer._nursery = nursery
+    measure_load(writer, 1.0, periods=1)
+    assert not await head_written_at_once(writer)
+    measure_load(writer, 0.1, periods=1, spanning=4.0)  # one light period would not do
     assert await head_written_at_once(writer)
 
 

@@ -67,6 +67,15 @@ async def test_a_renewed_lease_is_not_swept(bus_env):
     assert states(await store.sweep(10_001)) == [("ana", OFF, 0)]
 
 
+async def test_a_renewal_after_another_holders_lease_ran_out_reports_the_change(bus_env):
+    store = await store_of(bus_env)
+    await store.put([View(ANA, ON, 1)], "crashed", 1000, 5000)
+    await store.put([View(ANA, AWAY, 1)], "alive", 1000, 60_000)
+    assert states(await store.put([View(ANA, AWAY, 1)], "alive", 5000, 60_000)) == []  # renewal
+    assert states(await store.put([View(ANA, AWAY, 1)], "alive", 6001, 60_000)) == [("ana", AWAY, 1)]
+    assert await store.sweep(6002) == []
+
+
 async def test_redis_presence_keys_expire_as_garbage_collection(bus_env):
     if bus_env.kind == "memory":
         return  # nothing to collect: the memory store lives and dies with its node

@@ -52,6 +52,11 @@ class MemoryPresence:
         changes = []
         for view in views:
             holders = self._held.setdefault(view.key, {})
+            held = holders.get(holder)
+            if (held is not None and held.state is view.state and held.connections == view.connections
+                    and all(other.lease_until >= now_ms for other in holders.values())):
+                held.lease_until = now_ms + lease_ms  # a renewal: nothing to recombine
+                continue
             if view.state is PresenceState.OFFLINE:
                 holders.pop(holder, None)
             else:
