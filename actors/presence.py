@@ -66,6 +66,8 @@ PUT_CHUNK = 256
 #: a big room's broadcast then waited for (bench/RESULTS.md §28). It is spread over the
 #: interval instead, this many parts each renewed once per ``sweep_interval_s``.
 RENEWAL_PARTS = 10
+#: Keys drawn into a renewal cycle's parts between two yields to the node's other tasks.
+DRAW_CHUNK = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +238,9 @@ class Presence:
         if part == 0:
             self._in_parts = self._table.held_keys()
             self._parts = [[] for _ in range(RENEWAL_PARTS)]
-            for key in self._in_parts:
+            for i, key in enumerate(self._in_parts):
+                if i and not i % DRAW_CHUNK:  # 15,000 keys are ~10 ms: the node runs between
+                    await trio.lowlevel.checkpoint()
                 self._parts[hash(key.user) % RENEWAL_PARTS].append(key)
         keys = sorted(key for key in self._parts[part] if self._table.holds(key))
         await self._put_views(keys, self._table.views)

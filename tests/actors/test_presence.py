@@ -3,6 +3,8 @@
 import trio
 
 from actors.presence import PUT_CHUNK, RENEWAL_PARTS
+from protocol.presence import PresenceKey, PresenceState, View
+from rtserver.backends.presence import SWEEP_CHUNK, MemoryPresence
 from tests.support.actor_harness import config, staff, start_harness
 
 GROUP = ("attendants",)
@@ -186,3 +188,21 @@ async def test_each_view_is_renewed_within_the_interval_of_its_last_put_whenever
     for times in puts.values():
         gaps = [later - earlier for earlier, later in zip(times, [*times[1:], end])]
         assert max(gaps) <= interval + 0.01, gaps
+
+
+async def test_a_sweep_of_the_memory_store_lets_the_node_s_other_tasks_run_between_chunks(nursery):
+    store = MemoryPresence()
+    users = [View(PresenceKey("t1", "attendants", f"user-{i}"), PresenceState.ONLINE, 1) for i in range(3 * SWEEP_CHUNK)]
+    await store.put(users, "node-a", 1000, 60_000)
+    turns = []
+
+    async def another_task() -> None:
+        while True:
+            turns.append(None)
+            await trio.lowlevel.checkpoint()
+
+    nursery.start_soon(another_task)
+    await trio.lowlevel.checkpoint()  # it has started
+    before = len(turns)
+    assert await store.sweep(2000) == []
+    assert len(turns) - before >= 2  # it ran between the three chunks
