@@ -192,8 +192,8 @@ async def test_each_view_is_renewed_within_the_interval_of_its_last_put_whenever
 
 async def test_a_sweep_of_the_memory_store_lets_the_node_s_other_tasks_run_between_chunks(nursery):
     store = MemoryPresence()
-    users = [View(PresenceKey("t1", "attendants", f"user-{i}"), PresenceState.ONLINE, 1) for i in range(3 * SWEEP_CHUNK)]
-    await store.put(users, "node-a", 1000, 60_000)
+    users = [PresenceKey("t1", "attendants", f"user-{i}") for i in range(3 * SWEEP_CHUNK)]
+    await store.put([View(user, PresenceState.ONLINE, 1) for user in users], "node-a", 1000, 60_000)
     turns = []
 
     async def another_task() -> None:
