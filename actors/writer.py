@@ -241,7 +241,9 @@ class OutboundQueue:
 
     def _on_the_wire(self) -> int:
         """Every frame was handed to the socket: _EMPTY once all of it is written, else
-        _BLOCKED (a TLS socket's records the kernel did not take yet) or _BROKEN."""
+        _BLOCKED (a TLS socket's records the kernel did not take yet) or _BROKEN.
+        ``send_now`` skips the call when it has nothing to do (no TLS socket, nobody
+        waiting for the flush): a change here goes there too."""
         if type(self._sock) is TlsSocket and self._sock.unsent:
             try:
                 self._sock.flush()
