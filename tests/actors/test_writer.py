@@ -104,9 +104,12 @@ def read_available(sock: socket.socket) -> bytes:
 
 
 QUEUES = 5
+#: Frame sizes: up to more than a stuffed socket takes in one write, so a write to an
+#: empty queue can be cut too.
+sizes = st.integers(1, 10_000)
 operations = st.lists(st.one_of(
-    st.tuples(st.just("push"), st.integers(0, QUEUES - 1), st.integers(1, 3000)),
-    st.tuples(st.just("broadcast"), st.sets(st.integers(0, QUEUES - 1), min_size=1), st.integers(1, 3000)),
+    st.tuples(st.just("push"), st.integers(0, QUEUES - 1), sizes),
+    st.tuples(st.just("broadcast"), st.sets(st.integers(0, QUEUES - 1), min_size=1), sizes),
     st.tuples(st.just("pass")),
     st.tuples(st.just("read"), st.integers(0, QUEUES - 1)),
 ), max_size=40)
@@ -314,25 +317,31 @@ async def test_a_publish_on_the_memory_bus_returns_after_a_big_room_s_head_was_w
             s.close()
 
 
-async def test_a_frame_pushed_while_a_broadcast_s_head_is_written_goes_before_it(nursery):
-    """A connection lost during a head write may push to another member at once: that
-    frame is queued, and the broadcast still follows it, in the pass."""
+async def test_frames_pushed_while_a_broadcast_s_head_is_written_keep_their_order_on_each_socket(nursery):
+    """A connection lost during a head write may push to other members at once: a member
+    the head has written gets that frame after the broadcast, in the pass; one it has not
+    reached gets it before the broadcast."""
     writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
     writer._nursery = nursery
-    pairs = [socket.socketpair() for _ in range(8)]
+    pairs = [socket.socketpair() for _ in range(FLUSH_CHUNK + 8)]
     queues: list[OutboundQueue] = []
+    written, not_reached = 5, FLUSH_CHUNK + 3
 
     class PushesOnLoss(QueueOwner):
         def connection_lost(self) -> None:
-            queues[5].push(b"X")
+            queues[written].push(b"X")
+            queues[not_reached].push(b"Y")
 
     for i, (ours, _) in enumerate(pairs):
         owner = PushesOnLoss() if i == 2 else QueueOwner()
         queues.append(OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=owner))
     pairs[2][1].close()  # its writes fail: connection lost
     writer.broadcast(b"B", queues)
+    assert pairs[written][1].recv(16) == b"B" and not has_data(pairs[not_reached][1])
     await writer._flush_dirty()
-    assert [theirs.recv(16) for i, (_, theirs) in enumerate(pairs) if i != 2] == [b"B"] * 4 + [b"XB"] + [b"B"] * 2
+    expected = {written: b"X", not_reached: b"YB"}
+    assert [theirs.recv(16) if has_data(theirs) else b"" for i, (_, theirs) in enumerate(pairs) if i != 2] == [
+        expected.get(i, b"B") for i in range(len(pairs)) if i != 2]
     for pair in pairs:
         for s in pair:
             s.close()
@@ -422,6 +431,34 @@ async def test_a_broadcast_made_during_a_broadcast_s_pass_joins_the_writes_not_m
     assert [has_data(theirs) for _, theirs in pairs[FLUSH_CHUNK:]] == [False] * FLUSH_CHUNK
     assert [theirs.recv(16) for _, theirs in pairs[:FLUSH_CHUNK]] == [b"B"] * FLUSH_CHUNK
     assert not writer.broadcasts
+    for pair in pairs:
+        for s in pair:
+            s.close()
+
+
+async def test_a_pass_yields_per_chunk_of_writes_not_per_queue_it_passes_over(monkeypatch):
+    """Queues that already had a broadcast cost its pass no yield: with many broadcasts
+    pending (a burst), yielding per queue visited would let the backlog grow while the pass
+    goes over queues it has nothing to write to."""
+    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+    pairs = [socket.socketpair() for _ in range(FLUSH_CHUNK * 3)]
+    queues = [OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=QueueOwner()) for ours, _ in pairs]
+    writer.broadcast(b"A", queues)
+    writer.broadcast(b"B", queues)
+    for queue in queues[:FLUSH_CHUNK * 2]:
+        queue.push(b"p")  # A and B are queued before it: these have had both
+    yields = []
+    yielded = trio.lowlevel.checkpoint
+
+    async def counted() -> None:
+        yields.append(len(writer.broadcasts))
+        await yielded()
+
+    monkeypatch.setattr(trio.lowlevel, "checkpoint", counted)
+    await writer._flush_dirty()
+    # One between the two chunks of pushed queues, one after A's (and B's) writes to the rest.
+    assert yields == [2, 2]
+    assert [theirs.recv(16) for _, theirs in pairs] == [b"ABp"] * (FLUSH_CHUNK * 2) + [b"AB"] * FLUSH_CHUNK
     for pair in pairs:
         for s in pair:
             s.close()
