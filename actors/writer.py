@@ -99,6 +99,7 @@ _BLOCKED = 2
 _BROKEN = 3
 
 
+#: What ``Writer._send_direct`` maps over a chunk's queues: each one's socket, and its ``send``.
 _send = socket.socket.send
 _sock_of = attrgetter("_sock")
 
