@@ -26,7 +26,8 @@ Failure
 Blocking
     Waits only for work (an event), for the coalescing window (at most one flush per
     ``flush_interval_ms``, or per up to twice the last flush's duration when that is longer,
-    as the process gets short of CPU; when quiet, just until the runnable tasks are done)
+    as the process gets short of CPU and the writer falls behind; when quiet, just until
+    the runnable tasks are done)
     and, in drain tasks, for a socket to become writable. A flush is a non-blocking ``send`` of
     the joined frames, capped at ``flush_max_bytes`` per connection per flush so that one
     backlog cannot delay the others. A pass over many sockets lets the other tasks run
@@ -71,7 +72,13 @@ FLUSH_SHARE = 0.5
 #: broadcast to a big room is long: its next event does not wait a whole flush's time
 #: more); between ``LOAD_LOW`` and ``LOAD_HIGH`` the share goes down from 1 to
 #: ``FLUSH_SHARE`` in proportion. Batching saves CPU (one ``send`` for several frames) at
-#: the price of latency; it is bought as the CPU gets short (bench/RESULTS.md §17, §29).
+#: the price of latency; it is bought as the CPU gets short (bench/RESULTS.md §17, §29),
+#: and only while the writer is behind: its last pass ended with more waiting (a broadcast
+#: made, or a queue pushed to, while it ran). A pass that ended with nothing waiting
+#: batches nothing by waiting: the next event would only be late. That is a big room
+#: whose passes fill most of the time between its events, as in the first seconds after
+#: a connect storm, when the storm's load still counts and every ``send`` costs more
+#: (bench/RESULTS.md §32).
 LOAD_LOW = 0.75
 LOAD_HIGH = 0.95
 #: The load is the share of a core the process used, measured every ``LOAD_PERIOD_S``:
@@ -369,6 +376,7 @@ class Writer:
         self._share = 1.0  # of the time the writer may spend flushing, by the load
         self._load_mark = (time.perf_counter(), time.process_time())
         self._load = 0.0  # of a core, eased down (``LOAD_EASING``)
+        self._behind = False  # the last pass ended with more waiting (see ``FLUSH_SHARE``)
         self._dirty: list[OutboundQueue] = []
         #: Broadcasts not written to every queue yet, in ``seq`` order.
         self.broadcasts: list[Broadcast] = []
@@ -427,8 +435,8 @@ class Writer:
                 # cost is the number of send() calls). When quiet, flush as soon as the runnable
                 # producers of this round are done, so an isolated event is not delayed.
                 # The window grows with the cost of the last flush so that writing takes at most
-                # a share of the time (down to FLUSH_SHARE as the process gets short of CPU) and
-                # the rest stays for reading and routing.
+                # a share of the time (down to FLUSH_SHARE as the process gets short of CPU and
+                # the writer falls behind) and the rest stays for reading and routing.
                 due = self._due()
                 if trio.current_time() < due:
                     await trio.sleep_until(due)
@@ -441,11 +449,16 @@ class Writer:
 
     def _due(self) -> float:
         """When the next flush may start (the coalescing window, see ``run``)."""
-        return self._last_flush + max(self._interval_s, self._last_cost / self._share)
+        return self._last_flush + max(self._interval_s, self._last_cost / self._window_share())
+
+    def _window_share(self) -> float:
+        """The share of the time the writer may spend flushing: the load's while the writer
+        is behind, else all of it (see ``FLUSH_SHARE``)."""
+        return self._share if self._behind else 1.0
 
     def flush_head(self) -> None:
-        """Write at once what is queued, if the writer is idle: the process has CPU to spare
-        (under ``LOAD_LOW``), no coalescing window is running, and nothing is queued but
+        """Write at once what is queued, if the writer is idle: it has its whole share of
+        the time (see ``_idle``), no coalescing window is running, and nothing is queued but
         the head of this fan-out. Called by a room part way through a fan-out to many
         sockets, it sends the first recipients' frames before the others are pushed, so the
         first bytes of a broadcast leave ~4 ms sooner at 5,000 recipients
@@ -459,8 +472,9 @@ class Writer:
 
     def _idle(self) -> bool:
         """Whether a write now takes nothing from the coalescing: the process has CPU to
-        spare (under ``LOAD_LOW``) and no coalescing window is running."""
-        return self._share == 1.0 and self._nursery is not None and trio.current_time() >= self._due()
+        spare (under ``LOAD_LOW``) or the writer keeps up, and no coalescing window is
+        running."""
+        return self._window_share() == 1.0 and self._nursery is not None and trio.current_time() >= self._due()
 
     def _measure_load(self) -> None:
         """Every ``LOAD_PERIOD_S``: the load, from the share of a core the process used (its
@@ -482,7 +496,8 @@ class Writer:
     async def _flush_dirty(self) -> float:
         """One pass: the dirty queues, then the broadcasts pending when it began, yielding
         to the other tasks every ``FLUSH_CHUNK`` sockets (a queue not reached yet takes
-        what they push, or broadcast, in the same write); returns the seconds spent writing."""
+        what they push, or broadcast, in the same write); returns the seconds spent writing.
+        Whether more was waiting when it ended sets ``_behind``."""
         dirty, self._dirty = self._dirty, []
         broadcasts = self.broadcasts[:]
         fan_outs = self.fan_outs
@@ -504,6 +519,7 @@ class Writer:
                 observe(max(0.0, now - appended))
         for span in write_spans:
             span.end()
+        self._behind = bool(self._dirty or self.broadcasts)
         return cost
 
     def _flush(self, dirty: list[OutboundQueue]) -> None:

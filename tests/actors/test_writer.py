@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.registry import Registry
-from actors.writer import BROADCAST_MIN, FLUSH_CHUNK, LOAD_PERIOD_S, OutboundQueue, Writer
+from actors.writer import BROADCAST_MIN, FLUSH_CHUNK, FLUSH_SHARE, LOAD_PERIOD_S, OutboundQueue, Writer
 from protocol.catalog import Catalog
 from protocol.envelope import Envelope
 from protocol.wires import POLL_JSON
@@ -357,29 +357,51 @@ def measure_load(writer: Writer, load: float, periods: int, spanning: float = 10
         writer._measure_load()
 
 
-async def head_written_at_once(writer: Writer) -> bool:
-    """Whether a broadcast to ``FLUSH_CHUNK + 1`` sockets has its head written as it is
-    made; its pass then writes it to every socket."""
+async def end_a_pass(writer: Writer, *, behind: bool) -> list[socket.socket]:
+    """A pass that ends with a frame waiting (``behind``: a queue was pushed to while it
+    ran, here by the owner of a connection the pass found lost) or with nothing waiting;
+    the sockets to close once the frame has been written."""
+    (ours, theirs), (other, other_peer) = socket.socketpair(), socket.socketpair()
+    waiting = OutboundQueue(other, writer, max_frames=10, max_bytes=1000, owner=QueueOwner())
+
+    class PushesOnLoss(QueueOwner):
+        def connection_lost(self) -> None:
+            waiting.push(b"W")
+
+    if behind:
+        theirs.close()
+    OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=PushesOnLoss()).push(b"P")
+    await writer._flush_dirty()
+    return [ours, theirs, other, other_peer]
+
+
+async def head_written_at_once(writer: Writer, *, behind: bool = True) -> bool:
+    """Whether, after a pass that ended ``behind`` (or not), a broadcast to
+    ``FLUSH_CHUNK + 1`` sockets has its head written as it is made; its pass then writes
+    it to every socket."""
+    others = await end_a_pass(writer, behind=behind)
     pairs = [socket.socketpair() for _ in range(FLUSH_CHUNK + 1)]
     queues = [OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=QueueOwner()) for ours, _ in pairs]
     writer.broadcast(b"A", queues)
     at_once = has_data(pairs[0][1])
     await writer._flush_dirty()
     assert [theirs.recv(16) for _, theirs in pairs] == [b"A"] * (FLUSH_CHUNK + 1)
-    for pair in pairs:
-        for s in pair:
-            s.close()
+    for s in [*others, *(s for pair in pairs for s in pair)]:
+        s.close()
     return at_once
 
 
-@pytest.mark.parametrize(("load", "at_once"), [(0.0, True), (0.7, True), (0.85, False), (1.0, False)])
-async def test_only_a_writer_with_cpu_to_spare_writes_a_broadcast_s_head_at_once(nursery, load, at_once):
+@pytest.mark.parametrize(("load", "behind", "at_once"), [
+    (0.0, True, True), (0.7, True, True), (0.85, True, False), (1.0, True, False), (0.85, False, True), (1.0, False, True)])
+async def test_a_writer_short_of_cpu_and_behind_leaves_a_broadcast_s_head_to_its_pass(nursery, load, behind, at_once):
     """Under ``LOAD_LOW`` of a core the head of a broadcast is written as the room hands it
-    over; above it the whole broadcast waits for the writer's pass."""
+    over. Above it, the whole broadcast waits for the writer's pass if the last pass ended
+    with more waiting; if it ended with nothing, waiting would batch nothing, and the head
+    is written at once at any load."""
     writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
     writer._nursery = nursery
     measure_load(writer, load, periods=30)
-    assert await head_written_at_once(writer) == at_once
+    assert await head_written_at_once(writer, behind=behind) == at_once
 
 
 async def test_a_busy_second_takes_the_writer_s_spare_cpu_at_once_and_light_ones_give_it_back_gradually(nursery):
@@ -408,6 +430,41 @@ async def test_a_quiet_stretch_measured_at_once_gives_the_spare_cpu_back_as_its_
     assert not await head_written_at_once(writer)
     measure_load(writer, 0.1, periods=1, spanning=4.0)  # one light period would not do
     assert await head_written_at_once(writer)
+
+
+@pytest.mark.parametrize("behind", [False, True])
+async def test_at_a_full_core_a_long_pass_delays_the_next_only_if_it_ended_with_more_waiting(
+        nursery, autojump_clock, behind):
+    """At a full core the writer may flush ``FLUSH_SHARE`` of the time: after a pass that
+    ended with more waiting, the next starts twice the last one's time after it, so that
+    more joins it. After one that ended with nothing waiting, the next starts as soon as it
+    has work: waiting would batch nothing."""
+    writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
+    await nursery.start(writer.run)
+    measure_load(writer, 1.0, periods=30)
+    (lost, lost_peer), (ours, theirs) = socket.socketpair(), socket.socketpair()
+    later = OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=QueueOwner())
+    began: list[float] = []
+
+    class SlowOnLoss(QueueOwner):
+        def connection_lost(self) -> None:  # a pass that takes 50 ms
+            began.append(trio.current_time())
+            time.sleep(0.05)
+            if behind:
+                later.push(b"W")
+
+    lost_peer.close()
+    OutboundQueue(lost, writer, max_frames=10, max_bytes=1000, owner=SlowOnLoss()).push(b"P")
+    while not began:
+        await trio.sleep(0.001)
+    window = writer._last_cost / FLUSH_SHARE  # twice the pass's time
+    later.push(b"F")
+    await later.wait_flushed()
+    after = trio.current_time() - began[0]
+    assert theirs.recv(16) == (b"WF" if behind else b"F")
+    assert (after >= window) if behind else (after < window)
+    for s in (lost, ours, theirs):
+        s.close()
 
 
 async def test_a_broadcast_made_during_a_broadcast_s_pass_joins_the_writes_not_made_yet(monkeypatch):
