@@ -125,7 +125,9 @@ class Parking:
             self._alarm(connection)
 
     def wake(self, connection: Parkable) -> None:
-        """Resume ``connection`` (parked) now."""
+        """Resume ``connection`` now if it is still parked here. One resumed already (its
+        socket readable or its deadline come, its task not run yet) is on its way: it sees
+        why it was woken when it runs."""
         self._resume(connection)
 
     def _alarm(self, connection: Parkable) -> None:
@@ -135,8 +137,11 @@ class Parking:
             self._sleep.deadline = when
 
     def _resume(self, connection: Parkable) -> None:
+        """Run ``connection`` again, once per park: a wake that comes after its socket or
+        its deadline resumed it, before its task ran, finds it gone and does nothing."""
         fd = connection.socket.fileno()
-        if self._parked.get(fd) is connection:  # else its socket was closed (the kernel forgot it)
-            del self._parked[fd]
-            self._epoll.unregister(fd)
+        if self._parked.get(fd) is not connection:
+            return
+        del self._parked[fd]
+        self._epoll.unregister(fd)
         self._nursery.start_soon(connection.resume)

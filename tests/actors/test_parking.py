@@ -3,8 +3,10 @@
 import trio
 import trio.testing
 
+from protocol.errors import CloseCode
 from protocol.states import ConnectionState
 from tests.support.actor_harness import config, staff, start_harness
+from tests.support.metrics import metric_value
 
 
 def task_count() -> int:
@@ -32,6 +34,23 @@ async def test_quiet_connections_have_no_task_and_wake_when_their_client_speaks(
     assert [(await c.recv())["data"]["appointmentId"] for c in clients] == ["1"] * 5
     await trio.testing.wait_all_tasks_blocked()
     assert task_count() == before and len(h.services.parking) == 5
+
+
+async def test_a_connection_told_to_close_as_the_parking_resumes_it_runs_once_and_ends(nursery, autojump_clock):
+    """Its socket is readable (or its deadline came), and before its resumed task runs the
+    writer finds the socket broken or full and tells it to close, which wakes it again. It
+    is resumed once and ends with that reason: no second run of a connection on its way."""
+    h = await start_harness(nursery, config(connection={"idle_timeout_s": 0}))
+    client = await h.connect(staff("u"))
+    await trio.testing.wait_all_tasks_blocked()
+    connection = client.connection
+    h.services.parking.wake(connection)  # what a readable socket does
+    connection.slow_consumer()  # still parked: its resumed task has not run yet
+    with trio.fail_after(5):
+        assert await client.wait_closed() == CloseCode.SLOW_CONSUMER.code
+    await trio.testing.wait_all_tasks_blocked()
+    assert metric_value(h.metrics.internal_errors, where="websocket") == 0
+    assert not len(h.services.parking)
 
 
 async def test_a_parked_connection_whose_token_expires_is_closed_with_4100(nursery, autojump_clock):
