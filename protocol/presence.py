@@ -31,6 +31,11 @@ def best(states: Iterable[PresenceState]) -> PresenceState:
     return max(states, key=_RANK.__getitem__, default=PresenceState.OFFLINE)
 
 
+def better(state: PresenceState, other: PresenceState) -> PresenceState:
+    """The combined state of two views."""
+    return other if _RANK[other] > _RANK[state] else state
+
+
 @dataclass(frozen=True, slots=True)
 class PresenceEntry:
     """A user's combined presence in a group: since when (ms) in that state, and how many
@@ -61,9 +66,9 @@ class PresenceKey(NamedTuple):
     user: str
 
 
-@dataclass(frozen=True, slots=True)
-class View:
-    """A holder's view of one user: its state there, and how many connections hold it."""
+class View(NamedTuple):
+    """A holder's view of one user: its state there, and how many connections hold it. A
+    tuple too: a renewal makes one per user, in half a frozen dataclass's time."""
 
     key: PresenceKey
     state: PresenceState

@@ -47,6 +47,14 @@ class _Held:
     lease_until: int
 
 
+def _lapsed(holders: dict[str, _Held], now_ms: int) -> bool:
+    """Whether a lease of ``holders`` ran out (a loop: a renewal asks it once per user)."""
+    for held in holders.values():
+        if held.lease_until < now_ms:
+            return True
+    return False
+
+
 class MemoryPresence:
     """The store of a node on the memory bus (every holder lives in this process)."""
 
@@ -60,7 +68,7 @@ class MemoryPresence:
             holders = self._held.setdefault(view.key, {})
             held = holders.get(holder)
             if (held is not None and held.state is view.state and held.connections == view.connections
-                    and all(other.lease_until >= now_ms for other in holders.values())):
+                    and not _lapsed(holders, now_ms)):
                 held.lease_until = now_ms + lease_ms  # a renewal: nothing to recombine
                 continue
             if view.state is PresenceState.OFFLINE:
@@ -81,7 +89,7 @@ class MemoryPresence:
             if i and not i % SWEEP_CHUNK:
                 await trio.lowlevel.checkpoint()
             holders = self._held.get(key, {})  # a put in between may have withdrawn the last holder
-            if any(held.lease_until < now_ms for held in holders.values()):
+            if _lapsed(holders, now_ms):
                 changed = self._combine(key, now_ms)
                 if changed is not None:
                     changes.append((key, changed))

@@ -131,15 +131,22 @@ class MemoryLiveUsers:
 
     def __init__(self) -> None:
         self._leases: dict[tuple[str, str], dict[str, float]] = {}  # (tenant, user) -> holder -> until
+        self._pruned_at = 0.0
 
     async def hold(self, holder: str, connected: list[tuple[str, str]], gone: list[tuple[str, str]], *,
                    lease_s: float, grace_s: float) -> None:
+        """The pairs nobody holds any more are forgotten at most once per ``grace_s``
+        (``connected`` ignores a lapsed lease meanwhile): when every hold went over every
+        user, a connect storm's thousands of small holds took seconds of CPU
+        (bench/RESULTS.md §33)."""
         now = time.time()
         for pairs, until in ((connected, now + lease_s), (gone, now + grace_s)):
             for pair in pairs:
                 self._leases.setdefault(pair, {})[holder] = until
-        for pair in [pair for pair, holders in self._leases.items() if max(holders.values()) < now]:
-            del self._leases[pair]  # nobody holds them any more
+        if now - self._pruned_at >= grace_s:
+            self._pruned_at = now
+            for pair in [pair for pair, holders in self._leases.items() if max(holders.values()) < now]:
+                del self._leases[pair]
 
     async def connected(self, tenant: str, users: list[str]) -> set[str]:
         now = time.time()
