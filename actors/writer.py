@@ -73,12 +73,15 @@ FLUSH_SHARE = 0.5
 #: more); between ``LOAD_LOW`` and ``LOAD_HIGH`` the share goes down from 1 to
 #: ``FLUSH_SHARE`` in proportion. Batching saves CPU (one ``send`` for several frames) at
 #: the price of latency; it is bought as the CPU gets short (bench/RESULTS.md §17, §29),
-#: and only while the writer is behind: its last pass ended with more waiting (a broadcast
-#: made, or a queue pushed to, while it ran). A pass that ended with nothing waiting
-#: batches nothing by waiting: the next event would only be late. That is a big room
-#: whose passes fill most of the time between its events, as in the first seconds after
-#: a connect storm, when the storm's load still counts and every ``send`` costs more
-#: (bench/RESULTS.md §32).
+#: and only while the writer is behind: its last pass ended with more waiting than one
+#: event's broadcast (two broadcasts made, or a queue pushed to, while it ran). A pass
+#: that ended with nothing waiting batches nothing by waiting: the next event would only
+#: be late. Nor does one that ended with one broadcast waiting, unless the room's next
+#: event comes within the window: the window would delay the waiting event by a part of
+#: the pass's time, and the one after it by more (bench/RESULTS.md §33). That is a big
+#: room whose passes fill most of the time between its events, as in the first seconds
+#: after a connect storm, when the storm's load still counts and every ``send`` costs
+#: more (bench/RESULTS.md §32). A burst ends its passes with several broadcasts waiting.
 LOAD_LOW = 0.75
 LOAD_HIGH = 0.95
 #: The load is the share of a core the process used, measured every ``LOAD_PERIOD_S``:
@@ -376,7 +379,7 @@ class Writer:
         self._share = 1.0  # of the time the writer may spend flushing, by the load
         self._load_mark = (time.perf_counter(), time.process_time())
         self._load = 0.0  # of a core, eased down (``LOAD_EASING``)
-        self._behind = False  # the last pass ended with more waiting (see ``FLUSH_SHARE``)
+        self._behind = False  # the last pass ended with more than one event waiting (``FLUSH_SHARE``)
         self._dirty: list[OutboundQueue] = []
         #: Broadcasts not written to every queue yet, in ``seq`` order.
         self.broadcasts: list[Broadcast] = []
@@ -497,7 +500,8 @@ class Writer:
         """One pass: the dirty queues, then the broadcasts pending when it began, yielding
         to the other tasks every ``FLUSH_CHUNK`` sockets (a queue not reached yet takes
         what they push, or broadcast, in the same write); returns the seconds spent writing.
-        Whether more was waiting when it ended sets ``_behind``."""
+        Whether more than one broadcast, or a pushed queue, was waiting when it ended sets
+        ``_behind``."""
         dirty, self._dirty = self._dirty, []
         broadcasts = self.broadcasts[:]
         fan_outs = self.fan_outs
@@ -519,7 +523,7 @@ class Writer:
                 observe(max(0.0, now - appended))
         for span in write_spans:
             span.end()
-        self._behind = bool(self._dirty or self.broadcasts)
+        self._behind = bool(self._dirty) or len(self.broadcasts) > 1
         return cost
 
     def _flush(self, dirty: list[OutboundQueue]) -> None:

@@ -432,26 +432,31 @@ async def test_a_quiet_stretch_measured_at_once_gives_the_spare_cpu_back_as_its_
     assert await head_written_at_once(writer)
 
 
-@pytest.mark.parametrize("behind", [False, True])
-async def test_at_a_full_core_a_long_pass_delays_the_next_only_if_it_ended_with_more_waiting(
-        nursery, autojump_clock, behind):
+@pytest.mark.parametrize(("made_during_the_pass", "delays"), [
+    ("nothing", False), ("a push", True), ("one broadcast", False), ("two broadcasts", True)])
+async def test_at_a_full_core_a_long_pass_delays_the_next_only_if_it_ended_with_more_than_one_event_waiting(
+        nursery, autojump_clock, made_during_the_pass, delays):
     """At a full core the writer may flush ``FLUSH_SHARE`` of the time: after a pass that
-    ended with more waiting, the next starts twice the last one's time after it, so that
-    more joins it. After one that ended with nothing waiting, the next starts as soon as it
-    has work: waiting would batch nothing."""
+    ended with more waiting than one broadcast, the next starts twice the last one's time
+    after it, so that more joins it. After one that ended with nothing waiting, or one
+    broadcast (a big room's next event), the next starts as soon as it has work: waiting
+    would only make that event late."""
     writer = Writer(Metrics(), flush_max_bytes=1 << 16, interval_s=0.005)
     await nursery.start(writer.run)
     measure_load(writer, 1.0, periods=30)
-    (lost, lost_peer), (ours, theirs) = socket.socketpair(), socket.socketpair()
+    (lost, lost_peer), (ours, theirs), (member, member_peer) = (socket.socketpair() for _ in range(3))
     later = OutboundQueue(ours, writer, max_frames=10, max_bytes=1000, owner=QueueOwner())
+    room = [OutboundQueue(member, writer, max_frames=10, max_bytes=1000, owner=QueueOwner())]
     began: list[float] = []
 
     class SlowOnLoss(QueueOwner):
         def connection_lost(self) -> None:  # a pass that takes 50 ms
             began.append(trio.current_time())
             time.sleep(0.05)
-            if behind:
+            if made_during_the_pass == "a push":
                 later.push(b"W")
+            for event in range({"one broadcast": 1, "two broadcasts": 2}.get(made_during_the_pass, 0)):
+                writer.broadcast(b"B%d" % event, room)
 
     lost_peer.close()
     OutboundQueue(lost, writer, max_frames=10, max_bytes=1000, owner=SlowOnLoss()).push(b"P")
@@ -461,9 +466,9 @@ async def test_at_a_full_core_a_long_pass_delays_the_next_only_if_it_ended_with_
     later.push(b"F")
     await later.wait_flushed()
     after = trio.current_time() - began[0]
-    assert theirs.recv(16) == (b"WF" if behind else b"F")
-    assert (after >= window) if behind else (after < window)
-    for s in (lost, ours, theirs):
+    assert theirs.recv(16) == (b"WF" if made_during_the_pass == "a push" else b"F")
+    assert (after >= window) if delays else (after < window)
+    for s in (lost, ours, theirs, member, member_peer):
         s.close()
 
 
