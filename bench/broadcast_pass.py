@@ -15,11 +15,11 @@ wall time per socket.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
-import sys
 import time
+
+from checkouts import add_tree_option, import_from
 
 
 def main() -> None:
@@ -27,9 +27,9 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=6_000, help="socket pairs (two files each)")
     parser.add_argument("--size", type=int, default=2_200, help="bytes per frame")
     parser.add_argument("--passes", type=int, default=40)
-    parser.add_argument("--tree", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    add_tree_option(parser)
     args = parser.parse_args()
-    sys.path.insert(0, os.path.abspath(args.tree))
+    import_from(args.tree)
 
     import trio
 

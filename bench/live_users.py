@@ -15,18 +15,18 @@ the CPU time of each.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
+
+from checkouts import add_tree_option, import_from
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=15_000)
     parser.add_argument("--batch", type=int, default=50, help="opens held in one call during the storm")
-    parser.add_argument("--tree", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    add_tree_option(parser)
     args = parser.parse_args()
-    sys.path.insert(0, os.path.abspath(args.tree))
+    import_from(args.tree)
 
     import trio
 
