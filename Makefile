@@ -4,7 +4,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/rtserver.toml
 
-.PHONY: run demo screenshots test bench-peer bench-redis lock clean
+.PHONY: run demo screenshots test bench-peer bench-redis bench-python lock clean
 
 # constraints.txt pins every package to the versions CI tested (`make lock` renews it).
 $(STAMP): pyproject.toml constraints.txt
@@ -41,6 +41,11 @@ bench-peer: $(STAMP)
 
 bench-redis: $(STAMP)
 	bench/peerbench/run.sh redis
+
+# The interpreter the Docker image runs (CPython with PGO + LTO) in .bench-venv, for the
+# benchmarks: RTSERVER_PYTHON=$PWD/.bench-venv/bin/python make bench-peer (20–30 min to build).
+bench-python:
+	scripts/build-bench-python
 
 # Renew constraints.txt: the newest versions pyproject.toml allows, resolved in a fresh
 # environment (then run `make test` and commit both).

@@ -9,9 +9,9 @@ Each subscriber is a user of its own, as consoles connect (a token per client in
 liveness count. ``RTSERVER_BENCH_ONE_USER=1`` connects every client as the same user instead.
 ``RTSERVER_BENCH_ALG=RS256`` signs the subscribers' tokens with an RSA key drawn for the run
 (its public key in the node's configuration) instead of HS256. ``RTSERVER_PYTHON`` is the
-interpreter the node runs on (``.venv/bin/python`` by default): a virtual environment of a
-CPython built with ``--enable-optimizations --with-lto``, as the Docker image's is, measures
-what the image runs (bench/RESULTS.md §33).
+interpreter the node runs on (``.venv/bin/python`` by default): ``.bench-venv/bin/python``,
+which ``make bench-python`` builds on a CPython with ``--enable-optimizations --with-lto`` as
+the Docker image's is, measures what the image runs (bench/RESULTS.md §33, §34).
 """
 
 import base64
