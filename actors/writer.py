@@ -76,12 +76,13 @@ FLUSH_SHARE = 0.5
 #: and only while the writer is behind: its last pass ended with more waiting than one
 #: event's broadcast (two broadcasts made, or a queue pushed to, while it ran). A pass
 #: that ended with nothing waiting batches nothing by waiting: the next event would only
-#: be late. Nor does one that ended with one broadcast waiting, unless the room's next
-#: event comes within the window: the window would delay the waiting event by a part of
-#: the pass's time, and the one after it by more (bench/RESULTS.md §33). That is a big
-#: room whose passes fill most of the time between its events, as in the first seconds
-#: after a connect storm, when the storm's load still counts and every ``send`` costs
-#: more (bench/RESULTS.md §32). A burst ends its passes with several broadcasts waiting.
+#: be late. Nor does one that ended with one broadcast waiting (a big room's next event):
+#: the window would batch it only with an event that came within it, and would delay it
+#: by a part of the pass's time, and the one after it by more (bench/RESULTS.md §33).
+#: That is a big room whose passes fill most of the time between its events, as in the
+#: first seconds after a connect storm, when the storm's load still counts and every
+#: ``send`` costs more (bench/RESULTS.md §32). A burst ends its passes with several
+#: broadcasts waiting.
 LOAD_LOW = 0.75
 LOAD_HIGH = 0.95
 #: The load is the share of a core the process used, measured every ``LOAD_PERIOD_S``:
